@@ -1,0 +1,198 @@
+"""The one shell every actor runs in, and the supervisor that restarts it.
+
+Theory of operation. An actor is a pure *core* — `step(state, msg, now) ->
+(state, effects)` plus a few queries on its state — wrapped in this shell. The
+shell is the only part that touches trio: it waits on the inbox (or until the
+core's next wake-up instant, when it feeds the core a `Tick`), runs `step`,
+and performs the effects (`Send` a reply, `Emit` an event). Messages that are
+already waiting are handled in one batch before anything is published.
+
+Supervision, OTP style. If `step` raises, the shell answers the message that
+crashed it with `ActorCrashed`, logs once, and the supervisor restarts the
+actor after a backoff *from its last good state*: state is a value, and
+restarting from it keeps what the actor owes callers (slots held, waiters
+parked) instead of silently forgetting them. More than `max_restarts` within
+`period_s` and the whole system fails loudly.
+
+Shutdown. When the system is cancelled, every reply the state holds and every
+request still in the inbox is answered with `ShuttingDown` before the inbox
+is closed, so no caller is left parked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import trio
+from loguru import logger
+
+from actors.errors import ActorCrashed, ShuttingDown
+from messages.commands import Crash, Tick
+
+_TICK = Tick()
+_BATCH = 64
+
+
+class Send:
+    """Effect: answer a parked caller (an exception value is raised there)."""
+
+    __slots__ = ("to", "value")
+
+    def __init__(self, to: Any, value: Any) -> None:
+        self.to, self.value = to, value
+
+    def __repr__(self) -> str:
+        return f"Send({self.value!r})"
+
+
+class Emit:
+    """Effect: something happened that others may care about (an event message)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+
+    def __repr__(self) -> str:
+        return f"Emit({self.event!r})"
+
+
+class Core(Protocol):
+    name: str
+
+    def step(self, state: Any, msg: Any, now: float) -> tuple[Any, list]: ...
+    def wakeup(self, state: Any) -> float: ...
+    def parked(self, state: Any) -> Iterable[Any]: ...
+    def undelivered(self, reply: Any, value: Any) -> Any | None: ...
+
+
+class ActorCrashedError(Exception):
+    """Raised out of the shell so the supervisor sees which actor failed."""
+
+
+class Cell:
+    """Everything about one actor that outlives a restart."""
+
+    def __init__(self, core: Core, state: Any, inbox: trio.MemoryReceiveChannel,
+                 emit: Callable[[Any], None], publish: Callable[[Any, float], None] | None = None) -> None:
+        self.core, self.state, self.inbox = core, state, inbox
+        self.emit, self.publish = emit, publish
+        self.restarts = 0
+        self.last_restart_at: float | None = None
+        self.running = False
+
+    @property
+    def name(self) -> str:
+        return self.core.name
+
+
+def _perform(cell: Cell, effects: list, now: float) -> None:
+    for effect in effects:
+        if type(effect) is Send:
+            if effect.to is not None and not effect.to.deliver(effect.value):
+                back = cell.core.undelivered(effect.to, effect.value)
+                if back is not None:
+                    _handle(cell, back, now)
+        else:
+            cell.emit(effect.event)
+
+
+def _handle(cell: Cell, msg: Any, now: float) -> None:
+    if type(msg) is Crash:
+        raise RuntimeError(f"injected crash in actor {cell.name!r}")
+    state, effects = cell.core.step(cell.state, msg, now)
+    cell.state = state
+    _perform(cell, effects, now)
+
+
+def _handle_guarded(cell: Cell, msg: Any, now: float) -> None:
+    try:
+        _handle(cell, msg, now)
+    except Exception:
+        reply = getattr(msg, "reply", None)
+        if reply is not None:
+            reply.deliver(ActorCrashed(cell.name))
+        raise
+
+
+async def serve(cell: Cell, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one actor until cancelled; raises if its core raises."""
+    inbox, core = cell.inbox, cell.core
+    cell.running = True
+    task_status.started()
+    try:
+        while True:
+            deadline = core.wakeup(cell.state)
+            msg = _TICK
+            if deadline == math.inf:
+                msg = await inbox.receive()
+            else:
+                with trio.move_on_at(deadline):
+                    msg = await inbox.receive()
+            now = trio.current_time()
+            _handle_guarded(cell, msg, now)
+            for _ in range(_BATCH):
+                try:
+                    msg = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                _handle_guarded(cell, msg, now)
+            if cell.publish is not None:
+                cell.publish(cell.state, now)
+    finally:
+        cell.running = False
+
+
+def shut_down(cell: Cell) -> None:
+    """Answer everything owed with ShuttingDown, then close the inbox. Never blocks."""
+    for reply in list(cell.core.parked(cell.state)):
+        reply.deliver(ShuttingDown(cell.name))
+    while True:
+        try:
+            msg = cell.inbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+        reply = getattr(msg, "reply", None)
+        if reply is not None:
+            reply.deliver(ShuttingDown(cell.name))
+    cell.inbox.close()
+
+
+async def supervise(cell: Cell, policy: Any, on_restart: Callable[[Cell, BaseException], None],
+                    *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Keep `cell` running: restart it from its last good state, within the restart intensity."""
+    log = logger.bind(actor=cell.name)
+    recent: deque[float] = deque()
+    backoff = policy.backoff_s
+    started = False
+    try:
+        while True:
+            try:
+                if started:
+                    await serve(cell)
+                else:
+                    await trio.lowlevel.checkpoint()
+                    started = True
+                    task_status.started()
+                    await serve(cell)
+                return
+            except Exception as exc:
+                now = trio.current_time()
+                recent.append(now)
+                while recent and recent[0] <= now - policy.period_s:
+                    recent.popleft()
+                cell.restarts += 1
+                cell.last_restart_at = now
+                log.opt(exception=exc).error("actor crashed; restarting", restarts=cell.restarts)
+                on_restart(cell, exc)
+                if len(recent) > policy.max_restarts:
+                    raise ActorCrashedError(
+                        f"actor {cell.name!r} crashed {len(recent)} times within "
+                        f"{policy.period_s}s; giving up") from exc
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, policy.backoff_max_s)
+    finally:
+        shut_down(cell)

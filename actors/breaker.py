@@ -1,0 +1,262 @@
+"""Circuit breaker for one tier: the pure core.
+
+Theory of operation (resilience4j's state machine, count-based in a time window):
+
+    CLOSED    --failure_threshold failures within monitoring_period_s-->  OPEN
+    OPEN      --recovery_timeout_s elapsed (on a Permit or a Tick)------>  HALF_OPEN
+    HALF_OPEN --success_threshold trial successes----------------------->  CLOSED
+    HALF_OPEN --any trial failure (fresh recovery timer)---------------->  OPEN
+    any       --reset()------------------------------------------------->  CLOSED
+    any       --force_open(): held OPEN until reset()------------------->  OPEN
+
+OPEN never goes straight to CLOSED except by an explicit reset. HALF_OPEN
+admits `half_open_max_calls` trials; a trial that ends without a verdict
+(cancelled, an ignored exception, refused later by the queue) gives its trial
+slot back, so HALF_OPEN cannot get stuck.
+
+Every permit carries the breaker's `epoch`, which changes on each transition;
+an outcome from an older epoch is counted in the totals but cannot move the
+state (a slow call started before a reset must not re-open the breaker).
+
+Callers don't ask for a permit while the breaker is CLOSED: they read the
+published `BreakerView` and go ahead, and report the outcome afterwards. They
+ask only when it is OPEN or HALF_OPEN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+from msgspec.structs import replace
+
+from actors.actor import Emit, Send
+from actors.errors import CircuitOpen, ConfigError
+from messages.commands import (
+    Configure,
+    Done,
+    ForceOpen,
+    GetSnapshot,
+    Outcome,
+    Permit,
+    Permitted,
+    Reset,
+    Tick,
+)
+from messages.config import BreakerConfig
+from messages.events import BreakerTransition
+from messages.snapshots import BreakerSnapshot
+
+BreakerIn = Permit | Outcome | Reset | ForceOpen | Configure | GetSnapshot | Tick
+
+# Retry hint when HALF_OPEN is busy with its trials: the trials decide within about this.
+HALF_OPEN_BUSY_RETRY_S = 1.0
+
+
+class BreakerState(msgspec.Struct, frozen=True, kw_only=True):
+    tier: str
+    cfg: BreakerConfig
+    enabled: bool = True
+    phase: str = "closed"
+    forced: bool = False
+    epoch: int = 0
+    changed_at: float = 0.0
+    retry_at: float = math.inf
+    failure_times: tuple[float, ...] = ()
+    trials: int = 0
+    trial_successes: int = 0
+    calls: int = 0
+    successes: int = 0
+    failures: int = 0
+    ignored: int = 0
+    rejections: int = 0
+    openings: int = 0
+
+    @classmethod
+    def initial(cls, tier: str, cfg: BreakerConfig, *, now: float, enabled: bool = True) -> BreakerState:
+        return cls(tier=tier, cfg=cfg, enabled=enabled, changed_at=now)
+
+
+class BreakerView(msgspec.Struct, frozen=True):
+    """What a caller needs to decide whether to ask: published on every transition."""
+
+    state: str
+    epoch: int
+    enabled: bool
+
+
+def view(state: BreakerState) -> BreakerView:
+    return BreakerView(state.phase, state.epoch, state.enabled)
+
+
+def _transition(s: BreakerState, to: str, now: float, reason: str, **changes) -> tuple[BreakerState, Emit]:
+    event = BreakerTransition(tier=s.tier, from_state=s.phase, to_state=to, reason=reason,
+                              at=now, epoch=s.epoch + 1)
+    s = replace(s, phase=to, epoch=s.epoch + 1, changed_at=now, trials=0, trial_successes=0,
+                failure_times=(), **changes)
+    return s, Emit(event)
+
+
+def _open(s: BreakerState, now: float, reason: str, *, forced: bool = False) -> tuple[BreakerState, Emit]:
+    retry_at = math.inf if forced else now + s.cfg.recovery_timeout_s
+    return _transition(s, "open", now, reason, retry_at=retry_at, forced=forced,
+                       openings=s.openings + 1)
+
+
+def _close(s: BreakerState, now: float, reason: str) -> tuple[BreakerState, Emit]:
+    return _transition(s, "closed", now, reason, retry_at=math.inf, forced=False)
+
+
+def _maybe_half_open(s: BreakerState, now: float) -> tuple[BreakerState, list]:
+    if s.phase == "open" and now >= s.retry_at:
+        s, event = _transition(s, "half_open", now,
+                               f"recovery timeout {s.cfg.recovery_timeout_s:g}s elapsed",
+                               retry_at=math.inf)
+        return s, [event]
+    return s, []
+
+
+def _permit(s: BreakerState, msg: Permit, now: float) -> tuple[BreakerState, list]:
+    if not s.enabled or s.phase == "closed":
+        return s, [Send(msg.reply, Permitted(trial=False, epoch=s.epoch))]
+    s, effects = _maybe_half_open(s, now)
+    if s.phase == "half_open" and s.trials < s.cfg.half_open_max_calls:
+        s = replace(s, trials=s.trials + 1)
+        return s, [*effects, Send(msg.reply, Permitted(trial=True, epoch=s.epoch))]
+    retry = s.retry_at - now if s.phase == "open" and not s.forced else HALF_OPEN_BUSY_RETRY_S
+    if s.forced:
+        retry = s.cfg.recovery_timeout_s
+    s = replace(s, rejections=s.rejections + 1)
+    return s, [*effects, Send(msg.reply, CircuitOpen(s.tier, max(retry, 0.0)))]
+
+
+def _count(s: BreakerState, msg: Outcome) -> BreakerState:
+    r = msg.result
+    if r == "success":
+        return replace(s, calls=s.calls + 1, successes=s.successes + 1)
+    if r == "failure":
+        return replace(s, calls=s.calls + 1, failures=s.failures + 1)
+    if r == "ignored":
+        return replace(s, calls=s.calls + 1, ignored=s.ignored + 1)
+    return s  # cancelled / abandoned calls are not calls with a verdict
+
+
+def _failure_in_closed(s: BreakerState, now: float) -> tuple[BreakerState, list]:
+    horizon = now - s.cfg.monitoring_period_s
+    recent = tuple(t for t in s.failure_times if t > horizon) + (now,)
+    recent = recent[-s.cfg.failure_threshold:]
+    if len(recent) >= s.cfg.failure_threshold:
+        s, event = _open(s, now, f"{len(recent)} failures within {s.cfg.monitoring_period_s:g}s")
+        return s, [event]
+    return replace(s, failure_times=recent), []
+
+
+def _trial_outcome(s: BreakerState, msg: Outcome, now: float) -> tuple[BreakerState, list]:
+    s = replace(s, trials=max(s.trials - 1, 0))
+    if msg.result == "failure":
+        s, event = _open(s, now, "trial call failed")
+        return s, [event]
+    if msg.result == "success":
+        s = replace(s, trial_successes=s.trial_successes + 1)
+        if s.trial_successes >= s.cfg.success_threshold:
+            s, event = _close(s, now, f"{s.trial_successes} trial call(s) succeeded")
+            return s, [event]
+    return s, []
+
+
+def _outcome(s: BreakerState, msg: Outcome, now: float) -> tuple[BreakerState, list]:
+    s = _count(s, msg)
+    if not s.enabled or msg.epoch != s.epoch:
+        return s, []
+    if msg.trial and s.phase == "half_open":
+        return _trial_outcome(s, msg, now)
+    if msg.result == "failure" and s.phase == "closed":
+        return _failure_in_closed(s, now)
+    return s, []
+
+
+def _configure(s: BreakerState, msg: Configure) -> BreakerState:
+    fields = {f: getattr(msg, f) for f in ("failure_threshold", "recovery_timeout_s",
+                                           "monitoring_period_s", "half_open_max_calls",
+                                           "success_threshold")
+              if getattr(msg, f) is not None}
+    cfg = replace(s.cfg, **fields)
+    check_config(s.tier, cfg)
+    retry_at = s.retry_at
+    if s.phase == "open" and not s.forced and "recovery_timeout_s" in fields:
+        retry_at = s.changed_at + cfg.recovery_timeout_s
+    return replace(s, cfg=cfg, retry_at=retry_at)
+
+
+def check_config(tier: str, cfg: BreakerConfig) -> None:
+    for name in ("failure_threshold", "half_open_max_calls", "success_threshold"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"tiers.{tier}.{name}", getattr(cfg, name), "must be >= 1")
+    for name in ("recovery_timeout_s", "monitoring_period_s"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"tiers.{tier}.{name}", getattr(cfg, name), "must be > 0")
+
+
+def snapshot(s: BreakerState, now: float, restarts: int = 0) -> BreakerSnapshot:
+    horizon = now - s.cfg.monitoring_period_s
+    return BreakerSnapshot(
+        tier=s.tier, state=s.phase, enabled=s.enabled, forced=s.forced, epoch=s.epoch,
+        failures_in_window=sum(1 for t in s.failure_times if t > horizon),
+        failure_threshold=s.cfg.failure_threshold, recovery_timeout_s=s.cfg.recovery_timeout_s,
+        monitoring_period_s=s.cfg.monitoring_period_s, changed_at=s.changed_at,
+        time_in_state_s=max(now - s.changed_at, 0.0),
+        retry_after_s=max(s.retry_at - now, 0.0) if s.phase == "open" and not s.forced else 0.0,
+        trials_in_flight=s.trials, calls=s.calls, successes=s.successes, failures=s.failures,
+        ignored=s.ignored, rejections=s.rejections, openings=s.openings, restarts=restarts)
+
+
+def step(s: BreakerState, msg: BreakerIn, now: float) -> tuple[BreakerState, list]:
+    """No I/O, no trio: the whole behaviour of a breaker."""
+    match msg:
+        case Outcome():
+            return _outcome(s, msg, now)
+        case Permit():
+            return _permit(s, msg, now)
+        case Tick():
+            return _maybe_half_open(s, now)
+        case Reset():
+            if s.phase == "closed":
+                return replace(s, failure_times=()), [Send(msg.reply, Done())]
+            s, event = _close(s, now, "manual reset")
+            return s, [event, Send(msg.reply, Done())]
+        case ForceOpen():
+            s, event = _open(s, now, "forced open", forced=True)
+            return s, [event, Send(msg.reply, Done())]
+        case Configure():
+            try:
+                s = _configure(s, msg)
+            except ConfigError as exc:
+                return s, [Send(msg.reply, exc)]
+            return s, [Send(msg.reply, Done())]
+        case GetSnapshot():
+            return s, [Send(msg.reply, snapshot(s, now))]
+    raise TypeError(f"breaker cannot handle {type(msg).__name__}")
+
+
+class BreakerCore:
+    """The core as the shell sees it."""
+
+    def __init__(self, tier: str) -> None:
+        self.name = f"breaker.{tier}"
+
+    step = staticmethod(step)
+
+    @staticmethod
+    def wakeup(s: BreakerState) -> float:
+        return s.retry_at if s.phase == "open" else math.inf
+
+    @staticmethod
+    def parked(s: BreakerState) -> tuple:
+        return ()
+
+    @staticmethod
+    def undelivered(reply: object, value: object) -> Outcome | None:
+        """A permit nobody took: a trial slot goes back."""
+        if type(value) is Permitted and value.trial:
+            return Outcome(result="abandoned", trial=True, epoch=value.epoch)
+        return None

@@ -1,0 +1,291 @@
+"""The whole configuration of Triage as frozen values, with the spec's defaults.
+
+`Config()` alone is the spec (production-monitoring.md) exactly. `Config.from_env()`
+reads the spec's environment variables (milliseconds where the spec uses
+milliseconds) and an optional TOML file named by `TRIAGE_CONFIG` for everything
+else. Every bad value raises `ConfigError` naming the variable or field and why.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from actors.errors import ConfigError
+
+TIERS = ("database", "critical", "analytics", "batch")
+POLICIES = ("general", "auth", "recording", "heavy", "upload")
+
+# Exceptions a caller's bad query raises: they say nothing about the database's health.
+PSYCOPG_CALLER_ERRORS = (
+    "psycopg.errors.IntegrityError",
+    "psycopg.errors.ProgrammingError",
+    "psycopg.errors.DataError",
+)
+
+
+class Priority(enum.IntEnum):
+    """Admission priority; lower value is served first."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+    BATCH = 4
+
+
+class _Frozen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class BreakerConfig(_Frozen):
+    failure_threshold: int = 5
+    recovery_timeout_s: float = 30.0
+    monitoring_period_s: float = 60.0
+    half_open_max_calls: int = 1
+    success_threshold: int = 1
+    # Dotted names of exception classes that do not count as failures.
+    ignore_exceptions: tuple[str, ...] = ()
+
+
+class RatePolicy(_Frozen):
+    limit: int
+    window_s: float
+
+
+class LimiterConfig(_Frozen):
+    max_keys: int = 100_000
+    exempt_keys: tuple[str, ...] = ()
+    # policy -> key -> its own limit (a user's own quota)
+    overrides: dict[str, dict[str, RatePolicy]] = {}
+
+
+class QueueConfig(_Frozen):
+    max_concurrent: int = 8
+    max_queue_size: int = 200
+    request_timeout_s: float = 30.0
+
+
+class Thresholds(_Frozen):
+    max_response_time_ms: float = 5000.0
+    max_usage_percentage: float = 80.0
+    max_connection_count: int = 10
+
+
+class SupervisorConfig(_Frozen):
+    # OTP-style restart intensity: more than max_restarts within period_s fails the system.
+    max_restarts: int = 5
+    period_s: float = 60.0
+    backoff_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+
+def _default_tiers() -> dict[str, BreakerConfig]:
+    return {
+        "database": BreakerConfig(
+            failure_threshold=5, recovery_timeout_s=30.0, ignore_exceptions=PSYCOPG_CALLER_ERRORS
+        ),
+        "critical": BreakerConfig(
+            failure_threshold=3, recovery_timeout_s=10.0, ignore_exceptions=PSYCOPG_CALLER_ERRORS
+        ),
+        "analytics": BreakerConfig(
+            failure_threshold=8, recovery_timeout_s=45.0, ignore_exceptions=PSYCOPG_CALLER_ERRORS
+        ),
+        "batch": BreakerConfig(
+            failure_threshold=10, recovery_timeout_s=60.0, ignore_exceptions=PSYCOPG_CALLER_ERRORS
+        ),
+    }
+
+
+def _default_policies() -> dict[str, RatePolicy]:
+    return {
+        "general": RatePolicy(limit=100, window_s=60.0),
+        "auth": RatePolicy(limit=5, window_s=900.0),
+        "recording": RatePolicy(limit=30, window_s=60.0),
+        "heavy": RatePolicy(limit=10, window_s=60.0),
+        "upload": RatePolicy(limit=10, window_s=300.0),
+    }
+
+
+class Config(_Frozen):
+    database_url: str | None = None
+    environment: Literal["production", "development", "test"] = "development"
+    health_check_interval_s: float = 30.0
+    circuit_breaker_enabled: bool = True
+    rate_limiting_enabled: bool = True
+    thresholds: Thresholds = Thresholds()
+    tiers: dict[str, BreakerConfig] = msgspec.field(default_factory=_default_tiers)
+    policies: dict[str, RatePolicy] = msgspec.field(default_factory=_default_policies)
+    limiter: LimiterConfig = LimiterConfig()
+    queue: QueueConfig = QueueConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """The spec's variables from `environ` (default `os.environ`) over `TRIAGE_CONFIG`."""
+        env = os.environ if environ is None else environ
+        base = _load_toml(env["TRIAGE_CONFIG"]) if env.get("TRIAGE_CONFIG") else {}
+        overlay = _env_overlay(env)
+        merged = _merge(base, overlay)
+        return _convert(merged)
+
+    @classmethod
+    def from_toml(cls, text: str) -> Config:
+        return _convert(_parse_toml(text, "<toml>"))
+
+
+# --- environment ---------------------------------------------------------------------------
+
+
+def _number(env: Mapping[str, str], name: str, lo: float, hi: float, what: str) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, raw, f"expected {what}") from None
+    if not lo <= value <= hi or value != value:
+        raise ConfigError(name, raw, f"expected {what}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, raw, "expected true or false")
+
+
+def _env_overlay(env: Mapping[str, str]) -> dict:
+    out: dict = {}
+    thresholds: dict = {}
+    if env.get("DATABASE_URL"):
+        out["database_url"] = env["DATABASE_URL"]
+    if env.get("NODE_ENV"):
+        node_env = env["NODE_ENV"].strip().lower()
+        if node_env not in ("production", "development", "test"):
+            raise ConfigError("NODE_ENV", env["NODE_ENV"], "expected production, development or test")
+        out["environment"] = node_env
+    interval = _number(env, "HEALTH_CHECK_INTERVAL", 1, 86_400_000, "milliseconds 1-86400000")
+    if interval is not None:
+        out["health_check_interval_s"] = interval / 1000.0
+    for name, key in (("CIRCUIT_BREAKER_ENABLED", "circuit_breaker_enabled"),
+                      ("RATE_LIMITING_ENABLED", "rate_limiting_enabled")):
+        flag = _flag(env, name)
+        if flag is not None:
+            out[key] = flag
+    rt = _number(env, "MAX_RESPONSE_TIME", 1, 3_600_000, "milliseconds 1-3600000")
+    if rt is not None:
+        thresholds["max_response_time_ms"] = rt
+    usage = _number(env, "MAX_DB_USAGE_PERCENTAGE", 0, 100, "a number 0-100")
+    if usage is not None:
+        thresholds["max_usage_percentage"] = usage
+    count = _number(env, "MAX_CONNECTION_COUNT", 1, 100_000, "a whole number 1-100000")
+    if count is not None:
+        if count != int(count):
+            raise ConfigError("MAX_CONNECTION_COUNT", env["MAX_CONNECTION_COUNT"], "expected a whole number 1-100000")
+        thresholds["max_connection_count"] = int(count)
+    if thresholds:
+        out["thresholds"] = thresholds
+    return out
+
+
+# --- TOML and conversion -----------------------------------------------------------------
+
+
+def _parse_toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, None, f"invalid TOML: {exc}") from None
+
+
+def _load_toml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError("TRIAGE_CONFIG", path, f"cannot read file: {exc.strerror}") from None
+    return _parse_toml(text, f"TRIAGE_CONFIG={path}")
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _with_default_entries(raw: dict) -> dict:
+    """A TOML `[tiers.database]` table adjusts that tier; tiers it doesn't name keep their defaults."""
+    raw = dict(raw)
+    for name, defaults in (("tiers", _default_tiers()), ("policies", _default_policies())):
+        given = raw.get(name)
+        if isinstance(given, dict):
+            merged = {k: msgspec.to_builtins(v) for k, v in defaults.items()}
+            for k, v in given.items():
+                merged[k] = _merge(merged.get(k, {}), v) if isinstance(v, dict) else v
+            raw[name] = merged
+    return raw
+
+
+def _convert(raw: dict) -> Config:
+    try:
+        return msgspec.convert(_with_default_entries(raw), Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_path_of(exc), None, str(exc).split(" - at ")[0]) from None
+
+
+def _path_of(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    return text.split(" - at `$.")[-1].rstrip("`") if " - at `$." in text else "config"
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _require(ok: bool, field: str, value: object, why: str) -> None:
+    if not ok:
+        raise ConfigError(field, value, why)
+
+
+def validate(cfg: Config) -> None:
+    _require(cfg.health_check_interval_s > 0, "health_check_interval_s", cfg.health_check_interval_s, "must be > 0")
+    for tier in TIERS:
+        _require(tier in cfg.tiers, f"tiers.{tier}", None, "the spec's tiers are required")
+    for name, t in cfg.tiers.items():
+        p = f"tiers.{name}"
+        _require(t.failure_threshold >= 1, f"{p}.failure_threshold", t.failure_threshold, "must be >= 1")
+        _require(t.recovery_timeout_s > 0, f"{p}.recovery_timeout_s", t.recovery_timeout_s, "must be > 0")
+        _require(t.monitoring_period_s > 0, f"{p}.monitoring_period_s", t.monitoring_period_s, "must be > 0")
+        _require(t.half_open_max_calls >= 1, f"{p}.half_open_max_calls", t.half_open_max_calls, "must be >= 1")
+        _require(1 <= t.success_threshold, f"{p}.success_threshold", t.success_threshold, "must be >= 1")
+    for name, pol in cfg.policies.items():
+        _require(pol.limit >= 1, f"policies.{name}.limit", pol.limit, "must be >= 1")
+        _require(pol.window_s > 0, f"policies.{name}.window_s", pol.window_s, "must be > 0")
+    q = cfg.queue
+    _require(q.max_concurrent >= 1, "queue.max_concurrent", q.max_concurrent, "must be >= 1")
+    _require(q.max_queue_size >= 0, "queue.max_queue_size", q.max_queue_size, "must be >= 0")
+    _require(q.request_timeout_s > 0, "queue.request_timeout_s", q.request_timeout_s, "must be > 0")
+    _require(cfg.limiter.max_keys >= 1, "limiter.max_keys", cfg.limiter.max_keys, "must be >= 1")
+    th = cfg.thresholds
+    _require(0 <= th.max_usage_percentage <= 100, "thresholds.max_usage_percentage", th.max_usage_percentage, "expected a number 0-100")
+    _require(th.max_response_time_ms > 0, "thresholds.max_response_time_ms", th.max_response_time_ms, "must be > 0")
+    _require(th.max_connection_count >= 1, "thresholds.max_connection_count", th.max_connection_count, "must be >= 1")

@@ -1,0 +1,22 @@
+"""Transitions and other things that happened, for logs, alerts and health."""
+
+from __future__ import annotations
+
+from messages.base import Message
+from messages.snapshots import BreakerState
+
+
+class BreakerTransition(Message):
+    tier: str
+    from_state: BreakerState
+    to_state: BreakerState
+    reason: str
+    at: float
+    epoch: int
+
+
+class ActorRestarted(Message):
+    actor: str
+    restarts: int
+    error: str
+    at: float

@@ -1,0 +1,80 @@
+"""Whole-state values of each actor, as callers and the health actor see them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from messages.base import Message
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class BreakerSnapshot(Message):
+    tier: str
+    state: BreakerState
+    enabled: bool
+    forced: bool                 # held open by force_open() until reset()
+    epoch: int                   # changes on every transition
+    failures_in_window: int
+    failure_threshold: int
+    recovery_timeout_s: float
+    monitoring_period_s: float
+    changed_at: float            # trio.current_time() at the last transition
+    time_in_state_s: float
+    retry_after_s: float         # 0 unless open
+    trials_in_flight: int
+    calls: int
+    successes: int
+    failures: int
+    ignored: int
+    rejections: int
+    openings: int
+    restarts: int = 0
+
+
+class QueueSnapshot(Message):
+    max_concurrent: int
+    max_queue_size: int
+    in_flight: int
+    free: int
+    depth: int
+    depth_by_priority: dict[str, int]
+    oldest_wait_s: float
+    admitted: int
+    rejected: int
+    displaced: int
+    timed_out: int
+    cancelled: int
+    cleared: int
+    restarts: int = 0
+
+
+class PolicyStats(Message):
+    limit: int
+    window_s: float
+    allowed: int
+    rejected: int
+    keys: int
+
+
+class LimiterSnapshot(Message):
+    enabled: bool
+    keys: int
+    max_keys: int
+    evictions: int
+    policies: dict[str, PolicyStats]
+    restarts: int = 0
+
+
+class ActorStatus(Message):
+    name: str
+    restarts: int
+    last_restart_at: float | None
+    running: bool
+
+
+class SystemSnapshot(Message):
+    breakers: dict[str, BreakerSnapshot]
+    queue: QueueSnapshot
+    limiter: LimiterSnapshot
+    actors: dict[str, ActorStatus]
