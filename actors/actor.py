@@ -2,10 +2,10 @@
 
 Theory of operation. An actor is a pure *core* — `step(state, msg, now) ->
 (state, effects)` plus a few queries on its state — wrapped in this shell. The
-shell is the only part that touches trio: it waits on the inbox (or until the
-core's next wake-up instant, when it feeds the core a `Tick`), runs `step`,
-and performs the effects (`Send` a reply, `Emit` an event). Messages that are
-already waiting are handled in one batch before anything is published.
+shell is the only part that touches trio: it takes every message waiting in
+its `Mailbox` as one batch (or, if the core's next wake-up instant comes
+first, feeds the core a `Tick`), runs `step` on each, performs the effects
+(`Send` a reply, `Emit` an event), then publishes once.
 
 Supervision, OTP style. If `step` raises, the shell answers the message that
 crashed it with `ActorCrashed`, logs once, and the supervisor restarts the
@@ -21,7 +21,7 @@ is closed, so no caller is left parked.
 
 from __future__ import annotations
 
-import math
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -30,10 +30,10 @@ import trio
 from loguru import logger
 
 from actors.errors import ActorCrashed, ShuttingDown
+from actors.mailbox import Mailbox
 from messages.commands import Crash, Tick
 
 _TICK = Tick()
-_BATCH = 64
 
 
 class Send:
@@ -76,7 +76,7 @@ class ActorCrashedError(Exception):
 class Cell:
     """Everything about one actor that outlives a restart."""
 
-    def __init__(self, core: Core, state: Any, inbox: trio.MemoryReceiveChannel,
+    def __init__(self, core: Core, state: Any, inbox: Mailbox,
                  emit: Callable[[Any], None], publish: Callable[[Any, float], None] | None = None) -> None:
         self.core, self.state, self.inbox = core, state, inbox
         self.emit, self.publish = emit, publish
@@ -125,21 +125,12 @@ async def serve(cell: Cell, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
     task_status.started()
     try:
         while True:
-            deadline = core.wakeup(cell.state)
-            msg = _TICK
-            if deadline == math.inf:
-                msg = await inbox.receive()
-            else:
-                with trio.move_on_at(deadline):
-                    msg = await inbox.receive()
+            batch = await inbox.get_batch(core.wakeup(cell.state))
             now = trio.current_time()
-            _handle_guarded(cell, msg, now)
-            for _ in range(_BATCH):
-                try:
-                    msg = inbox.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                _handle_guarded(cell, msg, now)
+            if not batch:
+                _handle_guarded(cell, _TICK, now)
+            while batch:
+                _handle_guarded(cell, batch.popleft(), now)
             if cell.publish is not None:
                 cell.publish(cell.state, now)
     finally:
@@ -147,18 +138,21 @@ async def serve(cell: Cell, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
 
 
 def shut_down(cell: Cell) -> None:
-    """Answer everything owed with ShuttingDown, then close the inbox. Never blocks."""
+    """Answer every ask still owed with ShuttingDown and close the inbox. Never blocks.
+
+    Tells still in the inbox (a Release carrying a pooled connection, say) are handled
+    as usual first, so what they hand back is not lost.
+    """
+    now = trio.current_time()
     for reply in list(cell.core.parked(cell.state)):
         reply.deliver(ShuttingDown(cell.name))
-    while True:
-        try:
-            msg = cell.inbox.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            break
+    for msg in cell.inbox.close():
         reply = getattr(msg, "reply", None)
-        if reply is not None:
+        if reply is not None and reply.waiting:
             reply.deliver(ShuttingDown(cell.name))
-    cell.inbox.close()
+        else:
+            with contextlib.suppress(Exception):
+                _handle(cell, msg, now)
 
 
 async def supervise(cell: Cell, policy: Any, on_restart: Callable[[Cell, BaseException], None],

@@ -20,7 +20,8 @@ state (a slow call started before a reset must not re-open the breaker).
 
 Callers don't ask for a permit while the breaker is CLOSED: they read the
 published `BreakerView` and go ahead, and report the outcome afterwards. They
-ask only when it is OPEN or HALF_OPEN.
+ask only when it is OPEN or HALF_OPEN. A success in CLOSED changes nothing
+but counters, so the mailbox coalesces those into one `Successes(n)`.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ from messages.commands import (
     Permit,
     Permitted,
     Reset,
+    Successes,
     Tick,
 )
 from messages.config import BreakerConfig
 from messages.events import BreakerTransition
 from messages.snapshots import BreakerSnapshot
 
-BreakerIn = Permit | Outcome | Reset | ForceOpen | Configure | GetSnapshot | Tick
+BreakerIn = Permit | Outcome | Successes | Reset | ForceOpen | Configure | GetSnapshot | Tick
 
 # Retry hint when HALF_OPEN is busy with its trials: the trials decide within about this.
 HALF_OPEN_BUSY_RETRY_S = 1.0
@@ -215,6 +217,8 @@ def step(s: BreakerState, msg: BreakerIn, now: float) -> tuple[BreakerState, lis
     match msg:
         case Outcome():
             return _outcome(s, msg, now)
+        case Successes():
+            return replace(s, calls=s.calls + msg.n, successes=s.successes + msg.n), []
         case Permit():
             return _permit(s, msg, now)
         case Tick():

@@ -84,3 +84,14 @@ class ActorCrashed(TriageError):
 
 def _prio(priority: object) -> str:
     return getattr(priority, "name", str(priority))
+
+
+def classify(exc: BaseException | None, ignore: tuple[type[BaseException], ...]) -> str:
+    """The breaker's verdict on how a call ended."""
+    if exc is None:
+        return "success"
+    if not isinstance(exc, Exception):
+        return "cancelled"          # trio.Cancelled, KeyboardInterrupt: no verdict on the tier
+    if isinstance(exc, Refused) or isinstance(exc, ignore):
+        return "ignored"            # a refusal elsewhere, or the caller's own bad query
+    return "failure"

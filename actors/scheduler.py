@@ -20,8 +20,9 @@ Leaving. A waiter whose caller was cancelled or whose deadline passed sends
 `Withdraw`; a holder sends `Release`. If a slot is handed to a caller that has
 just gone, the shell feeds the core a `Withdraw` for it (`undelivered`), and
 the slot moves on to the next waiter: it can neither leak nor be granted twice.
-Queue timeouts are measured by the waiting caller's own deadline, so they are
-exact; the core only counts them.
+Timeouts. Each waiter carries its deadline; the shell wakes the core with a
+`Tick` at the earliest one, and the core answers `QueueTimeout` — exactly at
+the deadline, so MockClock tests can assert it to the tick.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import msgspec
 from msgspec.structs import replace
 
 from actors.actor import Send
-from actors.errors import QueueCleared, QueueFull
+from actors.errors import QueueCleared, QueueFull, QueueTimeout
 from messages.commands import Admit, Admitted, Clear, Done, GetSnapshot, Release, Tick, Withdraw
 from messages.config import Priority, QueueConfig
 from messages.snapshots import QueueSnapshot
@@ -47,6 +48,30 @@ class Waiter(msgspec.Struct, frozen=True, array_like=True):
     reply: Any
     priority: int
     at: float
+    deadline: float
+    conn: bool
+
+
+class Pool(msgspec.Struct, frozen=True, kw_only=True):
+    """The database connections that go with the slots (at most one per slot holder).
+
+    `opened` counts connections that exist or are being opened: idle ones, ones held
+    with a slot, and ones a holder was told to open. It never exceeds max_concurrent,
+    because a connection is only opened by a slot holder when none is idle.
+    """
+
+    idle: tuple = ()                 # LIFO: the warmest connection goes out first
+    opened: int = 0
+    retry_at: float = -math.inf      # connecting backs off after a failure until then
+    backoff_s: float = 0.0
+    connects: int = 0
+    connect_failures: int = 0
+    discarded: int = 0
+    reused: int = 0
+
+
+CONNECT_BACKOFF_MIN_S = 0.25
+CONNECT_BACKOFF_MAX_S = 10.0
 
 
 class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +80,10 @@ class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
     # one FIFO (tuple, oldest first) per priority, most urgent first
     waiting: tuple[tuple[Waiter, ...], ...] = ((),) * N_PRIORITIES
     depth: int = 0
+    # A lower bound on the earliest waiter deadline (exact after each Tick): waking early
+    # only costs a Tick, so removals need not recompute it.
+    next_deadline: float = math.inf
+    pool: Pool = Pool()
     admitted: int = 0
     rejected: int = 0
     displaced: int = 0
@@ -80,17 +109,48 @@ def _with_queue(s: SchedulerState, prio: int, queue: tuple, depth_delta: int, **
     return replace(s, waiting=waiting, depth=s.depth + depth_delta, **changes)
 
 
-def _grant(s: SchedulerState, reply: Any, since: float, now: float) -> tuple[SchedulerState, Send]:
+def _lease(pool: Pool, now: float) -> tuple[Pool, dict]:
+    """What a slot holder that wants a connection gets: an idle one, leave to open one, or a wait."""
+    if pool.idle:
+        return replace(pool, idle=pool.idle[:-1], reused=pool.reused + 1), {"conn": pool.idle[-1]}
+    if now < pool.retry_at:
+        return pool, {"unavailable_s": pool.retry_at - now}
+    return replace(pool, opened=pool.opened + 1, connects=pool.connects + 1), {"connect": True}
+
+
+def _grant(s: SchedulerState, reply: Any, since: float, now: float,
+           wants_conn: bool = False) -> tuple[SchedulerState, Send]:
+    lease: dict = {}
+    if wants_conn:
+        pool, lease = _lease(s.pool, now)
+        s = replace(s, pool=pool)
     s = replace(s, holders=s.holders | {reply}, admitted=s.admitted + 1)
-    return s, Send(reply, Admitted(waited_s=max(now - since, 0.0)))
+    return s, Send(reply, Admitted(waited_s=max(now - since, 0.0), **lease))
+
+
+def _give_back(pool: Pool, msg: Release, now: float) -> Pool:
+    if msg.conn is not None:  # a working connection: the database answers, stop backing off
+        return replace(pool, idle=pool.idle + (msg.conn,), backoff_s=0.0, retry_at=-math.inf)
+    if not msg.discarded:
+        return pool
+    pool = replace(pool, opened=max(pool.opened - 1, 0), discarded=pool.discarded + 1)
+    if msg.connect_failed:
+        backoff = min(max(pool.backoff_s * 2, CONNECT_BACKOFF_MIN_S), CONNECT_BACKOFF_MAX_S)
+        pool = replace(pool, backoff_s=backoff, retry_at=now + backoff,
+                       connect_failures=pool.connect_failures + 1)
+    return pool
 
 
 def _admit(s: SchedulerState, msg: Admit, now: float) -> tuple[SchedulerState, list]:
     prio = min(max(int(msg.priority), 0), N_PRIORITIES - 1)
     if s.free > 0:
-        s, grant = _grant(s, msg.reply, msg.at, now)
+        s, grant = _grant(s, msg.reply, msg.at, now, msg.conn)
         return s, [grant]
-    waiter = Waiter(msg.reply, prio, msg.at)
+    waiter = Waiter(msg.reply, prio, msg.at, msg.deadline, msg.conn)
+    if msg.deadline <= now:
+        s = replace(s, timed_out=s.timed_out + 1)
+        return s, [Send(msg.reply, QueueTimeout(Priority(prio), now - msg.at))]
+    s = replace(s, next_deadline=min(s.next_deadline, msg.deadline))
     if s.depth < s.cfg.max_queue_size:
         return _with_queue(s, prio, s.waiting[prio] + (waiter,), +1), []
     lowest = next((p for p in range(N_PRIORITIES - 1, -1, -1) if s.waiting[p]), None)
@@ -110,15 +170,18 @@ def _hand_over(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
         prio = next(p for p in range(N_PRIORITIES) if s.waiting[p])
         first = s.waiting[prio][0]
         s = _with_queue(s, prio, s.waiting[prio][1:], -1)
-        s, grant = _grant(s, first.reply, first.at, now)
+        s, grant = _grant(s, first.reply, first.at, now, first.conn)
         effects.append(grant)
     return s, effects
 
 
-def _release(s: SchedulerState, reply: Any, now: float) -> tuple[SchedulerState, list]:
-    if reply not in s.holders:
+def _release(s: SchedulerState, msg: Release | Withdraw, now: float) -> tuple[SchedulerState, list]:
+    if msg.reply not in s.holders:
         return s, []
-    return _hand_over(replace(s, holders=s.holders - {reply}), now)
+    if type(msg) is Release:
+        s = replace(s, pool=_give_back(s.pool, msg, now))
+    return _hand_over(replace(s, holders=s.holders - {msg.reply}), now)
+
 
 
 def _withdraw(s: SchedulerState, msg: Withdraw, now: float) -> tuple[SchedulerState, list]:
@@ -129,12 +192,26 @@ def _withdraw(s: SchedulerState, msg: Withdraw, now: float) -> tuple[SchedulerSt
                 s = _with_queue(s, prio, queue[:i] + queue[i + 1:], -1,
                                 **{count: getattr(s, count) + 1})
                 return s, []
-    return _release(s, msg.reply, now)
+    return _release(s, msg, now)
+
+
+def _expire(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
+    """Answer QueueTimeout to every waiter whose deadline has come."""
+    if now < s.next_deadline:
+        return s, []
+    effects = [Send(w.reply, QueueTimeout(Priority(w.priority), now - w.at))
+               for q in s.waiting for w in q if w.deadline <= now]
+    waiting = tuple(tuple(w for w in q if w.deadline > now) for q in s.waiting)
+    nxt = min((w.deadline for q in waiting for w in q), default=math.inf)
+    s = replace(s, waiting=waiting, depth=s.depth - len(effects), next_deadline=nxt,
+                timed_out=s.timed_out + len(effects))
+    return s, effects
 
 
 def _clear(s: SchedulerState, msg: Clear) -> tuple[SchedulerState, list]:
     effects = [Send(w.reply, QueueCleared(Priority(w.priority))) for q in s.waiting for w in q]
-    s = replace(s, waiting=((),) * N_PRIORITIES, depth=0, cleared=s.cleared + len(effects))
+    s = replace(s, waiting=((),) * N_PRIORITIES, depth=0, next_deadline=math.inf,
+                cleared=s.cleared + len(effects))
     return s, [*effects, Send(msg.reply, Done())]
 
 
@@ -155,7 +232,7 @@ def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerStat
         case Admit():
             return _admit(s, msg, now)
         case Release():
-            return _release(s, msg.reply, now)
+            return _release(s, msg, now)
         case Withdraw():
             return _withdraw(s, msg, now)
         case Clear():
@@ -163,7 +240,7 @@ def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerStat
         case GetSnapshot():
             return s, [Send(msg.reply, snapshot(s, now))]
         case Tick():
-            return s, []
+            return _expire(s, now)
     raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
 
 
@@ -173,13 +250,15 @@ class SchedulerCore:
 
     @staticmethod
     def wakeup(s: SchedulerState) -> float:
-        return math.inf
+        return s.next_deadline if s.depth else math.inf
 
     @staticmethod
     def parked(s: SchedulerState) -> list:
         return [w.reply for q in s.waiting for w in q]
 
     @staticmethod
-    def undelivered(reply: Any, value: Any) -> Withdraw | None:
-        """A slot handed to a caller that has just gone comes straight back."""
-        return Withdraw(reply=reply) if type(value) is Admitted else None
+    def undelivered(reply: Any, value: Any) -> Release | None:
+        """A slot (and any connection with it) handed to a caller that has just gone comes back."""
+        if type(value) is not Admitted:
+            return None
+        return Release(reply=reply, conn=value.conn, discarded=value.connect)

@@ -52,6 +52,12 @@ class Outcome(Message):
     duration_s: float = 0.0
 
 
+class Successes(Message):
+    """`n` successful calls in the CLOSED state, coalesced by the mailbox."""
+
+    n: int
+
+
 class Reset(Message):
     reply: Any = None
 
@@ -78,18 +84,28 @@ class Admit(Message):
     reply: Any
     priority: int
     at: float
+    deadline: float = float("inf")   # not admitted by then: QueueTimeout
+    conn: bool = False               # wants a pooled database connection with its slot
 
 
 class Admitted(Message):
     waited_s: float
+    conn: Any = None                 # an idle pooled connection, if one was asked for and free
+    connect: bool = False            # none idle: the caller may open one (counted as open)
+    unavailable_s: float = 0.0       # connecting is backing off: retry after this long
 
 
 class Release(Message):
+    """A holder is done. With a pooled connection: give it back, or say it was discarded."""
+
     reply: Any
+    conn: Any = None                 # returned to the idle pool
+    discarded: bool = False          # the holder's connection was closed (or never opened)
+    connect_failed: bool = False     # opening a connection failed: back off
 
 
 class Withdraw(Message):
-    """A waiter left: its caller was cancelled or its queue deadline passed."""
+    """A waiter or holder left: its caller was cancelled (or its slot was never taken)."""
 
     reply: Any
     reason: Literal["cancelled", "timeout"] = "cancelled"

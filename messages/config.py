@@ -77,6 +77,17 @@ class Thresholds(_Frozen):
     max_connection_count: int = 10
 
 
+class DatabaseConfig(_Frozen):
+    connect_timeout_s: float = 10.0
+    # None: the queue's request timeout (spec: 30 s), so no backend outlives a caller's wait
+    statement_timeout_s: float | None = None
+    max_lifetime_s: float = 1800.0       # recycle connections after this long
+    probe_timeout_s: float | None = None  # monitor probe; None: min(5 s, health check interval)
+    embedded: bool = False               # start an embedded PostgreSQL (pgserver) when no URL
+    embedded_data_dir: str | None = None  # None: a temporary directory
+    application_name: str = "triage"
+
+
 class SupervisorConfig(_Frozen):
     # OTP-style restart intensity: more than max_restarts within period_s fails the system.
     max_restarts: int = 5
@@ -123,6 +134,7 @@ class Config(_Frozen):
     policies: dict[str, RatePolicy] = msgspec.field(default_factory=_default_policies)
     limiter: LimiterConfig = LimiterConfig()
     queue: QueueConfig = QueueConfig()
+    database: DatabaseConfig = DatabaseConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
 
     def __post_init__(self) -> None:
@@ -140,6 +152,10 @@ class Config(_Frozen):
     @classmethod
     def from_toml(cls, text: str) -> Config:
         return _convert(_parse_toml(text, "<toml>"))
+
+    def __repr__(self) -> str:  # never show a DSN (it may hold a password)
+        shown = "set" if self.database_url else None
+        return f"Config(database_url={shown!r}, environment={self.environment!r}, ...)"
 
 
 # --- environment ---------------------------------------------------------------------------
@@ -175,6 +191,12 @@ def _env_overlay(env: Mapping[str, str]) -> dict:
     thresholds: dict = {}
     if env.get("DATABASE_URL"):
         out["database_url"] = env["DATABASE_URL"]
+    embedded = _flag(env, "TRIAGE_EMBEDDED_DB")
+    if embedded is None:
+        embedded = not env.get("DATABASE_URL")
+    out["database"] = {"embedded": embedded}
+    if env.get("TRIAGE_DATA_DIR"):
+        out["database"]["embedded_data_dir"] = env["TRIAGE_DATA_DIR"]
     if env.get("NODE_ENV"):
         node_env = env["NODE_ENV"].strip().lower()
         if node_env not in ("production", "development", "test"):
@@ -284,6 +306,11 @@ def validate(cfg: Config) -> None:
     _require(q.max_concurrent >= 1, "queue.max_concurrent", q.max_concurrent, "must be >= 1")
     _require(q.max_queue_size >= 0, "queue.max_queue_size", q.max_queue_size, "must be >= 0")
     _require(q.request_timeout_s > 0, "queue.request_timeout_s", q.request_timeout_s, "must be > 0")
+    db = cfg.database
+    _require(db.connect_timeout_s > 0, "database.connect_timeout_s", db.connect_timeout_s, "must be > 0")
+    _require(db.max_lifetime_s > 0, "database.max_lifetime_s", db.max_lifetime_s, "must be > 0")
+    _require(db.statement_timeout_s is None or db.statement_timeout_s > 0,
+             "database.statement_timeout_s", db.statement_timeout_s, "must be > 0")
     _require(cfg.limiter.max_keys >= 1, "limiter.max_keys", cfg.limiter.max_keys, "must be >= 1")
     th = cfg.thresholds
     _require(0 <= th.max_usage_percentage <= 100, "thresholds.max_usage_percentage", th.max_usage_percentage, "expected a number 0-100")

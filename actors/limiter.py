@@ -1,0 +1,97 @@
+"""Rate limiter actor: the GCRA table of `ratelimit_core` behind a mailbox.
+
+The key table is the one part of an actor's state that is mutated in place:
+it may hold a million keys, and copying it per decision is out of the
+question. It is owned by this actor alone and never leaves it; what leaves
+is `RateDecision` and `LimiterSnapshot` values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from actors.actor import Send
+from actors.ratelimit_core import LimiterTable, PolicySpec, RateDecision
+from messages.commands import Check, Done, GetSnapshot, ResetKeys, Tick
+from messages.config import Config
+from messages.snapshots import LimiterSnapshot, PolicyStats
+
+LimiterIn = Check | ResetKeys | GetSnapshot | Tick
+
+# Idle keys carry no information under GCRA; sweeping them in small slices, at most every
+# EXPIRE_EVERY_S while checks arrive, keeps memory low without a pause.
+EXPIRE_EVERY_S = 5.0
+EXPIRE_BUDGET = 2000
+
+__all__ = ["LimiterCore", "LimiterState", "RateDecision", "step", "snapshot"]
+
+
+class LimiterState(msgspec.Struct, kw_only=True):
+    table: LimiterTable
+    next_expire_at: float
+
+    @classmethod
+    def initial(cls, config: Config, now: float) -> LimiterState:
+        policies = {n: PolicySpec(limit=p.limit, window_s=p.window_s) for n, p in config.policies.items()}
+        overrides = {pol: {k: PolicySpec(limit=v.limit, window_s=v.window_s) for k, v in keys.items()}
+                     for pol, keys in config.limiter.overrides.items()}
+        table = LimiterTable(policies, max_keys=config.limiter.max_keys, overrides=overrides,
+                             exempt=frozenset(config.limiter.exempt_keys),
+                             enabled=config.rate_limiting_enabled)
+        return cls(table=table, next_expire_at=now + EXPIRE_EVERY_S)
+
+
+def snapshot(s: LimiterState, now: float, restarts: int = 0) -> LimiterSnapshot:
+    stats = s.table.stats()
+    policies = {
+        name: PolicyStats(limit=p["limit"], window_s=p["window_s"], allowed=p["allowed"],
+                          rejected=p["rejected"], keys=p["keys"])
+        for name, p in stats["policies"].items()
+    }
+    return LimiterSnapshot(enabled=stats["enabled"], keys=stats["keys"], max_keys=stats["max_keys"],
+                           evictions=stats["evictions"], policies=policies, restarts=restarts)
+
+
+def _expire(s: LimiterState, now: float) -> None:
+    s.table.expire(now, EXPIRE_BUDGET)
+    s.next_expire_at = now + EXPIRE_EVERY_S
+
+
+def step(s: LimiterState, msg: LimiterIn, now: float) -> tuple[LimiterState, list]:
+    match msg:
+        case Check():
+            if now >= s.next_expire_at:
+                _expire(s, now)
+            try:
+                decision = s.table.check(msg.policy, msg.key, now, msg.cost)
+            except (KeyError, ValueError) as exc:
+                return s, [Send(msg.reply, exc)]
+            return s, [Send(msg.reply, decision)]
+        case Tick():
+            return s, []
+        case ResetKeys():
+            s.table.reset(msg.policy, msg.key)
+            return s, [Send(msg.reply, Done())]
+        case GetSnapshot():
+            return s, [Send(msg.reply, snapshot(s, now))]
+    raise TypeError(f"limiter cannot handle {type(msg).__name__}")
+
+
+class LimiterCore:
+    name = "limiter"
+    step = staticmethod(step)
+
+    @staticmethod
+    def wakeup(s: LimiterState) -> float:
+        # Expiry rides on checks: without traffic no key is added, so nothing grows.
+        return math.inf
+
+    @staticmethod
+    def parked(s: LimiterState) -> tuple:
+        return ()
+
+    @staticmethod
+    def undelivered(reply: object, value: object) -> None:
+        return None
