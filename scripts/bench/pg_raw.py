@@ -1,0 +1,106 @@
+"""SELECT 1 throughput on N connections: trio-native PgConnection vs psycopg via to_thread.
+
+    .venv/bin/python scripts/bench/pg_raw.py [--dsn DSN] [--conns 8] [--rounds 5] [--seconds 2]
+
+(a) N trio tasks, each driving its own ``actors.pgconn.PgConnection``;
+(b) N trio tasks, each calling a sync ``psycopg.Connection`` through
+    ``trio.to_thread.run_sync``.
+The two alternate each round (so drift in machine load hits both); the
+script prints every round, the medians and the ratio a/b. A figure, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import psycopg
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from actors.pgconn import PgConnection  # noqa: E402
+
+DEFAULT_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def count_for(seconds: float, workers: list) -> int:
+    """Run every worker(deadline) concurrently; return total queries done."""
+    deadline = trio.current_time() + seconds
+    counts = [0] * len(workers)
+
+    async def run(i: int) -> None:
+        counts[i] = await workers[i](deadline)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(workers)):
+            nursery.start_soon(run, i)
+    return sum(counts)
+
+
+def trio_native_worker(conn: PgConnection):
+    async def work(deadline: float) -> int:
+        done = 0
+        while trio.current_time() < deadline:
+            await conn.execute("SELECT 1")
+            done += 1
+        return done
+
+    return work
+
+
+def to_thread_worker(conn: psycopg.Connection):
+    def select_one() -> None:
+        conn.execute("SELECT 1").fetchone()
+
+    async def work(deadline: float) -> int:
+        done = 0
+        while trio.current_time() < deadline:
+            await trio.to_thread.run_sync(select_one)
+            done += 1
+        return done
+
+    return work
+
+
+async def main(args: argparse.Namespace) -> None:
+    natives = [await PgConnection.connect(args.dsn) for _ in range(args.conns)]
+    syncs = [psycopg.connect(args.dsn, autocommit=True) for _ in range(args.conns)]
+    modes = {
+        "trio-native": [trio_native_worker(c) for c in natives],
+        "to_thread": [to_thread_worker(c) for c in syncs],
+    }
+    rates: dict[str, list[float]] = {name: [] for name in modes}
+    try:
+        for workers in modes.values():  # warm-up: caches, plans, thread pool
+            await count_for(0.3, workers)
+        for round_no in range(1, args.rounds + 1):
+            order = list(modes) if round_no % 2 else list(reversed(modes))
+            for name in order:
+                rate = await count_for(args.seconds, modes[name]) / args.seconds
+                rates[name].append(rate)
+            print(
+                f"round {round_no}: "
+                + "  ".join(f"{name} {rates[name][-1]:9,.0f} q/s" for name in modes)
+            )
+    finally:
+        for conn in natives:
+            await conn.close()
+        for sync_conn in syncs:
+            sync_conn.close()
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"\nSELECT 1, {args.conns} connections, {args.rounds} rounds x {args.seconds}s:")
+    for name, value in medians.items():
+        print(f"  {name:12} median {value:9,.0f} q/s")
+    print(f"  ratio trio-native / to_thread = {medians['trio-native'] / medians['to_thread']:.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=DEFAULT_DSN)
+    parser.add_argument("--conns", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    trio.run(main, parser.parse_args())
