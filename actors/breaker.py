@@ -19,7 +19,7 @@ an outcome from an older epoch is counted in the totals but cannot move the
 state (a slow call started before a reset must not re-open the breaker).
 
 Callers don't ask for a permit while the breaker is CLOSED: they read the
-published `BreakerView` and go ahead, and report the outcome afterwards. They
+published state and go ahead, and report the outcome afterwards. They
 ask only when it is OPEN or HALF_OPEN. A success in CLOSED changes nothing
 but counters, so the mailbox coalesces those into one `Successes(n)`.
 """
@@ -77,18 +77,6 @@ class BreakerState(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def initial(cls, tier: str, cfg: BreakerConfig, *, now: float, enabled: bool = True) -> BreakerState:
         return cls(tier=tier, cfg=cfg, enabled=enabled, changed_at=now)
-
-
-class BreakerView(msgspec.Struct, frozen=True):
-    """What a caller needs to decide whether to ask: published on every transition."""
-
-    state: str
-    epoch: int
-    enabled: bool
-
-
-def view(state: BreakerState) -> BreakerView:
-    return BreakerView(state.phase, state.epoch, state.enabled)
 
 
 def _transition(s: BreakerState, to: str, now: float, reason: str, **changes) -> tuple[BreakerState, Emit]:

@@ -32,6 +32,7 @@ import psycopg
 import trio
 
 from actors.errors import TriageError, classify
+from actors.handles import observe_call
 from actors.pgconn import ConnectionLost, PgConnection, QueryResult
 from messages.commands import Admitted
 from messages.config import Config, Priority
@@ -73,7 +74,7 @@ def _mark(exc: BaseException, retriable: bool) -> None:
 class _Lease:
     """One slot + one connection for the length of a call or a transaction."""
 
-    __slots__ = ("db", "token", "conn", "connect_failed", "t0", "trial", "epoch", "breaker")
+    __slots__ = ("db", "token", "conn", "connect_failed", "t0", "waited", "trial", "epoch", "breaker")
 
     def __init__(self, db: Database, breaker: Any) -> None:
         self.db, self.breaker = db, breaker
@@ -81,14 +82,20 @@ class _Lease:
         self.connect_failed = False
 
     async def acquire(self, priority: int, queue_timeout_s: float | None) -> PgConnection:
-        self.trial, self.epoch = await self.breaker.permit()
+        self.t0 = trio.current_time()
+        try:
+            self.trial, self.epoch = await self.breaker.permit()
+        except BaseException as exc:
+            observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, trio.current_time(), None)
+            raise
         try:
             self.token, admitted = await self.db._queue.admit(priority, queue_timeout_s, conn=True)
-        except BaseException:
+        except BaseException as exc:
             if self.trial:
                 self.breaker.report("abandoned", True, self.epoch, 0.0)
+            observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, trio.current_time(), None)
             raise
-        self.t0 = trio.current_time()
+        self.waited = admitted.waited_s
         return await self._connection(admitted)
 
     async def _connection(self, admitted: Admitted) -> PgConnection:
@@ -129,8 +136,10 @@ class _Lease:
                                       discarded=not keep, connect_failed=self.connect_failed)
         if not sent and conn is not None:
             conn.close_now()  # the system has shut down: nobody to give it back to
+        now = trio.current_time()
         self.breaker.report(classify(exc, self.breaker.ignore), self.trial, self.epoch,
-                            trio.current_time() - self.t0)
+                            now - self.t0 - self.waited)
+        observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, now, self.waited)
 
 
 class Transaction:

@@ -102,6 +102,19 @@ class Mailbox:
             self._reader = None
             reschedule(reader)
 
+    def put_lazy(self, msg: Any) -> None:
+        """A tell that may wait for the actor's next wake-up (at most its next Tick).
+
+        The reader is woken only once `capacity` messages pile up, so a stream of these
+        costs no task switch per message. Never blocks; silently nothing once closed.
+        """
+        if self.closed:
+            return
+        self._queue.append(msg)
+        if len(self._queue) >= self.capacity and self._reader is not None:
+            reader, self._reader = self._reader, None
+            reschedule(reader)
+
     def tally(self) -> None:
         """A tell that only counts (e.g. a success while a breaker is CLOSED).
 

@@ -83,7 +83,7 @@ _MAX_WINDOW_US = 2**50
 _DICT_MAX_BYTES_PER_KEY = 64
 _DICT_SLACK_BYTES = 16_384  # small dicts: don't rebuild for a few kilobytes
 _MAINTAIN_MIN_OPS = 1024
-_ALL = frozenset({"<every key: rate limiting disabled>"})
+_ALL: frozenset[str] = frozenset({"\x00every key: rate limiting is disabled"})  # a sentinel
 _floor = math.floor
 
 
@@ -347,12 +347,9 @@ class LimiterTable:
         for k in idle:
             del d[k]
             by_prefix[k[0]].keys -= 1
-        n = len(idle)
-        self._expired += n
-        self._tick -= n
-        if self._tick <= 0:
-            self._maintain()
-        return n
+        self._expired += len(idle)
+        self._maintain()  # O(1) unless the dict needs a rebuild (amortised O(1) per key)
+        return len(idle)
 
     def _evict(self) -> None:
         """Make room for one key: drop the least-recently-used batch from the front."""

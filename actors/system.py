@@ -1,64 +1,51 @@
-"""Wiring: the one place channels are made and actors started, and the caller's handle.
+"""Wiring: the one place mailboxes are made and actors started.
 
 `run_monitoring(config, *, task_status)` starts every actor under its
 supervisor, in dependency order, in the caller's nursery, and hands back a
-`Monitoring` handle through `task_status.started`. `open_monitoring(config)` is
-the same as an async context manager. Leaving it answers everything pending
-with `ShuttingDown` and leaves no task behind.
+`Monitoring` handle through `task_status.started`:
+
+    limiter -> breakers (one per tier) -> scheduler (admission + pool)
+    -> metrics -> database (embedded server, monitor) -> alerts -> health -> sinks
+
+`open_monitoring(config)` is the same as an async context manager. Leaving it
+answers everything pending with `ShuttingDown`, closes pooled connections and
+leaves no task behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 from loguru import logger
-from msgspec.structs import replace
 
+from actors import alerts as alerts_mod
 from actors import breaker as breaker_mod
 from actors import limiter as limiter_mod
+from actors import metrics as metrics_mod
 from actors import scheduler as scheduler_mod
 from actors.actor import Cell, supervise
-from actors.errors import (
-    CircuitOpen,
-    ConfigError,
-    RateLimited,
-    ShuttingDown,
-    UnknownTier,
-    classify,
-)
-from actors.mailbox import Mailbox, Published, Reply, ask, tell_quietly
 from actors.database import Database
-from actors.ratelimit_core import RateDecision
-from messages.commands import (
-    Admit,
-    Admitted,
-    Check,
-    Clear,
-    Configure,
-    ForceOpen,
-    GetSnapshot,
-    Outcome,
-    Permit,
-    Release,
-    Reset,
-    ResetKeys,
-    Successes,
-    Withdraw,
-)
-from messages.config import Config, Priority
+from actors.errors import ConfigError
+from actors.handles import BreakerHandle, EventBus, Monitoring, QueueHandle
+from actors.health import METRICS_PERIOD_S, HealthActor, Sources
+from actors.mailbox import Mailbox, Published
+from messages.commands import Successes
+from messages.config import Config
 from messages.events import ActorRestarted, BreakerTransition
-from messages.snapshots import ActorStatus, BreakerSnapshot, QueueSnapshot, SystemSnapshot
+from messages.metrics import Count
+from messages.snapshots import ActorStatus
 
-T = TypeVar("T")
 INBOX_SIZE = 1024
+METRICS_INBOX_SIZE = 4096
 
 log = logger.bind(actor="system")
+
+__all__ = ["Monitoring", "open_monitoring", "run_monitoring"]
 
 
 def _resolve(dotted: tuple[str, ...]) -> tuple[type[BaseException], ...]:
@@ -67,302 +54,200 @@ def _resolve(dotted: tuple[str, ...]) -> tuple[type[BaseException], ...]:
         module, _, attr = name.rpartition(".")
         try:
             out.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):
+        except (ImportError, AttributeError, ValueError):
             raise ConfigError("ignore_exceptions", name, "not an importable exception class") from None
     return tuple(out)
 
 
-class EventBus:
-    """Fan-out of events to bounded subscriber channels; a slow one loses events, counted."""
+class _Wiring:
+    """What run_monitoring builds, kept together so each step is a short method."""
 
-    def __init__(self) -> None:
-        self._subs: list[trio.MemorySendChannel] = []
-        self.dropped = 0
+    def __init__(self, config: Config, nursery: trio.Nursery) -> None:
+        self.config, self.nursery = config, nursery
+        self.now = trio.current_time()
+        self.bus = EventBus()
+        self.cells: dict[str, Cell] = {}
+        offset = time.time() - self.now
+        self.wall: Callable[[float], float] = lambda now: now + offset
 
-    def emit(self, event: Any) -> None:
-        if type(event) is BreakerTransition:
-            logger.bind(actor="breaker", tier=event.tier).info(
-                "Circuit breaker {tier} {to_state} (was {from_state}): {reason}",
-                tier=event.tier, to_state=event.to_state.upper(),
-                from_state=event.from_state.upper(), reason=event.reason)
-        for ch in list(self._subs):
-            try:
-                ch.send_nowait(event)
-            except trio.WouldBlock:
-                self.dropped += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subs.remove(ch)
+    def on_restart(self, cell: Cell, exc: BaseException) -> None:
+        self.bus.emit(ActorRestarted(actor=cell.name, restarts=cell.restarts,
+                                     error=type(exc).__name__, at=trio.current_time()))
 
-    @asynccontextmanager
-    async def subscribe(self, buffer: int = 256) -> AsyncIterator[trio.MemoryReceiveChannel]:
-        send, recv = trio.open_memory_channel(buffer)
-        self._subs.append(send)
+    async def start(self, name: str, core: Any, state: Any, inbox: Mailbox,
+                    publish: Callable[[Any, float], None] | None = None) -> Cell:
+        cell = Cell(core, state, inbox, self.bus.emit, publish)
+        self.cells[name] = cell
+        await self.nursery.start(supervise, cell, self.config.supervisor, self.on_restart)
+        return cell
+
+    async def limiter(self) -> Mailbox:
+        inbox = Mailbox("limiter", INBOX_SIZE)
+        await self.start("limiter", limiter_mod.LimiterCore(),
+                         limiter_mod.LimiterState.initial(self.config, self.now), inbox)
+        return inbox
+
+    async def breakers(self) -> dict[str, BreakerHandle]:
+        handles = {}
+        for tier, tcfg in self.config.tiers.items():
+            inbox = Mailbox(f"breaker.{tier}", INBOX_SIZE, tally_msg=_successes)
+            state = breaker_mod.BreakerState.initial(tier, tcfg, now=self.now,
+                                                     enabled=self.config.circuit_breaker_enabled)
+            published = Published(state)
+            await self.start(f"breaker.{tier}", breaker_mod.BreakerCore(tier), state, inbox,
+                             publish=_publish_state(published))
+            handles[tier] = BreakerHandle(tier, inbox, published, _resolve(tcfg.ignore_exceptions))
+        return handles
+
+    async def scheduler(self) -> QueueHandle:
+        inbox = Mailbox("scheduler", INBOX_SIZE)
+        await self.start("scheduler", scheduler_mod.SchedulerCore(),
+                         scheduler_mod.SchedulerState.initial(self.config.queue), inbox)
+        return QueueHandle(inbox, self.config.queue.request_timeout_s)
+
+    async def metrics(self) -> tuple[Mailbox, Published]:
+        inbox = Mailbox("metrics", METRICS_INBOX_SIZE)
+        published = Published(None)
+        state = metrics_mod.MetricsState.initial(now=self.now)
+        await self.start("metrics", metrics_mod.MetricsCore(), state, inbox,
+                         publish=_every(METRICS_PERIOD_S, lambda s, now: published.set(
+                             metrics_mod.snapshot(s, now))))
+        self.bus.taps.append(_count_activations(inbox))
+        return inbox, published
+
+    async def database(self) -> tuple[str | None, Any]:
+        dsn = self.config.database_url
+        if not dsn and self.config.database.embedded:
+            dsn = await self.nursery.start(_serve_embedded, self.config.database.embedded_data_dir)
+        if not dsn:
+            return None, None
+        from actors.monitor import DatabaseMonitor
+
+        monitor = DatabaseMonitor(self.config, dsn, self.bus.emit,
+                                  probe_timeout_s=self.config.database.probe_timeout_s)
+        await self.nursery.start(monitor.run)
+        return dsn, monitor
+
+    async def alerts(self) -> tuple[Mailbox, Published]:
+        inbox = Mailbox("alerts", INBOX_SIZE)
+        published = Published(())
+        state = alerts_mod.AlertState.initial(self.config.alerts, self.now, self.wall)
+
+        def publish(s: alerts_mod.AlertState, now: float) -> None:
+            if s.tracks != getattr(publish, "last", None):
+                publish.last = s.tracks  # type: ignore[attr-defined]
+                published.set(tuple(alerts_mod.active(s, now)))
+
+        await self.start("alerts", alerts_mod.AlertsCore(), state, inbox, publish=publish)
+        return inbox, published
+
+    async def health(self, mon: Monitoring, monitor: Any, alerts_inbox: Mailbox,
+                     alerts: Published, metrics: Published) -> HealthActor:
+        cells = self.cells
+        sources = Sources(
+            breakers=lambda: {t: cells[f"breaker.{t}"].state for t in self.config.tiers},
+            queue=lambda: cells["scheduler"].state,
+            database=(lambda: monitor.metrics.value) if monitor is not None else (lambda: None),
+            metrics=lambda: metrics.value,
+            limiter=lambda: limiter_mod.snapshot(cells["limiter"].state, trio.current_time()),
+            actors=mon.actors,
+            maintenance=lambda: mon.in_maintenance,
+            alerts=lambda: alerts.value)
+        actor = HealthActor(self.config, sources, self.bus, alerts_inbox.put, self.wall, self.now)
+        self.nursery.start_soon(_keep_running, actor)
+        return actor
+
+
+async def _keep_running(actor: HealthActor) -> None:
+    """The health task, restarted on a crash (it holds no state but its last report)."""
+    while True:
         try:
-            async with recv:
-                yield recv
-        finally:
-            if send in self._subs:
-                self._subs.remove(send)
-            send.close()
-
-    def close(self) -> None:
-        for ch in self._subs:
-            ch.close()
-        self._subs.clear()
-
-
-class BreakerHandle:
-    """One tier's breaker as a caller sees it."""
-
-    def __init__(self, tier: str, inbox: Mailbox, view: Published,
-                 ignore: tuple[type[BaseException], ...]) -> None:
-        self.tier, self._inbox, self._view, self.ignore = tier, inbox, view, ignore
-
-    @property
-    def state(self) -> str:
-        """The state as last published (no round trip)."""
-        return self._view.value.state
-
-    async def wait_state(self, state: str) -> None:
-        await self._view.wait_value(lambda v: v.state == state)
-
-    async def reset(self) -> None:
-        await ask(self._inbox, lambda r: Reset(reply=r))
-
-    async def force_open(self) -> None:
-        await ask(self._inbox, lambda r: ForceOpen(reply=r))
-
-    async def configure(self, **fields: Any) -> None:
-        """failure_threshold, recovery_timeout_s, monitoring_period_s, half_open_max_calls, success_threshold."""
-        await ask(self._inbox, lambda r: Configure(reply=r, **fields))
-
-    async def snapshot(self) -> BreakerSnapshot:
-        return await ask(self._inbox, lambda r: GetSnapshot(reply=r))
-
-    async def permit(self) -> tuple[bool, int]:
-        """(trial, epoch) or CircuitOpen. Asks the actor only when it is not CLOSED."""
-        v = self._view.value
-        if v.state == "closed" or not v.enabled:
-            return False, v.epoch
-        p = await ask(self._inbox, lambda r: Permit(reply=r))
-        return p.trial, p.epoch
-
-    def report(self, result: str, trial: bool, epoch: int, duration_s: float) -> None:
-        """Tell the breaker how a call ended (nothing to tell once the system is gone)."""
-        if result == "success" and not trial and self._view.value.state == "closed":
-            with contextlib.suppress(ShuttingDown):
-                self._inbox.tally()
+            await actor.run()
             return
-        tell_quietly(self._inbox, Outcome(result=result, epoch=epoch, trial=trial,
-                                          duration_s=duration_s))
+        except Exception:
+            actor.restarts += 1
+            logger.bind(actor="health").opt(exception=True).error("health actor crashed; restarting")
+            await trio.sleep(min(0.1 * 2 ** actor.restarts, 5.0))
 
 
-class QueueHandle:
-    """The admission queue as a caller sees it."""
-
-    def __init__(self, inbox: Mailbox, timeout_s: float) -> None:
-        self._inbox, self.timeout_s = inbox, timeout_s
-
-    async def admit(self, priority: int, timeout_s: float | None = None,
-                    conn: bool = False) -> tuple[Reply, Admitted]:
-        """Wait for a slot (and a pooled connection if `conn`): (token for `release`, lease).
-
-        Raises QueueFull, QueueTimeout (after `timeout_s`, default the queue's request
-        timeout), QueueCleared or ShuttingDown.
-        """
-        now = trio.current_time()
-        reply = Reply()
-        wait_s = self.timeout_s if timeout_s is None else timeout_s
-        await self._inbox.put_ask(Admit(reply=reply, priority=priority, at=now,
-                                        deadline=now + wait_s, conn=conn))
-        try:
-            admitted = await reply.wait()
-        except BaseException:
-            if reply.abandoned:  # cancelled while waiting: leave the queue
-                tell_quietly(self._inbox, Withdraw(reply=reply, reason="cancelled"))
-            raise
-        return reply, admitted
-
-    def release(self, token: Reply, conn: Any = None, discarded: bool = False,
-                connect_failed: bool = False) -> bool:
-        """Give the slot back (with the pooled connection, if any). False once shut down."""
-        return tell_quietly(self._inbox, Release(reply=token, conn=conn, discarded=discarded,
-                                                 connect_failed=connect_failed))
-
-    async def clear(self) -> None:
-        """Answer every waiter with QueueCleared (holders keep their slots)."""
-        await ask(self._inbox, lambda r: Clear(reply=r))
-
-    async def snapshot(self) -> QueueSnapshot:
-        return await ask(self._inbox, lambda r: GetSnapshot(reply=r))
+def _publish_state(published: Published) -> Callable[[Any, float], None]:
+    """Breaker state as a value, re-published only when a caller's fast path could care."""
+    def publish(state: breaker_mod.BreakerState, now: float) -> None:
+        v = published.value
+        if v.epoch != state.epoch or v.enabled != state.enabled or v.phase != state.phase:
+            published.set(state)
+        else:
+            published.value = state  # counters changed: readers see them, nobody needs waking
+    return publish
 
 
-class _Guard:
-    """`async with mon.guard(...)`: breaker permit + admission slot around a block."""
+def _every(period_s: float, fn: Callable[[Any, float], None]) -> Callable[[Any, float], None]:
+    last = [-float("inf")]
 
-    __slots__ = ("_breaker", "_queue", "_priority", "_timeout_s", "_trial", "_epoch", "_token", "_t0")
-
-    def __init__(self, breaker: BreakerHandle, queue: QueueHandle, priority: int,
-                 timeout_s: float | None) -> None:
-        self._breaker, self._queue, self._priority, self._timeout_s = breaker, queue, priority, timeout_s
-
-    async def __aenter__(self) -> _Guard:
-        self._trial, self._epoch = await self._breaker.permit()
-        try:
-            self._token, _ = await self._queue.admit(self._priority, self._timeout_s)
-        except BaseException:
-            if self._trial:
-                self._breaker.report("abandoned", True, self._epoch, 0.0)
-            raise
-        self._t0 = trio.current_time()
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        duration = trio.current_time() - self._t0
-        self._queue.release(self._token)
-        self._breaker.report(classify(exc, self._breaker.ignore), self._trial, self._epoch, duration)
+    def publish(state: Any, now: float) -> None:
+        if now - last[0] >= period_s:
+            last[0] = now
+            fn(state, now)
+    return publish
 
 
-class Monitoring:
-    """The handle a host gets from `open_monitoring` / `run_monitoring`."""
-
-    def __init__(self, config: Config, breakers: dict[str, BreakerHandle], queue: QueueHandle,
-                 limiter_inbox: Mailbox, cells: dict[str, Cell], bus: EventBus) -> None:
-        self.config, self.breakers, self.queue = config, breakers, queue
-        self._limiter = limiter_inbox
-        self._cells, self._bus = cells, bus
-        self.closed = False
-        self.db: Database  # set once the database (if any) is wired
-
-    def _breaker(self, tier: str) -> BreakerHandle:
-        if self.closed:
-            raise ShuttingDown()
-        try:
-            return self.breakers[tier]
-        except KeyError:
-            raise UnknownTier(tier, tuple(self.breakers)) from None
-
-    def guard(self, *, priority: int = Priority.NORMAL, tier: str = "database",
-              timeout_s: float | None = None) -> _Guard:
-        """Breaker + admission slot for a block; an exception leaving the block is the outcome.
-
-        `timeout_s` bounds the wait for a slot (default: the queue's request timeout).
-        """
-        return _Guard(self._breaker(tier), self.queue, priority, timeout_s)
-
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any, priority: int = Priority.NORMAL,
-                  tier: str = "database", fallback: Callable[[], Any] | None = None,
-                  timeout_s: float | None = None) -> T:
-        """Run `await fn(*args)` under the tier's breaker and an admission slot.
-
-        When the breaker refuses and `fallback` is given, returns `fallback()` (awaited if it
-        returns an awaitable) instead of raising `CircuitOpen`.
-        """
-        guard = _Guard(self._breaker(tier), self.queue, priority, timeout_s)
-        try:
-            await guard.__aenter__()
-        except CircuitOpen:
-            if fallback is None:
-                raise
-            value = fallback()
-            return await value if inspect.isawaitable(value) else value
-        try:
-            result = await fn(*args)
-        except BaseException as exc:
-            await guard.__aexit__(type(exc), exc, None)
-            raise
-        await guard.__aexit__(None, None, None)
-        return result
-
-    async def check_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:
-        """One decision for (policy, key); consumes `cost` when allowed."""
-        if self.closed:
-            raise ShuttingDown()
-        return await ask(self._limiter, lambda r: Check(reply=r, policy=policy, key=str(key), cost=cost))
-
-    async def enforce_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:
-        """`check_rate`, raising `RateLimited` (with the decision) when refused."""
-        decision = await self.check_rate(policy, key, cost)
-        if not decision.allowed:
-            raise RateLimited(policy, str(key), decision.retry_after_s, decision)
-        return decision
-
-    async def reset_rate(self, policy: str | None = None, key: str | None = None) -> None:
-        await ask(self._limiter, lambda r: ResetKeys(reply=r, policy=policy, key=key))
-
-    def events(self, buffer: int = 256):
-        """`async with mon.events() as ch: async for event in ch` — transitions and restarts."""
-        return self._bus.subscribe(buffer)
-
-    def actors(self) -> dict[str, ActorStatus]:
-        return {name: ActorStatus(name=name, restarts=c.restarts, last_restart_at=c.last_restart_at,
-                                  running=c.running)
-                for name, c in self._cells.items()}
-
-    async def snapshot(self) -> SystemSnapshot:
-        """Every actor's state, each asked for its own."""
-        if self.closed:
-            raise ShuttingDown()
-        actors = self.actors()
-        breakers = {tier: replace(await b.snapshot(), restarts=actors[f"breaker.{tier}"].restarts)
-                    for tier, b in self.breakers.items()}
-        queue = replace(await self.queue.snapshot(), restarts=actors["scheduler"].restarts)
-        limiter = replace(await ask(self._limiter, lambda r: GetSnapshot(reply=r)),
-                          restarts=actors["limiter"].restarts)
-        return SystemSnapshot(breakers=breakers, queue=queue, limiter=limiter, actors=actors)
+def _count_activations(metrics: Mailbox) -> Callable[[Any], None]:
+    def tap(event: Any) -> None:
+        if type(event) is BreakerTransition and event.to_state == "open":
+            metrics.put_lazy(Count(what="breaker_activation", label=event.tier, at=event.at))
+    return tap
 
 
-def _restart_counted(cells: dict[str, Cell], bus: EventBus) -> Callable[[Cell, BaseException], None]:
-    def on_restart(cell: Cell, exc: BaseException) -> None:
-        bus.emit(ActorRestarted(actor=cell.name, restarts=cell.restarts,
-                                error=type(exc).__name__, at=trio.current_time()))
-    return on_restart
+def _successes(n: int) -> Successes:
+    return Successes(n=n)
+
+
+async def _serve_embedded(data_dir: str | None, *,
+                          task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    from actors.embedded import open_embedded
+
+    async with open_embedded(data_dir) as embedded:
+        task_status.started(embedded.dsn)
+        await trio.sleep_forever()
+
+
+def _close_pool(state: scheduler_mod.SchedulerState) -> None:
+    """Idle pooled connections close with the system; held ones close when their holder is done."""
+    for conn in state.pool.idle:
+        conn.close_now()
 
 
 async def run_monitoring(config: Config | None = None, *,
                          task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Start the whole system in the caller's nursery; `task_status.started(Monitoring)`."""
     config = config or Config()
-    now = trio.current_time()
-    bus = EventBus()
     cells: dict[str, Cell] = {}
-    on_restart = _restart_counted(cells, bus)
     try:
         async with trio.open_nursery() as nursery:
-            # limiter, then breakers, then the queue: callers meet them in that order.
-            lim_inbox = Mailbox("limiter", INBOX_SIZE)
-            cells["limiter"] = Cell(limiter_mod.LimiterCore(), limiter_mod.LimiterState.initial(config, now),
-                                    lim_inbox, bus.emit)
-            await nursery.start(supervise, cells["limiter"], config.supervisor, on_restart)
-
-            breakers: dict[str, BreakerHandle] = {}
-            for tier, tcfg in config.tiers.items():
-                inbox = Mailbox(f"breaker.{tier}", INBOX_SIZE, tally_msg=_successes)
-                state = breaker_mod.BreakerState.initial(tier, tcfg, now=now,
-                                                         enabled=config.circuit_breaker_enabled)
-                published = Published(breaker_mod.view(state))
-                cell = Cell(breaker_mod.BreakerCore(tier), state, inbox, bus.emit,
-                            publish=_publisher(published))
-                cells[cell.name] = cell
-                breakers[tier] = BreakerHandle(tier, inbox, published, _resolve(tcfg.ignore_exceptions))
-                await nursery.start(supervise, cell, config.supervisor, on_restart)
-
-            q_inbox = Mailbox("scheduler", INBOX_SIZE)
-            cells["scheduler"] = Cell(scheduler_mod.SchedulerCore(),
-                                      scheduler_mod.SchedulerState.initial(config.queue), q_inbox, bus.emit)
-            await nursery.start(supervise, cells["scheduler"], config.supervisor, on_restart)
-
-            mon = Monitoring(config, breakers, QueueHandle(q_inbox, config.queue.request_timeout_s),
-                             lim_inbox, cells, bus)
-            dsn = await _database_url(config, nursery)
-            monitor = await _start_monitor(config, dsn, bus, nursery)
+            w = _Wiring(config, nursery)
+            cells = w.cells
+            limiter = await w.limiter()
+            breakers = await w.breakers()
+            queue = await w.scheduler()
+            metrics_inbox, metrics = await w.metrics()
+            mon = Monitoring(config, breakers, queue, limiter, metrics_inbox, w.cells, w.bus)
+            mon.metrics_snapshot = metrics
+            dsn, monitor = await w.database()
             mon.db = Database(mon, config, dsn, monitor)
+            alerts_inbox, alerts = await w.alerts()
+            health = await w.health(mon, monitor, alerts_inbox, alerts, metrics)
+            mon.health_report = health.report
+            mon._extra_actors = lambda: {"health": ActorStatus(
+                name="health", restarts=health.restarts, last_restart_at=None, running=True)}
+            from actors.sinks import start_sinks
+
+            await start_sinks(config, mon, nursery)
             try:
                 task_status.started(mon)
                 await trio.sleep_forever()
             finally:
                 mon.closed = True
-                bus.close()
+                w.bus.close()
     except BaseExceptionGroup as group:
         single = _single(group)
         if single is not None:  # an actor past its restart intensity: say so plainly
@@ -384,52 +269,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in _leaves(e)]
     return [exc]
-
-
-async def _database_url(config: Config, nursery: trio.Nursery) -> str | None:
-    """DATABASE_URL, else an embedded PostgreSQL when configured, else None (no database)."""
-    if config.database_url:
-        return config.database_url
-    if not config.database.embedded:
-        return None
-    return await nursery.start(_serve_embedded, config.database.embedded_data_dir)
-
-
-async def _serve_embedded(data_dir: str | None, *,
-                          task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    from actors.embedded import open_embedded
-
-    async with open_embedded(data_dir) as embedded:
-        task_status.started(embedded.dsn)
-        await trio.sleep_forever()
-
-
-async def _start_monitor(config: Config, dsn: str | None, bus: EventBus, nursery: trio.Nursery) -> Any:
-    if dsn is None:
-        return None
-    from actors.monitor import DatabaseMonitor
-
-    monitor = DatabaseMonitor(config, dsn, bus.emit, probe_timeout_s=config.database.probe_timeout_s)
-    await nursery.start(monitor.run)
-    return monitor
-
-
-def _close_pool(state: scheduler_mod.SchedulerState) -> None:
-    """Idle pooled connections close with the system; held ones close when their holder is done."""
-    for conn in state.pool.idle:
-        conn.close_now()
-
-
-def _successes(n: int) -> Successes:
-    return Successes(n=n)
-
-
-def _publisher(published: Published) -> Callable[[Any, float], None]:
-    def publish(state: breaker_mod.BreakerState, now: float) -> None:
-        v = published.value
-        if v.epoch != state.epoch or v.enabled != state.enabled:
-            published.set(breaker_mod.view(state))
-    return publish
 
 
 @asynccontextmanager

@@ -88,6 +88,50 @@ class DatabaseConfig(_Frozen):
     application_name: str = "triage"
 
 
+class AlertRule(_Frozen):
+    """Fires once its condition has held for `for_s`; resolves once clear for `clear_for_s`.
+
+    The condition is `value > threshold`; it is clear when `value < clear_threshold`
+    (hysteresis: between the two, a firing alert stays firing and a quiet one quiet).
+    """
+
+    severity: Literal["info", "warning", "critical"]
+    threshold: float
+    clear_threshold: float
+    for_s: float = 0.0
+    clear_for_s: float = 0.0
+    enabled: bool = True
+
+
+def _default_rules() -> dict[str, AlertRule]:
+    return {
+        # critical (the spec's "PagerDuty" list)
+        "health_unhealthy": AlertRule(severity="critical", threshold=0.5, clear_threshold=0.5,
+                                      for_s=30.0, clear_for_s=60.0),
+        "breaker_open_long": AlertRule(severity="critical", threshold=0.5, clear_threshold=0.5,
+                                       for_s=300.0),
+        "db_usage_critical": AlertRule(severity="critical", threshold=90.0, clear_threshold=85.0,
+                                       for_s=60.0, clear_for_s=60.0),
+        "error_rate_critical": AlertRule(severity="critical", threshold=0.05, clear_threshold=0.04,
+                                         for_s=60.0, clear_for_s=60.0),
+        # warning (the spec's "Slack" list)
+        "p95_slow": AlertRule(severity="warning", threshold=3.0, clear_threshold=2.5,
+                              for_s=60.0, clear_for_s=60.0),
+        "queue_depth_high": AlertRule(severity="warning", threshold=100.0, clear_threshold=80.0,
+                                      for_s=30.0, clear_for_s=30.0),
+        "rate_limit_violations_high": AlertRule(severity="warning", threshold=100.0, clear_threshold=80.0),
+        "breaker_activation": AlertRule(severity="warning", threshold=0.5, clear_threshold=0.5),
+    }
+
+
+class AlertsConfig(_Frozen):
+    rules: dict[str, AlertRule] = msgspec.field(default_factory=_default_rules)
+    summary_every_s: float = 900.0       # the info-level trend summary
+    webhook_url: str | None = None       # ALERT_WEBHOOK_URL
+    webhook_timeout_s: float = 5.0
+    webhook_retries: int = 5
+
+
 class SupervisorConfig(_Frozen):
     # OTP-style restart intensity: more than max_restarts within period_s fails the system.
     max_restarts: int = 5
@@ -135,6 +179,7 @@ class Config(_Frozen):
     limiter: LimiterConfig = LimiterConfig()
     queue: QueueConfig = QueueConfig()
     database: DatabaseConfig = DatabaseConfig()
+    alerts: AlertsConfig = AlertsConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
 
     def __post_init__(self) -> None:
@@ -195,6 +240,8 @@ def _env_overlay(env: Mapping[str, str]) -> dict:
     if embedded is None:
         embedded = not env.get("DATABASE_URL")
     out["database"] = {"embedded": embedded}
+    if env.get("ALERT_WEBHOOK_URL"):
+        out["alerts"] = {"webhook_url": env["ALERT_WEBHOOK_URL"]}
     if env.get("TRIAGE_DATA_DIR"):
         out["database"]["embedded_data_dir"] = env["TRIAGE_DATA_DIR"]
     if env.get("NODE_ENV"):
@@ -255,16 +302,25 @@ def _merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+def _over_defaults(given: dict, defaults: dict) -> dict:
+    merged = {k: msgspec.to_builtins(v) for k, v in defaults.items()}
+    for k, v in given.items():
+        merged[k] = _merge(merged.get(k, {}), v) if isinstance(v, dict) else v
+    return merged
+
+
 def _with_default_entries(raw: dict) -> dict:
-    """A TOML `[tiers.database]` table adjusts that tier; tiers it doesn't name keep their defaults."""
+    """A TOML `[tiers.database]` table adjusts that tier; tiers it doesn't name keep their defaults.
+
+    The same holds for `[policies.*]` and `[alerts.rules.*]`.
+    """
     raw = dict(raw)
     for name, defaults in (("tiers", _default_tiers()), ("policies", _default_policies())):
-        given = raw.get(name)
-        if isinstance(given, dict):
-            merged = {k: msgspec.to_builtins(v) for k, v in defaults.items()}
-            for k, v in given.items():
-                merged[k] = _merge(merged.get(k, {}), v) if isinstance(v, dict) else v
-            raw[name] = merged
+        if isinstance(raw.get(name), dict):
+            raw[name] = _over_defaults(raw[name], defaults)
+    alerts = raw.get("alerts")
+    if isinstance(alerts, dict) and isinstance(alerts.get("rules"), dict):
+        raw["alerts"] = {**alerts, "rules": _over_defaults(alerts["rules"], _default_rules())}
     return raw
 
 

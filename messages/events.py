@@ -20,3 +20,7 @@ class ActorRestarted(Message):
     restarts: int
     error: str
     at: float
+
+
+class MaintenanceChanged(Message):
+    on: bool

@@ -49,7 +49,8 @@ async def test_system_run_returns_result_and_counts(autojump_clock):
         assert snap.breakers["database"].successes == 1
         assert (snap.queue.in_flight, snap.queue.depth, snap.queue.admitted) == (0, 0, 1)
         assert set(snap.actors) == {"limiter", "breaker.database", "breaker.critical",
-                                    "breaker.analytics", "breaker.batch", "scheduler"}
+                                    "breaker.analytics", "breaker.batch", "scheduler", "metrics",
+                                    "alerts", "health"}
 
 
 @pytest.mark.parametrize(("tier", "threshold", "recovery"),

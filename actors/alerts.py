@@ -1,0 +1,199 @@
+"""Alert rules: the pure core of the alert actor.
+
+Theory of operation. The health actor sends a `Sample` after every
+evaluation: the current value of every alert signal, keyed by alert id
+(`rule` or `rule:label`, e.g. `breaker_activation:critical`). Each id moves
+through a small state machine, written as data:
+
+    quiet    --value > threshold-------------------------> pending (since now)
+    pending  --value <= threshold------------------------> quiet
+    pending  --held for for_s----------------------------> firing    emits Alert(firing)
+    firing   --value < clear_threshold-------------------> clearing (since now)
+    clearing --value >= clear_threshold------------------> firing    (no emission)
+    clearing --clear for clear_for_s---------------------> quiet     emits Alert(resolved)
+
+So an alert fires once after exactly `for_s` and resolves once; a value
+oscillating between `clear_threshold` and `threshold` cannot make it flap.
+A signal missing from a sample reads as cleared. The shell wakes the core
+with a `Tick` at the next pending or clearing deadline, so durations are
+exact on trio's MockClock.
+
+The info-level summary ("trends") is emitted every `summary_every_s`; it is
+a report, not a condition: it is never active.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
+
+from actors.actor import Emit, Send
+from messages.commands import GetSnapshot, Tick
+from messages.config import AlertRule, AlertsConfig
+from messages.health import Alert
+
+SUMMARY = "summary"
+
+MESSAGES = {
+    "health_unhealthy": "Health endpoint returning 503 (unhealthy)",
+    "breaker_open_long": "Circuit breaker {label} open for more than {for_s:g} s",
+    "db_usage_critical": "Database connection usage over {threshold:g} %",
+    "error_rate_critical": "Error rate over {pct:g} %",
+    "p95_slow": "Response time P95 over {threshold:g} s",
+    "queue_depth_high": "Queue depth over {threshold:g} items",
+    "rate_limit_violations_high": "Rate limit violations over {threshold:g} per hour",
+    "breaker_activation": "Circuit breaker {label} activated",
+}
+
+
+class Sample(msgspec.Struct, frozen=True):
+    """Signal values at one instant: alert id -> value (plus the summary's figures)."""
+
+    values: dict[str, float]
+    summary: dict[str, Any] = {}
+
+
+class Track(msgspec.Struct, frozen=True):
+    phase: str                      # quiet | pending | firing | clearing
+    since: float
+    value: float = 0.0
+    started_wall: float = 0.0
+
+
+class AlertState(msgspec.Struct, frozen=True, kw_only=True):
+    cfg: AlertsConfig
+    wall: Any                       # now -> epoch seconds (a pure function of now)
+    tracks: dict[str, Track] = {}
+    values: dict[str, float] = {}   # the last sample
+    summary: dict[str, Any] = {}
+    next_summary_at: float = math.inf
+    fired: int = 0
+    resolved: int = 0
+
+    @classmethod
+    def initial(cls, cfg: AlertsConfig, now: float, wall: Callable[[float], float]) -> AlertState:
+        return cls(cfg=cfg, wall=wall, next_summary_at=now + cfg.summary_every_s)
+
+
+def _rule_of(alert_id: str) -> tuple[str, str | None]:
+    rule, _, label = alert_id.partition(":")
+    return rule, label or None
+
+
+def _message(rule: str, label: str | None, r: AlertRule) -> str:
+    return MESSAGES.get(rule, rule).format(label=label or "", threshold=r.threshold, for_s=r.for_s,
+                                           pct=r.threshold * 100)
+
+
+def _alert(s: AlertState, alert_id: str, t: Track, state: str, now: float) -> Alert:
+    from actors.health import iso
+
+    rule, label = _rule_of(alert_id)
+    r = s.cfg.rules[rule]
+    return Alert(id=alert_id, rule=rule, severity=r.severity, state=state,
+                 message=_message(rule, label, r), value=t.value, threshold=r.threshold,
+                 started_at=iso(t.started_wall),
+                 resolved_at=iso(s.wall(now)) if state == "resolved" else None)
+
+
+def _advance(s: AlertState, alert_id: str, t: Track, value: float | None,
+             now: float) -> tuple[Track, list]:
+    """One id's state machine for one instant."""
+    r = s.cfg.rules[_rule_of(alert_id)[0]]
+    hot = value is not None and value > r.threshold
+    cold = value is None or value < r.clear_threshold
+    v = t.value if value is None else value
+    match t.phase:
+        case "quiet" if hot:
+            t = Track("pending", now, v, s.wall(now))
+            return _advance(s, alert_id, t, value, now) if r.for_s <= 0 else (t, [])
+        case "pending" if not hot:
+            return Track("quiet", now, v), []
+        case "pending" if now - t.since >= r.for_s:
+            t = Track("firing", now, v, t.started_wall)
+            return t, [Emit(_alert(s, alert_id, t, "firing", now))]
+        case "firing" if cold:
+            t = Track("clearing", now, v, t.started_wall)
+            return _advance(s, alert_id, t, value, now) if r.clear_for_s <= 0 else (t, [])
+        case "clearing" if not cold:
+            return Track("firing", t.since, v, t.started_wall), []
+        case "clearing" if now - t.since >= r.clear_for_s:
+            return Track("quiet", now, v), [Emit(_alert(s, alert_id, replace(t, value=v), "resolved", now))]
+    return replace(t, value=v), []
+
+
+def _evaluate(s: AlertState, now: float) -> tuple[AlertState, list]:
+    tracks, effects = {}, []
+    for alert_id in set(s.tracks) | set(s.values):
+        rule = _rule_of(alert_id)[0]
+        if rule not in s.cfg.rules or not s.cfg.rules[rule].enabled:
+            continue
+        t, out = _advance(s, alert_id, s.tracks.get(alert_id, Track("quiet", now)), s.values.get(alert_id), now)
+        effects += out
+        if t.phase != "quiet":
+            tracks[alert_id] = t
+    fired = sum(1 for e in effects if e.event.state == "firing")
+    s = replace(s, tracks=tracks, fired=s.fired + fired, resolved=s.resolved + len(effects) - fired)
+    return s, effects
+
+
+def _summary(s: AlertState, now: float) -> tuple[AlertState, list]:
+    if now < s.next_summary_at:
+        return s, []
+    from actors.health import iso
+
+    stamp = iso(s.wall(now))
+    parts = ", ".join(f"{k}={v}" for k, v in s.summary.items()) or "no traffic yet"
+    alert = Alert(id=SUMMARY, rule=SUMMARY, severity="info", state="firing", message=f"Trends: {parts}",
+                  value=s.summary, threshold=None, started_at=stamp, resolved_at=stamp)
+    return replace(s, next_summary_at=now + s.cfg.summary_every_s), [Emit(alert)]
+
+
+def active(s: AlertState, now: float) -> list[Alert]:
+    """Alerts firing now (a clearing one is still firing until it resolves)."""
+    return [_alert(s, i, t, "firing", now) for i, t in sorted(s.tracks.items())
+            if t.phase in ("firing", "clearing")]
+
+
+def step(s: AlertState, msg: Any, now: float) -> tuple[AlertState, list]:
+    match msg:
+        case Sample():
+            s, effects = _evaluate(replace(s, values=msg.values, summary=msg.summary or s.summary), now)
+            s, more = _summary(s, now)
+            return s, effects + more
+        case Tick():
+            s, effects = _evaluate(s, now)
+            s, more = _summary(s, now)
+            return s, effects + more
+        case GetSnapshot():
+            return s, [Send(msg.reply, active(s, now))]
+    raise TypeError(f"alerts cannot handle {type(msg).__name__}")
+
+
+def wakeup(s: AlertState) -> float:
+    deadlines = [s.next_summary_at]
+    for alert_id, t in s.tracks.items():
+        r = s.cfg.rules[_rule_of(alert_id)[0]]
+        if t.phase == "pending":
+            deadlines.append(t.since + r.for_s)
+        elif t.phase == "clearing":
+            deadlines.append(t.since + r.clear_for_s)
+    return min(deadlines)
+
+
+class AlertsCore:
+    name = "alerts"
+    step = staticmethod(step)
+    wakeup = staticmethod(wakeup)
+
+    @staticmethod
+    def parked(s: AlertState) -> tuple:
+        return ()
+
+    @staticmethod
+    def undelivered(reply: Any, value: Any) -> None:
+        return None

@@ -1,0 +1,316 @@
+"""Health: every actor's latest state folded into one `HealthReport`.
+
+Theory of operation. Actors publish their state as values (`Published`); the
+health actor reads those values — it never asks an actor, never waits on the
+admission queue or the database — and `evaluate()` (pure) turns them into a
+report. The shell re-evaluates when something changes (a breaker transition,
+a database probe, an alert, maintenance) and at least every `EVAL_EVERY_S`, so
+the time-based rules (staleness, recent restarts) hold without any event.
+
+Status rules, in order (the first that applies decides; every reason is
+listed in `degradation`):
+
+unhealthy
+  * the database breaker is OPEN
+  * the database monitor's last probe failed (database unreachable)
+degraded
+  * any other breaker OPEN, or any breaker HALF_OPEN
+  * database response time over MAX_RESPONSE_TIME
+  * database usage over MAX_DB_USAGE_PERCENTAGE
+  * queue depth over 50
+  * error rate over 1 % in the last minute (with at least MIN_REQUESTS requests,
+    so one failed call out of three does not flip the status)
+  * an actor restarted in the last 5 minutes, or is not running
+  * a snapshot is stale: the last database probe is older than 3 health-check
+    intervals, or the metrics summary older than 3 of its periods
+  * maintenance mode
+healthy otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from actors import breaker as breaker_mod
+from actors import scheduler as scheduler_mod
+from messages.config import Config
+from messages.health import Alert, Degradation, HealthReport
+from messages.snapshots import ActorStatus
+
+QUEUE_DEPTH_DEGRADED = 50
+ERROR_RATE_DEGRADED = 0.01
+MIN_REQUESTS = 20
+RESTART_WINDOW_S = 300.0
+STALE_INTERVALS = 3
+EVAL_EVERY_S = 1.0
+METRICS_PERIOD_S = 5.0
+
+
+class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest published values, as the health actor found them."""
+
+    breakers: dict[str, Any]                 # tier -> BreakerState
+    queue: Any                               # SchedulerState
+    database: Any = None                     # DatabaseMetrics, or None without a database
+    metrics: Any = None                      # MetricsSnapshot, or None before the first one
+    limiter: Any = None                      # LimiterSnapshot (detailed view only)
+    actors: dict[str, ActorStatus] = {}
+    maintenance: bool = False
+    alerts: tuple[Alert, ...] = ()
+    started_at: float = 0.0
+
+
+def iso(wall: float) -> str:
+    return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _breaker_reasons(inputs: HealthInputs, now: float) -> list[Degradation]:
+    out = []
+    for tier, s in inputs.breakers.items():
+        if s.phase == "open":
+            sev = "unhealthy" if tier == "database" else "degraded"
+            out.append(Degradation(reason=f"circuit breaker {tier} is OPEN", component=f"circuitBreakers.{tier}",
+                                   severity=sev, value="open", threshold="closed"))
+        elif s.phase == "half_open":
+            out.append(Degradation(reason=f"circuit breaker {tier} is HALF_OPEN",
+                                   component=f"circuitBreakers.{tier}", severity="degraded",
+                                   value="half_open", threshold="closed"))
+    return out
+
+
+def _database_reasons(db: Any, cfg: Config, now: float) -> list[Degradation]:
+    if db is None:
+        return []
+    th = cfg.thresholds
+    if db.checked_at is None:
+        return [Degradation(reason="database not checked yet", component="database", severity="degraded")]
+    if not db.is_healthy:
+        return [Degradation(reason="database unreachable", component="database", severity="unhealthy",
+                            value=db.error)]
+    out = []
+    stale_after = STALE_INTERVALS * cfg.health_check_interval_s
+    if now - db.checked_at > stale_after:
+        out.append(Degradation(reason="database metrics are stale", component="database",
+                               severity="degraded", value=round(now - db.checked_at, 3),
+                               threshold=stale_after))
+    if db.response_time_ms is not None and db.response_time_ms > th.max_response_time_ms:
+        out.append(Degradation(reason="database response time over threshold", component="database",
+                               severity="degraded", value=db.response_time_ms,
+                               threshold=th.max_response_time_ms))
+    if db.usage_percentage is not None and db.usage_percentage > th.max_usage_percentage:
+        out.append(Degradation(reason="database connection usage over threshold", component="database",
+                               severity="degraded", value=db.usage_percentage,
+                               threshold=th.max_usage_percentage))
+    return out
+
+
+def _queue_reasons(queue: Any) -> list[Degradation]:
+    if queue.depth > QUEUE_DEPTH_DEGRADED:
+        return [Degradation(reason="queue depth over threshold", component="queue", severity="degraded",
+                            value=queue.depth, threshold=QUEUE_DEPTH_DEGRADED)]
+    return []
+
+
+def _metrics_reasons(metrics: Any, now: float) -> list[Degradation]:
+    if metrics is None:
+        return []
+    out = []
+    if now - metrics.at > STALE_INTERVALS * METRICS_PERIOD_S:
+        out.append(Degradation(reason="metrics are stale", component="metrics", severity="degraded",
+                               value=round(now - metrics.at, 3), threshold=STALE_INTERVALS * METRICS_PERIOD_S))
+    w = metrics.overall.windows.get("1m")
+    if w is not None and w.requests >= MIN_REQUESTS and w.error_rate > ERROR_RATE_DEGRADED:
+        out.append(Degradation(reason="error rate over threshold", component="errors", severity="degraded",
+                               value=round(w.error_rate, 4), threshold=ERROR_RATE_DEGRADED))
+    return out
+
+
+def _actor_reasons(actors: dict[str, ActorStatus], now: float) -> list[Degradation]:
+    out = []
+    for name, a in actors.items():
+        if not a.running:
+            out.append(Degradation(reason=f"actor {name} is not running", component=f"actors.{name}",
+                                   severity="degraded", value="stopped", threshold="running"))
+        elif a.last_restart_at is not None and now - a.last_restart_at < RESTART_WINDOW_S:
+            out.append(Degradation(reason=f"actor {name} restarted recently", component=f"actors.{name}",
+                                   severity="degraded", value=a.restarts, threshold=0))
+    return out
+
+
+def reasons(inputs: HealthInputs, cfg: Config, now: float) -> list[Degradation]:
+    out = _breaker_reasons(inputs, now) + _database_reasons(inputs.database, cfg, now)
+    out += _queue_reasons(inputs.queue) + _metrics_reasons(inputs.metrics, now)
+    out += _actor_reasons(inputs.actors, now)
+    if inputs.maintenance:
+        out.append(Degradation(reason="maintenance mode", component="service", severity="degraded",
+                               value=True, threshold=False))
+    return out
+
+
+def _status(found: list[Degradation]) -> str:
+    if any(d.severity == "unhealthy" for d in found):
+        return "unhealthy"
+    return "degraded" if found else "healthy"
+
+
+def _component_status(found: list[Degradation], prefix: str) -> str:
+    mine = [d for d in found if d.component.startswith(prefix)]
+    return _status(mine)
+
+
+def evaluate(inputs: HealthInputs, cfg: Config, now: float,
+             wall: Callable[[float], float]) -> HealthReport:
+    """The whole report, from values only."""
+    found = reasons(inputs, cfg, now)
+    status = _status(found)
+    breakers = {t: breaker_mod.snapshot(s, now) for t, s in inputs.breakers.items()}
+    queue = scheduler_mod.snapshot(inputs.queue, now)
+    db_status = ("not_configured" if inputs.database is None else
+                 "unknown" if inputs.database.checked_at is None else _component_status(found, "database"))
+    components = {
+        "database": {"status": db_status, **(_b(inputs.database) or {})},
+        "queue": {"status": _component_status(found, "queue"), "depth": queue.depth,
+                  "inFlight": queue.in_flight, "maxConcurrent": queue.max_concurrent},
+        "circuitBreakers": {t: {"state": b.state.upper(), "failures": b.failures_in_window,
+                                "timeInState": round(b.time_in_state_s, 3)} for t, b in breakers.items()},
+        "rateLimiter": _b(inputs.limiter) or {"enabled": cfg.rate_limiting_enabled},
+        "actors": {n: _b(a) for n, a in inputs.actors.items()},
+    }
+    metrics = {
+        "database": _b(inputs.database),
+        "queue": _b(queue) | {"pool": _b(inputs.queue.pool) | {"idle": len(inputs.queue.pool.idle)}},
+        "circuitBreakers": {t: _b(b) for t, b in breakers.items()},
+        "errors": _errors(inputs.metrics),
+        "latency": _latency(inputs.metrics),
+    }
+    return HealthReport(
+        status=status, timestamp=iso(wall(now)), uptime_ms=int((now - inputs.started_at) * 1000),
+        database=db_status, queue=components["queue"]["status"], components=components, metrics=metrics,
+        alerts=list(inputs.alerts), degradation=found, at=now)
+
+
+def _b(value: Any) -> Any:
+    return None if value is None else msgspec.to_builtins(value)
+
+
+def _errors(m: Any) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {name: {"requests": w.requests, "errors": w.errors, "errorRate": w.error_rate,
+                   "serverErrors": w.server_errors, "serverErrorRate": w.server_error_rate,
+                   "ratePerSecond": w.rate_per_s}
+            for name, w in m.overall.windows.items()} | {
+        "breakerActivationsPerHour": m.breaker_activations_per_hour,
+        "rateLimitViolationsPerHour": m.rate_limit_violations_per_hour}
+
+
+def _latency(m: Any) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {name: {"p50": w.latency.p50, "p95": w.latency.p95, "p99": w.latency.p99,
+                   "count": w.latency.count} for name, w in m.overall.windows.items()}
+
+
+# --- the shell --------------------------------------------------------------------------------
+
+
+class Sources(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the health actor finds each actor's latest published value (no asks)."""
+
+    breakers: Callable[[], dict[str, Any]]
+    queue: Callable[[], Any]
+    database: Callable[[], Any]
+    metrics: Callable[[], Any]
+    limiter: Callable[[], Any]
+    actors: Callable[[], dict[str, ActorStatus]]
+    maintenance: Callable[[], bool]
+    alerts: Callable[[], tuple[Alert, ...]]
+
+
+def signals(report: HealthReport, inputs: HealthInputs) -> tuple[dict[str, float], dict[str, Any]]:
+    """Alert signal values (alert id -> value) and the info summary's figures."""
+    values: dict[str, float] = {"health_unhealthy": 1.0 if report.status == "unhealthy" else 0.0,
+                                "queue_depth_high": float(inputs.queue.depth)}
+    for tier, s in inputs.breakers.items():
+        values[f"breaker_activation:{tier}"] = 0.0 if s.phase == "closed" else 1.0
+        values[f"breaker_open_long:{tier}"] = 1.0 if s.phase == "open" else 0.0
+    db = inputs.database
+    if db is not None and db.usage_percentage is not None:
+        values["db_usage_critical"] = db.usage_percentage
+    summary: dict[str, Any] = {}
+    m = inputs.metrics
+    if m is not None:
+        w1, w5 = m.overall.windows.get("1m"), m.overall.windows.get("5m")
+        if w1 is not None and w1.requests >= MIN_REQUESTS:
+            values["error_rate_critical"] = w1.error_rate
+        if w5 is not None and w5.latency.p95 is not None:
+            values["p95_slow"] = w5.latency.p95
+        values["rate_limit_violations_high"] = float(sum(m.rate_limit_violations_per_hour.values()))
+        if w5 is not None:
+            summary = {"p95_5m_s": w5.latency.p95, "requests_5m": w5.requests,
+                       "error_rate_5m": round(w5.error_rate, 4)}
+        summary["rate_limit_violations_per_hour"] = values["rate_limit_violations_high"]
+    if db is not None:
+        summary["db_usage_pct"] = db.usage_percentage
+    return values, summary
+
+
+class HealthActor:
+    """Re-evaluates on every event and at least every EVAL_EVERY_S; publishes the report."""
+
+    def __init__(self, config: Config, sources: Sources, bus: Any, on_sample: Callable[[Any], None],
+                 wall: Callable[[float], float], started_at: float) -> None:
+        from actors.mailbox import Published
+
+        self.config, self.sources, self.bus = config, sources, bus
+        self.on_sample, self.wall, self.started_at = on_sample, wall, started_at
+        self.report = Published(self.evaluate(started_at))
+        self.restarts = 0
+
+    def inputs(self) -> HealthInputs:
+        src = self.sources
+        return HealthInputs(breakers=src.breakers(), queue=src.queue(), database=src.database(),
+                            metrics=src.metrics(), limiter=src.limiter(), actors=src.actors(),
+                            maintenance=src.maintenance(), alerts=src.alerts(), started_at=self.started_at)
+
+    def evaluate(self, now: float) -> HealthReport:
+        return evaluate(self.inputs(), self.config, now, self.wall)
+
+    def refresh(self, now: float) -> HealthReport:
+        """Evaluate, publish, log a status change, and feed the alert rules."""
+        from loguru import logger
+
+        from actors.alerts import Sample
+
+        inputs = self.inputs()
+        report = evaluate(inputs, self.config, now, self.wall)
+        previous = self.report.value.status
+        self.report.set(report)
+        if report.status != previous:
+            why = "; ".join(d.reason for d in report.degradation) or "all checks pass"
+            logger.bind(actor="health").log("WARNING" if report.status != "healthy" else "INFO",
+                                            "Health {previous} -> {status}: {why}",
+                                            previous=previous, status=report.status, why=why)
+        values, summary = signals(report, inputs)
+        self.on_sample(Sample(values, summary))
+        return report
+
+    async def run(self, *, task_status: Any = None) -> None:
+        import trio
+
+        async with self.bus.subscribe(64) as events:
+            if task_status is not None:
+                task_status.started()
+            while True:
+                self.refresh(trio.current_time())
+                with trio.move_on_after(EVAL_EVERY_S):
+                    await events.receive()
+                    while True:  # one evaluation for a burst of events
+                        try:
+                            events.receive_nowait()
+                        except trio.WouldBlock:
+                            break

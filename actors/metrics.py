@@ -1,0 +1,397 @@
+"""Metrics: request rates, error rates and latency percentiles over rolling windows — the pure core.
+
+Theory of operation. Every finished HTTP request and guarded call arrives as an
+`Observation`. The core files it under up to three *series*: the overall one,
+its route's and its tier's. A series keeps one ring of time buckets per window:
+
+    window  bucket  buckets  history it covers
+    "1m"    10 s     6       more than 50 s, at most 60 s
+    "5m"    30 s    10       more than 4.5 min, at most 5 min
+    "1h"     5 min  12       more than 55 min, at most 60 min
+
+Buckets are aligned on multiples of their width on the monotonic clock, and a
+window is its ring's open bucket plus the closed ones before it (resilience4j's
+time-based sliding window). A value handled at instant `t` is therefore in a
+window of bucket width `w` and `n` buckets at instant `now` exactly while
+`floor(now / w) - floor(t / w) < n`: it leaves the 1m window at the first 10 s
+boundary at least 50 s after `t` (so after more than 50 s and at most 60 s),
+and stays in the 5m and 1h windows for up to 5 min and 1 h. The core buckets a
+value by the instant it handles the message (`now`), not by `Observation.at`:
+a value is never back-dated into a closed bucket.
+
+A value is recorded once, into the open 10 s bucket. When a bucket closes it is
+merged ("folded") into the open bucket of the next coarser ring, so a coarse
+open bucket holds only closed finer buckets, and a window reads as its ring's
+buckets plus the still-open finer ones: every value is in exactly one of them.
+The merge of a ring's closed buckets is cached until the ring next rotates, so
+a read costs at most four sketch merges per window, however many buckets.
+Rings rotate on any message whose `now` crosses a 10 s boundary (a busy actor
+may never see a `Tick`) and on the `Tick` at each boundary.
+
+Definitions.
+- error: any outcome other than "ok", "rate_limited", "cancelled" and
+  "shutting_down" (so "error", "circuit_open", "queue_full", "queue_timeout",
+  and any outcome this module does not know yet), or an HTTP status >= 500.
+  A rate-limit refusal is the client's doing, a cancellation the caller's, a
+  shutdown refusal the operator's: none of them is the service failing —
+  except that a 5xx answer always counts, whatever the outcome.
+- server error (5xx): an observation with status >= 500.
+- latency: `duration_s` of every observation, whatever its outcome; queue
+  wait: `queue_wait_s` of the observations that carry one. Durations are
+  clamped to [0, 1 day]; NaN counts as 0 (one odd measurement must not crash
+  the actor).
+- rate_per_s = requests / window_s, where window_s is the history the window
+  covers at that instant: from the start of its oldest bucket, or from the
+  actor's start if later, to `now`, and at least 1 s.
+- overall: the observations whose source is in `overall_sources` (default
+  HTTP only: a request that makes a guarded call reports twice, once as
+  "http" and once as "call", and must be counted once). Calls show per tier.
+- per hour: breaker activations and rate-limit violations counted in the 1h
+  window (same buckets, same semantics).
+
+Percentiles come from DDSketch with 1 % relative accuracy: a reported P95 is
+within 1 % of the exact value at rank floor(0.95 * (count - 1)). Each sketch is
+capped at BIN_LIMIT bins, enough for values spanning a ratio of ~7e8 (1 µs to
+10 min); past that its lowest bins are merged, so P50 would lose accuracy
+before P99 does.
+
+Bounded memory. At most `max_routes` routes, `max_tiers` tiers and `max_labels`
+labels per counted event get their own series; the rest share "other". A
+series with nothing left in any window is dropped, freeing its place. A series
+holds at most 28 buckets and 3 cached merges, each with at most two sketches of
+at most BIN_LIMIT bins.
+
+Mutable state, on purpose. A sketch is a mutable object whose copy costs
+O(bins), so copying sketches on every step is out of the question: `step`
+updates `MetricsState` in place and returns the same object. The state is owned
+by the actor alone; everything that leaves the core is a frozen snapshot value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from ddsketch import LogCollapsingLowestDenseDDSketch as Sketch
+
+from actors.actor import Send
+from messages.commands import GetSnapshot, Tick
+from messages.metrics import (
+    Count,
+    MetricsSnapshot,
+    Observation,
+    Percentiles,
+    SeriesStats,
+    WindowStats,
+)
+
+MetricsIn = Observation | Count | GetSnapshot | Tick
+
+RELATIVE_ACCURACY = 0.01
+BIN_LIMIT = 1024
+WINDOWS = (("1m", 10.0, 6), ("5m", 30.0, 10), ("1h", 300.0, 12))  # (name, bucket width s, buckets)
+NOT_ERRORS = frozenset({"ok", "rate_limited", "cancelled", "shutting_down"})
+OVERALL = "all"
+OTHER = "other"
+MAX_VALUE_S = 86_400.0
+_TICK_S = WINDOWS[0][1]
+_HOUR_WIDTH, _HOUR_BUCKETS = WINDOWS[-1][1], WINDOWS[-1][2]
+_NO_VALUES = Percentiles(p50=None, p95=None, p99=None, count=0)
+
+
+def _sketch() -> Sketch:
+    return Sketch(relative_accuracy=RELATIVE_ACCURACY, bin_limit=BIN_LIMIT)
+
+
+def _merged(into: Sketch | None, other: Sketch | None) -> Sketch | None:
+    if other is None:
+        return into
+    if into is None:
+        into = _sketch()
+    into.merge(other)
+    return into
+
+
+def _clamp(value: float) -> float:
+    if 0.0 < value < MAX_VALUE_S:
+        return value
+    return MAX_VALUE_S if value >= MAX_VALUE_S else 0.0
+
+
+class _Bucket:
+    """Counters and sketches of one time slice; a sketch appears with its first value."""
+
+    __slots__ = ("idx", "requests", "errors", "server_errors", "latency", "queue_wait")
+
+    def __init__(self, idx: int) -> None:
+        self.idx = idx
+        self.requests = self.errors = self.server_errors = 0
+        self.latency: Sketch | None = None
+        self.queue_wait: Sketch | None = None
+
+    def record(self, duration: float, queue_wait: float | None, error: bool, server_error: bool) -> None:
+        self.requests += 1
+        if error:
+            self.errors += 1
+        if server_error:
+            self.server_errors += 1
+        if self.latency is None:
+            self.latency = _sketch()
+        self.latency.add(duration)
+        if queue_wait is not None:
+            if self.queue_wait is None:
+                self.queue_wait = _sketch()
+            self.queue_wait.add(queue_wait)
+
+    def absorb(self, other: _Bucket) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.server_errors += other.server_errors
+        self.latency = _merged(self.latency, other.latency)
+        self.queue_wait = _merged(self.queue_wait, other.queue_wait)
+
+
+class _Ring:
+    """One window: its open bucket and the non-empty closed buckets still inside it, oldest first."""
+
+    __slots__ = ("width", "size", "open", "closed", "_closed_total")
+
+    def __init__(self, width: float, size: int, now: float) -> None:
+        self.width, self.size = width, size
+        self.open = _Bucket(int(now // width))
+        self.closed: deque[_Bucket] = deque()
+        self._closed_total: _Bucket | None = None
+
+    def rotate(self, idx: int) -> None:
+        if self.open.requests:
+            self.closed.append(self.open)
+        self.open = _Bucket(idx)
+        while self.closed and self.closed[0].idx <= idx - self.size:
+            self.closed.popleft()
+        self._closed_total = None
+
+    def closed_total(self) -> _Bucket:
+        """The closed buckets merged, computed once per rotation. Read-only."""
+        if self._closed_total is None:
+            if len(self.closed) == 1:
+                self._closed_total = self.closed[0]
+            else:
+                total = self._closed_total = _Bucket(-1)
+                for bucket in self.closed:
+                    total.absorb(bucket)
+        return self._closed_total
+
+    def empty(self) -> bool:
+        return not self.closed and not self.open.requests
+
+
+class _Series:
+    """One route, tier or the overall aggregate: a ring per window, finest first."""
+
+    __slots__ = ("rings",)
+
+    def __init__(self, now: float) -> None:
+        self.rings = tuple(_Ring(width, size, now) for _, width, size in WINDOWS)
+
+    def advance(self, now: float) -> None:
+        rings = self.rings
+        for k, ring in enumerate(rings):
+            idx = int(now // ring.width)
+            if idx <= ring.open.idx:
+                return  # a coarser ring's boundaries are all boundaries of this one
+            if k + 1 < len(rings) and ring.open.requests:
+                rings[k + 1].open.absorb(ring.open)
+            ring.rotate(idx)
+
+    def empty(self) -> bool:
+        return all(ring.empty() for ring in self.rings)
+
+    def window(self, k: int) -> list[_Bucket]:
+        """Disjoint buckets that together hold exactly window k's values."""
+        return [self.rings[k].closed_total(), *(ring.open for ring in self.rings[:k + 1])]
+
+
+class _Tally:
+    """Counts of one label per bucket of the 1h window, oldest first."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()
+
+    def add(self, now: float) -> None:
+        idx = int(now // _HOUR_WIDTH)
+        if self.buckets and self.buckets[-1][0] == idx:
+            self.buckets[-1][1] += 1
+        else:
+            self.buckets.append([idx, 1])
+
+    def advance(self, now: float) -> None:
+        horizon = int(now // _HOUR_WIDTH) - _HOUR_BUCKETS
+        while self.buckets and self.buckets[0][0] <= horizon:
+            self.buckets.popleft()
+
+    def empty(self) -> bool:
+        return not self.buckets
+
+    def total(self) -> int:
+        return sum(n for _, n in self.buckets)
+
+
+class MetricsState:
+    """Everything the metrics actor knows. Mutable and owned by the actor alone (see above)."""
+
+    def __init__(self, *, now: float, max_routes: int = 200, max_tiers: int = 32,
+                 max_labels: int = 64, overall_sources: tuple[str, ...] = ("http",)) -> None:
+        self.started_at = self.now = now
+        self.tick_idx = int(now // _TICK_S)
+        self.max_routes, self.max_tiers, self.max_labels = max_routes, max_tiers, max_labels
+        self.overall_sources = frozenset(overall_sources)
+        self.overall = _Series(now)
+        self.routes: dict[str, _Series] = {}
+        self.tiers: dict[str, _Series] = {}
+        self.counts: dict[str, dict[str, _Tally]] = {
+            "breaker_activation": {}, "rate_limit_violation": {}}
+
+    @classmethod
+    def initial(cls, *, now: float, **limits) -> MetricsState:
+        return cls(now=now, **limits)
+
+
+def _slot(table: dict, key: str, cap: int) -> str:
+    if key in table or len(table) - (OTHER in table) < cap:
+        return key
+    return OTHER
+
+
+def _series(s: MetricsState, table: dict[str, _Series], key: str, cap: int) -> _Series:
+    key = _slot(table, key, cap)
+    series = table.get(key)
+    if series is None:
+        series = table[key] = _Series(s.now)
+    return series
+
+
+def _advance(s: MetricsState, now: float) -> None:
+    """Rotate every ring to `now`; drop what has left every window. Time never goes back."""
+    if now <= s.now:
+        return
+    s.now = now
+    tick_idx = int(now // _TICK_S)
+    if tick_idx == s.tick_idx:
+        return
+    s.tick_idx = tick_idx
+    s.overall.advance(now)
+    for table in (s.routes, s.tiers, *s.counts.values()):
+        for key in list(table):
+            table[key].advance(now)
+            if table[key].empty():
+                del table[key]
+
+
+def _observe(s: MetricsState, o: Observation) -> None:
+    server_error = o.status is not None and o.status >= 500
+    error = server_error or o.outcome not in NOT_ERRORS
+    duration = _clamp(o.duration_s)
+    wait = None if o.queue_wait_s is None else _clamp(o.queue_wait_s)
+    if o.source in s.overall_sources:
+        s.overall.rings[0].open.record(duration, wait, error, server_error)
+    if o.route is not None:
+        _series(s, s.routes, o.route, s.max_routes).rings[0].open.record(duration, wait, error, server_error)
+    if o.tier is not None:
+        _series(s, s.tiers, o.tier, s.max_tiers).rings[0].open.record(duration, wait, error, server_error)
+
+
+def _count(s: MetricsState, c: Count) -> None:
+    table = s.counts[c.what]
+    key = _slot(table, c.label, s.max_labels)
+    tally = table.get(key)
+    if tally is None:
+        tally = table[key] = _Tally()
+    tally.add(s.now)
+
+
+def _percentiles(sketches: list[Sketch | None]) -> Percentiles:
+    filled = [sk for sk in sketches if sk is not None and sk.count]
+    if not filled:
+        return _NO_VALUES
+    sketch = filled[0]
+    if len(filled) > 1:
+        sketch = _sketch()
+        for part in filled:
+            sketch.merge(part)
+    p50, p95, p99 = (float(sketch.get_quantile_value(q)) for q in (0.5, 0.95, 0.99))
+    return Percentiles(p50=p50, p95=p95, p99=p99, count=round(sketch.count))
+
+
+def _window_stats(s: MetricsState, series: _Series, k: int) -> WindowStats:
+    ring = series.rings[k]
+    parts = series.window(k)
+    start = max((ring.open.idx - ring.size + 1) * ring.width, s.started_at)
+    span = max(s.now - start, 1.0)
+    requests = sum(b.requests for b in parts)
+    errors = sum(b.errors for b in parts)
+    server_errors = sum(b.server_errors for b in parts)
+    return WindowStats(
+        window_s=span, requests=requests, rate_per_s=requests / span,
+        errors=errors, error_rate=errors / requests if requests else 0.0,
+        server_errors=server_errors,
+        server_error_rate=server_errors / requests if requests else 0.0,
+        latency=_percentiles([b.latency for b in parts]),
+        queue_wait=_percentiles([b.queue_wait for b in parts]))
+
+
+def _series_stats(s: MetricsState, name: str, series: _Series) -> SeriesStats:
+    return SeriesStats(name=name, windows={
+        window: _window_stats(s, series, k) for k, (window, _, _) in enumerate(WINDOWS)})
+
+
+def snapshot(s: MetricsState, now: float) -> MetricsSnapshot:
+    """The whole state as a value. Rotates the rings to `now` first, as a `Tick` would."""
+    _advance(s, now)
+    return MetricsSnapshot(
+        overall=_series_stats(s, OVERALL, s.overall),
+        routes={name: _series_stats(s, name, series) for name, series in s.routes.items()},
+        tiers={name: _series_stats(s, name, series) for name, series in s.tiers.items()},
+        breaker_activations_per_hour={
+            label: t.total() for label, t in s.counts["breaker_activation"].items()},
+        rate_limit_violations_per_hour={
+            label: t.total() for label, t in s.counts["rate_limit_violation"].items()},
+        at=s.now)
+
+
+def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, list]:
+    """No I/O, no trio. Updates `s` in place (see the module doc) and returns it."""
+    _advance(s, now)
+    match msg:
+        case Observation():
+            _observe(s, msg)
+            return s, []
+        case Count():
+            _count(s, msg)
+            return s, []
+        case GetSnapshot():
+            return s, [Send(msg.reply, snapshot(s, now))]
+        case Tick():
+            return s, []
+    raise TypeError(f"metrics cannot handle {type(msg).__name__}")
+
+
+class MetricsCore:
+    """The core as the shell sees it."""
+
+    name = "metrics"
+    step = staticmethod(step)
+
+    @staticmethod
+    def wakeup(s: MetricsState) -> float:
+        """The next 10 s boundary, where the rings rotate."""
+        return (s.tick_idx + 1) * _TICK_S
+
+    @staticmethod
+    def parked(s: MetricsState) -> tuple:
+        return ()
+
+    @staticmethod
+    def undelivered(reply: object, value: object) -> None:
+        return None

@@ -1,0 +1,480 @@
+"""The spec's DatabaseMonitor: a pure core that judges probes, and a prober that takes them.
+
+Theory of operation. The core (`step`) owns the schedule and every verdict;
+it does no I/O and knows time only through `now`. When a probe is due (every
+`interval_s`, start to start) or a caller asks `check_now`, it emits
+`ProbeRequested(seq)`; the shell hands that to the prober task, which measures
+with its own `PgConnection` -- outside the admission queue, so a full queue
+never hides the database's health -- and tells the core a `ProbeResult`.
+From it the core builds the next `DatabaseMetrics`, emits transition events
+(`ThresholdViolated` / `ThresholdCleared`, `DatabaseDown` / `DatabaseUp`),
+answers the callers waiting on that probe, and asks the shell to run the
+`on_violation` callbacks.
+
+* One probe at a time: a `check_now` during a probe joins it.
+* Each probe (connect if needed, `SELECT 1`, count) is bounded by
+  `probe_timeout_s` (default min(5 s, interval)), plus at most a quarter of
+  it to cancel a query on the server, so a dead or hung database yields a
+  failed probe, not silence. A result that never comes (a bug) is written
+  off by a watchdog; a late one is ignored.
+* While the prober has no connection, on-demand probes are throttled by an
+  exponential reconnect backoff (0.5 s doubling, capped at the interval) and
+  answered with the current metrics; scheduled probes always try.
+* `connection_count` counts client backends in `pg_stat_activity` across the
+  whole server (the monitor's own included), because `max_connections` is a
+  server-wide limit. Usage % is that count against `connection_limit` =
+  min(max_connection_count, max_connections - superuser_reserved_connections
+  - reserved_connections), the last two read once per connection.
+* A failed probe measures nothing: its numbers are None, and violations keep
+  their last measured verdict (unknown is neither violated nor cleared).
+* Errors are "ClassName: message" with the DSN and password scrubbed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from urllib.parse import quote, urlsplit
+
+import msgspec
+import psycopg
+import trio
+from loguru import logger
+from msgspec.structs import replace
+from psycopg.conninfo import conninfo_to_dict
+
+from actors.actor import Cell, Emit, Send, supervise
+from actors.errors import ConfigError
+from actors.mailbox import Mailbox, Published, ask, tell_quietly
+from actors.pgconn import PgConnection
+from messages.commands import GetSnapshot, Tick
+from messages.config import Config, Thresholds
+from messages.database import (
+    CheckNow,
+    DatabaseDown,
+    DatabaseMetrics,
+    DatabaseUp,
+    ProbeRequested,
+    ProbeResult,
+    ThresholdCleared,
+    ThresholdViolated,
+    ViolationsObserved,
+)
+from messages.events import ActorRestarted
+
+log = logger.bind(actor="monitor")
+
+MonitorIn = Tick | CheckNow | ProbeResult | GetSnapshot
+
+RECONNECT_BACKOFF_S = 0.5
+# Beyond its own timeout, how long a probe may take to clean up before the watchdog gives up.
+WATCHDOG_GRACE_S = 2.0
+
+# (name, DatabaseMetrics field, Thresholds field): a threshold is violated when value > limit.
+CHECKS = (
+    ("maxResponseTime", "response_time_ms", "max_response_time_ms"),
+    ("maxUsagePercentage", "usage_percentage", "max_usage_percentage"),
+    ("maxConnectionCount", "connection_count", "max_connection_count"),
+)
+
+
+class MonitorSettings(msgspec.Struct, frozen=True, kw_only=True):
+    interval_s: float
+    probe_timeout_s: float
+    thresholds: Thresholds
+
+
+class MonitorState(msgspec.Struct, frozen=True, kw_only=True):
+    settings: MonitorSettings
+    metrics: DatabaseMetrics
+    seq: int = 0
+    probing: bool = False
+    probe_deadline: float = math.inf    # watchdog for the probe in flight
+    next_probe_at: float = 0.0
+    reconnect_at: float = 0.0           # no on-demand probe before this while disconnected
+    connected: bool = False
+    up: bool | None = None              # None until the first probe
+    waiters: tuple = ()                 # replies of check_now callers
+
+    @classmethod
+    def initial(cls, settings: MonitorSettings, *, now: float) -> MonitorState:
+        return cls(settings=settings, metrics=initial_metrics(settings.thresholds), next_probe_at=now)
+
+
+def initial_metrics(thresholds: Thresholds) -> DatabaseMetrics:
+    return DatabaseMetrics(
+        is_healthy=False, response_time_ms=None, connection_count=None, usage_percentage=None,
+        last_checked=None, checked_at=None, error="not checked yet", max_connections=None,
+        connection_limit=thresholds.max_connection_count, probes=0, failures=0,
+        consecutive_failures=0, violations=())
+
+
+def connection_limit(max_count: int, max_connections: int | None, reserved: int | None) -> int:
+    """The connections this application may use: the configured cap or the server's, if lower."""
+    if max_connections is None:
+        return max_count
+    return max(1, min(max_count, max_connections - (reserved or 0)))
+
+
+def usage_percentage(count: int, limit: int) -> float:
+    return round(count / limit * 100.0, 2)
+
+
+def _start_probe(s: MonitorState, now: float) -> tuple[MonitorState, list]:
+    cfg = s.settings
+    s = replace(s, seq=s.seq + 1, probing=True, next_probe_at=now + cfg.interval_s,
+                probe_deadline=now + cfg.probe_timeout_s + WATCHDOG_GRACE_S)
+    return s, [Emit(ProbeRequested(seq=s.seq))]
+
+
+def _tick(s: MonitorState, now: float) -> tuple[MonitorState, list]:
+    if s.probing and now >= s.probe_deadline:
+        lost = ProbeResult(seq=s.seq, ok=False, at=now, wall=None, connected=False,
+                           error="ProbeLost: the Database probe did not report in time")
+        return _result(s, lost, now)
+    if not s.probing and now >= s.next_probe_at:
+        return _start_probe(s, now)
+    return s, []
+
+
+def _check_now(s: MonitorState, msg: CheckNow, now: float) -> tuple[MonitorState, list]:
+    if not s.probing and not s.connected and now < s.reconnect_at:
+        return s, [Send(msg.reply, s.metrics)]      # reconnect backoff: don't hammer a dead server
+    s = replace(s, waiters=(*s.waiters, msg.reply))
+    return (s, []) if s.probing else _start_probe(s, now)
+
+
+def _verdicts(s: MonitorState, m: DatabaseMetrics, now: float) -> tuple[tuple[str, ...], list]:
+    th, old = s.settings.thresholds, s.metrics.violations
+    new = tuple(name for name, field, limit in CHECKS if getattr(m, field) > getattr(th, limit))
+    events = []
+    for name, field, limit in CHECKS:
+        if (name in new) != (name in old):
+            kind = ThresholdViolated if name in new else ThresholdCleared
+            events.append(Emit(kind(name=name, value=float(getattr(m, field)),
+                                    threshold=float(getattr(th, limit)), at=now)))
+    return new, events
+
+
+def _measured(s: MonitorState, r: ProbeResult) -> tuple[DatabaseMetrics, list]:
+    limit = connection_limit(s.settings.thresholds.max_connection_count, r.max_connections,
+                             r.reserved_connections)
+    m = replace(s.metrics, is_healthy=True, response_time_ms=r.response_time_ms,
+                connection_count=r.connection_count, error=None, max_connections=r.max_connections,
+                connection_limit=limit, usage_percentage=usage_percentage(r.connection_count, limit),
+                consecutive_failures=0)
+    violations, events = _verdicts(s, m, r.at)
+    if s.up is False:
+        events.append(Emit(DatabaseUp(at=r.at)))
+    return replace(m, violations=violations), events
+
+
+def _failed(s: MonitorState, r: ProbeResult) -> tuple[DatabaseMetrics, list]:
+    error = r.error or "probe failed"
+    m = replace(s.metrics, is_healthy=False, response_time_ms=None, connection_count=None,
+                usage_percentage=None, error=error, failures=s.metrics.failures + 1,
+                consecutive_failures=s.metrics.consecutive_failures + 1)
+    return m, [] if s.up is False else [Emit(DatabaseDown(error=error, at=r.at))]
+
+
+def _reconnect_at(s: MonitorState, m: DatabaseMetrics, r: ProbeResult, now: float) -> float:
+    if r.connected or r.ok:
+        return 0.0
+    backoff = RECONNECT_BACKOFF_S * 2 ** min(m.consecutive_failures - 1, 30)
+    return now + min(backoff, s.settings.interval_s)
+
+
+def _result(s: MonitorState, r: ProbeResult, now: float) -> tuple[MonitorState, list]:
+    if not s.probing or r.seq != s.seq:
+        return s, []                                  # written off by the watchdog already
+    m, effects = _measured(s, r) if r.ok else _failed(s, r)
+    m = replace(m, probes=m.probes + 1, checked_at=r.at, last_checked=r.wall or m.last_checked)
+    effects += [Send(w, m) for w in s.waiters]
+    if r.ok and m.violations:
+        effects.append(Emit(ViolationsObserved(names=m.violations, metrics=m)))
+    s = replace(s, metrics=m, probing=False, probe_deadline=math.inf, waiters=(), up=r.ok,
+                connected=r.connected, reconnect_at=_reconnect_at(s, m, r, now))
+    return s, effects
+
+
+def step(s: MonitorState, msg: MonitorIn, now: float) -> tuple[MonitorState, list]:
+    """No I/O, no trio: the whole behaviour of the database monitor."""
+    match msg:
+        case ProbeResult():
+            return _result(s, msg, now)
+        case Tick():
+            return _tick(s, now)
+        case CheckNow():
+            return _check_now(s, msg, now)
+        case GetSnapshot():
+            return s, [Send(msg.reply, s.metrics)]
+    raise TypeError(f"monitor cannot handle {type(msg).__name__}")
+
+
+class MonitorCore:
+    """The core as the actor shell sees it."""
+
+    name = "monitor"
+    step = staticmethod(step)
+
+    @staticmethod
+    def wakeup(s: MonitorState) -> float:
+        return s.probe_deadline if s.probing else s.next_probe_at
+
+    @staticmethod
+    def parked(s: MonitorState) -> tuple:
+        return s.waiters
+
+    @staticmethod
+    def undelivered(reply: object, value: object) -> None:
+        return None
+
+
+# --- the prober: the only part that talks to PostgreSQL ------------------------------------
+
+_SETTINGS_SQL = (
+    "SELECT current_setting('max_connections')::int,"
+    " current_setting('superuser_reserved_connections')::int"
+    " + coalesce(current_setting('reserved_connections', true)::int, 0)")
+_COUNT_SQL = "SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend'"
+
+
+class Hidden:
+    """A DSN, and the strings derived from it, that show up in no repr, traceback or log."""
+
+    __slots__ = ("value", "secrets")
+
+    def __init__(self, value: str) -> None:
+        self.value, self.secrets = value, secrets_of(value)
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
+def secrets_of(dsn: str) -> tuple[str, ...]:
+    """The strings an error text must never contain: the DSN and its password, as written."""
+    passwords: list[str] = []
+    try:
+        passwords.append(str(conninfo_to_dict(dsn).get("password") or ""))
+    except psycopg.Error:
+        pass
+    try:
+        passwords.append(urlsplit(dsn).password or "")
+    except ValueError:
+        pass
+    out = {dsn, *(v for p in passwords if p for v in (p, quote(p), quote(p, safe="")))}
+    return tuple(sorted(out, key=len, reverse=True))
+
+
+def describe(exc: BaseException, dsn: Hidden, timeout_s: float) -> str:
+    """'ClassName: message' on one line, secrets scrubbed."""
+    if isinstance(exc, trio.TooSlowError):
+        return f"TooSlowError: no answer within {timeout_s:g}s"
+    text = " ".join(str(exc).split())[:300]
+    for secret in dsn.secrets:
+        text = text.replace(secret, "***")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def wall_clock() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Prober:
+    """Owns the monitor's one connection; reconnects when it is broken."""
+
+    def __init__(self, dsn: Hidden, timeout_s: float) -> None:
+        self._dsn, self._timeout_s = dsn, timeout_s
+        self._conn: PgConnection | None = None
+        self._settings: tuple[int, int] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.broken
+
+    async def probe(self, seq: int) -> ProbeResult:
+        try:
+            with trio.fail_after(self._timeout_s):
+                rt_ms, count = await self._measure()
+        except Exception as exc:  # any failure to measure is a verdict, not a crash
+            return ProbeResult(seq=seq, ok=False, at=trio.current_time(), wall=wall_clock(),
+                               connected=self.connected,
+                               error=describe(exc, self._dsn, self._timeout_s))
+        max_connections, reserved = self._settings or (None, None)
+        return ProbeResult(seq=seq, ok=True, at=trio.current_time(), wall=wall_clock(),
+                           connected=self.connected, response_time_ms=rt_ms, connection_count=count,
+                           max_connections=max_connections, reserved_connections=reserved)
+
+    async def _measure(self) -> tuple[float, int]:
+        if not self.connected:
+            await self._connect()
+        assert self._conn is not None
+        t0 = trio.current_time()
+        await self._conn.execute("SELECT 1")
+        rt_ms = round((trio.current_time() - t0) * 1000.0, 3)
+        count = (await self._conn.execute(_COUNT_SQL)).rows[0][0]
+        return rt_ms, count
+
+    async def _connect(self) -> None:
+        self.close()
+        t = self._timeout_s
+        conn = await PgConnection.connect(self._dsn.value, connect_timeout_s=t, statement_timeout_s=t,
+                                          application_name="triage-monitor",
+                                          cancel_timeout_s=min(1.0, t / 4))
+        try:
+            row = (await conn.execute(_SETTINGS_SQL)).rows[0]
+        except BaseException:
+            conn.close_now()
+            raise
+        self._conn, self._settings = conn, (row[0], row[1])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close_now()
+            self._conn = None
+
+
+# --- the shell: the spec's DatabaseMonitor -------------------------------------------------
+
+
+class _Subscription:
+    __slots__ = ("callback", "running")
+
+    def __init__(self, callback: Callable[[list[str], DatabaseMetrics], object]) -> None:
+        self.callback, self.running = callback, False
+
+
+class DatabaseMonitor:
+    """`await nursery.start(monitor.run)`; read `monitor.metrics`; `await monitor.check_now()`.
+
+    The spec's `startMonitoring(interval, callback)` is `run()` (interval from
+    `config.health_check_interval_s`) plus `on_violation(callback)`. Events
+    leave through `emit`, which must not block; transitions are also logged
+    here (database problems with the word "Database", as the spec greps).
+    Calls made before `run()` starts wait for it; after it ends they raise
+    ShuttingDown.
+    """
+
+    def __init__(self, config: Config, dsn: str, emit: Callable[[object], None], *,
+                 probe_timeout_s: float | None = None) -> None:
+        interval = config.health_check_interval_s
+        timeout = min(5.0, interval) if probe_timeout_s is None else probe_timeout_s
+        if not timeout > 0:
+            raise ConfigError("probe_timeout_s", probe_timeout_s, "must be > 0")
+        self._settings = MonitorSettings(interval_s=interval, probe_timeout_s=timeout,
+                                         thresholds=config.thresholds)
+        self._supervisor = config.supervisor
+        self._dsn, self._emit = Hidden(dsn), emit
+        self._inbox = Mailbox("monitor", 64)
+        self._subs: list[_Subscription] = []
+        self._probes: trio.MemorySendChannel | None = None
+        self._nursery: trio.Nursery | None = None
+        self.callbacks_skipped = 0      # an async callback still running when the next probe came
+        self.metrics = Published(initial_metrics(config.thresholds))
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Probe and judge until cancelled; leaves no task and no connection behind."""
+        if self._nursery is not None or self._inbox.closed:
+            raise RuntimeError("DatabaseMonitor.run() can be called only once")
+        state = MonitorState.initial(self._settings, now=trio.current_time())
+        cell = Cell(MonitorCore(), state, self._inbox, self._route, publish=self._publish)
+        send, receive = trio.open_memory_channel[ProbeRequested](4)
+        async with send, receive, trio.open_nursery() as nursery:
+            self._probes, self._nursery = send, nursery
+            nursery.start_soon(self._probe_loop, receive)
+            await nursery.start(supervise, cell, self._supervisor, self._on_restart)
+            task_status.started()
+
+    async def check_now(self) -> DatabaseMetrics:
+        """Probe now (or join the probe in flight) and return the fresh metrics.
+
+        While the database is unreachable and within the reconnect backoff, returns
+        the current (unhealthy) metrics at once. ShuttingDown once the monitor is stopped.
+        """
+        return await ask(self._inbox, lambda r: CheckNow(reply=r))
+
+    def on_violation(self, callback: Callable[[list[str], DatabaseMetrics], object]) -> Callable[[], None]:
+        """Call `callback(names, metrics)` after each successful probe that has violations.
+
+        A sync callback runs inside the monitor (keep it quick); an async one runs in the
+        monitor's nursery, at most one at a time per subscription (overlaps are skipped and
+        counted in `callbacks_skipped`). Exceptions are logged, never fatal. Returns an
+        unsubscribe function.
+        """
+        sub = _Subscription(callback)
+        self._subs.append(sub)
+
+        def unsubscribe() -> None:
+            if sub in self._subs:
+                self._subs.remove(sub)
+        return unsubscribe
+
+    # ---- shell internals ----------------------------------------------------------------
+
+    async def _probe_loop(self, requests: trio.MemoryReceiveChannel) -> None:
+        prober = Prober(self._dsn, self._settings.probe_timeout_s)
+        try:
+            async for request in requests:
+                tell_quietly(self._inbox, await prober.probe(request.seq))
+        finally:
+            prober.close()
+
+    def _route(self, event: object) -> None:
+        if type(event) is ProbeRequested:
+            assert self._probes is not None
+            with contextlib.suppress(trio.WouldBlock):  # only after a watchdog write-off
+                self._probes.send_nowait(event)
+        elif type(event) is ViolationsObserved:
+            self._notify(event)
+        else:
+            _log_event(event)
+            self._emit(event)
+
+    def _publish(self, state: MonitorState, now: float) -> None:
+        if state.metrics is not self.metrics.value:
+            self.metrics.set(state.metrics)
+
+    def _on_restart(self, cell: Cell, exc: BaseException) -> None:
+        self._emit(ActorRestarted(actor=cell.name, restarts=cell.restarts,
+                                  error=type(exc).__name__, at=trio.current_time()))
+
+    def _notify(self, event: ViolationsObserved) -> None:
+        for sub in list(self._subs):
+            if sub.running:
+                self.callbacks_skipped += 1
+                continue
+            try:
+                result = sub.callback(list(event.names), event.metrics)
+            except Exception as exc:
+                log.opt(exception=exc).error("Database violation callback failed")
+                continue
+            if inspect.isawaitable(result):
+                sub.running = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._await_callback, sub, result)
+
+    @staticmethod
+    async def _await_callback(sub: _Subscription, awaitable: Awaitable[object]) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            log.opt(exception=exc).error("Database violation callback failed")
+        finally:
+            sub.running = False
+
+
+def _log_event(event: object) -> None:
+    match event:
+        case DatabaseDown():
+            log.warning("Database health check error: {error}", error=event.error)
+        case DatabaseUp():
+            log.info("Database reachable again")
+        case ThresholdViolated():
+            log.warning("Database threshold {name} violated: {value:g} > {threshold:g}",
+                        name=event.name, value=event.value, threshold=event.threshold)
+        case ThresholdCleared():
+            log.info("Database threshold {name} cleared: {value:g} <= {threshold:g}",
+                     name=event.name, value=event.value, threshold=event.threshold)

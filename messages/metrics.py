@@ -1,0 +1,84 @@
+"""What the metrics actor is told, and the snapshot it answers with.
+
+Durations are in seconds; `at` is a monotonic instant (`trio.current_time()`).
+What counts as an error, how windows are cut into buckets and how rates are
+computed is documented once, in `actors.metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from messages.base import Message
+
+# The outcomes the kernel reports. `outcome` stays a plain `str` so that a new
+# outcome reaches the metrics (counted as an error) instead of failing to decode.
+OUTCOMES = ("ok", "error", "rate_limited", "circuit_open", "queue_full", "queue_timeout",
+            "cancelled", "shutting_down")
+
+
+class Observation(Message, kw_only=True):
+    """One finished HTTP request or guarded call: its outcome and how long it took.
+
+    (`kw_only=True` again here: msgspec applies it per class, and `at` follows a default.)
+    """
+
+    source: Literal["http", "call"]
+    route: str | None            # HTTP route template, e.g. "GET /api/animals"; None for calls
+    tier: str | None             # breaker tier; None for plain HTTP
+    outcome: str                 # one of OUTCOMES
+    status: int | None           # HTTP status when source == "http"
+    duration_s: float
+    queue_wait_s: float | None = None
+    at: float
+
+
+class Count(Message):
+    """A counted event without a duration."""
+
+    what: Literal["breaker_activation", "rate_limit_violation"]
+    label: str                   # the tier, or the rate-limit policy
+    at: float
+
+
+class Percentiles(Message):
+    """Seconds, within 1 % relative error; None when the window holds no value."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    count: int
+
+
+class WindowStats(Message):
+    """One rolling window of one series.
+
+    `window_s` is the history this window actually covers at the snapshot's
+    instant (whole buckets, never before the actor started, at least 1 s), so
+    `rate_per_s == requests / window_s`. Error rates are fractions of `requests`
+    (0.0 for an empty window).
+    """
+
+    window_s: float
+    requests: int
+    rate_per_s: float
+    errors: int
+    error_rate: float
+    server_errors: int
+    server_error_rate: float
+    latency: Percentiles
+    queue_wait: Percentiles
+
+
+class SeriesStats(Message):
+    name: str
+    windows: dict[str, WindowStats]  # keys "1m", "5m", "1h"
+
+
+class MetricsSnapshot(Message):
+    overall: SeriesStats
+    routes: dict[str, SeriesStats]
+    tiers: dict[str, SeriesStats]
+    breaker_activations_per_hour: dict[str, int]
+    rate_limit_violations_per_hour: dict[str, int]
+    at: float

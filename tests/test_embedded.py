@@ -1,0 +1,49 @@
+"""Embedded PostgreSQL (pgserver): starts, answers through PgConnection, stops and cleans up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.embedded import open_embedded
+from actors.pgconn import PgConnection
+
+
+async def test_embedded_temporary_server_answers_then_is_removed():
+    with trio.fail_after(60):
+        async with open_embedded() as db:
+            data_dir = db.data_dir
+            assert (data_dir / "PG_VERSION").exists()
+            assert "password" not in db.dsn
+            async with await PgConnection.connect(db.dsn) as conn:
+                result = await conn.execute("SELECT 1 AS one, current_setting('server_version_num')::int")
+            assert result.rows[0][0] == 1 and result.rows[0][1] >= 150000
+        assert db.stopped
+        assert not Path(data_dir).exists() and not Path(data_dir).parent.exists()
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A directory in RAM where there is one: initdb's fsyncs are slow on a busy disk."""
+    root = Path(tempfile.mkdtemp(prefix="triage-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_embedded_given_data_dir_is_kept_and_reused(scratch):
+    data_dir = scratch / "cluster" / "pgdata"
+    with trio.fail_after(60):
+        async with open_embedded(str(data_dir)) as db:
+            async with await PgConnection.connect(db.dsn) as conn:
+                await conn.execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
+        assert (data_dir / "PG_VERSION").exists()
+        async with open_embedded(str(data_dir)) as db:
+            async with await PgConnection.connect(db.dsn) as conn:
+                result = await conn.execute("SELECT n FROM kept")
+        assert result.rows == [(42,)]
