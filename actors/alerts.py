@@ -34,7 +34,7 @@ from msgspec.structs import replace
 from actors.actor import Emit, Send
 from messages.commands import GetSnapshot, Tick
 from messages.config import AlertRule, AlertsConfig
-from messages.health import Alert
+from messages.health import SEVERITY_RANK, Alert
 
 SUMMARY = "summary"
 
@@ -128,7 +128,11 @@ def _advance(s: AlertState, alert_id: str, t: Track, value: float | None,
 
 def _evaluate(s: AlertState, now: float) -> tuple[AlertState, list]:
     tracks, effects = {}, []
-    for alert_id in set(s.tracks) | set(s.values):
+    # Causes before consequences: within one instant, warnings are emitted before criticals.
+    ids = sorted(set(s.tracks) | set(s.values),
+                 key=lambda i: (SEVERITY_RANK[s.cfg.rules[_rule_of(i)[0]].severity]
+                                if _rule_of(i)[0] in s.cfg.rules else 9, i))
+    for alert_id in ids:
         rule = _rule_of(alert_id)[0]
         if rule not in s.cfg.rules or not s.cfg.rules[rule].enabled:
             continue

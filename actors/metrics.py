@@ -14,8 +14,8 @@ window is its ring's open bucket plus the closed ones before it (resilience4j's
 time-based sliding window). A value handled at instant `t` is therefore in a
 window of bucket width `w` and `n` buckets at instant `now` exactly while
 `floor(now / w) - floor(t / w) < n`: it leaves the 1m window at the first 10 s
-boundary at least 50 s after `t` (so after more than 50 s and at most 60 s),
-and stays in the 5m and 1h windows for up to 5 min and 1 h. The core buckets a
+boundary more than 50 s after `t` (so between 50 s and 60 s after it, 60 s
+included), the 5m one 4.5 to 5 min after it, the 1h one 55 to 60 min after it. The core buckets a
 value by the instant it handles the message (`now`), not by `Observation.at`:
 a value is never back-dated into a closed bucket.
 
@@ -24,7 +24,8 @@ merged ("folded") into the open bucket of the next coarser ring, so a coarse
 open bucket holds only closed finer buckets, and a window reads as its ring's
 buckets plus the still-open finer ones: every value is in exactly one of them.
 The merge of a ring's closed buckets is cached until the ring next rotates, so
-a read costs at most four sketch merges per window, however many buckets.
+a read costs at most four sketch merges per window however many buckets there
+are, plus that cached merge once per rotation.
 Rings rotate on any message whose `now` crosses a 10 s boundary (a busy actor
 may never see a `Tick`) and on the `Tick` at each boundary.
 
@@ -69,7 +70,6 @@ by the actor alone; everything that leaves the core is a frozen snapshot value.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 from ddsketch import LogCollapsingLowestDenseDDSketch as Sketch
@@ -297,9 +297,11 @@ def _observe(s: MetricsState, o: Observation) -> None:
     if o.source in s.overall_sources:
         s.overall.rings[0].open.record(duration, wait, error, server_error)
     if o.route is not None:
-        _series(s, s.routes, o.route, s.max_routes).rings[0].open.record(duration, wait, error, server_error)
+        route = _series(s, s.routes, o.route, s.max_routes)
+        route.rings[0].open.record(duration, wait, error, server_error)
     if o.tier is not None:
-        _series(s, s.tiers, o.tier, s.max_tiers).rings[0].open.record(duration, wait, error, server_error)
+        tier = _series(s, s.tiers, o.tier, s.max_tiers)
+        tier.rings[0].open.record(duration, wait, error, server_error)
 
 
 def _count(s: MetricsState, c: Count) -> None:
@@ -394,4 +396,5 @@ class MetricsCore:
 
     @staticmethod
     def undelivered(reply: object, value: object) -> None:
+        """A snapshot nobody took: nothing to give back."""
         return None

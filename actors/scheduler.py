@@ -37,7 +37,7 @@ from actors.actor import Send
 from actors.errors import QueueCleared, QueueFull, QueueTimeout
 from messages.commands import Admit, Admitted, Clear, Done, GetSnapshot, Release, Tick, Withdraw
 from messages.config import Priority, QueueConfig
-from messages.snapshots import QueueSnapshot
+from messages.snapshots import PoolSnapshot, QueueSnapshot
 
 SchedulerIn = Admit | Release | Withdraw | Clear | GetSnapshot | Tick
 
@@ -223,7 +223,13 @@ def snapshot(s: SchedulerState, now: float, restarts: int = 0) -> QueueSnapshot:
         depth_by_priority={Priority(p).name: len(q) for p, q in enumerate(s.waiting)},
         oldest_wait_s=max(now - oldest, 0.0), admitted=s.admitted, rejected=s.rejected,
         displaced=s.displaced, timed_out=s.timed_out, cancelled=s.cancelled,
-        cleared=s.cleared, restarts=restarts)
+        cleared=s.cleared, pool=pool_snapshot(s.pool), restarts=restarts)
+
+
+def pool_snapshot(p: Pool) -> PoolSnapshot:
+    return PoolSnapshot(idle=len(p.idle), opened=p.opened, connects=p.connects,
+                        connect_failures=p.connect_failures, discarded=p.discarded, reused=p.reused,
+                        backoff_s=p.backoff_s)
 
 
 def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:

@@ -32,6 +32,18 @@ class BreakerSnapshot(Message):
     restarts: int = 0
 
 
+class PoolSnapshot(Message):
+    """The database connections that go with the admission slots."""
+
+    idle: int
+    opened: int
+    connects: int
+    connect_failures: int
+    discarded: int
+    reused: int
+    backoff_s: float
+
+
 class QueueSnapshot(Message):
     max_concurrent: int
     max_queue_size: int
@@ -46,6 +58,7 @@ class QueueSnapshot(Message):
     timed_out: int
     cancelled: int
     cleared: int
+    pool: PoolSnapshot | None = None
     restarts: int = 0
 
 

@@ -354,10 +354,10 @@ def deep_size(root: object) -> int:
 
 def test_memory_steady_traffic_state_stops_growing_after_an_hour():
     r = random.Random(2)
-    s = traffic(MetricsState.initial(now=0.0), 0.0, 3900.0, 20.0, r, routes=3, wide=False)
+    s = traffic(MetricsState.initial(now=0.0), 0.0, 3900.0, 5.0, r, routes=3, wide=False)
     snapshot(s, 3900.0)
     after_one_hour = deep_size(s)
-    s = traffic(s, 3900.0, 3900.0, 20.0, r, routes=3, wide=False)
+    s = traffic(s, 3900.0, 3900.0, 5.0, r, routes=3, wide=False)
     snapshot(s, 7800.0)
     assert deep_size(s) <= after_one_hour * 1.15
 
@@ -377,6 +377,16 @@ def test_core_get_snapshot_replies_with_frozen_value_that_round_trips():
     assert msgspec.json.decode(msgspec.json.encode(snap), type=MetricsSnapshot) == snap
     with pytest.raises(AttributeError):
         snap.at = 3.0
+
+
+def test_core_snapshots_in_between_change_nothing_later_reads_return():
+    quiet, watched = MetricsState.initial(now=0.0), MetricsState.initial(now=0.0)
+    quiet = traffic(quiet, 0.0, 700.0, 3.0, random.Random(4), routes=3, wide=False)
+    r = random.Random(4)
+    for start in range(0, 700, 7):
+        watched = traffic(watched, float(start), 7.0, 3.0, r, routes=3, wide=False)
+        snapshot(watched, start + 7.0)
+    assert snapshot(watched, 705.0) == snapshot(quiet, 705.0)
 
 
 def test_core_wakeup_next_10s_boundary_and_tick_rotates():

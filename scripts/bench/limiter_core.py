@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench/limiter_core.py            # full run (~1-2 min)
     .venv/bin/python scripts/bench/limiter_core.py --quick    # smaller, fewer rounds
+    .venv/bin/python scripts/bench/limiter_core.py --no-memory  # decisions/s only
 
 Decisions/s are medians over rounds of a tight loop calling `LimiterTable.check` (so
 they include the Python call and loop overhead a caller pays), timed in process CPU
@@ -166,13 +167,16 @@ def decisions(n_keys: int, ops: int, rounds: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs, 3 rounds")
+    ap.add_argument("--no-memory", action="store_true", help="skip the (slow) tracemalloc part")
     args = ap.parse_args()
     rounds = 3 if args.quick else 5
     ops = 100_000 if args.quick else 300_000
-    print(f"python {sys.version.split()[0]}, medians of {rounds} rounds")
+    print(f"python {sys.version.split()[0]}, medians of {rounds} rounds, process CPU time")
     for n in (100_000, 1_000_000):
         for name, rate in decisions(n, ops, rounds).items():
             print(f"  {n:>9,} keys  {name:<44} {rate:>12,.0f} /s  ({1e9 / rate:,.0f} ns)")
+    if args.no_memory:
+        return
     for n in (100_000, 1_000_000):
         mem_rounds = 1 if args.quick and n > 100_000 else 3
         b = bytes_per_key(n, mem_rounds)

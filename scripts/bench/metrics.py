@@ -13,10 +13,11 @@ All figures are medians over rounds; messages and values are built before timing
    a guarded call with a queue wait: tier), against a no-op `step` and a
    list append fed the same messages; virtual time advances 1/rate s per
    message, so the figure includes the bucket rotations that traffic causes.
-3. A snapshot of a state that has seen an hour of traffic over N routes and
-   8 tiers: "cached" repeats it at the same instant; "every 10 s" interleaves
-   10 s of traffic, so the cached merges of the closed buckets are rebuilt as
-   the rings rotate (a scrape every 10 s).
+3. A state that has seen an hour of traffic over N routes and 8 tiers: its size
+   (tracemalloc), a snapshot repeated at the same instant ("cached"), then 21
+   steps of 10 s of traffic, each ending with a timed `Tick` (the rotation, by
+   the coarsest boundary it crosses) and a timed snapshot ("every 10 s": the
+   cached merges of closed buckets are rebuilt as the rings rotate).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ddsketch import DDSketch  # noqa: E402
 
 from actors.metrics import MetricsState, _sketch, snapshot, step  # noqa: E402
+from messages.commands import Tick  # noqa: E402
 from messages.metrics import Observation  # noqa: E402
 
 try:
@@ -182,42 +184,48 @@ def per_observation(n: int, rounds: int, rate: float) -> None:
         print(f"   {name:<32} {median_ns(fn, n, rounds):8.0f} ns/message")
 
 
-# --- 3. snapshots ----------------------------------------------------------------------------
-
-
-def loaded_state(routes: int, rate: float, seconds: float) -> tuple[MetricsState, float]:
-    s = MetricsState.initial(now=0.0)
-    for o, at in traffic(int(seconds * rate), 0.0, rate, routes, seed=5):
-        s, _ = step(s, o, at)
-    return s, seconds
+# --- 3. snapshots and rotations --------------------------------------------------------------
 
 
 def snapshots(routes: int, rate: float, rounds: int) -> None:
-    s, now = loaded_state(routes, rate, 3700.0)
+    """Load an hour of traffic (under tracemalloc, for the state's size), then 10 s steps."""
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    s2, _ = loaded_state(routes, rate, 3700.0)
+    s = MetricsState.initial(now=0.0)
+    for o, at in traffic(int(3700 * rate), 0.0, rate, routes, seed=5):
+        s, _ = step(s, o, at)
+    gc.collect()
     held = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
-    del s2
+    now = 3700.0
     snapshot(s, now)
     cached = median_ns(lambda: snapshot(s, now), 1, rounds) / 1e6
-    tick = []
-    later = traffic(int(10 * rate * rounds), now, rate, routes, seed=6)
-    for i in range(rounds):
-        for o, at in later[i * int(10 * rate):(i + 1) * int(10 * rate)]:
+    ticks: dict[str, list[float]] = {"10 s": [], "30 s": [], "5 min": []}
+    snaps = []
+    per_step = int(10 * rate)
+    later = traffic(per_step * 21, now + 0.5 / rate, rate, routes, seed=6)
+    for i in range(21):                                   # 3700 s .. 3910 s: every kind of boundary
+        for o, at in later[i * per_step:(i + 1) * per_step]:
             s, _ = step(s, o, at)
         now += 10.0
         gc.collect()
         t = time.perf_counter()
+        step(s, Tick(), now)
+        kind = "5 min" if now % 300 == 0 else "30 s" if now % 30 == 0 else "10 s"
+        ticks[kind].append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
         snapshot(s, now)
-        tick.append((time.perf_counter() - t) * 1e3)
+        snaps.append((time.perf_counter() - t) * 1e3)
     series = 1 + len(s.routes) + len(s.tiers)
-    print(f"3. snapshot, {routes} routes + 8 tiers after 1 h at {rate:,.0f} msg/s "
-          f"({series} series; state {held / 1e6:.1f} MB by tracemalloc, {held / series / 1e3:.0f} kB/series)")
-    print(f"   {'cached (same instant)':<32} {cached:8.2f} ms")
-    print(f"   {'every 10 s, with traffic between':<32} {statistics.median(tick):8.2f} ms")
+    print(f"3. {routes} routes + 8 tiers after 1 h at {rate:,.0f} msg/s: {series} series, "
+          f"state {held / 1e6:.1f} MB by tracemalloc ({held / series / 1e3:.0f} kB/series)")
+    print(f"   {'snapshot, cached (same instant)':<40} {cached:8.2f} ms")
+    print(f"   {'snapshot, every 10 s, traffic between':<40} {statistics.median(snaps):8.2f} ms"
+          f"  (max {max(snaps):.2f})")
+    for kind, times in ticks.items():
+        print(f"   {'Tick rotating at a ' + kind + ' boundary':<40} {statistics.median(times):8.2f} ms"
+              f"  ({len(times)} samples)")
 
 
 def main() -> None:

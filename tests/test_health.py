@@ -1,0 +1,207 @@
+"""Health: each status rule alone, the report's shape, and a real outage end to end."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from msgspec.structs import replace
+
+from actors import CircuitOpen, open_monitoring
+from actors.breaker import BreakerState
+from actors.faults import Down, FaultProxy, proxied_dsn
+from actors.health import HealthInputs, evaluate
+from actors.scheduler import SchedulerState
+from messages.commands import Crash
+from messages.config import AlertRule, AlertsConfig, BreakerConfig, Config
+from messages.database import DatabaseMetrics
+from messages.events import BreakerTransition
+from messages.metrics import MetricsSnapshot, Percentiles, SeriesStats, WindowStats
+from messages.snapshots import ActorStatus
+
+CFG = Config()
+NOW = 1000.0
+
+
+def db_metrics(**changes) -> DatabaseMetrics:
+    base = DatabaseMetrics(is_healthy=True, response_time_ms=3.0, connection_count=4, usage_percentage=40.0,
+                           last_checked="2024-01-01T12:00:00.000Z", checked_at=NOW - 1, error=None,
+                           max_connections=100, connection_limit=10, probes=5, failures=0,
+                           consecutive_failures=0, violations=())
+    return replace(base, **changes)
+
+
+def window(requests: int = 100, errors: int = 0) -> WindowStats:
+    p = Percentiles(p50=0.01, p95=0.05, p99=0.1, count=requests)
+    return WindowStats(window_s=60.0, requests=requests, rate_per_s=requests / 60, errors=errors,
+                       error_rate=errors / requests if requests else 0.0, server_errors=0,
+                       server_error_rate=0.0, latency=p, queue_wait=p)
+
+
+def metrics(requests: int = 100, errors: int = 0, at: float = NOW - 1) -> MetricsSnapshot:
+    series = SeriesStats(name="all", windows={k: window(requests, errors) for k in ("1m", "5m", "1h")})
+    return MetricsSnapshot(overall=series, routes={}, tiers={}, breaker_activations_per_hour={},
+                           rate_limit_violations_per_hour={}, at=at)
+
+
+def inputs(**changes) -> HealthInputs:
+    breakers = {t: BreakerState.initial(t, c, now=0.0) for t, c in CFG.tiers.items()}
+    actors = {"scheduler": ActorStatus(name="scheduler", restarts=0, last_restart_at=None, running=True)}
+    base = HealthInputs(breakers=breakers, queue=SchedulerState.initial(CFG.queue), database=db_metrics(),
+                        metrics=metrics(), actors=actors, started_at=0.0)
+    return replace(base, **changes)
+
+
+def report(i: HealthInputs):
+    return evaluate(i, CFG, NOW, wall=lambda now: 1_700_000_000.0 + now)
+
+
+def with_breaker(tier: str, phase: str) -> dict:
+    i = inputs()
+    return {**i.breakers, tier: replace(i.breakers[tier], phase=phase)}
+
+
+def test_health_all_good_is_healthy_200():
+    r = report(inputs())
+    assert (r.status, r.http_status(), r.degradation) == ("healthy", 200, [])
+    assert r.basic() == {"status": "healthy", "timestamp": r.timestamp, "uptime": 1_000_000,
+                         "database": "healthy", "queue": "healthy"}
+    assert r.timestamp.endswith("Z") and r.timestamp.startswith("2023-11-14T22:")
+
+
+@pytest.mark.parametrize(("name", "changes", "reason"), [
+    ("database breaker open", {"breakers": with_breaker("database", "open")}, "circuit breaker database is OPEN"),
+    ("probe failed", {"database": db_metrics(is_healthy=False, error="OperationalError: refused",
+                                             response_time_ms=None)}, "database unreachable"),
+])
+def test_health_unhealthy_rules(name, changes, reason):
+    r = report(inputs(**changes))
+    assert (r.status, r.http_status()) == ("unhealthy", 503)
+    assert [d.reason for d in r.degradation] == [reason]
+
+
+@pytest.mark.parametrize(("changes", "reason", "value", "threshold"), [
+    ({"breakers": with_breaker("critical", "open")}, "circuit breaker critical is OPEN", "open", "closed"),
+    ({"breakers": with_breaker("analytics", "half_open")}, "circuit breaker analytics is HALF_OPEN",
+     "half_open", "closed"),
+    ({"breakers": with_breaker("database", "half_open")}, "circuit breaker database is HALF_OPEN",
+     "half_open", "closed"),
+    ({"database": db_metrics(response_time_ms=5001.0)}, "database response time over threshold", 5001.0, 5000.0),
+    ({"database": db_metrics(usage_percentage=81.0)}, "database connection usage over threshold", 81.0, 80.0),
+    ({"queue": replace(SchedulerState.initial(CFG.queue), depth=51)}, "queue depth over threshold", 51, 50),
+    ({"metrics": metrics(requests=100, errors=2)}, "error rate over threshold", 0.02, 0.01),
+    ({"actors": {"limiter": ActorStatus(name="limiter", restarts=1, last_restart_at=NOW - 299, running=True)}},
+     "actor limiter restarted recently", 1, 0),
+    ({"actors": {"limiter": ActorStatus(name="limiter", restarts=1, last_restart_at=None, running=False)}},
+     "actor limiter is not running", "stopped", "running"),
+    ({"database": db_metrics(checked_at=NOW - 91)}, "database metrics are stale", 91.0, 90.0),
+    ({"metrics": metrics(at=NOW - 31)}, "metrics are stale", 31.0, 30.0),
+    ({"maintenance": True}, "maintenance mode", True, False),
+])
+def test_health_degraded_rules_one_by_one(changes, reason, value, threshold):
+    r = report(inputs(**changes))
+    assert (r.status, r.http_status(), r.http_status(degraded_code=200)) == ("degraded", 206, 200)
+    (d,) = r.degradation
+    assert (d.reason, d.value, d.threshold) == (reason, value, threshold)
+
+
+@pytest.mark.parametrize("changes", [
+    {"database": db_metrics(response_time_ms=5000.0, usage_percentage=80.0)},
+    {"queue": replace(SchedulerState.initial(CFG.queue), depth=50)},
+    {"metrics": metrics(requests=100, errors=1)},
+    {"metrics": metrics(requests=10, errors=5)},  # too few requests to judge
+    {"actors": {"limiter": ActorStatus(name="limiter", restarts=1, last_restart_at=NOW - 301, running=True)}},
+])
+def test_health_at_or_under_thresholds_stays_healthy(changes):
+    assert report(inputs(**changes)).status == "healthy"
+
+
+def test_health_detailed_keys_match_spec_jq_paths():
+    d = report(inputs(breakers=with_breaker("critical", "open"))).detailed()
+    assert set(d) >= {"status", "timestamp", "uptime", "database", "queue", "components", "metrics",
+                      "alerts", "degradation"}
+    assert set(d["components"]) == {"database", "queue", "circuitBreakers", "rateLimiter", "actors"}
+    assert set(d["metrics"]) == {"database", "queue", "circuitBreakers", "errors", "latency"}
+    assert d["components"]["circuitBreakers"]["critical"]["state"] == "OPEN"
+    assert d["metrics"]["database"]["isHealthy"] is True and d["metrics"]["database"]["responseTimeMs"] == 3.0
+    assert d["metrics"]["circuitBreakers"]["critical"]["openings"] == 0
+    assert d["metrics"]["queue"]["inFlight"] == 0 and d["metrics"]["latency"]["1m"]["p95"] == 0.05
+    assert d["degradation"][0]["reason"] == "circuit breaker critical is OPEN"
+    assert report(inputs()).minimal() == {"status": "healthy", "timestamp": d["timestamp"]}
+
+
+def test_health_without_database_reports_not_configured():
+    r = report(inputs(database=None))
+    assert (r.status, r.database) == ("healthy", "not_configured")
+
+
+async def test_health_actor_restart_degrades_for_five_minutes(autojump_clock):
+    async with open_monitoring(Config()) as mon:
+        await mon.health_report.wait_value(lambda r: r.status == "healthy")
+        mon._limiter.put(Crash())
+        r = await mon.health_report.wait_value(
+            lambda r: "actor limiter restarted recently" in [d.reason for d in r.degradation])
+        assert r.status == "degraded"
+        restarted = mon.actors()["limiter"].last_restart_at
+        await mon.health_report.wait_value(lambda r: r.status == "healthy")
+        assert 300 <= trio.current_time() - restarted <= 300 + 1.0  # next evaluation after 5 min
+
+
+async def test_health_maintenance_mode_degrades_then_recovers(autojump_clock):
+    async with open_monitoring(Config()) as mon:
+        await mon.maintenance(True)
+        body = await mon.health()
+        r = await mon.health_report.wait_value(lambda r: r.status == "degraded")
+        assert [d.reason for d in r.degradation] == ["maintenance mode"] and body["status"] in ("healthy", "degraded")
+        await mon.maintenance(False)
+        await mon.health_report.wait_value(lambda r: r.status == "healthy")
+
+
+async def test_health_breaker_alert_chain_on_real_outage(database_url):
+    """Queries through a proxy that goes down: breaker opens -> activation warning -> unhealthy ->
+    critical alert; the proxy comes back -> alerts resolve -> healthy."""
+    rules = dict(AlertsConfig().rules)
+    rules["health_unhealthy"] = AlertRule(severity="critical", threshold=0.5, clear_threshold=0.5)
+    async with FaultProxy.for_dsn(database_url) as proxy:
+        cfg = Config(database_url=proxied_dsn(database_url, proxy), health_check_interval_s=0.2,
+                     tiers={**Config().tiers, "database": BreakerConfig(failure_threshold=5,
+                                                                         recovery_timeout_s=1.0)},
+                     alerts=AlertsConfig(rules=rules))
+        seen: list[str] = []
+        async with open_monitoring(cfg) as mon, mon.events(1024) as events:
+            with trio.fail_after(10):
+                await mon.health_report.wait_value(lambda r: r.status == "healthy")
+                assert await mon.db.fetchval("select 1") == 1
+                proxy.add(Down())
+                while True:
+                    try:
+                        await mon.db.fetchval("select 1")
+                    except CircuitOpen:
+                        break
+                    except Exception:
+                        pass
+                await mon.health_report.wait_value(lambda r: r.status == "unhealthy")
+                while not {"alert:health_unhealthy:firing", "alert:breaker_activation:database:firing"} <= set(seen):
+                    ev = await events.receive()
+                    seen.append(_name(ev))
+                proxy.remove("down")
+                await mon.breakers["database"].wait_state("half_open")
+                assert await mon.db.fetchval("select 2") == 2
+                await mon.health_report.wait_value(lambda r: r.status == "healthy")
+                while not {"alert:health_unhealthy:resolved",
+                           "alert:breaker_activation:database:resolved"} <= set(seen):
+                    seen.append(_name(await events.receive()))
+    at = {x: seen.index(x) for x in seen}
+    assert at["breaker:database:open"] < at["alert:breaker_activation:database:firing"]
+    # Health turns unhealthy as the breaker opens (or as the monitor's probe fails, if first).
+    assert at["alert:health_unhealthy:firing"] < at["alert:health_unhealthy:resolved"]
+    assert at["alert:breaker_activation:database:firing"] < at["alert:breaker_activation:database:resolved"]
+    assert proxy.connections >= 2
+    assert mon.actors()["health"].restarts == 0
+
+
+def _name(ev) -> str:
+    if isinstance(ev, BreakerTransition):
+        return f"breaker:{ev.tier}:{ev.to_state}"
+    if hasattr(ev, "rule"):
+        return f"alert:{ev.id}:{ev.state}"
+    return type(ev).__name__
