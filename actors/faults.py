@@ -20,9 +20,9 @@ what reached the server.
 from __future__ import annotations
 
 import random
-from functools import partial
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Literal
 
 import msgspec
@@ -68,7 +68,22 @@ class LimitData(Fault, tag="limit_data"):
     bytes: int = 0
 
 
-AnyFault = Down | Latency | Timeout | ResetPeer | Bandwidth | SlowClose | LimitData
+class TerminateBackends(Fault, tag="terminate_backends"):
+    """Server side, one shot: pg_terminate_backend every backend of the service's pool."""
+
+
+class ExhaustConnections(Fault, tag="exhaust_connections"):
+    """Server side, until removed: hold every free connection slot but `leave`."""
+
+    leave: int = 0
+
+
+ProxyFault = Down | Latency | Timeout | ResetPeer | Bandwidth | SlowClose | LimitData
+AnyFault = ProxyFault | TerminateBackends | ExhaustConnections
+
+
+def kind_of(fault: Fault) -> str:
+    return type(fault).__struct_config__.tag
 
 
 class FaultProxy:
@@ -225,3 +240,92 @@ def proxied_dsn(dsn: str, proxy: FaultProxy) -> str:
     params.pop("sslmode", None)
     params.pop("hostaddr", None)
     return make_conninfo(**params)
+
+
+# --- server-side faults, through PostgreSQL itself ----------------------------------------------
+
+
+async def terminate_backends(admin_dsn: str, application_name: str) -> int:
+    """`pg_terminate_backend` every backend of `application_name`; how many were terminated."""
+    from actors.pgconn import PgConnection
+
+    async with await PgConnection.connect(admin_dsn, application_name="triage-faults") as conn:
+        result = await conn.execute(
+            "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity "
+            "where application_name = %s and pid <> pg_backend_pid()", [application_name])
+    n = result.rows[0][0]
+    log.warning("Fault injected: terminated {n} backends", n=n, application_name=application_name)
+    return n
+
+
+@asynccontextmanager
+async def exhausted_connections(admin_dsn: str, leave: int = 0) -> AsyncIterator[int]:
+    """Take connection slots until the server refuses, then give back `leave` of them.
+
+    Superuser-reserved slots are taken too (when `admin_dsn` is a superuser's), so what a
+    new client then meets is PostgreSQL's own "too many clients" (53300) refusal.
+    Yields how many connections are held.
+    """
+    from actors.pgconn import PgConnection
+
+    async with await PgConnection.connect(admin_dsn, application_name="triage-faults") as conn:
+        limit = int((await conn.execute("show max_connections")).rows[0][0])
+    held: list[PgConnection] = []
+    try:
+        for _ in range(limit + 1):
+            try:
+                held.append(await PgConnection.connect(admin_dsn, application_name="triage-faults-hold"))
+            except Exception:
+                break
+        for _ in range(min(leave, len(held))):
+            held.pop().close_now()
+        log.warning("Fault injected: holding {n} connections", n=len(held))
+        yield len(held)
+    finally:
+        for c in held:
+            c.close_now()
+        log.warning("Fault removed: released {n} connections", n=len(held))
+
+
+class FaultInjector:
+    """`mon.inject(fault)` / `mon.clear_faults()`: proxy faults and server faults in one place."""
+
+    def __init__(self, proxy: FaultProxy, admin_dsn: str, application_name: str,
+                 nursery: trio.Nursery) -> None:
+        self.proxy, self.admin_dsn, self.application_name = proxy, admin_dsn, application_name
+        self._nursery = nursery
+        self._held: trio.CancelScope | None = None
+        self.held_connections = 0
+
+    @property
+    def active(self) -> list[str]:
+        return sorted(self.proxy.faults) + (["exhaust_connections"] if self._held else [])
+
+    async def inject(self, fault: Fault) -> None:
+        if isinstance(fault, TerminateBackends):
+            await terminate_backends(self.admin_dsn, self.application_name)
+        elif isinstance(fault, ExhaustConnections):
+            self.remove("exhaust_connections")
+            self._held = await self._nursery.start(self._hold, fault.leave)
+        else:
+            self.proxy.add(fault)
+
+    def remove(self, kind: str) -> None:
+        if kind == "exhaust_connections":
+            if self._held is not None:
+                self._held.cancel()
+                self._held = None
+        else:
+            self.proxy.remove(kind)
+
+    def clear(self) -> None:
+        self.proxy.clear()
+        self.remove("exhaust_connections")
+
+    async def _hold(self, leave: int, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            async with exhausted_connections(self.admin_dsn, leave) as held:
+                self.held_connections = held
+                task_status.started(scope)
+                await trio.sleep_forever()
+        self.held_connections = 0

@@ -24,6 +24,7 @@ from actors.errors import (
     QueueTimeout,
     RateLimited,
     ShuttingDown,
+    TriageError,
     UnknownTier,
     classify,
 )
@@ -57,6 +58,11 @@ T = TypeVar("T")
 
 _OUTCOMES = {CircuitOpen: "circuit_open", QueueFull: "queue_full", QueueTimeout: "queue_timeout",
              QueueCleared: "queue_full", ShuttingDown: "shutting_down", RateLimited: "rate_limited"}
+
+
+class FaultsDisabled(TriageError):
+    def __init__(self) -> None:
+        super().__init__("fault injection is off: set TRIAGE_FAULTS=1 (config faults.enabled)")
 
 
 def outcome_name(exc: BaseException | None) -> str:
@@ -286,6 +292,7 @@ class Monitoring:
         self.health_report: Published  # the health actor's latest HealthReport
         self.metrics_snapshot: Published  # the metrics actor's latest MetricsSnapshot (or None)
         self._extra_actors: Callable[[], dict[str, ActorStatus]] = dict
+        self.injector: Any = None        # a FaultInjector when config.faults.enabled
 
     def _breaker(self, tier: str) -> BreakerHandle:
         if self.closed:
@@ -389,6 +396,25 @@ class Monitoring:
             raise ValueError(f"min_severity must be one of {', '.join(SEVERITY_RANK)}")
         floor = SEVERITY_RANK[min_severity]
         return self._bus.subscribe(buffer, lambda e: type(e) is Alert and SEVERITY_RANK[e.severity] >= floor)
+
+    # --- fault injection (config.faults.enabled) ---------------------------------------------
+
+    def _faults(self) -> Any:
+        if self.injector is None:
+            raise FaultsDisabled()
+        return self.injector
+
+    async def inject(self, fault: Any) -> None:
+        """Apply a fault (`actors.faults`: Down(), Latency(latency_ms=…), TerminateBackends()…)."""
+        await self._faults().inject(fault)
+
+    async def remove_fault(self, kind: str) -> None:
+        self._faults().remove(kind)
+        await trio.lowlevel.checkpoint()
+
+    async def clear_faults(self) -> None:
+        self._faults().clear()
+        await trio.lowlevel.checkpoint()
 
     async def maintenance(self, on: bool) -> None:
         """Maintenance mode: health reports degraded; the HTTP edge answers 503 outside health."""

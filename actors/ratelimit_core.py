@@ -35,39 +35,45 @@ does and what lets the table forget keys freely.
 
 The key table (memory). One dict for all policies, mapping ``prefix + key`` to
 TAT (a float, microseconds), where ``prefix`` is a single character naming the
-policy (``chr(i)`` for the i-th policy). Per key that is one str (the key plus
-one character: 61 bytes for "user:123456"), one float (24 bytes) and a share of
-the dict (16-byte entry plus 4-byte index for a str-keyed dict, 38-62 bytes per
-key depending on the dict's fill), ~120-150 bytes in total. Rejected
-alternatives: a dict per policy would need a second structure for a global LRU
-order; ``(policy, key)`` tuples cost 56 bytes more; storing TAT as an int costs 8
-bytes more (ints are 28-32 bytes, floats 24); storing ``hash(key)`` ints instead
-of strings saves ~20 bytes but makes the dict a general one (24-byte entries,
-eating most of the saving) and makes two keys with equal hashes share a quota.
+policy (``chr(i)`` for the i-th policy). Per key that is one str (the key plus one
+character: 61 bytes for "user:123456"), one float (24 bytes) and a share of the
+dict (a 16-byte entry and a 4-byte index per slot of a str-keyed dict: 31-38 bytes
+per key when compact, up to 64 before a rebuild, see below). Measured with
+tracemalloc (scripts/bench/limiter_core.py, keys "user:<i>"): 122 B/key at 100k
+keys and 116 at 1M freshly filled; 123 and 148 in the steady state of a full table
+under churn. Rejected alternatives: a dict per policy needs a second structure
+for one LRU order across policies; ``(policy, key)`` tuples cost 56 bytes more
+per key; an int TAT costs 8 more (ints are 28-32 bytes, floats 24); ``hash(key)``
+ints instead of strings save ~30 bytes of key but turn the dict into a general
+one (24-byte entries: 10-20 bytes more per key), and two keys with equal hashes
+would share one quota, so the exact string is kept.
 
-Eviction. The dict's insertion order is the LRU order: every check pops the key
-and re-inserts it at the end. At most `max_keys` keys are stored; a new key
-arriving at a full table evicts the least-recently-used keys from the front, in
-batches of ``max(1, max_keys // 256)``: CPython finds the front of a dict by
-scanning past deleted slots from the start, so one-at-a-time eviction would cost
-O(deleted slots) per eviction; a batch amortises that scan (measured in
-scripts/bench/limiter_core.py). Evicting a key that is not idle loses its state
-(its owner gets a fresh quota), which is the price of bounded memory; `expire()`
-lets a caller drop idle keys first, at no cost to correctness.
+Eviction. The dict's insertion order is the LRU order: every check, allowed or
+not, pops the key and re-inserts it at the end (a refused client is an active one;
+evicting it would hand it a fresh quota). At most `max_keys` keys are stored; a
+new key arriving at a full table evicts the least-recently-used keys from the
+front, ``max(1, max_keys // 256)`` at a time. CPython finds the front of a dict by
+scanning past the deleted slots there, one by one from the start, and they pile
+up until the dict is next resized; evicting one key at a time therefore costs
+O(evictions so far) per eviction (measured: 31 us per check at 100k keys against
+1.5 us in batches). Evicting a key that is not idle loses its state (its owner
+gets a fresh quota), the price of bounded memory. `peek()` does not refresh a key.
 
-Compaction. CPython never shrinks a dict, and when a dict full of deleted slots
-(pops from LRU touches and evictions) runs out of room it re-allocates for
-3 x len, which at some sizes costs 77 bytes per key in the dict alone. Every
-``max(1024, len // 64)`` operations the table compares ``sys.getsizeof`` of its
-dict with `_DICT_MAX_BYTES_PER_KEY` and, above it, rebuilds the dict (an O(n)
-copy, sized for 1.5 x len by CPython), which keeps the dict's share at or below
-that bound and frees the space of expired keys.
+Compaction. CPython never shrinks a dict, and when a dict whose slots are used up
+by deleted entries (LRU pops, evictions, expiry) needs room, it re-allocates for
+3 x len: 77 bytes per key for the dict alone at 100k keys. Every
+``max(1024, len // 64)`` checks, and on every `expire()`, the table compares
+``sys.getsizeof`` of its dict (O(1)) with `_DICT_MAX_BYTES_PER_KEY` (64) per key
+and, above it, rebuilds the dict: an O(len) copy that CPython sizes for
+1.5 x len, about 7 ms for 100k keys and 160 ms for 1M (a pause of the same order
+as CPython's own resize). That also returns the memory of expired keys.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
 from itertools import islice
 
 import msgspec
@@ -88,7 +94,8 @@ _floor = math.floor
 
 
 class RateDecision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The answer to one check (or peek). Times are in the caller's ``now`` clock."""
+    """The answer to one check (or peek). Instants are on the caller's ``now`` clock and,
+    like every duration here, exact to the microsecond (``now`` is rounded to one)."""
 
     allowed: bool
     policy: str
@@ -123,7 +130,7 @@ class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
 class UnknownPolicy(TriageError, KeyError):
     """A check named a policy the table was not built with."""
 
-    def __init__(self, policy: str, known: tuple[str, ...] | list[str] | dict = ()) -> None:
+    def __init__(self, policy: str, known: Iterable[str] = ()) -> None:
         self.policy = policy
         self.known = tuple(known)
         super().__init__(
@@ -333,10 +340,11 @@ class LimiterTable:
 
         Dropping an idle key never changes a later decision (see the module doc), so this can
         run at any time. It looks at no more than `budget` keys per call (plus a C-level skip
-        over deleted dict slots at the front), so it can run often in small slices. Keys are
-        examined in LRU order, so everything touched more than the longest window ago is idle
-        and goes first; an active key at the front is left in place (not rotated), it goes
-        idle within its window.
+        over deleted dict slots at the front, ~1 ns each), so it can run often in small
+        slices. Keys are examined in LRU order: a key last used more than its window ago is
+        idle, so the oldest keys go first; an active key at the front stays where it is (it
+        is not rotated, which would falsify the LRU order) and goes idle within its window.
+        Each call is also the table's maintenance point (see "Compaction" in the module doc).
         """
         if budget < 1:
             return 0
@@ -352,7 +360,7 @@ class LimiterTable:
         return len(idle)
 
     def _evict(self) -> None:
-        """Make room for one key: drop the least-recently-used batch from the front."""
+        """Make room for a new key: drop the least-recently-used batch from the front."""
         d = self._tat
         victims = list(islice(d, self._evict_batch))
         by_prefix = self._by_prefix

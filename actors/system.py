@@ -69,6 +69,7 @@ class _Wiring:
         self.cells: dict[str, Cell] = {}
         offset = time.time() - self.now
         self.wall: Callable[[float], float] = lambda now: now + offset
+        self.injector: Any = None
 
     def on_restart(self, cell: Cell, exc: BaseException) -> None:
         self.bus.emit(ActorRestarted(actor=cell.name, restarts=cell.restarts,
@@ -121,12 +122,23 @@ class _Wiring:
             dsn = await self.nursery.start(_serve_embedded, self.config.database.embedded_data_dir)
         if not dsn:
             return None, None
+        if self.config.faults.enabled:
+            dsn = await self._fault_proxy(dsn)
         from actors.monitor import DatabaseMonitor
 
         monitor = DatabaseMonitor(self.config, dsn, self.bus.emit,
                                   probe_timeout_s=self.config.database.probe_timeout_s)
         await self.nursery.start(monitor.run)
         return dsn, monitor
+
+    async def _fault_proxy(self, dsn: str) -> str:
+        """Route the pool and the monitor through a fault proxy; faults are injected there."""
+        from actors.faults import FaultInjector, FaultProxy, proxied_dsn
+
+        proxy = FaultProxy.for_dsn(dsn)
+        await self.nursery.start(proxy.run)
+        self.injector = FaultInjector(proxy, dsn, self.config.database.application_name, self.nursery)
+        return proxied_dsn(dsn, proxy)
 
     async def alerts(self) -> tuple[Mailbox, Published]:
         inbox = Mailbox("alerts", INBOX_SIZE)
@@ -234,6 +246,7 @@ async def run_monitoring(config: Config | None = None, *,
             mon.metrics_snapshot = metrics
             dsn, monitor = await w.database()
             mon.db = Database(mon, config, dsn, monitor)
+            mon.injector = w.injector
             alerts_inbox, alerts = await w.alerts()
             health = await w.health(mon, monitor, alerts_inbox, alerts, metrics)
             mon.health_report = health.report

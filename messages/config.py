@@ -132,6 +132,11 @@ class AlertsConfig(_Frozen):
     webhook_retries: int = 5
 
 
+class FaultsConfig(_Frozen):
+    # Put a fault proxy in front of the database (mon.inject / mon.clear_faults). Off in production.
+    enabled: bool = False
+
+
 class SupervisorConfig(_Frozen):
     # OTP-style restart intensity: more than max_restarts within period_s fails the system.
     max_restarts: int = 5
@@ -180,6 +185,7 @@ class Config(_Frozen):
     queue: QueueConfig = QueueConfig()
     database: DatabaseConfig = DatabaseConfig()
     alerts: AlertsConfig = AlertsConfig()
+    faults: FaultsConfig = FaultsConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
 
     def __post_init__(self) -> None:
@@ -240,6 +246,9 @@ def _env_overlay(env: Mapping[str, str]) -> dict:
     if embedded is None:
         embedded = not env.get("DATABASE_URL")
     out["database"] = {"embedded": embedded}
+    faults = _flag(env, "TRIAGE_FAULTS")
+    if faults is not None:
+        out["faults"] = {"enabled": faults}
     if env.get("ALERT_WEBHOOK_URL"):
         out["alerts"] = {"webhook_url": env["ALERT_WEBHOOK_URL"]}
     if env.get("TRIAGE_DATA_DIR"):

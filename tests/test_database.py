@@ -49,7 +49,7 @@ async def table(database_url):
 async def test_db_fetch_variants_and_types_round_trip(database_url):
     async with open_monitoring(config_for(database_url)) as mon:
         values = [42, 1.5, Decimal("12.345"), "tëxt", b"\x00\x01", True, None, dt.date(2024, 1, 2),
-                  dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), uuid.UUID(int=7), [1, 2, 3]]
+                  dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), uuid.UUID(int=7), [1, 2, 3]]
         row = await mon.db.fetchrow("select " + ", ".join(["%s"] * len(values)), values)
         assert list(row) == values
         assert await mon.db.fetchval("select %(a)s::int + %(b)s::int", {"a": 2, "b": 3}) == 5
