@@ -1,0 +1,333 @@
+"""The outermost ASGI layer: one definite answer per request, whatever happens inside.
+
+Theory of operation. `Edge` wraps the whole app (rate limiting, routing,
+handlers). For each HTTP request it
+
+1. answers 503 + ``Retry-After`` itself in maintenance mode, except on the
+   operational routes (health, metrics, the alert stream, admin);
+2. answers 413 itself when ``Content-Length`` is over the cap, without
+   reading a byte of the body; otherwise hands the app a `receive` that counts
+   body bytes (`BodyTooLarge` past the cap, for chunked bodies) and enforces
+   one deadline for the whole body (`BodyTimeout` -> 408), so a client
+   trickling bytes cannot hold a handler;
+3. runs the app inside a cancel scope it keeps until the request ends. At
+   shutdown (`begin_drain`) every scope gets the deadline ``now + grace``
+   (streams end at once): a request that finishes in time is answered
+   normally, one that does not is cancelled and answered 503 here, a
+   streaming response is ended cleanly;
+4. turns an exception that escaped everything into a 500 problem body (never
+   a traceback), logged once;
+5. records the request with `mon.observe_request(route template, status,
+   duration, outcome, tier)`.
+
+Handlers tell the edge the outcome and tier of their request through the
+per-request `Exchange` at ``scope["triage"]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import msgspec
+import psycopg
+import trio
+from loguru import logger
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from actors.database import DatabaseNotConfigured, DatabaseUnavailable, QueryTimeout
+from actors.errors import (
+    ActorCrashed,
+    CircuitOpen,
+    QueueCleared,
+    QueueFull,
+    QueueTimeout,
+    RateLimited,
+    Refused,
+    ShuttingDown,
+    TriageError,
+)
+
+log = logger.bind(actor="web")
+
+MAINTENANCE_RETRY_AFTER_S = 60
+OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/")
+PROBLEM = "application/problem+json"
+
+
+class WebError(Exception):
+    """A request the app refuses on its own terms (bad input, conflict…): status + detail."""
+
+    status = 400
+    title = "Bad Request"
+
+    def __init__(self, detail: str, status: int | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail, self.extra = detail, extra
+        if status is not None:
+            self.status = status
+            self.title = _TITLES.get(status, "Error")
+
+
+class BodyTooLarge(WebError):
+    status, title = 413, "Content Too Large"
+
+
+class BodyTimeout(WebError):
+    status, title = 408, "Request Timeout"
+
+
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
+           422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+
+
+class Exchange:
+    """What a handler tells the edge about its request."""
+
+    __slots__ = ("outcome", "tier", "stream")
+
+    def __init__(self) -> None:
+        self.outcome: str | None = None
+        self.tier: str | None = None
+        self.stream = False
+
+
+def exchange(request: Request) -> Exchange:
+    return request.scope.get("triage") or Exchange()
+
+
+# -- problem bodies (RFC 9457) ------------------------------------------------------------
+
+def problem_body(status: int, detail: str, title: str | None = None, **extra: Any) -> bytes:
+    return msgspec.json.encode({"type": "about:blank", "title": title or _TITLES.get(status, "Error"),
+                                "status": status, "detail": detail, **extra})
+
+
+def problem(status: int, detail: str, *, title: str | None = None,
+            headers: Mapping[str, str] | None = None, **extra: Any) -> Response:
+    return Response(problem_body(status, detail, title, **extra), status_code=status,
+                    headers={"cache-control": "no-store", **(headers or {})}, media_type=PROBLEM)
+
+
+async def send_problem(send: Any, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = (),
+                       **extra: Any) -> None:
+    body = problem_body(status, detail, **extra)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", b"%d" % len(body)),
+                            (b"cache-control", b"no-store"), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _retry(seconds: float | None) -> dict[str, str]:
+    return {"retry-after": str(max(1, math.ceil(seconds or 1)))}
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """The HTTP answer for an expected failure; sets the request's outcome."""
+    ex = exchange(request)
+    status, detail, headers, outcome, extra = _classify(exc)
+    ex.outcome = ex.outcome or outcome
+    if status == 405 and isinstance(exc, HTTPException) and exc.headers:
+        headers = {**headers, **exc.headers}
+    return problem(status, detail, headers=headers, **extra)
+
+
+def _classify(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, Any]]:
+    match exc:
+        case BodyTooLarge() | BodyTimeout():  # the rest of the body is not read: close
+            return exc.status, exc.detail, {"connection": "close"}, "ok", exc.extra
+        case WebError():
+            return exc.status, exc.detail, {}, "ok", exc.extra
+        case HTTPException(status_code=404):
+            return 404, "No such route", {}, "ok", {}
+        case HTTPException(status_code=405):
+            return 405, "Method not allowed for this route", {}, "ok", {}
+        case HTTPException():
+            return exc.status_code, str(exc.detail), dict(exc.headers or {}), "ok", {}
+        case RateLimited():
+            return 429, f"Rate limit exceeded for policy {exc.policy!r}", _retry(exc.retry_after_s), \
+                "rate_limited", {}
+        case CircuitOpen():
+            return 503, f"Circuit breaker {exc.tier!r} is open; retry later", _retry(exc.retry_after_s), \
+                "circuit_open", {"tier": exc.tier}
+        case QueueFull() | QueueCleared():
+            return 503, "Server busy: the request queue is full", _retry(1), "queue_full", {}
+        case QueueTimeout():
+            return 503, "Server busy: the request was not admitted in time", _retry(1), "queue_timeout", {}
+        case ShuttingDown():
+            return 503, "The service is shutting down", _retry(5), "shutting_down", {}
+        case DatabaseUnavailable():
+            return 503, "Database unavailable", _retry(exc.retry_after_s), "error", {}
+        case QueryTimeout():
+            return 503, "Database query timed out", _retry(1), "error", {}
+        case DatabaseNotConfigured():
+            return 503, "No database configured", _retry(30), "error", {}
+        case ActorCrashed() | Refused():
+            return 503, "Service temporarily unavailable", _retry(1), "error", {}
+        case psycopg.OperationalError():  # connection trouble: says nothing of the query
+            return 503, "Database unavailable", _retry(1), "error", {}
+        case psycopg.Error() | TriageError():  # never the SQL text or the server's message
+            return 500, "Database error", {}, "error", {}
+    return 500, "Internal error", {}, "error", {}
+
+
+def handled_errors() -> dict[Any, Callable[[Request, Exception], Response]]:
+    """Starlette `exception_handlers` for every expected failure (500 for the rest)."""
+    return {HTTPException: error_response, WebError: error_response, TriageError: error_response,
+            psycopg.Error: error_response, Exception: error_response}
+
+
+# -- the edge -----------------------------------------------------------------------------
+
+class Edge:
+    """See the module doc. `route_tiers` maps "METHOD /template" to a breaker tier."""
+
+    def __init__(self, app: Any, mon: Any, *, max_body_bytes: int, body_timeout_s: float,
+                 grace_s: float, route_tiers: Mapping[str, str] | None = None) -> None:
+        self.app, self.mon = app, mon
+        self.max_body_bytes, self.body_timeout_s, self.grace_s = max_body_bytes, body_timeout_s, grace_s
+        self.route_tiers = dict(route_tiers or {})
+        self.draining = False
+        self._drain_deadline = math.inf
+        self._inflight: dict[trio.CancelScope, Exchange] = {}
+
+    def begin_drain(self) -> None:
+        """Stop streams now; give every other request in flight `grace_s` to finish."""
+        if self.draining:
+            return
+        self.draining = True
+        self._drain_deadline = trio.current_time() + self.grace_s
+        for scope, ex in list(self._inflight.items()):
+            if ex.stream:
+                scope.cancel()
+            else:
+                scope.deadline = min(scope.deadline, self._drain_deadline)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = trio.current_time()
+        ex = scope["triage"] = Exchange()
+        reply = _Reply(send)
+        try:
+            await self._handle(scope, receive, reply, ex, t0)
+        finally:
+            self._observe(scope, reply, ex, trio.current_time() - t0)
+
+    async def _handle(self, scope: dict, receive: Any, reply: _Reply, ex: Exchange, t0: float) -> None:
+        if self.mon.in_maintenance and not scope["path"].startswith(OPERATIONAL):
+            ex.outcome = "ok"
+            return await send_problem(reply, 503, "The service is in maintenance mode; retry later",
+                                      [(b"retry-after", b"%d" % MAINTENANCE_RETRY_AFTER_S)])
+        length, chunked = _body_headers(scope)
+        if length is not None and length > self.max_body_bytes:
+            return await send_problem(reply, 413, f"Request body over {self.max_body_bytes} bytes",
+                                      [(b"connection", b"close")], limit=self.max_body_bytes)
+        if length == -1:
+            return await send_problem(reply, 400, "Invalid Content-Length", [(b"connection", b"close")])
+        if length or chunked:
+            receive = _BodyReader(receive, self.max_body_bytes, t0 + self.body_timeout_s).receive
+        with trio.CancelScope(deadline=self._drain_deadline) as cancel_scope:
+            self._inflight[cancel_scope] = ex
+            try:
+                await self.app(scope, receive, reply)
+            except ClientDisconnect:
+                ex.outcome = "cancelled"
+            except Exception as exc:
+                await self._crashed(scope, reply, ex, exc)
+            finally:
+                del self._inflight[cancel_scope]
+        if cancel_scope.cancelled_caught:
+            await self._cut_off(reply, ex)
+
+    async def _crashed(self, scope: dict, reply: _Reply, ex: Exchange, exc: Exception) -> None:
+        ex.outcome = "error"
+        log.opt(exception=exc).error("Unhandled error in {method} {route}", method=scope.get("method"),
+                                     route=_template(scope))
+        if not reply.started:
+            await send_problem(reply, 500, "Internal error")
+
+    async def _cut_off(self, reply: _Reply, ex: Exchange) -> None:
+        """The grace period ended (or a stream was stopped) with the request unfinished."""
+        ex.outcome = "shutting_down"
+        if not reply.started:
+            await send_problem(reply, 503, "The service is shutting down", [(b"connection", b"close")])
+        elif not reply.finished and reply.chunked:
+            await reply({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _observe(self, scope: dict, reply: _Reply, ex: Exchange, duration_s: float) -> None:
+        route = f"{scope.get('method', 'GET')} {_template(scope)}"
+        status = reply.status or 499  # nothing sent: the client went away
+        outcome = ex.outcome or ("rate_limited" if status == 429 else "error" if status >= 500 else "ok")
+        tier = ex.tier or self.route_tiers.get(route)
+        self.mon.observe_request(route, status, duration_s, outcome, tier)
+
+
+def _template(scope: dict) -> str:
+    route = scope.get("route")
+    return getattr(route, "path", None) or "<unmatched>"
+
+
+def _body_headers(scope: dict) -> tuple[int | None, bool]:
+    """(Content-Length or None, -1 if invalid; chunked?)."""
+    length: int | None = None
+    chunked = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+    return length, chunked
+
+
+class _Reply:
+    """`send`, remembering what was sent."""
+
+    __slots__ = ("_send", "status", "started", "finished", "chunked")
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self.status: int | None = None
+        self.started = self.finished = False
+        self.chunked = True
+
+    async def __call__(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started, self.status = True, message["status"]
+            self.chunked = not any(k.lower() == b"content-length" for k, _ in message.get("headers", ()))
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+
+class _BodyReader:
+    """`receive` with a byte cap and one deadline for the whole body."""
+
+    __slots__ = ("_receive", "_cap", "_deadline", "_seen", "_done")
+
+    def __init__(self, receive: Any, cap: int, deadline: float) -> None:
+        self._receive, self._cap, self._deadline = receive, cap, deadline
+        self._seen, self._done = 0, False
+
+    async def receive(self) -> dict:
+        if self._done:
+            return await self._receive()
+        with trio.move_on_at(self._deadline):
+            message = await self._receive()
+            if message["type"] == "http.request":
+                self._seen += len(message.get("body", b""))
+                if self._seen > self._cap:
+                    raise BodyTooLarge(f"Request body over {self._cap} bytes", limit=self._cap)
+                self._done = not message.get("more_body", False)
+            return message
+        raise BodyTimeout("The request body did not arrive in time")
