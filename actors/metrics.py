@@ -348,12 +348,16 @@ def _series_stats(s: MetricsState, name: str, series: _Series) -> SeriesStats:
         window: _window_stats(s, series, k) for k, (window, _, _) in enumerate(WINDOWS)})
 
 
-def snapshot(s: MetricsState, now: float) -> MetricsSnapshot:
-    """The whole state as a value. Rotates the rings to `now` first, as a `Tick` would."""
+def snapshot(s: MetricsState, now: float, routes: bool = True) -> MetricsSnapshot:
+    """The whole state as a value. Rotates the rings to `now` first, as a `Tick` would.
+
+    `routes=False` leaves the per-route series out: the periodic publication that feeds
+    health needs only the overall and per-tier ones, and each series costs sketch merges.
+    """
     _advance(s, now)
     return MetricsSnapshot(
         overall=_series_stats(s, OVERALL, s.overall),
-        routes={name: _series_stats(s, name, series) for name, series in s.routes.items()},
+        routes={name: _series_stats(s, name, series) for name, series in s.routes.items()} if routes else {},
         tiers={name: _series_stats(s, name, series) for name, series in s.tiers.items()},
         breaker_activations_per_hour={
             label: t.total() for label, t in s.counts["breaker_activation"].items()},

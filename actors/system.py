@@ -112,7 +112,7 @@ class _Wiring:
         state = metrics_mod.MetricsState.initial(now=self.now)
         await self.start("metrics", metrics_mod.MetricsCore(), state, inbox,
                          publish=_every(METRICS_PERIOD_S, lambda s, now: published.set(
-                             metrics_mod.snapshot(s, now))))
+                             metrics_mod.snapshot(s, now, routes=False))))
         self.bus.taps.append(_count_activations(inbox))
         return inbox, published
 
