@@ -48,7 +48,7 @@ from messages.commands import (
 from messages.config import Config, Priority
 from messages.events import BreakerTransition, MaintenanceChanged
 from messages.health import SEVERITY_RANK, Alert, HealthReport
-from messages.metrics import Count, Observation
+from messages.metrics import Count, GetMetrics, Observation
 from messages.snapshots import ActorStatus, BreakerSnapshot, QueueSnapshot, SystemSnapshot
 
 if TYPE_CHECKING:
@@ -381,11 +381,11 @@ class Monitoring:
         self._metrics.put_lazy(Observation(source="http", route=route, tier=tier, outcome=outcome,
                                            status=status, duration_s=duration_s, at=now))
 
-    async def metrics(self) -> Any:
-        """A fresh MetricsSnapshot (percentiles, rates) from the metrics actor."""
+    async def metrics(self, routes: bool = True) -> Any:
+        """A fresh MetricsSnapshot (percentiles, rates); `routes=False` leaves per-route series out."""
         if self.closed:
             raise ShuttingDown()
-        return await ask(self._metrics, lambda r: GetSnapshot(reply=r))
+        return await ask(self._metrics, lambda r: GetMetrics(reply=r, routes=routes))
 
     def subscribe(self, min_severity: str = "info", buffer: int = 64):
         """`async with mon.subscribe(min_severity="warning") as alerts: async for alert in alerts`.

@@ -78,6 +78,7 @@ from actors.actor import Send
 from messages.commands import GetSnapshot, Tick
 from messages.metrics import (
     Count,
+    GetMetrics,
     MetricsSnapshot,
     Observation,
     Percentiles,
@@ -85,7 +86,7 @@ from messages.metrics import (
     WindowStats,
 )
 
-MetricsIn = Observation | Count | GetSnapshot | Tick
+MetricsIn = Observation | Count | GetSnapshot | GetMetrics | Tick
 
 RELATIVE_ACCURACY = 0.01
 BIN_LIMIT = 1024
@@ -378,6 +379,8 @@ def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, lis
             return s, []
         case GetSnapshot():
             return s, [Send(msg.reply, snapshot(s, now))]
+        case GetMetrics():
+            return s, [Send(msg.reply, snapshot(s, now, routes=msg.routes))]
         case Tick():
             return s, []
     raise TypeError(f"metrics cannot handle {type(msg).__name__}")

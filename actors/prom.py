@@ -21,13 +21,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import choose_encoder
 
 from messages.config import Priority
 
-__all__ = ["CONTENT_TYPE_LATEST", "Frame", "TriageCollector"]
+__all__ = ["Frame", "TriageCollector", "new_registry"]
 
 STATES = ("closed", "open", "half_open")
 HEALTH = ("healthy", "degraded", "unhealthy")
@@ -39,7 +39,7 @@ class Frame(msgspec.Struct, frozen=True, kw_only=True):
 
     system: Any                  # SystemSnapshot
     health: Any                  # HealthReport
-    metrics: Any = None          # MetricsSnapshot (None before the first summary)
+    metrics: Any = None          # MetricsSnapshot
     database: Any = None         # DatabaseMetrics (None without a database)
     maintenance: bool = False
     extra: dict[str, float] = {}  # edge gauges: in-flight requests, SSE clients
@@ -57,15 +57,17 @@ class TriageCollector:
         mon = self.mon
         monitor = getattr(getattr(mon, "db", None), "monitor", None)
         return Frame(system=await mon.snapshot(), health=mon.health_report.value,
-                     metrics=mon.metrics_snapshot.value,
+                     metrics=await mon.metrics(),
                      database=monitor.metrics.value if monitor is not None else None,
                      maintenance=mon.in_maintenance, extra=self._extra())
 
-    async def render(self, registry: CollectorRegistry) -> bytes:
-        """One scrape: capture, then the text exposition of `registry`."""
+    async def render(self, registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
+        """One scrape: capture, then `registry` in the format `accept` asks for
+        (Prometheus text 0.0.4 by default, OpenMetrics on request): (body, content type)."""
+        encoder, content_type = choose_encoder(accept or "")
         self._frame = await self.capture()
         try:
-            return generate_latest(registry)
+            return encoder(registry), content_type
         finally:
             self._frame = None
 

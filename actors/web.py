@@ -33,15 +33,16 @@ import msgspec
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from actors.mailbox import Published
-from actors.prom import CONTENT_TYPE_LATEST, TriageCollector, new_registry
+from actors.prom import TriageCollector, new_registry
 from actors.ratelimit_asgi import RateLimitMiddleware
 from actors.web_admin import Admin
 from actors.web_auth import Access, Sessions
-from actors.web_edge import Edge, exchange, handled_errors, problem
+from actors.web_edge import Edge
+from actors.web_errors import exchange, handled_errors, problem
 from messages.http_config import HttpConfig
 
 __all__ = ["TriageApp", "create_app", "hypercorn_config"]
@@ -75,7 +76,7 @@ class TriageApp:
         limited = RateLimitMiddleware(
             starlette, mon,
             route_policies={f"{r.method} {r.path}": r.policy for r in table},
-            exempt_paths=("/api/health", "/metrics", "/api/alerts/stream"),
+            exempt_paths=("/api/health", "/metrics"),
             trusted_proxies=http.trusted_proxies, user_key=self.sessions.user_key)
         self.edge = Edge(limited, mon, max_body_bytes=http.max_body_bytes, body_timeout_s=http.body_timeout_s,
                          grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table})
@@ -100,7 +101,8 @@ class TriageApp:
 
     async def health(self, request: Request) -> Response:
         report = self.mon.health_report.value
-        detailed = request.query_params.get("detailed", "").lower() in _TRUE
+        detailed = bool(request.scope["query_string"]) and \
+            request.query_params.get("detailed", "").lower() in _TRUE
         if not self.access.sees_details(request.scope):
             body = report.minimal()
         else:
@@ -111,8 +113,8 @@ class TriageApp:
     async def metrics(self, request: Request) -> Response:
         if not self.access.sees_details(request.scope):
             return problem(403, "Metrics need a health or admin bearer token, or an allow-listed network")
-        body = await self._collector.render(self._registry)
-        return Response(body, media_type=CONTENT_TYPE_LATEST, headers=NO_STORE)
+        body, content_type = await self._collector.render(self._registry, request.headers.get("accept"))
+        return Response(body, headers={**NO_STORE, "content-type": content_type})
 
     async def alerts(self, request: Request) -> Response:
         if not self.access.sees_details(request.scope):
@@ -126,24 +128,51 @@ class TriageApp:
         except ValueError as exc:
             return problem(422, str(exc))
         exchange(request).stream = True
-        return StreamingResponse(self._events(subscription), media_type="text/event-stream",
-                                 headers={**NO_STORE, "x-accel-buffering": "no"})
+        return _AlertStream(self, subscription)  # type: ignore[return-value]
 
-    async def _events(self, subscription: Any) -> Any:
-        """Server-sent events: the alerts firing now, then each new one; a comment when idle."""
-        self.sse_clients.set(self.sse_clients.value + 1)
+
+class _AlertStream:
+    """Server-sent events: the alerts firing now, then each new one; a comment when idle.
+
+    Ends when the client disconnects (the subscription goes with it) or the edge drains.
+    """
+
+    def __init__(self, app: TriageApp, subscription: Any) -> None:
+        self.app, self.subscription = app, subscription
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        clients = self.app.sse_clients
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no")]})
+        clients.set(clients.value + 1)
         try:
-            async with subscription as alerts:
-                yield b"retry: 5000\n: connected\n\n"
-                for alert in self.mon.health_report.value.alerts:
-                    yield _sse(alert)
-                while True:
-                    with trio.move_on_after(self.http.sse_heartbeat_s):
-                        yield _sse(await alerts.receive())
-                        continue
-                    yield b": heartbeat\n\n"
+            async with self.subscription as alerts, trio.open_nursery() as nursery:
+                nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
+                await self._pump(alerts, send)
         finally:
-            self.sse_clients.set(self.sse_clients.value - 1)
+            clients.set(clients.value - 1)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, alerts: Any, send: Any) -> None:
+        await _chunk(send, b"retry: 5000\n: connected\n\n")
+        for alert in self.app.mon.health_report.value.alerts:
+            await _chunk(send, _sse(alert))
+        while True:
+            alert = None
+            with trio.move_on_after(self.app.http.sse_heartbeat_s):
+                alert = await alerts.receive()
+            await _chunk(send, _sse(alert) if alert is not None else b": heartbeat\n\n")
+
+
+async def _until_disconnect(receive: Any, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _chunk(send: Any, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
 def _sse(alert: Any) -> bytes:

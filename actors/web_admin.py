@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from actors.web_auth import Access
-from actors.web_edge import WebError, problem
+from actors.web_errors import WebError, problem
 
 log = logger.bind(actor="admin")
 

@@ -27,159 +27,19 @@ per-request `Exchange` at ``scope["triage"]``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import msgspec
-import psycopg
 import trio
 from loguru import logger
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect
 
-from actors.database import DatabaseNotConfigured, DatabaseUnavailable, QueryTimeout
-from actors.errors import (
-    ActorCrashed,
-    CircuitOpen,
-    QueueCleared,
-    QueueFull,
-    QueueTimeout,
-    RateLimited,
-    Refused,
-    ShuttingDown,
-    TriageError,
-)
+from actors.web_errors import BodyTimeout, BodyTooLarge, Exchange, send_problem
 
 log = logger.bind(actor="web")
 
 MAINTENANCE_RETRY_AFTER_S = 60
 OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/")
-PROBLEM = "application/problem+json"
-
-
-class WebError(Exception):
-    """A request the app refuses on its own terms (bad input, conflict…): status + detail."""
-
-    status = 400
-    title = "Bad Request"
-
-    def __init__(self, detail: str, status: int | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail, self.extra = detail, extra
-        if status is not None:
-            self.status = status
-            self.title = _TITLES.get(status, "Error")
-
-
-class BodyTooLarge(WebError):
-    status, title = 413, "Content Too Large"
-
-
-class BodyTimeout(WebError):
-    status, title = 408, "Request Timeout"
-
-
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
-           422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error",
-           503: "Service Unavailable"}
-
-
-class Exchange:
-    """What a handler tells the edge about its request."""
-
-    __slots__ = ("outcome", "tier", "stream")
-
-    def __init__(self) -> None:
-        self.outcome: str | None = None
-        self.tier: str | None = None
-        self.stream = False
-
-
-def exchange(request: Request) -> Exchange:
-    return request.scope.get("triage") or Exchange()
-
-
-# -- problem bodies (RFC 9457) ------------------------------------------------------------
-
-def problem_body(status: int, detail: str, title: str | None = None, **extra: Any) -> bytes:
-    return msgspec.json.encode({"type": "about:blank", "title": title or _TITLES.get(status, "Error"),
-                                "status": status, "detail": detail, **extra})
-
-
-def problem(status: int, detail: str, *, title: str | None = None,
-            headers: Mapping[str, str] | None = None, **extra: Any) -> Response:
-    return Response(problem_body(status, detail, title, **extra), status_code=status,
-                    headers={"cache-control": "no-store", **(headers or {})}, media_type=PROBLEM)
-
-
-async def send_problem(send: Any, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = (),
-                       **extra: Any) -> None:
-    body = problem_body(status, detail, **extra)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", b"%d" % len(body)),
-                            (b"cache-control", b"no-store"), *headers]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _retry(seconds: float | None) -> dict[str, str]:
-    return {"retry-after": str(max(1, math.ceil(seconds or 1)))}
-
-
-def error_response(request: Request, exc: Exception) -> Response:
-    """The HTTP answer for an expected failure; sets the request's outcome."""
-    ex = exchange(request)
-    status, detail, headers, outcome, extra = _classify(exc)
-    ex.outcome = ex.outcome or outcome
-    if status == 405 and isinstance(exc, HTTPException) and exc.headers:
-        headers = {**headers, **exc.headers}
-    return problem(status, detail, headers=headers, **extra)
-
-
-def _classify(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, Any]]:
-    match exc:
-        case BodyTooLarge() | BodyTimeout():  # the rest of the body is not read: close
-            return exc.status, exc.detail, {"connection": "close"}, "ok", exc.extra
-        case WebError():
-            return exc.status, exc.detail, {}, "ok", exc.extra
-        case HTTPException(status_code=404):
-            return 404, "No such route", {}, "ok", {}
-        case HTTPException(status_code=405):
-            return 405, "Method not allowed for this route", {}, "ok", {}
-        case HTTPException():
-            return exc.status_code, str(exc.detail), dict(exc.headers or {}), "ok", {}
-        case RateLimited():
-            return 429, f"Rate limit exceeded for policy {exc.policy!r}", _retry(exc.retry_after_s), \
-                "rate_limited", {}
-        case CircuitOpen():
-            return 503, f"Circuit breaker {exc.tier!r} is open; retry later", _retry(exc.retry_after_s), \
-                "circuit_open", {"tier": exc.tier}
-        case QueueFull() | QueueCleared():
-            return 503, "Server busy: the request queue is full", _retry(1), "queue_full", {}
-        case QueueTimeout():
-            return 503, "Server busy: the request was not admitted in time", _retry(1), "queue_timeout", {}
-        case ShuttingDown():
-            return 503, "The service is shutting down", _retry(5), "shutting_down", {}
-        case DatabaseUnavailable():
-            return 503, "Database unavailable", _retry(exc.retry_after_s), "error", {}
-        case QueryTimeout():
-            return 503, "Database query timed out", _retry(1), "error", {}
-        case DatabaseNotConfigured():
-            return 503, "No database configured", _retry(30), "error", {}
-        case ActorCrashed() | Refused():
-            return 503, "Service temporarily unavailable", _retry(1), "error", {}
-        case psycopg.OperationalError():  # connection trouble: says nothing of the query
-            return 503, "Database unavailable", _retry(1), "error", {}
-        case psycopg.Error() | TriageError():  # never the SQL text or the server's message
-            return 500, "Database error", {}, "error", {}
-    return 500, "Internal error", {}, "error", {}
-
-
-def handled_errors() -> dict[Any, Callable[[Request, Exception], Response]]:
-    """Starlette `exception_handlers` for every expected failure (500 for the rest)."""
-    return {HTTPException: error_response, WebError: error_response, TriageError: error_response,
-            psycopg.Error: error_response, Exception: error_response}
 
 
 # -- the edge -----------------------------------------------------------------------------

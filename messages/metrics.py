@@ -7,7 +7,7 @@ computed is documented once, in `actors.metrics`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from messages.base import Message
 
@@ -82,3 +82,10 @@ class MetricsSnapshot(Message):
     breaker_activations_per_hour: dict[str, int]
     rate_limit_violations_per_hour: dict[str, int]
     at: float
+
+
+class GetMetrics(Message):
+    """Ask for a snapshot; `routes=False` skips the per-route series (cheaper)."""
+
+    reply: Any
+    routes: bool = True
