@@ -89,7 +89,8 @@ class _Lease:
             observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, trio.current_time(), None)
             raise
         try:
-            self.token, admitted = await self.db._queue.admit(priority, queue_timeout_s, conn=True)
+            self.token, admitted = await self.db._queue.admit(priority, queue_timeout_s, conn=True,
+                                                              probe=self.trial)
         except BaseException as exc:
             if self.trial:
                 self.breaker.report("abandoned", True, self.epoch, 0.0)
@@ -145,14 +146,14 @@ class _Lease:
 class Transaction:
     """The connection of an open transaction; statements run in order on it."""
 
-    def __init__(self, conn: PgConnection) -> None:
-        self._conn = conn
+    def __init__(self, conn: PgConnection, timeout_s: float | None = None) -> None:
+        self._conn, self._timeout_s = conn, timeout_s
 
     async def execute(self, query: str, params: Params = None) -> str:
-        return (await self._conn.execute(query, params)).status
+        return (await _execute(self._conn, query, params, None, self._timeout_s)).status
 
     async def fetch(self, query: str, params: Params = None, *, row_factory: Any = None) -> list:
-        return (await self._conn.execute(query, params, row_factory=row_factory)).rows
+        return (await _execute(self._conn, query, params, row_factory, self._timeout_s)).rows
 
     async def fetchrow(self, query: str, params: Params = None, *, row_factory: Any = None) -> Any:
         rows = await self.fetch(query, params, row_factory=row_factory)
@@ -171,6 +172,7 @@ class Database:
         db = config.database
         self.connect_timeout_s = db.connect_timeout_s
         self.statement_timeout_s = db.statement_timeout_s or config.queue.request_timeout_s
+        self.query_timeout_s = db.query_timeout_s or self.statement_timeout_s + 2.0
         self.max_lifetime_s = db.max_lifetime_s
         self.application_name = db.application_name
         self.monitor = monitor
@@ -192,6 +194,7 @@ class Database:
         exc_out: BaseException | None = None
         try:
             conn = await lease.acquire(priority, None)
+            timeout_s = self.query_timeout_s if timeout_s is None else timeout_s
             try:
                 return await _execute(conn, query, params, row_factory, timeout_s)
             except ConnectionLost as exc:
@@ -242,20 +245,20 @@ class Database:
             conn = await lease.acquire(priority, None)
             with _deadline(timeout_s) as scope:
                 try:
-                    await conn.execute("BEGIN")
+                    await _execute(conn, "BEGIN", None, None, self.query_timeout_s)
                 except ConnectionLost as exc:
                     if exc.statement_sent:
                         raise
                     conn = await lease.reconnect()
-                    await conn.execute("BEGIN")
+                    await _execute(conn, "BEGIN", None, None, self.query_timeout_s)
                 try:
-                    yield Transaction(conn)
+                    yield Transaction(conn, self.query_timeout_s)
                 except BaseException as exc:
                     # A connection lost mid-transaction was rolled back by the server: retriable.
                     _mark(exc, isinstance(exc, ConnectionLost) or _retriable(exc))
                     await _rollback(conn)
                     raise
-                await conn.execute("COMMIT")  # lost here: the outcome is unknown (not retriable)
+                await _execute(conn, "COMMIT", None, None, self.query_timeout_s)  # lost here: outcome unknown
             if scope is not None and scope.cancelled_caught:
                 await _rollback(conn)
                 raise QueryTimeout(timeout_s or 0.0)

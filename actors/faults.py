@@ -7,7 +7,7 @@ existing connections:
 
     down        refuse service: new connections are closed at once, existing ones cut
     latency     delay every chunk by `latency_ms` (+ up to `jitter_ms`)
-    timeout     black hole: accept and forward nothing; after `timeout_ms` (if > 0) close
+    timeout     black hole: data is dropped until removed; with `timeout_ms` > 0, close after it
     reset_peer  cut every connection (new ones at once)
     bandwidth   at most `rate_kbps` KB/s per direction
     slow_close  delay closing by `delay_ms`
@@ -202,7 +202,8 @@ class FaultProxy:
                 data = await src.receive_some(CHUNK)
                 if not data:
                     break
-                await self._apply_faults(data, carried)
+                if not await self._apply_faults(data, carried):
+                    continue  # black-holed: dropped
                 await dst.send_all(data)
                 carried[0] += len(data)
                 if direction == "up":
@@ -213,13 +214,14 @@ class FaultProxy:
             pass
         nursery.cancel_scope.cancel()
 
-    async def _apply_faults(self, data: bytes, carried: list[int]) -> None:
+    async def _apply_faults(self, data: bytes, carried: list[int]) -> bool:
+        """Delay as the faults say; False if the chunk is to be dropped (Toxiproxy's timeout)."""
         timeout = self.faults.get("timeout")
         if isinstance(timeout, Timeout):
             if timeout.timeout_ms > 0:
                 await trio.sleep(timeout.timeout_ms / 1000)
                 raise trio.BrokenResourceError("timeout fault closed the connection")
-            await trio.sleep_forever()
+            return False
         limit = self.faults.get("limit_data")
         if isinstance(limit, LimitData) and carried[0] + len(data) > limit.bytes:
             raise trio.BrokenResourceError("limit_data fault closed the connection")
@@ -229,6 +231,7 @@ class FaultProxy:
         bandwidth = self.faults.get("bandwidth")
         if isinstance(bandwidth, Bandwidth):
             await trio.sleep(len(data) / (bandwidth.rate_kbps * 1024))
+        return True
 
 
 def proxied_dsn(dsn: str, proxy: FaultProxy) -> str:

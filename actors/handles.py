@@ -201,7 +201,7 @@ class QueueHandle:
         self._inbox, self.timeout_s = inbox, timeout_s
 
     async def admit(self, priority: int, timeout_s: float | None = None,
-                    conn: bool = False) -> tuple[Reply, Admitted]:
+                    conn: bool = False, probe: bool = False) -> tuple[Reply, Admitted]:
         """Wait for a slot (and a pooled connection if `conn`): (token for `release`, lease).
 
         Raises QueueFull, QueueTimeout (after `timeout_s`, default the queue's request
@@ -211,7 +211,7 @@ class QueueHandle:
         reply = Reply()
         wait_s = self.timeout_s if timeout_s is None else timeout_s
         await self._inbox.put_ask(Admit(reply=reply, priority=priority, at=now,
-                                        deadline=now + wait_s, conn=conn))
+                                        deadline=now + wait_s, conn=conn, probe=probe))
         try:
             admitted = await reply.wait()
         except BaseException:

@@ -58,10 +58,11 @@ SCENARIOS = {
 MIX: tuple[tuple[int, str, str, object], ...] = (
     (50, "GET", "/api/animals", None),
     (15, "GET", "/api/trpc/animals.list", None),
-    (20, "POST", "/api/administrations", {"animal_id": 1, "medication_id": 1, "dose": 1}),
+    (20, "POST", "/api/administrations", {"animalId": 1, "medicationId": 1, "dose": 1}),
     (8, "GET", "/api/reports/adherence", None),
-    (4, "POST", "/api/auth/login", {"username": "demo", "password": "wrong-password"}),
-    (3, "POST", "/api/inventory/import", [{"medication_id": 1, "quantity": 5}]),
+    (4, "POST", "/api/auth/login", {"username": "alice", "password": "alice-demo-password"}),
+    (3, "POST", "/api/inventory/import",
+     [{"medicationId": 1, "lot": "LOAD-1", "quantity": 100, "expiresOn": "2030-01-01"}]),
 )
 
 

@@ -50,6 +50,7 @@ class Waiter(msgspec.Struct, frozen=True, array_like=True):
     at: float
     deadline: float
     conn: bool
+    probe: bool = False
 
 
 class Pool(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,20 +110,24 @@ def _with_queue(s: SchedulerState, prio: int, queue: tuple, depth_delta: int, **
     return replace(s, waiting=waiting, depth=s.depth + depth_delta, **changes)
 
 
-def _lease(pool: Pool, now: float) -> tuple[Pool, dict]:
-    """What a slot holder that wants a connection gets: an idle one, leave to open one, or a wait."""
+def _lease(pool: Pool, now: float, probe: bool = False) -> tuple[Pool, dict]:
+    """What a slot holder that wants a connection gets: an idle one, leave to open one, or a wait.
+
+    A breaker's trial call (`probe`) may connect while connecting backs off: finding out
+    whether the database is back is its whole purpose.
+    """
     if pool.idle:
         return replace(pool, idle=pool.idle[:-1], reused=pool.reused + 1), {"conn": pool.idle[-1]}
-    if now < pool.retry_at:
+    if now < pool.retry_at and not probe:
         return pool, {"unavailable_s": pool.retry_at - now}
     return replace(pool, opened=pool.opened + 1, connects=pool.connects + 1), {"connect": True}
 
 
 def _grant(s: SchedulerState, reply: Any, since: float, now: float,
-           wants_conn: bool = False) -> tuple[SchedulerState, Send]:
+           wants_conn: bool = False, probe: bool = False) -> tuple[SchedulerState, Send]:
     lease: dict = {}
     if wants_conn:
-        pool, lease = _lease(s.pool, now)
+        pool, lease = _lease(s.pool, now, probe)
         s = replace(s, pool=pool)
     s = replace(s, holders=s.holders | {reply}, admitted=s.admitted + 1)
     return s, Send(reply, Admitted(waited_s=max(now - since, 0.0), **lease))
@@ -144,9 +149,9 @@ def _give_back(pool: Pool, msg: Release, now: float) -> Pool:
 def _admit(s: SchedulerState, msg: Admit, now: float) -> tuple[SchedulerState, list]:
     prio = min(max(int(msg.priority), 0), N_PRIORITIES - 1)
     if s.free > 0:
-        s, grant = _grant(s, msg.reply, msg.at, now, msg.conn)
+        s, grant = _grant(s, msg.reply, msg.at, now, msg.conn, msg.probe)
         return s, [grant]
-    waiter = Waiter(msg.reply, prio, msg.at, msg.deadline, msg.conn)
+    waiter = Waiter(msg.reply, prio, msg.at, msg.deadline, msg.conn, msg.probe)
     if msg.deadline <= now:
         s = replace(s, timed_out=s.timed_out + 1)
         return s, [Send(msg.reply, QueueTimeout(Priority(prio), now - msg.at))]
@@ -170,7 +175,7 @@ def _hand_over(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
         prio = next(p for p in range(N_PRIORITIES) if s.waiting[p])
         first = s.waiting[prio][0]
         s = _with_queue(s, prio, s.waiting[prio][1:], -1)
-        s, grant = _grant(s, first.reply, first.at, now, first.conn)
+        s, grant = _grant(s, first.reply, first.at, now, first.conn, first.probe)
         effects.append(grant)
     return s, effects
 

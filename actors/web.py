@@ -40,6 +40,7 @@ from actors.mailbox import Published
 from actors.prom import TriageCollector, new_registry
 from actors.ratelimit_asgi import RateLimitMiddleware
 from actors.web_admin import Admin
+from actors import dashboard
 from actors.web_auth import Access, Sessions
 from actors.web_edge import Edge
 from actors.web_errors import exchange, handled_errors, problem
@@ -68,7 +69,9 @@ class TriageApp:
         own = [Route("/api/health", self.health, methods=["GET"]),
                Route("/metrics", self.metrics, methods=["GET"]),
                Route("/api/alerts/stream", self.alerts, methods=["GET"]),
-               *Admin(mon, self.access).routes()]
+               *Admin(mon, self.access).routes(),
+               *dashboard.routes(mon, allowed=self._dashboard_allowed,
+                                 degraded_code=http.degraded_status_code)]
         table = service.table() if service is not None else []
         starlette = Starlette(routes=[*own, *(r.route for r in table), *routes],
                               exception_handlers=handled_errors(),
@@ -76,10 +79,15 @@ class TriageApp:
         limited = RateLimitMiddleware(
             starlette, mon,
             route_policies={f"{r.method} {r.path}": r.policy for r in table},
-            exempt_paths=("/api/health", "/metrics"),
+            exempt_paths=("/api/health", "/metrics", "/dashboard", "/dashboard/*", "/api/dashboard/*"),
             trusted_proxies=http.trusted_proxies, user_key=self.sessions.user_key)
         self.edge = Edge(limited, mon, max_body_bytes=http.max_body_bytes, body_timeout_s=http.body_timeout_s,
                          grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table})
+
+    def _dashboard_allowed(self, request: Request) -> bool:
+        cookie = request.cookies.get(dashboard.COOKIE)
+        return self.access.sees_details(request.scope) or (
+            cookie is not None and self.access.token_sees_details(cookie.encode()))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         await self.edge(scope, receive, send)

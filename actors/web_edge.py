@@ -39,7 +39,7 @@ from actors.web_errors import BodyTimeout, BodyTooLarge, Exchange, send_problem
 log = logger.bind(actor="web")
 
 MAINTENANCE_RETRY_AFTER_S = 60
-OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/")
+OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/", "/dashboard", "/api/dashboard/")
 
 
 # -- the edge -----------------------------------------------------------------------------

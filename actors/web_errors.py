@@ -126,6 +126,8 @@ def error_response(request: Request, exc: Exception) -> Response:
     ex.outcome = ex.outcome or outcome
     if status == 405 and isinstance(exc, HTTPException) and exc.headers:
         headers = {**headers, **exc.headers}
+    if outcome not in ("ok", "error"):  # load tools and clients can tell 503s apart
+        extra = {**extra, "outcome": outcome}
     return problem(status, detail, headers=headers, **extra)
 
 

@@ -86,6 +86,7 @@ class Admit(Message):
     at: float
     deadline: float = float("inf")   # not admitted by then: QueueTimeout
     conn: bool = False               # wants a pooled database connection with its slot
+    probe: bool = False              # a breaker's trial call: may connect even while backing off
 
 
 class Admitted(Message):

@@ -81,6 +81,9 @@ class DatabaseConfig(_Frozen):
     connect_timeout_s: float = 10.0
     # None: the queue's request timeout (spec: 30 s), so no backend outlives a caller's wait
     statement_timeout_s: float | None = None
+    # Client-side bound on a query when the caller gives no timeout_s. None: statement timeout
+    # + 2 s — a black-holed connection (no answer at all) must not hold a slot forever.
+    query_timeout_s: float | None = None
     max_lifetime_s: float = 1800.0       # recycle connections after this long
     probe_timeout_s: float | None = None  # monitor probe; None: min(5 s, health check interval)
     embedded: bool = False               # start an embedded PostgreSQL (pgserver) when no URL

@@ -1,0 +1,165 @@
+"""Scripted fault scenarios: TOML timelines of faults and the expectations they must meet.
+
+A scenario file:
+
+    name = "database down and back"
+    duration_s = 12                 # how long the load runs
+    rate_per_s = 30                 # open-loop arrivals over the reference routes
+    [config]                        # Config overrides, as in TRIAGE_CONFIG
+    health_check_interval_s = 0.5
+    [config.tiers.database]
+    recovery_timeout_s = 2.0
+
+    [[step]]                        # at t seconds apply or remove a fault
+    at_s = 3
+    apply = { kind = "down" }       # any actors.faults fault: down, latency, timeout, reset_peer,
+                                    # bandwidth, slow_close, limit_data, terminate_backends,
+                                    # exhaust_connections (Toxiproxy's parameter names)
+    [[step]]
+    at_s = 7
+    remove = "down"                 # or remove = "all"
+
+    [[expect]]                      # must hold at some instant in [at_s, at_s + within_s]
+    at_s = 3
+    within_s = 2
+    health = "unhealthy"            # and/or: breaker = { database = "open" },
+                                    #         alert_firing = "breaker_activation:database",
+                                    #         alert_resolved = "...", http_status = 503
+
+Expectations are checked against the running system itself (the health actor's
+report, the breakers' published states, the alerts seen), not against logs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+import msgspec
+import trio
+
+from actors.faults import AnyFault
+from messages.config import _convert
+from messages.events import BreakerTransition
+from messages.health import Alert
+
+POLL_S = 0.05
+
+
+class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    at_s: float
+    apply: AnyFault | None = None
+    remove: str | None = None
+
+
+class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    at_s: float
+    within_s: float = 1.0
+    health: str | list[str] | None = None     # one status, or any of several
+    http_status: int | None = None
+    breaker: dict[str, str] = {}
+    alert_firing: str | None = None
+    alert_resolved: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"health = {self.health!r}"] if self.health else []
+        parts += [f"http_status = {self.http_status}"] if self.http_status else []
+        parts += [f"breaker.{t} = {s!r}" for t, s in self.breaker.items()]
+        parts += [f"alert {self.alert_firing!r} firing"] if self.alert_firing else []
+        parts += [f"alert {self.alert_resolved!r} resolved"] if self.alert_resolved else []
+        return " and ".join(parts) + f" within {self.within_s:g} s of t={self.at_s:g}"
+
+
+class ScenarioFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    description: str = ""
+    duration_s: float
+    rate_per_s: float = 20.0
+    config: dict[str, Any] = {}
+    step: list[Step] = []
+    expect: list[Expect] = []
+
+
+def load(path: str) -> ScenarioFile:
+    with open(path, "rb") as f:
+        return msgspec.convert(tomllib.load(f), ScenarioFile)
+
+
+def config_for(scenario: ScenarioFile, database_url: str | None) -> Any:
+    raw = {**scenario.config, "faults": {"enabled": True}}
+    if database_url:
+        raw["database_url"] = database_url
+    raw.setdefault("database", {})["embedded"] = database_url is None
+    return _convert(raw)
+
+
+class Observer:
+    """Everything seen while the scenario runs: transitions, alerts, and per-second health."""
+
+    def __init__(self, mon: Any, start: float) -> None:
+        self.mon, self.start = mon, start
+        self.lines: list[tuple[float, str]] = []
+        self.alerts: list[Alert] = []
+
+    def note(self, text: str) -> None:
+        self.lines.append((trio.current_time() - self.start, text))
+
+    async def watch_events(self) -> None:
+        async with self.mon.events(1024) as events:
+            async for ev in events:
+                if isinstance(ev, BreakerTransition):
+                    self.note(f"breaker {ev.tier}: {ev.from_state.upper()} -> {ev.to_state.upper()} ({ev.reason})")
+                elif isinstance(ev, Alert) and ev.rule != "summary":
+                    self.alerts.append(ev)
+                    self.note(f"alert {ev.severity} {ev.state}: {ev.id} — {ev.message}")
+
+    async def sample_health(self) -> None:
+        last = None
+        while True:
+            r = self.mon.health_report.value
+            code = r.http_status()
+            if (r.status, code) != last:
+                self.note(f"health {r.status} (HTTP {code})"
+                          + (f": {'; '.join(d.reason for d in r.degradation)}" if r.degradation else ""))
+                last = (r.status, code)
+            await trio.sleep(POLL_S)
+
+    def holds(self, e: Expect) -> bool:
+        r = self.mon.health_report.value
+        if e.health and r.status not in ([e.health] if isinstance(e.health, str) else e.health):
+            return False
+        if e.http_status and r.http_status() != e.http_status:
+            return False
+        if any(self.mon.breakers[t].state != s for t, s in e.breaker.items()):
+            return False
+        if e.alert_firing and not any(a.id == e.alert_firing and a.state == "firing" for a in self.alerts):
+            return False
+        return not (e.alert_resolved and not any(
+            a.id == e.alert_resolved and a.state == "resolved" for a in self.alerts))
+
+
+async def check(observer: Observer, e: Expect, results: list[tuple[Expect, bool, float | None]]) -> None:
+    await trio.sleep_until(observer.start + e.at_s)
+    with trio.move_on_at(observer.start + e.at_s + e.within_s):
+        while not observer.holds(e):
+            await trio.sleep(POLL_S)
+        results.append((e, True, trio.current_time() - observer.start))
+        observer.note(f"expect PASS: {e.describe()}")
+        return
+    results.append((e, False, None))
+    observer.note(f"expect FAIL: {e.describe()}")
+
+
+async def run_steps(observer: Observer, steps: list[Step]) -> None:
+    mon = observer.mon
+    for step in sorted(steps, key=lambda s: s.at_s):
+        await trio.sleep_until(observer.start + step.at_s)
+        if step.apply is not None:
+            await mon.inject(step.apply)
+            observer.note(f"fault applied: {msgspec.json.encode(step.apply).decode()}")
+        if step.remove == "all":
+            await mon.clear_faults()
+            observer.note("faults cleared")
+        elif step.remove:
+            await mon.remove_fault(step.remove)
+            observer.note(f"fault removed: {step.remove}")

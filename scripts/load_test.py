@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Load tests against the reference service (the spec's `scripts/load-test.ts`).
+
+    python scripts/load_test.py all                      # every scenario, one after another
+    python scripts/load_test.py scenario normal          # normal | spike | stress | outage
+    python scripts/load_test.py scenario spike --speed 0.5 --json
+    python scripts/load_test.py scenario normal --url http://127.0.0.1:3000   # a running server
+
+Without --url the service runs in-process on a loopback port, on DATABASE_URL (or the local
+test database, or an embedded one). Arrivals are open-loop (requests start on schedule
+whether or not earlier ones finished). Prints, per scenario: throughput, P50/P95/P99,
+status-code counts, and the outcome ledger — sent = ok + rate_limited + breaker_open +
+queue_full + queue_timeout + errors — against the spec's targets (P95 < 2 s, error rate
+< 1 %, 5xx < 0.5 %). Exit status 1 if a ledger does not balance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from actors.load import SCENARIOS, check_loopback, run, summary, verdicts  # noqa: E402
+
+LOCAL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def database_url() -> str | None:
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    try:
+        import psycopg
+
+        psycopg.connect(LOCAL, connect_timeout=2).close()
+        return LOCAL
+    except Exception:
+        return None  # embedded
+
+
+def print_summary(s: dict) -> None:
+    o = s["outcomes"]
+    print(f"\n=== {s['scenario']}: {s['sent']} requests, {s['throughput_per_s']} req/s")
+    print(f"  latency  P50 {s['p50_ms']} ms   P95 {s['p95_ms']} ms   P99 {s['p99_ms']} ms")
+    print(f"  statuses {s['statuses']}")
+    print(f"  ledger   sent {s['sent']} = ok {o['ok']} + rate_limited {o['rate_limited']} + breaker_open "
+          f"{o['breaker_open']} + queue_full {o['queue_full']} + queue_timeout {o['queue_timeout']} "
+          f"+ errors {o['errors']}   ({'balanced' if s['balanced'] else 'DOES NOT BALANCE'})")
+    print("  targets  " + "   ".join(f"{k}: {'PASS' if ok else 'FAIL'}" for k, ok in verdicts(s).items())
+          + f"   (error rate {s['error_rate'] * 100:.2f} %, 5xx {s['five_xx_rate'] * 100:.2f} %)")
+
+
+async def outage(mon, seconds: float) -> None:
+    """The outage scenario: the database goes away for the middle third, then comes back."""
+    from actors.faults import Down
+
+    await trio.sleep(seconds / 3)
+    print(f"  [{seconds / 3:5.1f}s] fault: database down")
+    await mon.inject(Down())
+    await trio.sleep(seconds / 3)
+    print(f"  [{2 * seconds / 3:5.1f}s] fault removed")
+    await mon.clear_faults()
+
+
+async def run_one(name: str, speed: float, send, mon=None) -> dict:
+    scenario = SCENARIOS[name]
+    print(f"--- {name}: {scenario.description}")
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        if name == "outage" and mon is not None:
+            nursery.start_soon(outage, mon, sum(p.duration_s for p in scenario.phases) * speed)
+        ledger = await run(scenario, send, speed=speed)
+    return summary(ledger, trio.current_time() - start)
+
+
+async def main(args: argparse.Namespace) -> int:
+    names = list(SCENARIOS) if args.command == "all" else [args.name]
+    results = []
+    if args.url:
+        check_loopback(args.url)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=args.url, timeout=30.0) as client:
+            async def send(method, path, body, headers):
+                r = await client.request(method, path, json=body, headers=headers)
+                return r.status_code, r.content
+            for name in names:
+                results.append(await run_one(name, args.speed, send))
+    else:
+        from actors.harness import open_service
+        from messages.config import Config, FaultsConfig
+
+        config = Config(database_url=database_url(), faults=FaultsConfig(enabled=True),
+                        database=msgspec.structs.replace(Config().database, embedded=True))
+        for name in names:
+            async with open_service(config) as svc:
+                results.append(await run_one(name, args.speed, svc.send, svc.mon))
+    for s in results:
+        print(msgspec.json.encode(s).decode() if args.json else "", end="\n" if args.json else "")
+        if not args.json:
+            print_summary(s)
+    return 0 if all(s["balanced"] for s in results) else 1
+
+
+if __name__ == "__main__":
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="a running server on loopback (default: start one in-process)")
+    common.add_argument("--speed", type=float, default=1.0, help="time scale (0.5 = twice as fast)")
+    common.add_argument("--json", action="store_true", help="one JSON summary per line")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("all", parents=[common])
+    sc = sub.add_parser("scenario", parents=[common])
+    sc.add_argument("name", choices=list(SCENARIOS))
+    sys.exit(trio.run(main, ap.parse_args()))
