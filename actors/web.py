@@ -36,11 +36,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from actors import dashboard
 from actors.mailbox import Published
 from actors.prom import TriageCollector, new_registry
 from actors.ratelimit_asgi import RateLimitMiddleware
 from actors.web_admin import Admin
-from actors import dashboard
 from actors.web_auth import Access, Sessions
 from actors.web_edge import Edge
 from actors.web_errors import exchange, handled_errors, problem

@@ -8,7 +8,17 @@ import msgspec
 import pytest
 import trio
 
-from actors.load import SCENARIOS, Phase, Scenario, check_loopback, classify, run, schedule, summary, verdicts
+from actors.load import (
+    SCENARIOS,
+    Phase,
+    Scenario,
+    check_loopback,
+    classify,
+    run,
+    schedule,
+    summary,
+    verdicts,
+)
 
 
 def test_load_schedule_is_open_loop_and_exact():
