@@ -201,13 +201,15 @@ class QueueHandle:
         self._inbox, self.timeout_s = inbox, timeout_s
 
     async def admit(self, priority: int, timeout_s: float | None = None,
-                    conn: bool = False, probe: bool = False) -> tuple[Reply, Admitted]:
+                    conn: bool = False, probe: bool = False, now: float | None = None
+                    ) -> tuple[Reply, Admitted]:
         """Wait for a slot (and a pooled connection if `conn`): (token for `release`, lease).
 
         Raises QueueFull, QueueTimeout (after `timeout_s`, default the queue's request
-        timeout), QueueCleared or ShuttingDown.
+        timeout), QueueCleared or ShuttingDown. `now`: the caller's clock reading, if it has one.
         """
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         reply = Reply()
         wait_s = self.timeout_s if timeout_s is None else timeout_s
         await self._inbox.put_ask(Admit(reply=reply, priority=priority, at=now,
@@ -254,13 +256,18 @@ class _Guard:
 
     async def __aenter__(self) -> _Guard:
         t0 = trio.current_time()
+        breaker = self._breaker
+        v = breaker._view.value
+        if v.phase == "closed" or not v.enabled:  # the fast path, inline: no round trip
+            self._trial, self._epoch = False, v.epoch
+        else:
+            try:
+                self._trial, self._epoch = await breaker.permit()
+            except BaseException as exc:
+                observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None)
+                raise
         try:
-            self._trial, self._epoch = await self._breaker.permit()
-        except BaseException as exc:
-            observe_call(self._metrics, self._breaker.tier, exc, t0, trio.current_time(), None)
-            raise
-        try:
-            self._token, admitted = await self._queue.admit(self._priority, self._timeout_s)
+            self._token, admitted = await self._queue.admit(self._priority, self._timeout_s, now=t0)
         except BaseException as exc:
             if self._trial:
                 self._breaker.report("abandoned", True, self._epoch, 0.0)

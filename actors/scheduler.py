@@ -183,7 +183,7 @@ def _hand_over(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
 def _release(s: SchedulerState, msg: Release | Withdraw, now: float) -> tuple[SchedulerState, list]:
     if msg.reply not in s.holders:
         return s, []
-    if type(msg) is Release:
+    if type(msg) is Release and (msg.conn is not None or msg.discarded):
         s = replace(s, pool=_give_back(s.pool, msg, now))
     return _hand_over(replace(s, holders=s.holders - {msg.reply}), now)
 
