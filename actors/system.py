@@ -246,6 +246,7 @@ async def run_monitoring(config: Config | None = None, *,
             mon.metrics_snapshot = metrics
             dsn, monitor = await w.database()
             mon.db = Database(mon, config, dsn, monitor)
+            await nursery.start(mon.db.watchdog.run)
             mon.injector = w.injector
             alerts_inbox, alerts = await w.alerts()
             health = await w.health(mon, monitor, alerts_inbox, alerts, metrics)
