@@ -78,8 +78,15 @@ class ExhaustConnections(Fault, tag="exhaust_connections"):
     leave: int = 0
 
 
+class LockTable(Fault, tag="lock_table"):
+    """Server side, until removed: a session holds `table` ACCESS EXCLUSIVE (and sleeps), so
+    every query touching it waits — slow queries, ended by statement_timeout or removal."""
+
+    table: str
+
+
 ProxyFault = Down | Latency | Timeout | ResetPeer | Bandwidth | SlowClose | LimitData
-AnyFault = ProxyFault | TerminateBackends | ExhaustConnections
+AnyFault = ProxyFault | TerminateBackends | ExhaustConnections | LockTable
 
 
 def kind_of(fault: Fault) -> str:
@@ -297,33 +304,36 @@ class FaultInjector:
                  nursery: trio.Nursery) -> None:
         self.proxy, self.admin_dsn, self.application_name = proxy, admin_dsn, application_name
         self._nursery = nursery
-        self._held: trio.CancelScope | None = None
+        self._server: dict[str, trio.CancelScope] = {}   # server-side faults held until removed
         self.held_connections = 0
 
     @property
     def active(self) -> list[str]:
-        return sorted(self.proxy.faults) + (["exhaust_connections"] if self._held else [])
+        return sorted(self.proxy.faults) + sorted(self._server)
 
     async def inject(self, fault: Fault) -> None:
         if isinstance(fault, TerminateBackends):
             await terminate_backends(self.admin_dsn, self.application_name)
         elif isinstance(fault, ExhaustConnections):
             self.remove("exhaust_connections")
-            self._held = await self._nursery.start(self._hold, fault.leave)
+            self._server["exhaust_connections"] = await self._nursery.start(self._hold, fault.leave)
+        elif isinstance(fault, LockTable):
+            self.remove("lock_table")
+            self._server["lock_table"] = await self._nursery.start(self._lock, fault.table)
         else:
             self.proxy.add(fault)
 
     def remove(self, kind: str) -> None:
-        if kind == "exhaust_connections":
-            if self._held is not None:
-                self._held.cancel()
-                self._held = None
-        else:
+        scope = self._server.pop(kind, None)
+        if scope is not None:
+            scope.cancel()
+        elif kind not in ("exhaust_connections", "lock_table"):
             self.proxy.remove(kind)
 
     def clear(self) -> None:
         self.proxy.clear()
-        self.remove("exhaust_connections")
+        for kind in list(self._server):
+            self.remove(kind)
 
     async def _hold(self, leave: int, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
@@ -332,3 +342,31 @@ class FaultInjector:
                 task_status.started(scope)
                 await trio.sleep_forever()
         self.held_connections = 0
+
+    async def _lock(self, table: str, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            async with locked_table(self.admin_dsn, table):
+                task_status.started(scope)
+                await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def locked_table(admin_dsn: str, table: str) -> AsyncIterator[None]:
+    """Hold `table` ACCESS EXCLUSIVE in an open transaction until the block ends."""
+    from psycopg import sql
+
+    from actors.pgconn import PgConnection
+
+    conn = await PgConnection.connect(admin_dsn, application_name="triage-faults-lock")
+    try:
+        await conn.execute("BEGIN")
+        parts = table.split(".")
+        ident = sql.Identifier(*parts).as_string(None) if len(parts) <= 2 else None
+        if ident is None:
+            raise ValueError(f"not a table name: {table!r}")
+        await conn.execute(f"LOCK TABLE {ident} IN ACCESS EXCLUSIVE MODE")
+        log.warning("Fault injected: table {table} locked", table=table)
+        yield
+    finally:
+        conn.close_now()  # the server rolls back and releases the lock
+        log.warning("Fault removed: table {table} unlocked", table=table)

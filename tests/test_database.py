@@ -190,3 +190,42 @@ async def test_db_not_configured_is_a_clear_error():
     async with open_monitoring(Config()) as mon:
         with pytest.raises(DatabaseNotConfigured, match="DATABASE_URL"):
             await mon.db.fetchval("select 1")
+
+
+async def test_db_canary_password_never_emitted(database_url):
+    """Connect and query failures with a password in the DSN: it appears in no error, log
+    line, snapshot, health report or event."""
+    import io
+
+    import msgspec
+    from loguru import logger
+
+    canary = "CANARY-pw-7f3a9"
+    sink = io.StringIO()
+    handler = logger.add(sink, level="DEBUG", serialize=True, diagnose=False)
+    logger.enable("actors")
+    emitted: list[str] = []
+    try:
+        cfg = Config(database_url=f"postgresql://postgres:{canary}@127.0.0.1:1/test", health_check_interval_s=0.2)
+        async with open_monitoring(cfg) as mon, mon.events(1024) as events:
+            for _ in range(8):
+                try:
+                    await mon.db.fetchval("select %s::text", [canary])
+                except Exception as exc:
+                    emitted += [str(exc), repr(exc), str(exc.__cause__), str(exc.__context__)]
+            await mon.health_report.wait_value(lambda r: r.status == "unhealthy")
+            emitted.append(msgspec.json.encode(await mon.snapshot()).decode())
+            emitted.append(msgspec.json.encode(await mon.health(detailed=True)).decode())
+            emitted.append(msgspec.json.encode(await mon.db.metrics()).decode())
+            emitted.append(repr(mon.config))
+            while True:
+                try:
+                    emitted.append(msgspec.json.encode(events.receive_nowait()).decode())
+                except trio.WouldBlock:
+                    break
+    finally:
+        logger.remove(handler)
+        logger.disable("actors")
+    emitted.append(sink.getvalue())
+    assert len(emitted) > 10 and sink.getvalue()
+    assert not [e for e in emitted if canary in e]

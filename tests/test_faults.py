@@ -166,3 +166,21 @@ async def test_faults_disabled_inject_is_a_clear_error():
     async with open_monitoring(Config()) as mon:
         with pytest.raises(FaultsDisabled, match="TRIAGE_FAULTS"):
             await mon.inject(Down())
+
+
+async def test_faults_lock_table_makes_queries_wait_until_removed(database_url):
+    from actors import open_monitoring
+    from actors.database import QueryTimeout
+    from actors.faults import LockTable
+    from messages.config import Config, FaultsConfig
+
+    async with await PgConnection.connect(database_url) as admin:
+        await admin.execute("create table if not exists triage_lock_probe (id int)")
+    async with open_monitoring(Config(database_url=database_url, faults=FaultsConfig(enabled=True))) as mon:
+        await mon.inject(LockTable(table="public.triage_lock_probe"))
+        assert mon.injector.active == ["lock_table"]
+        with pytest.raises(QueryTimeout):
+            await mon.db.fetchval("select count(*) from triage_lock_probe", timeout_s=0.3)
+        await mon.remove_fault("lock_table")
+        with trio.fail_after(5):
+            assert await mon.db.fetchval("select count(*) from triage_lock_probe") == 0
