@@ -48,7 +48,7 @@ from messages.commands import (
 from messages.config import Config, Priority
 from messages.events import BreakerTransition, MaintenanceChanged
 from messages.health import SEVERITY_RANK, Alert, HealthReport
-from messages.metrics import Count, GetMetrics, Observation
+from messages.metrics import Count, GetMetrics
 from messages.snapshots import ActorStatus, BreakerSnapshot, QueueSnapshot, SystemSnapshot
 
 if TYPE_CHECKING:
@@ -239,8 +239,7 @@ class QueueHandle:
 def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: float,
                  now: float, waited_s: float | None) -> None:
     """Tell the metrics actor how a guarded call ended (lazily: it reads its mail in batches)."""
-    metrics.put_lazy(Observation(source="call", route=None, tier=tier, outcome=outcome_name(exc),
-                                 status=None, duration_s=now - t0, queue_wait_s=waited_s, at=now))
+    metrics.add_to_batch(("call", None, tier, outcome_name(exc), None, now - t0, waited_s))
 
 
 class _Guard:
@@ -384,9 +383,7 @@ class Monitoring:
     def observe_request(self, route: str, status: int, duration_s: float, outcome: str = "ok",
                         tier: str | None = None) -> None:
         """Record one finished HTTP request (the HTTP edge calls this)."""
-        now = trio.current_time()
-        self._metrics.put_lazy(Observation(source="http", route=route, tier=tier, outcome=outcome,
-                                           status=status, duration_s=duration_s, at=now))
+        self._metrics.add_to_batch(("http", route, tier, outcome, status, duration_s, None))
 
     async def metrics(self, routes: bool = True) -> Any:
         """A fresh MetricsSnapshot (percentiles, rates); `routes=False` leaves per-route series out."""

@@ -81,12 +81,13 @@ from messages.metrics import (
     GetMetrics,
     MetricsSnapshot,
     Observation,
+    Observations,
     Percentiles,
     SeriesStats,
     WindowStats,
 )
 
-MetricsIn = Observation | Count | GetSnapshot | GetMetrics | Tick
+MetricsIn = Observation | Observations | Count | GetSnapshot | GetMetrics | Tick
 
 RELATIVE_ACCURACY = 0.01
 BIN_LIMIT = 1024
@@ -291,18 +292,21 @@ def _advance(s: MetricsState, now: float) -> None:
 
 
 def _observe(s: MetricsState, o: Observation) -> None:
-    server_error = o.status is not None and o.status >= 500
-    error = server_error or o.outcome not in NOT_ERRORS
-    duration = _clamp(o.duration_s)
-    wait = None if o.queue_wait_s is None else _clamp(o.queue_wait_s)
-    if o.source in s.overall_sources:
+    _record(s, o.source, o.route, o.tier, o.outcome, o.status, o.duration_s, o.queue_wait_s)
+
+
+def _record(s: MetricsState, source: str, route: str | None, tier: str | None, outcome: str,
+            status: int | None, duration_s: float, queue_wait_s: float | None) -> None:
+    server_error = status is not None and status >= 500
+    error = server_error or outcome not in NOT_ERRORS
+    duration = _clamp(duration_s)
+    wait = None if queue_wait_s is None else _clamp(queue_wait_s)
+    if source in s.overall_sources:
         s.overall.rings[0].open.record(duration, wait, error, server_error)
-    if o.route is not None:
-        route = _series(s, s.routes, o.route, s.max_routes)
-        route.rings[0].open.record(duration, wait, error, server_error)
-    if o.tier is not None:
-        tier = _series(s, s.tiers, o.tier, s.max_tiers)
-        tier.rings[0].open.record(duration, wait, error, server_error)
+    if route is not None:
+        _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, error, server_error)
+    if tier is not None:
+        _series(s, s.tiers, tier, s.max_tiers).rings[0].open.record(duration, wait, error, server_error)
 
 
 def _count(s: MetricsState, c: Count) -> None:
@@ -373,6 +377,10 @@ def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, lis
     match msg:
         case Observation():
             _observe(s, msg)
+            return s, []
+        case Observations():
+            for item in msg.items:
+                _record(s, *item)
             return s, []
         case Count():
             _count(s, msg)

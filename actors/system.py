@@ -37,7 +37,7 @@ from actors.mailbox import Mailbox, Published
 from messages.commands import Successes
 from messages.config import Config
 from messages.events import ActorRestarted, BreakerTransition
-from messages.metrics import Count
+from messages.metrics import Count, Observations
 from messages.snapshots import ActorStatus
 
 INBOX_SIZE = 1024
@@ -107,7 +107,7 @@ class _Wiring:
         return QueueHandle(inbox, self.config.queue.request_timeout_s)
 
     async def metrics(self) -> tuple[Mailbox, Published]:
-        inbox = Mailbox("metrics", METRICS_INBOX_SIZE)
+        inbox = Mailbox("metrics", METRICS_INBOX_SIZE, batch_msg=_observations)
         published = Published(None)
         state = metrics_mod.MetricsState.initial(now=self.now)
         await self.start("metrics", metrics_mod.MetricsCore(), state, inbox,
@@ -208,6 +208,10 @@ def _count_activations(metrics: Mailbox) -> Callable[[Any], None]:
         if type(event) is BreakerTransition and event.to_state == "open":
             metrics.put_lazy(Count(what="breaker_activation", label=event.tier, at=event.at))
     return tap
+
+
+def _observations(items: list) -> Observations:
+    return Observations(items=items)
 
 
 def _successes(n: int) -> Successes:

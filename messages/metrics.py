@@ -33,6 +33,16 @@ class Observation(Message, kw_only=True):
     at: float
 
 
+class Observations(Message):
+    """Many observations at once, as tuples in `Observation`'s field order (without `at`).
+
+    The hot path appends a tuple to the metrics mailbox's batch instead of building a
+    message per call; the mailbox hands the batch over in one message.
+    """
+
+    items: list[tuple]
+
+
 class Count(Message):
     """A counted event without a duration."""
 
