@@ -114,3 +114,52 @@ def test_dashboard_assets_ship_inside_the_package(name):
     from actors.dashboard import _asset
 
     assert len(_asset(name)) > 100
+
+
+async def test_dashboard_reconnects_after_server_restart(database_url):
+    cfg = Config(database_url=database_url, health_check_interval_s=0.5)
+    async with open_monitoring(cfg) as mon, trio.open_nursery() as nursery:
+        state: dict = {}
+
+        async def serve_once(port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            http = HttpConfig(host="127.0.0.1", port=port, grace_s=0.2)
+            app = create_app(mon, http)
+            state["stop"] = stop = trio.Event()
+            await hypercorn.trio.serve(app, hypercorn_config(http), shutdown_trigger=stop.wait,
+                                       task_status=task_status)
+
+        binds = await nursery.start(serve_once, 0)
+        port = int(binds[0].rsplit(":", 1)[1])
+
+        async def restart() -> None:
+            state["stop"].set()  # the server goes away (its streams end)...
+            with trio.fail_after(10):  # ...and comes back on the same port
+                while True:  # the old listener may take a moment to let go of the port
+                    try:
+                        await nursery.start(serve_once, port)
+                        return
+                    except OSError:
+                        await trio.sleep(0.1)
+
+        def browse() -> dict:
+            errors: list[str] = []
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                page = browser.new_page()
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(binds[0] + "/dashboard")
+                page.wait_for_function("document.getElementById('stream').textContent === 'live'", timeout=10_000)
+                trio.from_thread.run(restart)
+                page.wait_for_function("document.getElementById('stream').textContent === 'reconnecting'",
+                                       timeout=10_000)
+                page.wait_for_function("document.getElementById('stream').textContent === 'live'", timeout=15_000)
+                before = page.inner_text("#updated")
+                page.wait_for_function(f"document.getElementById('updated').textContent !== {before!r}",
+                                       timeout=5_000)
+                browser.close()
+            return {"errors": errors}
+
+        seen = await trio.to_thread.run_sync(browse)
+        state["stop"].set()
+        nursery.cancel_scope.cancel()
+    assert seen["errors"] == []
