@@ -32,6 +32,7 @@ from starlette.routing import Route
 from actors import breaker as breaker_mod
 from actors import limiter as limiter_mod
 from actors import scheduler as scheduler_mod
+from actors.sse import HEADERS, chunk, until_disconnect
 from messages.events import BreakerTransition
 from messages.health import Alert, camel
 
@@ -103,12 +104,10 @@ class DashboardStream:
         self.mon, self.history, self.degraded_code = mon, history, degraded_code
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
-            (b"x-accel-buffering", b"no")]})
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         try:
             async with self.mon.subscribe("info", buffer=64) as alerts, trio.open_nursery() as nursery:
-                nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
+                nursery.start_soon(until_disconnect, receive, nursery.cancel_scope)
                 nursery.start_soon(self._alerts, alerts, send)
                 await self._snapshots(send)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -116,34 +115,26 @@ class DashboardStream:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _snapshots(self, send: Any) -> None:
-        await _chunk(send, b"retry: 1000\n\n")
+        await chunk(send, b"retry: 1000\n\n")
         for alert in self.mon.health_report.value.alerts:
-            await _chunk(send, _event("alert", alert))
+            await chunk(send, _event("alert", alert))
         metrics, fetched = None, -1e9
         while True:
             if trio.current_time() - fetched >= METRICS_EVERY_S:
                 metrics, fetched = await self.mon.metrics(routes=False), trio.current_time()
             snap = build_snapshot(self.mon, metrics, self.history, self.degraded_code)
-            await _chunk(send, b"event: snapshot\ndata: " + msgspec.json.encode(snap) + b"\n\n")
+            await chunk(send, b"event: snapshot\ndata: " + msgspec.json.encode(snap) + b"\n\n")
             await trio.sleep(DASHBOARD_PERIOD_S)
 
     async def _alerts(self, alerts: Any, send: Any) -> None:
         async for alert in alerts:
-            await _chunk(send, _event("alert", alert))
+            await chunk(send, _event("alert", alert))
 
 
 def _event(kind: str, alert: Alert) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (kind.encode(), msgspec.json.encode(alert))
 
 
-async def _until_disconnect(receive: Any, scope: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
-
-
-async def _chunk(send: Any, data: bytes) -> None:
-    await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
 def routes(mon: Any, *, allowed: Any, degraded_code: int = 206, wall_offset: float | None = None) -> list[Route]:

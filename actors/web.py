@@ -40,6 +40,7 @@ from actors import dashboard
 from actors.mailbox import Published
 from actors.prom import TriageCollector, new_registry
 from actors.ratelimit_asgi import RateLimitMiddleware
+from actors.sse import HEADERS, chunk, until_disconnect
 from actors.web_admin import Admin
 from actors.web_auth import Access, Sessions
 from actors.web_edge import Edge
@@ -150,37 +151,27 @@ class _AlertStream:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         clients = self.app.sse_clients
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
-            (b"x-accel-buffering", b"no")]})
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         clients.set(clients.value + 1)
         try:
             async with self.subscription as alerts, trio.open_nursery() as nursery:
-                nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
+                nursery.start_soon(until_disconnect, receive, nursery.cancel_scope)
                 await self._pump(alerts, send)
         finally:
             clients.set(clients.value - 1)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, alerts: Any, send: Any) -> None:
-        await _chunk(send, b"retry: 5000\n: connected\n\n")
+        await chunk(send, b"retry: 5000\n: connected\n\n")
         for alert in self.app.mon.health_report.value.alerts:
-            await _chunk(send, _sse(alert))
+            await chunk(send, _sse(alert))
         while True:
             alert = None
             with trio.move_on_after(self.app.http.sse_heartbeat_s):
                 alert = await alerts.receive()
-            await _chunk(send, _sse(alert) if alert is not None else b": heartbeat\n\n")
+            await chunk(send, _sse(alert) if alert is not None else b": heartbeat\n\n")
 
 
-async def _until_disconnect(receive: Any, scope: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
-
-
-async def _chunk(send: Any, data: bytes) -> None:
-    await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
 def _sse(alert: Any) -> bytes:
