@@ -218,7 +218,7 @@ def snapshots(routes: int, rate: float, rounds: int) -> None:
         snapshot(s, now)
         snaps.append((time.perf_counter() - t) * 1e3)
     series = 1 + len(s.routes) + len(s.tiers)
-    print(f"3. {routes} routes + 8 tiers after 1 h at {rate:,.0f} msg/s: {series} series, "
+    print(f"4. {routes} routes + 8 tiers after 1 h at {rate:,.0f} msg/s: {series} series, "
           f"state {held / 1e6:.1f} MB by tracemalloc ({held / series / 1e3:.0f} kB/series)")
     print(f"   {'snapshot, cached (same instant)':<40} {cached:8.2f} ms")
     print(f"   {'snapshot, every 10 s, traffic between':<40} {statistics.median(snaps):8.2f} ms"
@@ -226,6 +226,35 @@ def snapshots(routes: int, rate: float, rounds: int) -> None:
     for kind, times in ticks.items():
         print(f"   {'Tick rotating at a ' + kind + ' boundary':<40} {statistics.median(times):8.2f} ms"
               f"  ({len(times)} samples)")
+
+
+# --- 4. health reports -------------------------------------------------------------------------
+
+
+def health_reports(rounds: int) -> None:
+    """Cost of one health evaluation (the health actor's whole work per refresh) and of its
+    JSON views, against building a trivial dict of the same top-level shape."""
+    from actors.breaker import BreakerState
+    from actors.health import HealthInputs, evaluate
+    from actors.scheduler import SchedulerState
+    from messages.config import Config
+
+    cfg = Config()
+    s = MetricsState.initial(now=0.0)
+    for o, at in traffic(60_000, 0.0, 1000.0, 20, seed=9):
+        s, _ = step(s, o, at)
+    inputs = HealthInputs(breakers={t: BreakerState.initial(t, c, now=0.0) for t, c in cfg.tiers.items()},
+                          queue=SchedulerState.initial(cfg.queue), metrics=snapshot(s, 60.0, routes=False),
+                          started_at=0.0)
+    report = evaluate(inputs, cfg, 60.0, wall=lambda now: 1.7e9 + now)
+    base = median_ns(lambda: {"status": "healthy", "timestamp": "", "uptime": 0, "database": "",
+                              "queue": "", "components": {}, "metrics": {}}, 1, rounds)
+    ev = median_ns(lambda: evaluate(inputs, cfg, 60.0, wall=lambda now: 1.7e9 + now), 1, rounds)
+    detailed = median_ns(report.detailed, 1, rounds)
+    print("3. health report (4 tiers, queue, metrics without routes)")
+    print(f"   {'trivial dict (baseline)':<32} {base / 1e3:8.2f} µs")
+    print(f"   {'evaluate() -> HealthReport':<32} {ev / 1e3:8.2f} µs")
+    print(f"   {'report.detailed() (JSON view)':<32} {detailed / 1e3:8.2f} µs")
 
 
 def main() -> None:
@@ -238,6 +267,7 @@ def main() -> None:
     candidates(n, rounds)
     for rate in (1000.0, 50.0):
         per_observation(n // 2, rounds, rate)
+    health_reports(rounds)
     for routes, rate in ((20, 50.0), (200, 50.0)):
         snapshots(routes, rate, rounds)
 
