@@ -54,7 +54,6 @@ from messages.database import (
     ViolationsObserved,
 )
 
-
 MonitorIn = Tick | CheckNow | ProbeResult | GetSnapshot
 
 RECONNECT_BACKOFF_S = 0.5
