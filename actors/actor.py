@@ -83,6 +83,7 @@ class Cell:
         self.restarts = 0
         self.last_restart_at: float | None = None
         self.running = False
+        self.offers: deque = deque()  # the scheduler's offered slots (see scheduler.Offer)
 
     @property
     def name(self) -> str:
@@ -96,13 +97,19 @@ def _perform(cell: Cell, effects: list, now: float) -> None:
                 back = cell.core.undelivered(effect.to, effect.value)
                 if back is not None:
                     _handle(cell, back, now)
-        else:
+        elif type(effect) is Emit:
             cell.emit(effect.event)
+        else:
+            effect.perform(cell, now)
 
 
 def _handle(cell: Cell, msg: Any, now: float) -> None:
     if type(msg) is Crash:
         raise RuntimeError(f"injected crash in actor {cell.name!r}")
+    pre_step = getattr(cell.core, "pre_step", None)
+    if pre_step is not None:
+        for first in pre_step(cell, msg):
+            _handle(cell, first, now)
     state, effects = cell.core.step(cell.state, msg, now)
     cell.state = state
     _perform(cell, effects, now)

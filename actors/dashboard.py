@@ -77,7 +77,7 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
         breakers[tier] = {"state": b.state.upper(), "failures": b.failures_in_window,
                           "threshold": b.failure_threshold, "timeInState": round(b.time_in_state_s, 1),
                           "openings": b.openings, "rejections": b.rejections}
-    queue = scheduler_mod.snapshot(cells["scheduler"].state, now)
+    queue = scheduler_mod.snapshot(cells["scheduler"].state, now, idle_offers=len(cells["scheduler"].offers))
     limiter = limiter_mod.snapshot(cells["limiter"].state, now)
     w = metrics.overall.windows["1m"] if metrics is not None else None
     details = report.detailed()

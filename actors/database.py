@@ -74,12 +74,14 @@ def _mark(exc: BaseException, retriable: bool) -> None:
 class _Lease:
     """One slot + one connection for the length of a call or a transaction."""
 
-    __slots__ = ("db", "token", "conn", "connect_failed", "t0", "waited", "trial", "epoch", "breaker")
+    __slots__ = ("db", "token", "conn", "connect_failed", "t0", "waited", "trial", "epoch", "breaker",
+                 "counted")
 
     def __init__(self, db: Database, breaker: Any) -> None:
         self.db, self.breaker = db, breaker
         self.conn: PgConnection | None = None
         self.connect_failed = False
+        self.counted = False
 
     async def acquire(self, priority: int, queue_timeout_s: float | None) -> PgConnection:
         self.t0 = trio.current_time()
@@ -100,6 +102,8 @@ class _Lease:
         return await self._connection(admitted)
 
     async def _connection(self, admitted: Admitted) -> PgConnection:
+        # The pool counts a connection for this slot when it gave one or leave to open one.
+        self.counted = admitted.conn is not None or admitted.connect
         if admitted.unavailable_s:
             raise DatabaseUnavailable(admitted.unavailable_s)
         conn = admitted.conn
@@ -134,7 +138,8 @@ class _Lease:
         if conn is not None and not keep:
             conn.close_now()
         sent = self.db._queue.release(self.token, conn=conn if keep else None,
-                                      discarded=not keep, connect_failed=self.connect_failed)
+                                      discarded=self.counted and not keep,
+                                      connect_failed=self.connect_failed)
         if not sent and conn is not None:
             conn.close_now()  # the system has shut down: nobody to give it back to
         now = trio.current_time()

@@ -40,6 +40,7 @@ from messages.commands import (
     GetSnapshot,
     Outcome,
     Permit,
+    Reclaim,
     Release,
     Reset,
     ResetKeys,
@@ -197,8 +198,9 @@ class BreakerHandle:
 class QueueHandle:
     """The admission queue as a caller sees it."""
 
-    def __init__(self, inbox: Mailbox, timeout_s: float) -> None:
-        self._inbox, self.timeout_s = inbox, timeout_s
+    def __init__(self, inbox: Mailbox, timeout_s: float, cell: Cell | None = None) -> None:
+        self._inbox, self.timeout_s, self._cell = inbox, timeout_s, cell
+        self._offers: Any = cell.offers if cell is not None else ()
 
     async def admit(self, priority: int, timeout_s: float | None = None,
                     conn: bool = False, probe: bool = False, now: float | None = None
@@ -208,6 +210,13 @@ class QueueHandle:
         Raises QueueFull, QueueTimeout (after `timeout_s`, default the queue's request
         timeout), QueueCleared or ShuttingDown. `now`: the caller's clock reading, if it has one.
         """
+        offers = self._offers
+        if offers and not probe:  # a slot offered in advance: held at once, no round trip
+            token, lease = offers.popleft()
+            if not (conn and lease.unavailable_s):
+                self._inbox.tally()
+                return token, lease
+            tell_quietly(self._inbox, Reclaim(token=token, lease=lease))  # stale back-off: ask
         if now is None:
             now = trio.current_time()
         reply = Reply()
@@ -222,9 +231,23 @@ class QueueHandle:
             raise
         return reply, admitted
 
-    def release(self, token: Reply, conn: Any = None, discarded: bool = False,
-                connect_failed: bool = False) -> bool:
-        """Give the slot back (with the pooled connection, if any). False once shut down."""
+    def release(self, token: Any, conn: Any = None, discarded: bool = False,
+                connect_failed: bool = False, lease: Admitted | None = None) -> bool:
+        """Give the slot back (with the pooled connection, if any). False once shut down.
+
+        `lease`: what the holder got, returned as is when it used no connection. While nobody
+        waits, a clean slot goes straight back on the offer list (see `scheduler.Offer`).
+        """
+        cell = self._cell
+        if cell is not None and not discarded and not self._inbox.closed and cell.state.depth == 0:
+            if conn is not None:
+                self._offers.append((token, Admitted(waited_s=0.0, conn=conn)))
+                return True
+            if lease is not None and not lease.unavailable_s:  # untouched: offered again as it came
+                self._offers.append((token, lease))
+                return True
+        if lease is not None and conn is None and not discarded:
+            conn, discarded = lease.conn, lease.connect  # unused: the lease goes back as it came
         return tell_quietly(self._inbox, Release(reply=token, conn=conn, discarded=discarded,
                                                  connect_failed=connect_failed))
 
@@ -233,7 +256,9 @@ class QueueHandle:
         await ask(self._inbox, lambda r: Clear(reply=r))
 
     async def snapshot(self) -> QueueSnapshot:
-        return await ask(self._inbox, lambda r: GetSnapshot(reply=r))
+        from actors.scheduler import adjust
+
+        return adjust(await ask(self._inbox, lambda r: GetSnapshot(reply=r)), len(self._offers))
 
 
 def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: float,
@@ -246,7 +271,7 @@ class _Guard:
     """`async with mon.guard(...)`: breaker permit + admission slot around a block."""
 
     __slots__ = ("_breaker", "_queue", "_metrics", "_priority", "_timeout_s", "_trial", "_epoch",
-                 "_token", "_t0", "_waited")
+                 "_token", "_t0", "_waited", "_lease")
 
     def __init__(self, breaker: BreakerHandle, queue: QueueHandle, metrics: Mailbox, priority: int,
                  timeout_s: float | None) -> None:
@@ -272,12 +297,12 @@ class _Guard:
                 self._breaker.report("abandoned", True, self._epoch, 0.0)
             observe_call(self._metrics, self._breaker.tier, exc, t0, trio.current_time(), None)
             raise
-        self._t0, self._waited = t0, admitted.waited_s
+        self._t0, self._waited, self._lease = t0, admitted.waited_s, admitted
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         now = trio.current_time()
-        self._queue.release(self._token)
+        self._queue.release(self._token, lease=self._lease)
         self._breaker.report(classify(exc, self._breaker.ignore), self._trial, self._epoch,
                              now - self._t0 - self._waited)
         observe_call(self._metrics, self._breaker.tier, exc, self._t0, now, self._waited)

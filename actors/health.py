@@ -62,6 +62,7 @@ class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
     maintenance: bool = False
     alerts: tuple[Alert, ...] = ()
     started_at: float = 0.0
+    idle_offers: int = 0                     # the scheduler's offered slots not yet taken
 
 
 def iso(wall: float) -> str:
@@ -168,7 +169,7 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
     found = reasons(inputs, cfg, now)
     status = _status(found)
     breakers = {t: breaker_mod.snapshot(s, now) for t, s in inputs.breakers.items()}
-    queue = scheduler_mod.snapshot(inputs.queue, now)
+    queue = scheduler_mod.snapshot(inputs.queue, now, idle_offers=inputs.idle_offers)
     db_status = ("not_configured" if inputs.database is None else
                  "unknown" if inputs.database.checked_at is None else _component_status(found, "database"))
     components = {
@@ -223,6 +224,7 @@ class Sources(msgspec.Struct, frozen=True, kw_only=True):
 
     breakers: Callable[[], dict[str, Any]]
     queue: Callable[[], Any]
+    idle_offers: Callable[[], int]
     database: Callable[[], Any]
     metrics: Callable[[], Any]
     limiter: Callable[[], Any]
@@ -273,7 +275,8 @@ class HealthActor:
 
     def inputs(self) -> HealthInputs:
         src = self.sources
-        return HealthInputs(breakers=src.breakers(), queue=src.queue(), database=src.database(),
+        return HealthInputs(breakers=src.breakers(), queue=src.queue(), idle_offers=src.idle_offers(),
+                            database=src.database(),
                             metrics=src.metrics(), limiter=src.limiter(), actors=src.actors(),
                             maintenance=src.maintenance(), alerts=src.alerts(), started_at=self.started_at)
 

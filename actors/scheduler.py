@@ -35,11 +35,23 @@ from msgspec.structs import replace
 
 from actors.actor import Send
 from actors.errors import QueueCleared, QueueFull, QueueTimeout
-from messages.commands import Admit, Admitted, Clear, Done, GetSnapshot, Release, Tick, Withdraw
+from messages.commands import (
+    Admit,
+    Admitted,
+    Clear,
+    Done,
+    GetSnapshot,
+    Reclaim,
+    Release,
+    Replenish,
+    Taken,
+    Tick,
+    Withdraw,
+)
 from messages.config import Priority, QueueConfig
 from messages.snapshots import PoolSnapshot, QueueSnapshot
 
-SchedulerIn = Admit | Release | Withdraw | Clear | GetSnapshot | Tick
+SchedulerIn = Admit | Release | Withdraw | Clear | Reclaim | Replenish | Taken | GetSnapshot | Tick
 
 N_PRIORITIES = len(Priority)
 
@@ -85,6 +97,8 @@ class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
     # only costs a Tick, so removals need not recompute it.
     next_deadline: float = math.inf
     pool: Pool = Pool()
+    # Offer free slots ahead of demand (see `Offer`): off in the pure-core tests' default.
+    offer: bool = False
     admitted: int = 0
     rejected: int = 0
     displaced: int = 0
@@ -103,6 +117,63 @@ class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def free(self) -> int:
         return self.cfg.max_concurrent - len(self.holders)
+
+
+class Token:
+    """Identity of an offered slot (a holder that no caller has asked for yet)."""
+
+    __slots__ = ()
+
+
+class Offer:
+    """Effect: put a pre-granted slot where an uncontended caller can take it without asking.
+
+    While nobody waits, every free slot is granted in advance to a `Token` and placed in the
+    shell's offer list; a caller that finds one there holds that slot at once (no round trip,
+    counted by a `Taken` tally). When it is done and still nobody waits, it puts the slot —
+    with its healthy pooled connection — straight back on the list; otherwise it releases it
+    as usual and the core hands it to the next waiter. An arrival that must ask while offers
+    remain first takes one back (`Reclaim`), so offered slots never sit idle while someone
+    waits. Offered slots are holders, so the invariants are unchanged; only the snapshot
+    counts the untaken ones as free.
+    """
+
+    __slots__ = ("token", "lease")
+
+    def __init__(self, token: Token, lease: Admitted) -> None:
+        self.token, self.lease = token, lease
+
+    def perform(self, cell: Any, now: float) -> None:
+        cell.offers.append((self.token, self.lease))
+
+
+def _offer(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
+    if not s.offer or s.depth:
+        return s, []
+    effects = []
+    while s.free > 0:
+        token = Token()
+        s, grant = _grant(s, token, now, now, wants_conn=True)
+        s = replace(s, admitted=s.admitted - 1)  # counted when taken (a `Taken` tally)
+        effects.append(Offer(token, grant.value))
+    return s, effects
+
+
+def _reclaim(s: SchedulerState, msg: Reclaim, now: float) -> tuple[SchedulerState, list]:
+    """An offer taken back unused: its slot and lease return, uncounted."""
+    if msg.token not in s.holders:
+        return s, []
+    release = Release(reply=msg.token, conn=msg.lease.conn, discarded=msg.lease.connect)
+    if release.conn is not None or release.discarded:
+        s = replace(s, pool=_undo_lease(s.pool, msg.lease))
+    s = replace(s, holders=s.holders - {msg.token})
+    return _hand_over(s, now)
+
+
+def _undo_lease(pool: Pool, lease: Admitted) -> Pool:
+    if lease.conn is not None:
+        return replace(pool, idle=pool.idle + (lease.conn,), reused=pool.reused - 1)
+    return replace(pool, opened=pool.opened - 1, connects=pool.connects - 1)
 
 
 def _with_queue(s: SchedulerState, prio: int, queue: tuple, depth_delta: int, **changes) -> SchedulerState:
@@ -185,7 +256,9 @@ def _release(s: SchedulerState, msg: Release | Withdraw, now: float) -> tuple[Sc
         return s, []
     if type(msg) is Release and (msg.conn is not None or msg.discarded):
         s = replace(s, pool=_give_back(s.pool, msg, now))
-    return _hand_over(replace(s, holders=s.holders - {msg.reply}), now)
+    s, effects = _hand_over(replace(s, holders=s.holders - {msg.reply}), now)
+    s, offers = _offer(s, now)
+    return s, effects + offers
 
 
 
@@ -220,11 +293,12 @@ def _clear(s: SchedulerState, msg: Clear) -> tuple[SchedulerState, list]:
     return s, [*effects, Send(msg.reply, Done())]
 
 
-def snapshot(s: SchedulerState, now: float, restarts: int = 0) -> QueueSnapshot:
+def snapshot(s: SchedulerState, now: float, restarts: int = 0, idle_offers: int = 0) -> QueueSnapshot:
+    """`idle_offers`: offered slots nobody has taken yet (the shell knows): reported as free."""
     oldest = min((q[0].at for q in s.waiting if q), default=now)
     return QueueSnapshot(
         max_concurrent=s.cfg.max_concurrent, max_queue_size=s.cfg.max_queue_size,
-        in_flight=s.in_flight, free=s.free, depth=s.depth,
+        in_flight=s.in_flight - idle_offers, free=s.free + idle_offers, depth=s.depth,
         depth_by_priority={Priority(p).name: len(q) for p, q in enumerate(s.waiting)},
         oldest_wait_s=max(now - oldest, 0.0), admitted=s.admitted, rejected=s.rejected,
         displaced=s.displaced, timed_out=s.timed_out, cancelled=s.cancelled,
@@ -248,6 +322,12 @@ def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerStat
             return _withdraw(s, msg, now)
         case Clear():
             return _clear(s, msg)
+        case Reclaim():
+            return _reclaim(s, msg, now)
+        case Taken():
+            return replace(s, admitted=s.admitted + msg.n), []
+        case Replenish():
+            return _offer(s, now)
         case GetSnapshot():
             return s, [Send(msg.reply, snapshot(s, now))]
         case Tick():
@@ -255,9 +335,22 @@ def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerStat
     raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
 
 
+def adjust(snap: QueueSnapshot, idle_offers: int) -> QueueSnapshot:
+    """A snapshot the core made, corrected for the offers still waiting to be taken."""
+    return replace(snap, in_flight=snap.in_flight - idle_offers, free=snap.free + idle_offers)
+
+
 class SchedulerCore:
     name = "scheduler"
     step = staticmethod(step)
+
+    @staticmethod
+    def pre_step(cell: Any, msg: Any) -> list:
+        """Before an arrival must ask, take one unused offer back, so it can be granted."""
+        if type(msg) is Admit and cell.offers:
+            token, lease = cell.offers.popleft()
+            return [Reclaim(token=token, lease=lease)]
+        return []
 
     @staticmethod
     def wakeup(s: SchedulerState) -> float:

@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 from loguru import logger
+from msgspec.structs import replace
 
 from actors import alerts as alerts_mod
 from actors import breaker as breaker_mod
@@ -34,7 +35,7 @@ from actors.errors import ConfigError
 from actors.handles import BreakerHandle, EventBus, Monitoring, QueueHandle
 from actors.health import METRICS_PERIOD_S, HealthActor, Sources
 from actors.mailbox import Mailbox, Published
-from messages.commands import Successes
+from messages.commands import Replenish, Successes, Taken
 from messages.config import Config
 from messages.events import ActorRestarted, BreakerTransition
 from messages.metrics import Count, Observations
@@ -101,10 +102,11 @@ class _Wiring:
         return handles
 
     async def scheduler(self) -> QueueHandle:
-        inbox = Mailbox("scheduler", INBOX_SIZE)
-        await self.start("scheduler", scheduler_mod.SchedulerCore(),
-                         scheduler_mod.SchedulerState.initial(self.config.queue), inbox)
-        return QueueHandle(inbox, self.config.queue.request_timeout_s)
+        inbox = Mailbox("scheduler", INBOX_SIZE, tally_msg=_taken)
+        state = replace(scheduler_mod.SchedulerState.initial(self.config.queue), offer=True)
+        cell = await self.start("scheduler", scheduler_mod.SchedulerCore(), state, inbox)
+        inbox.put(Replenish())
+        return QueueHandle(inbox, self.config.queue.request_timeout_s, cell)
 
     async def metrics(self) -> tuple[Mailbox, Published]:
         inbox = Mailbox("metrics", METRICS_INBOX_SIZE, batch_msg=_observations)
@@ -159,6 +161,7 @@ class _Wiring:
         sources = Sources(
             breakers=lambda: {t: cells[f"breaker.{t}"].state for t in self.config.tiers},
             queue=lambda: cells["scheduler"].state,
+            idle_offers=lambda: len(cells["scheduler"].offers),
             database=(lambda: monitor.metrics.value) if monitor is not None else (lambda: None),
             metrics=lambda: metrics.value,
             limiter=lambda: limiter_mod.snapshot(cells["limiter"].state, trio.current_time()),
@@ -214,6 +217,10 @@ def _observations(items: list) -> Observations:
     return Observations(items=items)
 
 
+def _taken(n: int) -> Taken:
+    return Taken(n=n)
+
+
 def _successes(n: int) -> Successes:
     return Successes(n=n)
 
@@ -227,10 +234,14 @@ async def _serve_embedded(data_dir: str | None, *,
         await trio.sleep_forever()
 
 
-def _close_pool(state: scheduler_mod.SchedulerState) -> None:
-    """Idle pooled connections close with the system; held ones close when their holder is done."""
-    for conn in state.pool.idle:
-        conn.close_now()
+def _close_pool(cell: Cell) -> None:
+    """Idle pooled connections close with the system (those in untaken offers too); held ones
+    close when their holder is done."""
+    conns = list(cell.state.pool.idle) + [lease.conn for _, lease in cell.offers]
+    cell.offers.clear()
+    for conn in conns:
+        if conn is not None:
+            conn.close_now()
 
 
 async def run_monitoring(config: Config | None = None, *,
@@ -273,7 +284,7 @@ async def run_monitoring(config: Config | None = None, *,
         raise
     finally:
         if "scheduler" in cells:  # every actor has stopped: the pool's idle connections close
-            _close_pool(cells["scheduler"].state)
+            _close_pool(cells["scheduler"])
         log.debug("monitoring stopped")
 
 

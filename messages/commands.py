@@ -112,6 +112,23 @@ class Withdraw(Message):
     reason: Literal["cancelled", "timeout"] = "cancelled"
 
 
+class Reclaim(Message):
+    """The shell takes back an offered slot nobody used (an arrival must ask meanwhile)."""
+
+    token: Any
+    lease: Any
+
+
+class Taken(Message):
+    """`n` offered slots were taken by callers (coalesced by the mailbox)."""
+
+    n: int
+
+
+class Replenish(Message):
+    """Offer the free slots, if nobody waits (sent once at start)."""
+
+
 class Clear(Message):
     reply: Any = None
 

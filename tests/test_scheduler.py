@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hypothesis import given, settings
+from msgspec.structs import replace
 from hypothesis import strategies as st
 
 from actors.actor import Send
@@ -183,3 +184,84 @@ def test_scheduler_random_sequences_conserve_slots(max_concurrent, max_queue_siz
                 answered[id(e.to)] = e.value
         check_invariants(s)
         assert all(t in tokens for t in s.holders)
+
+
+# --- offers: slots granted ahead of demand, taken without a round trip ------------------------
+
+from actors.scheduler import Offer  # noqa: E402
+from actors.scheduler import Token as Slot  # noqa: E402
+from messages.commands import Reclaim, Replenish, Taken  # noqa: E402
+
+
+class Shell:
+    """What the actor shell and the queue handle do around the core, as a plain model."""
+
+    def __init__(self, max_concurrent: int, max_queue_size: int) -> None:
+        self.s = replace(new(max_concurrent, max_queue_size), offer=True)
+        self.offers: list = []
+        self.held: dict[object, Admitted] = {}    # slot -> lease, held by callers
+        self.waiting: list[Slot] = []
+        self.step(Replenish())
+
+    def step(self, msg) -> None:
+        if type(msg) is Admit and self.offers:      # pre_step: take an unused offer back
+            token, lease = self.offers.pop(0)
+            self.step(Reclaim(token=token, lease=lease))
+        self.s, effects = step(self.s, msg, 0.0)
+        for e in effects:
+            if isinstance(e, Offer):
+                self.offers.append((e.token, e.lease))
+            elif isinstance(e.value, Admitted):
+                self.waiting.remove(e.to) if e.to in self.waiting else None
+                self.held[e.to] = e.value
+            elif e.to in self.waiting:
+                self.waiting.remove(e.to)
+
+    def acquire(self) -> None:
+        if self.offers:
+            token, lease = self.offers.pop(0)
+            self.held[token] = lease
+            self.step(Taken(n=1))
+        else:
+            t = Slot()
+            self.waiting.append(t)
+            self.step(Admit(reply=t, priority=Priority.NORMAL, at=0.0, conn=True))
+
+    def release(self, i: int) -> None:
+        if not self.held:
+            return
+        token = list(self.held)[i % len(self.held)]
+        lease = self.held.pop(token)
+        if self.s.depth == 0 and not lease.unavailable_s:
+            self.offers.append((token, lease))       # straight back on the list
+        else:
+            self.step(Release(reply=token, conn=lease.conn, discarded=lease.connect))
+
+
+def test_scheduler_offers_fill_free_slots_and_count_when_taken():
+    sh = Shell(max_concurrent=3, max_queue_size=5)
+    assert len(sh.offers) == 3 and sh.s.free == 0 and sh.s.admitted == 0
+    sh.acquire()
+    assert len(sh.held) == 1 and sh.s.admitted == 1 and len(sh.offers) == 2
+
+
+def test_scheduler_arrival_that_must_ask_reclaims_an_offer():
+    sh = Shell(max_concurrent=2, max_queue_size=5)
+    t = Slot()
+    sh.step(Admit(reply=t, priority=Priority.LOW, at=0.0))  # as if it missed the list
+    assert t in sh.held and len(sh.offers) == 1 and sh.s.depth == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 4),
+       st.lists(st.tuples(st.sampled_from(["acquire", "release"]), st.integers(0, 10)), max_size=120))
+def test_scheduler_offers_conserve_slots_and_never_idle_while_someone_waits(max_concurrent, max_queue_size, ops):
+    sh = Shell(max_concurrent, max_queue_size)
+    for op, arg in ops:
+        sh.acquire() if op == "acquire" else sh.release(arg)
+        s = sh.s
+        assert len(s.holders) + s.free == s.cfg.max_concurrent
+        assert {t for t, _ in sh.offers} | set(sh.held) <= set(s.holders)
+        assert len(sh.offers) + len(sh.held) == len(s.holders)
+        assert s.depth == 0 or not sh.offers          # nobody waits while a slot lies unused
+        assert s.pool.opened <= s.cfg.max_concurrent
