@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from hypothesis import given, settings
-from msgspec.structs import replace
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from actors.actor import Send
 from actors.errors import QueueCleared, QueueFull
