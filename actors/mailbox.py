@@ -190,10 +190,6 @@ class Mailbox:
         return batch
 
 
-def tell(mailbox: Mailbox, msg: Any) -> None:
-    mailbox.put(msg)
-
-
 def tell_quietly(mailbox: Mailbox, msg: Any) -> bool:
     """Tell, unless the actor is already gone (nothing left to tell)."""
     try:
