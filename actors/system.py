@@ -30,11 +30,13 @@ from actors import limiter as limiter_mod
 from actors import metrics as metrics_mod
 from actors import scheduler as scheduler_mod
 from actors.actor import Cell, supervise
+from actors.bus import EventBus
 from actors.database import Database
 from actors.errors import ConfigError
-from actors.handles import BreakerHandle, EventBus, Monitoring, QueueHandle
+from actors.handles import BreakerHandle, QueueHandle
 from actors.health import METRICS_PERIOD_S, HealthActor, Sources
 from actors.mailbox import Mailbox, Published
+from actors.monitoring import Monitoring
 from messages.commands import Replenish, Successes, Taken
 from messages.config import Config
 from messages.events import ActorRestarted, BreakerTransition
