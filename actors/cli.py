@@ -51,7 +51,8 @@ def load(args: argparse.Namespace, environ: dict[str, str]) -> tuple[Config, Htt
     env = dict(environ)
     if args.config:
         env["TRIAGE_CONFIG"] = args.config
-    config, http, logs = Config.from_env(env), HttpConfig.from_env(env), LogConfig.from_env(env)
+    config = Config.from_env(env)
+    http, logs = HttpConfig.from_env(env, base=config.http), LogConfig.from_env(env)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         try:

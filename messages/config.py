@@ -12,7 +12,7 @@ import enum
 import os
 import tomllib
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -189,6 +189,8 @@ class Config(_Frozen):
     database: DatabaseConfig = DatabaseConfig()
     alerts: AlertsConfig = AlertsConfig()
     faults: FaultsConfig = FaultsConfig()
+    # The HTTP edge's settings (`[http]` in TOML), validated by messages.http_config.HttpConfig.
+    http: dict[str, Any] = {}
     supervisor: SupervisorConfig = SupervisorConfig()
 
     def __post_init__(self) -> None:

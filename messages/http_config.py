@@ -84,9 +84,16 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         return self.admin_token or self.health_token
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 base: Mapping[str, object] | None = None) -> HttpConfig:
+        """The variables above, over `base` (the `[http]` table of the TOML config, if any)."""
         env = os.environ if environ is None else environ
         fields: dict = {}
+        if base:
+            try:
+                fields = msgspec.structs.asdict(msgspec.convert(dict(base), cls))
+            except msgspec.ValidationError as exc:
+                raise ConfigError("http", None, str(exc).replace("`$.", "`http.")) from None
         if _given(env, "HOST"):
             fields["host"] = env["HOST"].strip()
         for name, key, lo, hi in (("PORT", "port", 0, 65535),
