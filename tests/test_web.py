@@ -528,7 +528,7 @@ def test_logging_json_sink_writes_fields_without_variable_values(tmp_path):
                       intercept_std=False)
         logger.bind(actor="web", tier="critical").info("Circuit breaker {tier} OPEN", tier="critical")
         try:
-            secret = TOKEN  # noqa: F841 — would show in a diagnose=True traceback
+            secret = TOKEN  # noqa: F841 — a diagnosing traceback would print it
             raise ValueError("bad")
         except ValueError:
             logger.exception("failed with {t}", t=TOKEN)
