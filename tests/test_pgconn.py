@@ -1,4 +1,4 @@
-"""Tests for actors.pgconn against a real PostgreSQL (TEST_DATABASE_URL)."""
+"""Tests for actors.pgconn against a real PostgreSQL (the session's `database_url`)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ from actors import pgconn as pgconn_module
 from actors.pgconn import ConnectionLost, PgConnection, QueryResult
 
 DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _use_session_database(database_url):
+    """The session's database (conftest: TEST_DATABASE_URL, local, or embedded)."""
+    global DSN
+    DSN = database_url
 CANARY = "canary-Pw-7f3e9b"
 
 
@@ -467,9 +474,12 @@ async def test_connect_sets_identity_and_timestamps(conn, admin):
 
 
 async def test_connect_hostname_is_resolved_and_connects():
-    dsn = psycopg.conninfo.make_conninfo(DSN, host="localhost")
-    async with await PgConnection.connect(dsn) as conn:
-        assert (await conn.execute("SELECT 1")).rows == [(1,)]
+    from actors.faults import FaultProxy
+
+    async with FaultProxy.for_dsn(DSN) as proxy:  # a TCP port even for an embedded (socket) server
+        dsn = psycopg.conninfo.make_conninfo(DSN, host="localhost", port=str(proxy.port))
+        async with await PgConnection.connect(dsn) as conn:
+            assert (await conn.execute("SELECT 1")).rows == [(1,)]
 
 
 async def test_connect_closed_port_raises_operational_error_quickly():
