@@ -14,9 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import msgspec
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from actors.faults import Down  # noqa: E402
 from actors.harness import open_service  # noqa: E402
@@ -40,7 +42,13 @@ def shoot(url: str, out: str, wait_s: float) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    cfg = Config(database_url="postgresql://postgres@127.0.0.1:5432/test", faults=FaultsConfig(enabled=True),
+    from run_scenario import (
+        database_url,  # DATABASE_URL, else the local test database, else embedded
+    )
+
+    url = database_url()
+    cfg = Config(database_url=url, faults=FaultsConfig(enabled=True),
+                 database=msgspec.structs.replace(Config().database, embedded=url is None),
                  health_check_interval_s=1.0,
                  tiers={**Config().tiers, "database": BreakerConfig(failure_threshold=5, recovery_timeout_s=4.0)})
     async with open_service(cfg) as svc:
