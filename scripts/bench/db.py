@@ -13,7 +13,6 @@ Prints every round, the medians and the ratios. Targets: guarded >= 0.6x raw, >=
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pg_raw import DEFAULT_DSN, count_for, to_thread_worker, trio_native_worker  # noqa: E402
+from pg_raw import DEFAULT_DSN, measure, to_thread_worker, trio_native_worker  # noqa: E402
 
 from actors import open_monitoring  # noqa: E402
 from actors.pgconn import PgConnection  # noqa: E402
@@ -53,21 +52,12 @@ async def main(args: argparse.Namespace) -> None:
                 "raw": [trio_native_worker(c) for c in natives],
                 "to_thread": [to_thread_worker(c) for c in syncs],
             }
-            rates: dict[str, list[float]] = {name: [] for name in modes}
-            for workers in modes.values():  # warm-up: pool, plans, thread pool
-                await count_for(0.3, workers)
-            for round_no in range(1, args.rounds + 1):
-                order = list(modes) if round_no % 2 else list(reversed(modes))
-                for name in order:
-                    rates[name].append(await count_for(args.seconds, modes[name]) / args.seconds)
-                print(f"round {round_no}: "
-                      + "  ".join(f"{n} {rates[n][-1]:9,.0f} q/s" for n in modes))
+            med = await measure(modes, args.rounds, args.seconds)
     finally:
         for conn in natives:
             await conn.close()
         for sync_conn in syncs:
             sync_conn.close()
-    med = {name: statistics.median(values) for name, values in rates.items()}
     print(f"\nSELECT 1, {args.conns} connections, {args.rounds} rounds x {args.seconds}s (medians):")
     for name, value in med.items():
         print(f"  {name:10} {value:9,.0f} q/s")

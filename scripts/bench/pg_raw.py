@@ -65,6 +65,19 @@ def to_thread_worker(conn: psycopg.Connection):
     return work
 
 
+async def measure(modes: dict[str, list], rounds: int, seconds: float) -> dict[str, float]:
+    """Warm up, then `rounds` alternating-order rounds of every mode; median q/s per mode."""
+    rates: dict[str, list[float]] = {name: [] for name in modes}
+    for workers in modes.values():  # warm-up: caches, plans, thread pool, pool connections
+        await count_for(0.3, workers)
+    for round_no in range(1, rounds + 1):
+        order = list(modes) if round_no % 2 else list(reversed(modes))
+        for name in order:
+            rates[name].append(await count_for(seconds, modes[name]) / seconds)
+        print(f"round {round_no}: " + "  ".join(f"{n} {rates[n][-1]:9,.0f} q/s" for n in modes))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
 async def main(args: argparse.Namespace) -> None:
     natives = [await PgConnection.connect(args.dsn) for _ in range(args.conns)]
     syncs = [psycopg.connect(args.dsn, autocommit=True) for _ in range(args.conns)]
@@ -72,25 +85,13 @@ async def main(args: argparse.Namespace) -> None:
         "trio-native": [trio_native_worker(c) for c in natives],
         "to_thread": [to_thread_worker(c) for c in syncs],
     }
-    rates: dict[str, list[float]] = {name: [] for name in modes}
     try:
-        for workers in modes.values():  # warm-up: caches, plans, thread pool
-            await count_for(0.3, workers)
-        for round_no in range(1, args.rounds + 1):
-            order = list(modes) if round_no % 2 else list(reversed(modes))
-            for name in order:
-                rate = await count_for(args.seconds, modes[name]) / args.seconds
-                rates[name].append(rate)
-            print(
-                f"round {round_no}: "
-                + "  ".join(f"{name} {rates[name][-1]:9,.0f} q/s" for name in modes)
-            )
+        medians = await measure(modes, args.rounds, args.seconds)
     finally:
         for conn in natives:
             await conn.close()
         for sync_conn in syncs:
             sync_conn.close()
-    medians = {name: statistics.median(values) for name, values in rates.items()}
     print(f"\nSELECT 1, {args.conns} connections, {args.rounds} rounds x {args.seconds}s:")
     for name, value in medians.items():
         print(f"  {name:12} median {value:9,.0f} q/s")
