@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import trio
 import trio.testing
+from _http import problem
 from starlette.exceptions import HTTPException
 
 from actors import CircuitOpen, QueueFull, QueueTimeout, RateLimited, open_monitoring
@@ -74,13 +75,6 @@ async def serving(config: Config, schema: str, **http: Any) -> AsyncIterator[Ser
                 yield Served(client, mon, service)
         finally:
             stop.set()
-
-
-def problem(r: httpx.Response) -> dict:
-    assert r.headers["content-type"] == "application/problem+json"
-    body = json.loads(r.content)
-    assert body["status"] == r.status_code and body["detail"]
-    return body
 
 
 def fetchval(database_url: str, query: str, params: tuple = ()) -> Any:

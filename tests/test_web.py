@@ -23,6 +23,7 @@ import psycopg
 import pytest
 import trio
 import trio.testing
+from _http import problem
 from loguru import logger
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -72,13 +73,6 @@ async def serving(config: Config, http: HttpConfig | None = None, *, service: bo
                 yield Served(client, app, mon, binds[0], stop)
         finally:
             stop.set()
-
-
-def problem(r: httpx.Response) -> dict:
-    assert r.headers["content-type"] == "application/problem+json"
-    body = json.loads(r.content)
-    assert body["status"] == r.status_code and body["detail"]
-    return body
 
 
 async def wait_status(mon: Any, status: str) -> None:
