@@ -31,12 +31,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import trio
-from loguru import logger
 from starlette.requests import ClientDisconnect
 
-from actors.web_errors import BodyTimeout, BodyTooLarge, Exchange, send_problem
-
-log = logger.bind(actor="web")
+from actors.web_errors import BodyTimeout, BodyTooLarge, Exchange, log_500, send_problem
 
 MAINTENANCE_RETRY_AFTER_S = 60
 OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/", "/dashboard", "/api/dashboard/")
@@ -89,6 +86,9 @@ class Edge:
             return await send_problem(reply, 503, "The service is in maintenance mode; retry later",
                                       [(b"retry-after", b"%d" % MAINTENANCE_RETRY_AFTER_S)])
         length, chunked = _body_headers(scope)
+        if length is not None and chunked:  # RFC 9112 §6.1: a smuggling attempt; framing is ambiguous
+            return await send_problem(reply, 400, "Both Content-Length and Transfer-Encoding",
+                                      [(b"connection", b"close")])
         if length is not None and length > self.max_body_bytes:
             return await send_problem(reply, 413, f"Request body over {self.max_body_bytes} bytes",
                                       [(b"connection", b"close")], limit=self.max_body_bytes)
@@ -111,10 +111,11 @@ class Edge:
 
     async def _crashed(self, scope: dict, reply: _Reply, ex: Exchange, exc: Exception) -> None:
         ex.outcome = "error"
-        log.opt(exception=exc).error("Unhandled error in {method} {route}", method=scope.get("method"),
-                                     route=_template(scope))
+        if not ex.logged:  # the app's error handler may have logged (and answered) it already
+            log_500(scope, ex, exc)
         if not reply.started:
-            await send_problem(reply, 500, "Internal error")
+            await send_problem(reply, 500, "Internal error", [(b"x-request-id", ex.request_id.encode())],
+                               requestId=ex.request_id)
 
     async def _cut_off(self, reply: _Reply, ex: Exchange) -> None:
         """The grace period ended (or a stream was stopped) with the request unfinished."""
@@ -145,7 +146,7 @@ def _body_headers(scope: dict) -> tuple[int | None, bool]:
         if name == b"content-length":
             length = int(value) if value.isdigit() else -1
         elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
+            chunked = True  # any coding: the body's length is not Content-Length
     return length, chunked
 
 

@@ -12,8 +12,12 @@ the server's host.
     QueueFull / QueueCleared        503 + Retry-After: 1
     QueueTimeout                    503 + Retry-After: 1
     ShuttingDown                    503 + Retry-After: 5
-    DatabaseUnavailable, QueryTimeout, psycopg.OperationalError   503 + Retry-After
-    any other psycopg error         500 "Database error"
+    DatabaseUnavailable             503 + Retry-After (nothing was sent)
+    psycopg.OperationalError with `retriable` (never sent, or rolled back)   503 + Retry-After
+    QueryTimeout                    504, outcome "unknown", no Retry-After (it may have committed)
+    any other psycopg.OperationalError (e.g. lost after COMMIT was sent)
+                                    502, outcome "unknown", no Retry-After
+    any other psycopg error         500 "Database error" (+ requestId, logged once)
     WebError (bad input, conflict)  its own status (400, 401, 404, 408, 409, 413, 422, 503)
     anything else                   500 "Internal error"
 """
@@ -21,11 +25,13 @@ the server's host.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 import psycopg
+from loguru import logger
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -44,6 +50,7 @@ from actors.errors import (
 )
 
 PROBLEM = "application/problem+json"
+log = logger.bind(actor="web")
 
 
 class WebError(Exception):
@@ -72,19 +79,35 @@ class BodyTimeout(WebError):
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
-           422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error",
-           503: "Service Unavailable"}
+           415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+           504: "Gateway Timeout"}
 
 
 class Exchange:
     """What a handler tells the edge about its request."""
 
-    __slots__ = ("outcome", "tier", "stream")
+    __slots__ = ("outcome", "tier", "stream", "request_id", "logged")
 
     def __init__(self) -> None:
         self.outcome: str | None = None
         self.tier: str | None = None
         self.stream = False
+        self.request_id = secrets.token_hex(8)  # carried by a 500's body and its one log line
+        self.logged = False
+
+
+def log_500(scope: dict, ex: Exchange, exc: BaseException) -> None:
+    """The one log line of a 500: request id, route, error class; a traceback only for our own bugs
+    (a database error's text may hold the caller's values)."""
+    ex.logged = True
+    route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+    fields = {"request_id": ex.request_id, "method": scope.get("method"), "route": route,
+              "error": type(exc).__name__}
+    if isinstance(exc, psycopg.Error):
+        log.error("Database error answered 500", sqlstate=getattr(exc, "sqlstate", None), **fields)
+    else:
+        log.opt(exception=exc).error("Unhandled error answered 500", **fields)
 
 
 def exchange(request: Request) -> Exchange:
@@ -128,6 +151,10 @@ def error_response(request: Request, exc: Exception) -> Response:
         headers = {**headers, **exc.headers}
     if outcome not in ("ok", "error"):  # load tools and clients can tell 503s apart
         extra = {**extra, "outcome": outcome}
+    if status == 500:
+        if not ex.logged:
+            log_500(request.scope, ex, exc)
+        headers, extra = {**headers, "x-request-id": ex.request_id}, {**extra, "requestId": ex.request_id}
     return problem(status, detail, headers=headers, **extra)
 
 
@@ -146,6 +173,12 @@ def _classify(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, 
         case RateLimited():
             return 429, f"Rate limit exceeded for policy {exc.policy!r}", _retry(exc.retry_after_s), \
                 "rate_limited", {}
+    return _refusal(exc) or _database(exc)
+
+
+def _refusal(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, Any]] | None:
+    """Refused before any SQL was sent: 503 + Retry-After, retrying is safe."""
+    match exc:
         case CircuitOpen():
             return 503, f"Circuit breaker {exc.tier!r} is open; retry later", _retry(exc.retry_after_s), \
                 "circuit_open", {"tier": exc.tier}
@@ -157,14 +190,25 @@ def _classify(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, 
             return 503, "The service is shutting down", _retry(5), "shutting_down", {}
         case DatabaseUnavailable():
             return 503, "Database unavailable", _retry(exc.retry_after_s), "error", {}
-        case QueryTimeout():
-            return 503, "Database query timed out", _retry(1), "error", {}
         case DatabaseNotConfigured():
             return 503, "No database configured", _retry(30), "error", {}
         case ActorCrashed() | Refused():
             return 503, "Service temporarily unavailable", _retry(1), "error", {}
-        case psycopg.OperationalError():  # connection trouble: says nothing of the query
+    return None
+
+
+def _database(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, Any]]:
+    """After SQL was sent. `retriable` (set by `mon.db`) is True only when nothing can have been
+    done (never sent, or rolled back); otherwise the write may have committed: 502/504, no
+    Retry-After, outcome "unknown", so that no client is told a retry is safe."""
+    match exc:
+        case QueryTimeout():
+            return 504, "Database query timed out; whether it took effect is unknown", {}, "unknown", {}
+        case psycopg.OperationalError() if getattr(exc, "retriable", False):
             return 503, "Database unavailable", _retry(1), "error", {}
+        case psycopg.OperationalError():
+            return 502, "Database connection lost; whether the request took effect is unknown", {}, \
+                "unknown", {}
         case psycopg.Error() | TriageError():  # never the SQL text or the server's message
             return 500, "Database error", {}, "error", {}
     return 500, "Internal error", {}, "error", {}

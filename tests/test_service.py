@@ -298,14 +298,21 @@ async def test_service_setup_is_idempotent(database_url, fresh_schema):
 
 # -- pure pieces ----------------------------------------------------------------------------
 
+def _marked(exc: Exception, retriable: bool) -> Exception:
+    exc.retriable = retriable  # type: ignore[attr-defined]  # as mon.db marks what it raises
+    return exc
+
+
 @pytest.mark.parametrize(("exc", "status", "outcome"), [
     (RateLimited("auth", "ip:1.2.3.4", 3.2), 429, "rate_limited"),
     (CircuitOpen("database", 12.5), 503, "circuit_open"),
     (QueueFull("NORMAL", 200), 503, "queue_full"),
     (QueueTimeout("LOW", 30.0), 503, "queue_timeout"),
     (DatabaseUnavailable(2.0), 503, "error"),
-    (QueryTimeout(5.0), 503, "error"),
-    (psycopg.OperationalError("connection to server at 10.0.0.1 failed"), 503, "error"),
+    (QueryTimeout(5.0), 504, "unknown"),
+    (_marked(psycopg.OperationalError("connection to server at 10.0.0.1 failed"), True), 503, "error"),
+    (_marked(psycopg.OperationalError("server closed the connection at 10.0.0.1"), False), 502, "unknown"),
+    (psycopg.OperationalError("no verdict from mon.db at 10.0.0.1"), 502, "unknown"),
     (psycopg.errors.SyntaxError("syntax error at or near SELEC"), 500, "error"),
     (HTTPException(404), 404, "ok"),
     (ValueError("boom"), 500, "error"),
@@ -316,6 +323,8 @@ def test_error_mapping_each_failure_gets_status_outcome_without_server_text(exc,
     assert "SELEC" not in detail and "10.0.0.1" not in detail
     if status == 503:
         assert int(headers["retry-after"]) >= 1
+    else:  # only a refusal before any SQL was sent says a retry is safe
+        assert "retry-after" not in headers or status == 429
 
 
 def test_sessions_expire_and_bind_user_passwords_verify_only_when_correct():

@@ -310,12 +310,29 @@ async def test_errors_unknown_route_404_wrong_method_405_crash_500_all_json(data
     assert (missing.status_code, problem(missing)["title"]) == (404, "Not Found")
     assert method.status_code == 405 and "GET" in method.headers["allow"]
     problem(method)
-    assert problem(crash) == {"type": "about:blank", "title": "Internal Server Error", "status": 500,
-                              "detail": "Internal error"}
+    body = problem(crash)
+    request_id = body.pop("requestId")
+    assert body == {"type": "about:blank", "title": "Internal Server Error", "status": 500,
+                    "detail": "Internal error"}
     assert "SELECT" not in crash.text and "Traceback" not in crash.text
-    assert "server" not in crash.headers
+    assert "server" not in crash.headers and crash.headers["x-request-id"] == request_id
     crashes = [r for r in logged if r["level"].name == "ERROR"]
-    assert len(crashes) == 1 and "/boom" in crashes[0]["message"]
+    assert len(crashes) == 1 and crashes[0]["extra"]["route"] == "/boom"
+    assert crashes[0]["extra"]["request_id"] == request_id and len(request_id) >= 16
+
+
+async def test_content_length_with_transfer_encoding_is_400_and_connection_closed(database_url):
+    routes = (Route("/echo", echo, methods=["POST"]),)
+    async with serving(Config(database_url=database_url), routes=routes) as s:
+        with trio.fail_after(3):
+            stream = await trio.open_tcp_stream(*s.address)
+            await stream.send_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
+                                  b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+                                  b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = await _read_to_eof(stream)  # ends only if the server closes
+            await stream.aclose()
+    assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower()
+    assert answer.count(b"HTTP/1.1 ") == 1  # the smuggled second request is never answered
 
 
 async def test_body_over_cap_413_before_reading_and_when_streamed(database_url):
