@@ -13,7 +13,8 @@ without per-route series). The browser keeps the history for the charts.
 Access is the detailed health report's: open in development; in production a
 bearer token, the `triage_token` cookie, or an allow-listed network. A browser
 cannot send a bearer header on navigation, so `/dashboard?token=…` sets the
-cookie (HttpOnly, SameSite=Strict) and redirects to the bare URL.
+cookie to a signed session id (HttpOnly, SameSite=Strict, Path=/, Secure over
+HTTPS) and redirects to the bare URL.
 """
 
 from __future__ import annotations
@@ -137,8 +138,11 @@ def _event(kind: str, alert: Alert) -> bytes:
 
 
 
-def routes(mon: Any, *, allowed: Any, degraded_code: int = 206, wall_offset: float | None = None) -> list[Route]:
-    """`allowed(request) -> bool` is the detailed-health access rule (token, cookie, network)."""
+def routes(mon: Any, *, allowed: Any, degraded_code: int = 206, wall_offset: float | None = None,
+           cookie_for: Any = None) -> list[Route]:
+    """`allowed(request) -> bool` is the detailed-health access rule (token, cookie, network);
+    `cookie_for(request, token) -> (value, secure, max_age) | None` turns a ``?token=`` into the
+    cookie to set (a signed session id, never the token itself), None to set none."""
     offset = time.time() - trio.current_time() if wall_offset is None else wall_offset
     history = History(offset)
     mon._bus.taps.append(history.tap)
@@ -153,7 +157,11 @@ def routes(mon: Any, *, allowed: Any, degraded_code: int = 206, wall_offset: flo
         token = request.query_params.get("token")
         if token is not None:
             response = RedirectResponse("/dashboard", status_code=303)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+            cookie = cookie_for(request, token) if cookie_for is not None else None
+            if cookie is not None:
+                value, secure, max_age = cookie
+                response.set_cookie(COOKIE, value, max_age=max_age, httponly=True, samesite="strict",
+                                    path="/", secure=secure)
             return response
         if not allowed(request):
             return denied()

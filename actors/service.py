@@ -5,6 +5,7 @@ priority the way a real service would:
 
     route                              policy     priority  tier
     POST /api/auth/login               auth       HIGH      critical
+    POST /api/auth/logout              general    HIGH      critical
     GET  /api/animals                  general    NORMAL    database
     GET  /api/trpc/animals.list        general    NORMAL    database
     POST /api/administrations          recording  CRITICAL  critical
@@ -15,6 +16,11 @@ Failures map to HTTP in `actors.web_edge` (429, 503 + Retry-After, 500
 without SQL text). The animal list has a fallback: when its breaker is open
 or the database cannot be reached it serves its last good result, marked
 ``stale: true`` and ``X-Triage-Stale: true``.
+
+Writes (administrations, inventory import) need a login session (401) and a
+JSON body (415, so a cross-site form cannot post one), and accept an
+``Idempotency-Key`` (`actors.idempotency`). Demo logins are seeded only in
+development or with DEMO_USERS=1 (refused with NODE_ENV=production).
 
 Only database trouble may count against a breaker: a handler never raises
 its own refusals (409, 422) inside a guarded call, it returns a verdict and
@@ -38,19 +44,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from actors.database import DatabaseUnavailable, QueryTimeout
-from actors.errors import CircuitOpen
+from actors.errors import CircuitOpen, ConfigError
+from actors.idempotency import Stored, fingerprint, idempotency_key, recall, remember
 from actors.service_schema import DEMO_USERS, Queries, setup
 from actors.web_admin import json_response, read_json
 from actors.web_auth import Sessions, bearer, hash_password_async, verify_password_async
 from actors.web_errors import WebError, exchange
 from messages.config import Priority
-from messages.http_config import HttpConfig
+from messages.http_config import DEMO_IN_PRODUCTION, HttpConfig
 
 log = logger.bind(actor="service")
 
 STALE_CACHE_KEYS = 64
 MAX_IMPORT_ITEMS = 1000
 SETUP_BACKOFF_MAX_S = 30.0
+REVOCATIONS_POLL_S = 1.0     # well inside web_auth.REVOCATIONS_MAX_AGE_S
+PURGE_EVERY_S = 300.0        # expired idempotency keys and revocations
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 
@@ -95,13 +104,21 @@ class DemoService:
 
     def __init__(self, mon: Any, http: HttpConfig | None = None) -> None:
         http = http or HttpConfig()
+        production = mon.config.environment == "production"
+        if production and http.demo_users:
+            raise ConfigError("DEMO_USERS", True, DEMO_IN_PRODUCTION)
+        self.demo_users = http.demo_users if http.demo_users is not None else \
+            mon.config.environment == "development"
+        self.idempotency_ttl_s = http.idempotency_ttl_s
         self.mon, self.q = mon, Queries(http.demo_schema)
         self.sessions = Sessions(http.session_secret, http.session_ttl_s)
         self.ready = trio.Event()
+        self._mine: set[str] = set()  # nonces revoked here since the last read of the table
         self._stale: OrderedDict[tuple, Any] = OrderedDict()
 
     def table(self) -> list[ServiceRoute]:
         rows = [("POST", "/api/auth/login", "auth", Priority.HIGH, "critical", self.login),
+                ("POST", "/api/auth/logout", "general", Priority.HIGH, "critical", self.logout),
                 ("GET", "/api/animals", "general", Priority.NORMAL, "database", self.animals),
                 ("GET", "/api/trpc/animals.list", "general", Priority.NORMAL, "database", self.trpc_animals),
                 ("POST", "/api/administrations", "recording", Priority.CRITICAL, "critical", self.administer),
@@ -117,6 +134,7 @@ class DemoService:
         """Tables first (one attempt before serving), then retries in the background."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self._keep_ready)
+            nursery.start_soon(self._housekeeping)
             yield
             nursery.cancel_scope.cancel()
 
@@ -124,7 +142,8 @@ class DemoService:
         delay = 1.0
         while True:
             try:
-                seeded = await setup(self.mon.db, self.q, self._hashes)
+                seeded = await setup(self.mon.db, self.q, self._hashes, demo_users=self.demo_users)
+                await self._read_revocations()
             except Exception as exc:
                 if not self.mon.db.configured:
                     log.error("Database not configured: the reference service stays unavailable")
@@ -142,6 +161,28 @@ class DemoService:
             self.ready.set()
             task_status.started()
             return
+
+    async def _housekeeping(self) -> None:
+        """Keep the revocation cache fresh; purge expired idempotency keys and revocations."""
+        await self.ready.wait()
+        last_purge = -PURGE_EVERY_S
+        while True:
+            await trio.sleep(REVOCATIONS_POLL_S)
+            try:
+                await self._read_revocations()
+                if trio.current_time() - last_purge >= PURGE_EVERY_S:
+                    await self.mon.db.execute(self.q.idem_purge, (self.idempotency_ttl_s,), priority=Priority.LOW)
+                    await self.mon.db.execute(self.q.revoked_purge, priority=Priority.LOW)
+                    last_purge = trio.current_time()
+            except Exception as exc:  # the cache goes stale; writes answer 503 until it is read again
+                log.warning("Session revocations not read ({error})", error=type(exc).__name__)
+
+    async def _read_revocations(self) -> None:
+        read_at = trio.current_time()
+        rows = await self.mon.db.fetch(self.q.revoked, priority=Priority.HIGH, tier="critical")
+        self.sessions.revoked = {r[0] for r in rows} | self._mine  # + logouts here during the read
+        self._mine = set()
+        self.sessions.revocations_read_at = read_at
 
     @staticmethod
     async def _hashes() -> list[str]:
@@ -161,12 +202,58 @@ class DemoService:
     async def login(self, request: Request) -> Response:
         creds = await read_json(request, LoginIn)
         row = await self.mon.db.fetchrow(self.q.user, (creds.username,), priority=Priority.HIGH, tier="critical")
-        if not await verify_password_async(creds.password, row[3] if row else None):
+        published = not self.demo_users and (creds.username, creds.password) in _PUBLISHED
+        if not await verify_password_async(creds.password, row[3] if row else None) or published:
             log.info("Login failed", username_known=row is not None)
             raise WebError("Unknown user or wrong password", 401)
         token = self.sessions.issue(row[0])
         return json_response({"token": token, "tokenType": "Bearer", "expiresIn": int(self.sessions.ttl_s),
                               "user": {"id": row[0], "username": row[1], "displayName": row[2]}})
+
+    async def logout(self, request: Request) -> Response:
+        """Revoke this session (only this one): 204; 401 if it is not a valid session."""
+        claims = self.sessions.claims(bearer(request.scope))
+        if claims is None or claims.nonce in self.sessions.revoked:
+            raise _login_first()
+        await self.mon.db.execute(self.q.revoke, (claims.nonce, claims.user, claims.expires),
+                                  priority=Priority.HIGH, tier="critical")
+        self._mine.add(claims.nonce)
+        self.sessions.revoked.add(claims.nonce)
+        log.info("Logged out", user=claims.user)
+        return Response(status_code=204, headers={"cache-control": "no-store"})
+
+    def _writer(self, request: Request) -> int:
+        """The user of a write: 401 without a live session, 415 unless the body is JSON."""
+        user = self.sessions.user(bearer(request.scope))
+        if user is None:
+            raise _login_first()
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise WebError("Content-Type must be application/json", 415)
+        if not self.sessions.revocations_fresh(trio.current_time()):
+            raise WebError("Logouts could not be checked (database unreachable); retry later", 503,
+                           retry_after_s=1)
+        return user
+
+    async def _write(self, request: Request, user: int, decoded: Any, work: Any, *,
+                     priority: Priority, tier: str) -> Response:
+        """`work(tx) -> dict | WebError` in one transaction, with the Idempotency-Key's answer
+        recalled or stored in that same transaction."""
+        key = idempotency_key(request)
+        fp = fingerprint(request, decoded) if key is not None else ""
+        async with self.mon.db.transaction(priority=priority, tier=tier) as tx:
+            verdict = None if key is None else await recall(tx, self.q, user, key, fp, self.idempotency_ttl_s)
+            if verdict is None:
+                verdict = await work(tx)
+                if isinstance(verdict, dict):
+                    body = msgspec.json.encode(verdict)
+                    verdict = Stored(201, body, False) if key is None else \
+                        await remember(tx, self.q, user, key, fp, 201, body)
+        if isinstance(verdict, WebError):
+            raise verdict
+        return Response(verdict.body, status_code=verdict.status, media_type="application/json",
+                        headers={"cache-control": "no-store",
+                                 **({"idempotent-replayed": "true"} if verdict.replayed else {})})
 
     async def animals(self, request: Request) -> Response:
         animals, stale = await self._animals(request, dict(request.query_params))
@@ -201,18 +288,15 @@ class DemoService:
         return animals, False
 
     async def administer(self, request: Request) -> Response:
+        user = self._writer(request)
         given = await read_json(request, AdministrationIn)
-        user = self.sessions.user(bearer(request.scope))
         try:
-            async with self.mon.db.transaction(priority=Priority.CRITICAL, tier="critical") as tx:
-                verdict = await self._record(tx, given, user)
+            return await self._write(request, user, given, lambda tx: self._record(tx, given, user),
+                                     priority=Priority.CRITICAL, tier="critical")
         except psycopg.errors.ForeignKeyViolation:
             raise WebError(f"Unknown animalId {given.animal_id}", 422) from None
-        if isinstance(verdict, WebError):
-            raise verdict
-        return json_response(verdict, status=201)
 
-    async def _record(self, tx: Any, given: AdministrationIn, user: int | None) -> dict | WebError:
+    async def _record(self, tx: Any, given: AdministrationIn, user: int) -> dict | WebError:
         lot = await tx.fetchval(self.q.pick_lot, (given.medication_id, given.dose))
         if lot is None:
             if not await tx.fetchval(self.q.medication_exists, (given.medication_id,)):
@@ -233,6 +317,7 @@ class DemoService:
         return json_response({"days": days, "rows": report})
 
     async def import_inventory(self, request: Request) -> Response:
+        user = self._writer(request)
         lots = await read_json(request, list[LotIn])
         if not lots:
             raise WebError("Expected a non-empty JSON array of lots", 422)
@@ -243,12 +328,29 @@ class DemoService:
         columns = ([x.medication_id for x in lots], [x.lot for x in lots], [x.quantity for x in lots],
                    [x.expires_on for x in lots])
         try:
-            async with self.mon.db.transaction(priority=Priority.BATCH, tier="batch") as tx:
-                inserted = [r[0] for r in await tx.fetch(self.q.import_lots, columns)]
+            return await self._write(request, user, lots, lambda tx: self._import(tx, columns),
+                                     priority=Priority.BATCH, tier="batch")
         except psycopg.errors.ForeignKeyViolation:
             raise WebError("A lot names an unknown medicationId", 422) from None
-        return json_response({"imported": len(inserted), "created": sum(inserted),
-                              "updated": len(inserted) - sum(inserted)}, status=201)
+        except psycopg.errors.NumericValueOutOfRange:  # a race past the check below
+            raise WebError(f"A lot's quantity would pass {2**31 - 1}", 422) from None
+
+    async def _import(self, tx: Any, columns: tuple[list, ...]) -> dict | WebError:
+        over = await tx.fetchval(self.q.overflowing_lot, columns[:3])  # locks those lots
+        if over is not None:
+            return WebError(f"Lot {over!r}: the quantity in stock would pass {2**31 - 1}", 422, lot=over)
+        inserted = [r[0] for r in await tx.fetch(self.q.import_lots, columns)]
+        return {"imported": len(inserted), "created": sum(inserted), "updated": len(inserted) - sum(inserted)}
+
+
+_PUBLISHED = {(name, password) for name, _, password in DEMO_USERS}
+
+
+def _login_first() -> WebError:
+    exc = WebError("A login session is required: POST /api/auth/login, then send "
+                   "Authorization: Bearer <token>", 401)
+    exc.headers = {"www-authenticate": "Bearer"}
+    return exc
 
 
 class _DaysQuery(msgspec.Struct, forbid_unknown_fields=True):

@@ -8,8 +8,8 @@ is missing (``IF NOT EXISTS``) and seeds once (a row in ``meta`` says so).
 
 Seed data: three owners, five animals, four medications with inventory lots,
 a regimen per animal and two weeks of administrations (some missed, so the
-adherence report has something to say). Demo logins — demo only, never for
-a real deployment:
+adherence report has something to say). Demo logins — seeded only in
+development or with DEMO_USERS=1, never with NODE_ENV=production:
 
     alice / alice-demo-password     bob / bob-demo-password     carol / carol-demo-password
 """
@@ -71,6 +71,20 @@ CREATE TABLE IF NOT EXISTS {s}.administrations (
     recorded_by integer REFERENCES {s}.users (id),
     notes text);
 CREATE INDEX IF NOT EXISTS idx_administrations_animal_date ON {s}.administrations (animal_id, given_at);
+CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
+    user_id integer NOT NULL REFERENCES {s}.users (id),
+    key text NOT NULL,
+    fingerprint text NOT NULL,
+    status integer NOT NULL,
+    body text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, key));
+CREATE INDEX IF NOT EXISTS idx_idempotency_keys_created ON {s}.idempotency_keys (created_at);
+CREATE TABLE IF NOT EXISTS {s}.revoked_sessions (
+    nonce text PRIMARY KEY,
+    user_id integer NOT NULL,
+    expires_at timestamptz NOT NULL,
+    revoked_at timestamptz NOT NULL DEFAULT now());
 """
 
 _SEED = """
@@ -95,7 +109,7 @@ INSERT INTO {s}.regimens (id, animal_id, medication_id, doses_per_day, dose, sta
 INSERT INTO {s}.administrations (animal_id, medication_id, inventory_id, dose, given_at, recorded_by)
 SELECT r.animal_id, r.medication_id,
        (SELECT min(i.id) FROM {s}.inventory i WHERE i.medication_id = r.medication_id),
-       r.dose, d + make_interval(hours => 8 + 12 * k), 1
+       r.dose, d + make_interval(hours => 8 + 12 * k), NULL
 FROM {s}.regimens r,
      generate_series(current_date - 13, current_date - 1, interval '1 day') AS d,
      generate_series(0, r.doses_per_day - 1) AS k
@@ -127,6 +141,24 @@ class Queries:
                          "AND expires_on >= current_date ORDER BY expires_on, id LIMIT 1 FOR UPDATE")
         self.medication_exists = f"SELECT EXISTS (SELECT 1 FROM {s}.medications WHERE id = %s)"
         self.take = f"UPDATE {s}.inventory SET quantity = quantity - %s WHERE id = %s RETURNING quantity"
+        self.demo_users = (f"SELECT count(*) FROM {s}.users WHERE username = ANY(%s::text[])")
+        self.overflowing_lot = (
+            f"SELECT i.lot FROM {s}.inventory i JOIN unnest(%s::int[], %s::text[], %s::int[]) AS n(m, l, q) "
+            "ON i.medication_id = n.m AND i.lot = n.l WHERE i.quantity::bigint + n.q > 2147483647 "
+            "ORDER BY i.id LIMIT 1 FOR UPDATE OF i")
+        self.idem_lock = "SELECT pg_try_advisory_xact_lock(%s::int, hashtext(%s::text))"
+        self.idem_get = (f"SELECT fingerprint, status, body FROM {s}.idempotency_keys WHERE user_id = %s "
+                         "AND key = %s AND created_at > now() - make_interval(secs => %s::float8)")
+        self.idem_put = (f"INSERT INTO {s}.idempotency_keys (user_id, key, fingerprint, status, body) "
+                         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (user_id, key) DO UPDATE SET "
+                         "fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status, body = EXCLUDED.body, "
+                         "created_at = now()")  # only an expired row is still there to conflict with
+        self.idem_purge = (f"DELETE FROM {s}.idempotency_keys "
+                           "WHERE created_at <= now() - make_interval(secs => %s::float8)")
+        self.revoke = (f"INSERT INTO {s}.revoked_sessions (nonce, user_id, expires_at) "
+                       "VALUES (%s, %s, to_timestamp(%s)) ON CONFLICT (nonce) DO NOTHING")
+        self.revoked = f"SELECT nonce FROM {s}.revoked_sessions WHERE expires_at > now()"
+        self.revoked_purge = f"DELETE FROM {s}.revoked_sessions WHERE expires_at <= now()"
         self.record = (f"INSERT INTO {s}.administrations "
                        "(animal_id, medication_id, inventory_id, dose, given_at, recorded_by, notes) "
                        "VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s, %s) RETURNING id, given_at")
@@ -157,17 +189,21 @@ ORDER BY a.id, m.id"""
             "RETURNING (xmax = 0)")
 
 
-async def setup(db: Any, q: Queries, hashes: Any, *, timeout_s: float = 30.0) -> bool:
+async def setup(db: Any, q: Queries, hashes: Any, *, demo_users: bool = True,
+                timeout_s: float = 30.0) -> bool:
     """Create what is missing and seed once. True if this call seeded.
 
-    `hashes()` is awaited (scrypt, in a thread) only when seeding.
+    The demo logins are added only with `demo_users` (development, or DEMO_USERS=1), and then
+    `hashes()` is awaited (scrypt, in a thread) only when some are missing.
     """
     async with db.transaction(priority=Priority.HIGH, tier="database", timeout_s=timeout_s) as tx:
         await tx.execute(q.lock, (f"triage-demo:{q.schema}",))
         await tx.execute(q.ddl)
-        if await tx.fetchval(q.seeded) is not None:
-            return False
-        for (username, display, _), password_hash in zip(DEMO_USERS, await hashes(), strict=True):
-            await tx.execute(q.add_user, (username, display, password_hash))
-        await tx.execute(q.seed)
-    return True
+        seeding = await tx.fetchval(q.seeded) is None
+        names = [name for name, _, _ in DEMO_USERS]
+        if demo_users and await tx.fetchval(q.demo_users, (names,)) < len(names):
+            for (username, display, _), password_hash in zip(DEMO_USERS, await hashes(), strict=True):
+                await tx.execute(q.add_user, (username, display, password_hash))
+        if seeding:
+            await tx.execute(q.seed)
+    return seeding

@@ -71,7 +71,7 @@ class TriageApp:
                Route("/metrics", self.metrics, methods=["GET"]),
                Route("/api/alerts/stream", self.alerts, methods=["GET"]),
                *Admin(mon, self.access).routes(),
-               *dashboard.routes(mon, allowed=self._dashboard_allowed,
+               *dashboard.routes(mon, allowed=self._dashboard_allowed, cookie_for=self._dashboard_cookie,
                                  degraded_code=http.degraded_status_code)]
         table = service.table() if service is not None else []
         starlette = Starlette(routes=[*own, *(r.route for r in table), *routes],
@@ -86,9 +86,14 @@ class TriageApp:
                          grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table})
 
     def _dashboard_allowed(self, request: Request) -> bool:
-        cookie = request.cookies.get(dashboard.COOKIE)
-        return self.access.sees_details(request.scope) or (
-            cookie is not None and self.access.token_sees_details(cookie.encode()))
+        return self.access.sees_details(request.scope) or \
+            self.sessions.viewer(request.cookies.get(dashboard.COOKIE))
+
+    def _dashboard_cookie(self, request: Request, token: str) -> tuple[str, bool, int] | None:
+        """`?token=<health token>`: a viewer session for the cookie (the token itself never is)."""
+        if not self.access.token_sees_details(token.encode()):
+            return None
+        return self.sessions.issue_viewer(), self.access.https(request.scope), int(self.sessions.ttl_s)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         await self.edge(scope, receive, send)

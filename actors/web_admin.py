@@ -32,14 +32,36 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def read_json(request: Request, kind: Any) -> Any:
-    """The body decoded as `kind`: 400 if it is not JSON, 422 naming the field if it does not fit."""
+    """The body decoded as `kind`: 400 if it is not JSON, 422 naming the field if it does not fit
+    or if a string holds a NUL character (PostgreSQL's text cannot store one)."""
     body = await request.body()
     try:
-        return msgspec.json.decode(body, type=kind)
+        decoded = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         raise WebError(f"Invalid request body: {exc}", 422) from None
     except msgspec.DecodeError:
         raise WebError("Request body is not valid JSON", 400) from None
+    if b"\\u0000" in body:  # the only way JSON can carry a NUL; rare, so the walk is rare too
+        where = _nul_at(msgspec.json.decode(body), "$")
+        if where is not None:
+            raise WebError(f"Invalid request body: a NUL character (\\u0000) is not allowed - at `{where}`",
+                           422, field=where)
+    return decoded
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (or key) holding a NUL, or None."""
+    if isinstance(value, str):
+        return path if "\0" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+        if isinstance(key, str) and "\0" in key:
+            return inner
+        found = _nul_at(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 class Admin:

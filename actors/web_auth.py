@@ -4,10 +4,16 @@ Every secret comparison goes through `same_secret`, which compares SHA-256
 digests with `hmac.compare_digest`: constant time whatever the lengths, so a
 timing side channel tells an attacker neither the token nor its length.
 
-Sessions are stateless: ``v1.<user id>.<expiry, epoch s>.<HMAC-SHA256>``,
-signed with `SESSION_SECRET` (a random key per process when unset, so a
-restart logs everyone out). Verifying one is a few microseconds and needs no
-I/O, so the rate limiter can key on the user before the app runs.
+Sessions: ``v2.<user id>.<expiry, epoch s>.<nonce>.<HMAC-SHA256>``, signed
+with `SESSION_SECRET` (a random key per process when unset, so a restart
+logs everyone out). The nonce (`secrets.token_urlsafe`) makes every login's
+token its own, so one can be revoked (logout) without the others. Verifying
+is a few microseconds with no I/O (the rate limiter keys on the user before
+the app runs): revoked nonces live in the database and are read into
+`Sessions.revoked`, an in-process cache the service refreshes every second;
+a write is refused (503) when that cache is older than
+`REVOCATIONS_MAX_AGE_S`. The dashboard's cookie is a ``view.0.…`` token of
+the same form, never the health token itself.
 
 Passwords: scrypt (n=2^14, r=8, p=1, 16 MiB) with a 16-byte random salt,
 stored as ``scrypt$n$r$p$<salt b64>$<hash b64>``. Hashing takes tens of
@@ -25,7 +31,7 @@ import hmac
 import ipaddress
 import secrets
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -33,6 +39,8 @@ from actors.ratelimit_asgi import _networks, client_key
 from messages.http_config import HttpConfig
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+USER, VIEWER = "v2", "view"     # token kinds: a login session, a dashboard viewer (cookie)
+REVOCATIONS_MAX_AGE_S = 5.0     # a logout reaches every instance within this
 
 
 def bearer(scope: dict[str, Any]) -> bytes | None:
@@ -79,6 +87,19 @@ class Access:
         """A health/admin token given some other way (the dashboard's cookie)."""
         return any(same_secret(token, t) for t in self._health)
 
+    def https(self, scope: dict[str, Any]) -> bool:
+        """The client reached us over HTTPS: directly, or per a trusted proxy's X-Forwarded-Proto."""
+        if scope.get("scheme") == "https":
+            return True
+        proto = next((v for k, v in scope.get("headers", ()) if k == b"x-forwarded-proto"), None)
+        if proto is None or proto.split(b",")[0].strip().lower() != b"https" or not self._proxies:
+            return False
+        peer = (scope.get("client") or ("",))[0]
+        try:
+            return any(ipaddress.ip_address(peer) in net for net in self._proxies)
+        except ValueError:
+            return False
+
     def _allowed_network(self, scope: dict[str, Any]) -> bool:
         key = client_key(scope, self._proxies)
         try:
@@ -97,32 +118,61 @@ class Access:
         return None if same_secret(token, self._admin) else 403
 
 
+class Claims(NamedTuple):
+    kind: str
+    user: int
+    expires: int
+    nonce: str
+
+
 class Sessions:
-    """Signed, expiring login sessions (see the module doc)."""
+    """Signed, expiring, revocable login sessions (see the module doc)."""
 
     def __init__(self, secret: str | None, ttl_s: float) -> None:
         self._key = secret.encode() if secret else secrets.token_bytes(32)
         self.ttl_s = ttl_s
+        self.revoked: set[str] = set()         # nonces; the service refreshes it from the database
+        self.revocations_read_at: float | None = None  # trio time of the last refresh; None: never
 
     def issue(self, user_id: int, now: float | None = None) -> str:
+        return self._issue(USER, int(user_id), now)
+
+    def issue_viewer(self, now: float | None = None) -> str:
+        """The dashboard cookie: a signed viewer session, never the health token itself."""
+        return self._issue(VIEWER, 0, now)
+
+    def _issue(self, kind: str, subject: int, now: float | None) -> str:
         expires = int((time.time() if now is None else now) + self.ttl_s)
-        body = f"v1.{int(user_id)}.{expires}"
+        body = f"{kind}.{subject}.{expires}.{secrets.token_urlsafe(16)}"
         return f"{body}.{self._sign(body)}"
 
-    def user(self, token: bytes | str | None, now: float | None = None) -> int | None:
-        """The user id a valid, unexpired token names; None otherwise."""
+    def claims(self, token: bytes | str | None, now: float | None = None, kind: str = USER) -> Claims | None:
+        """What a valid, unexpired token of `kind` says (revoked or not); None otherwise."""
         if not token:
             return None
         text = token.decode("latin-1") if isinstance(token, bytes) else token
         parts = text.split(".")
-        if len(parts) != 4 or parts[0] != "v1" or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(parts) != 5 or parts[0] != kind or not parts[1].isdigit() or not parts[2].isdigit():
             return None
-        body = ".".join(parts[:3])
-        if not hmac.compare_digest(self._sign(body).encode(), parts[3].encode("latin-1")):
+        body = ".".join(parts[:4])
+        if not hmac.compare_digest(self._sign(body).encode(), parts[4].encode("latin-1")):
             return None
         if int(parts[2]) <= (time.time() if now is None else now):
             return None
-        return int(parts[1])
+        return Claims(kind, int(parts[1]), int(parts[2]), parts[3])
+
+    def user(self, token: bytes | str | None, now: float | None = None) -> int | None:
+        """The user id a valid, unexpired, unrevoked token names; None otherwise."""
+        c = self.claims(token, now)
+        return None if c is None or c.nonce in self.revoked else c.user
+
+    def viewer(self, token: bytes | str | None) -> bool:
+        return self.claims(token, kind=VIEWER) is not None
+
+    def revocations_fresh(self, now: float) -> bool:
+        """True when the revocation cache was read from the database at most `REVOCATIONS_MAX_AGE_S` ago."""
+        read = self.revocations_read_at
+        return read is not None and now - read <= REVOCATIONS_MAX_AGE_S
 
     def user_key(self, scope: dict[str, Any]) -> str | None:
         """For `RateLimitMiddleware(user_key=...)`: the session's user id, or None."""

@@ -17,6 +17,9 @@ durations from the environment are milliseconds, as the spec's own
     SSE_HEARTBEAT_INTERVAL         comment line on an idle alert stream (15000 ms)
     SESSION_SECRET                 key signing login sessions (>= 32 bytes; else random per process)
     SESSION_TTL                    login session lifetime (3600000 ms)
+    IDEMPOTENCY_TTL                how long an Idempotency-Key and its response are kept (86400000 ms)
+    DEMO_USERS                     seed the demo logins (1/0; default: only when NODE_ENV=development);
+                                   refused with NODE_ENV=production
     TRIAGE_DEMO_SCHEMA             the reference service's schema (triage_demo)
     LOG_FORMAT, LOG_LEVEL, LOG_FILE   logging (text|json, INFO, unset)
 
@@ -36,6 +39,8 @@ import msgspec
 from actors.errors import ConfigError
 
 MIN_TOKEN_BYTES = 32
+DEMO_IN_PRODUCTION = ("the demo users have published passwords: refusing to seed them with "
+                      "NODE_ENV=production (unset DEMO_USERS)")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SECRETS = ("health_token", "admin_token", "session_secret")
 
@@ -73,6 +78,8 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     sse_heartbeat_s: float = 15.0
     session_secret: str | None = None
     session_ttl_s: float = 3600.0
+    idempotency_ttl_s: float = 86400.0
+    demo_users: bool | None = None   # None: only in development
     demo_schema: str = "triage_demo"
 
     def __post_init__(self) -> None:
@@ -112,6 +119,12 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         for name, key in (("HEALTH_ALLOW_NETWORKS", "allow_networks"), ("TRUSTED_PROXIES", "trusted_proxies")):
             if _given(env, name):
                 fields[key] = tuple(p.strip() for p in env[name].split(",") if p.strip())
+        if _given(env, "IDEMPOTENCY_TTL"):
+            fields["idempotency_ttl_s"] = _whole(env, "IDEMPOTENCY_TTL", 1000, 30 * 86_400_000) / 1000.0
+        if _given(env, "DEMO_USERS"):
+            fields["demo_users"] = _flag(env, "DEMO_USERS")
+        if fields.get("demo_users") and (env.get("NODE_ENV") or "").strip().lower() == "production":
+            raise ConfigError("DEMO_USERS", env.get("DEMO_USERS"), DEMO_IN_PRODUCTION)
         if _given(env, "TRIAGE_DEMO_SCHEMA"):
             fields["demo_schema"] = env["TRIAGE_DEMO_SCHEMA"].strip()
         try:
@@ -130,7 +143,8 @@ _ENV_NAMES = {"host": "HOST", "port": "PORT", "health_token": "HEALTH_TOKEN", "a
               "degraded_status_code": "HEALTH_DEGRADED_STATUS", "max_body_bytes": "MAX_BODY_BYTES",
               "body_timeout_s": "BODY_TIMEOUT", "grace_s": "SHUTDOWN_GRACE_PERIOD",
               "sse_heartbeat_s": "SSE_HEARTBEAT_INTERVAL", "session_secret": "SESSION_SECRET",
-              "session_ttl_s": "SESSION_TTL", "demo_schema": "TRIAGE_DEMO_SCHEMA"}
+              "session_ttl_s": "SESSION_TTL", "demo_schema": "TRIAGE_DEMO_SCHEMA",
+              "idempotency_ttl_s": "IDEMPOTENCY_TTL", "demo_users": "DEMO_USERS"}
 
 
 def _shown(exc: ConfigError) -> object:
@@ -139,6 +153,13 @@ def _shown(exc: ConfigError) -> object:
 
 def _given(env: Mapping[str, str], name: str) -> bool:
     return bool(env.get(name, "").strip())
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env[name].strip().lower()
+    if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ConfigError(name, env[name], "expected 1 or 0")
+    return raw in ("1", "true", "yes", "on")
 
 
 def _whole(env: Mapping[str, str], name: str, lo: int, hi: int) -> int:
@@ -168,7 +189,7 @@ def validate(c: HttpConfig) -> None:
             except ValueError:
                 raise ConfigError(name, spec, "not an IP network (e.g. 10.0.0.0/8)") from None
     _require(c.max_body_bytes >= 0, "max_body_bytes", c.max_body_bytes, "must be >= 0")
-    for name in ("body_timeout_s", "grace_s", "sse_heartbeat_s", "session_ttl_s"):
+    for name in ("body_timeout_s", "grace_s", "sse_heartbeat_s", "session_ttl_s", "idempotency_ttl_s"):
         _require(getattr(c, name) > 0, name, getattr(c, name), "must be > 0")
     _require(bool(_IDENTIFIER.fullmatch(c.demo_schema)), "demo_schema", c.demo_schema,
              "expected a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63)")

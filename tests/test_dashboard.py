@@ -102,7 +102,16 @@ async def test_dashboard_requires_token_in_production(database_url):
             assert (await client.get("/dashboard", headers={"authorization": f"Bearer {token}"})).status_code == 200
             r = await client.get(f"/dashboard?token={token}")
             assert r.status_code == 303 and r.headers["location"] == "/dashboard"
+            cookie = r.headers["set-cookie"]
+            assert token not in cookie and client.cookies["triage_token"].startswith("view.")
+            assert {"HttpOnly", "SameSite=strict", "Path=/"} <= {p.strip() for p in cookie.split(";")}
+            assert "secure" not in cookie.lower()  # plain HTTP from a client that is no proxy
             assert (await client.get("/dashboard")).status_code == 200  # the cookie now
+            client.cookies.clear()
+            wrong = await client.get("/dashboard?token=" + "x" * 40)
+            assert "set-cookie" not in wrong.headers
+            client.cookies.set("triage_token", token)  # the raw token is no longer a cookie
+            assert (await client.get("/dashboard")).status_code == 401
             assert (await client.get("/dashboard/static/uPlot.iife.min.js")).status_code == 200
             assert (await client.get("/dashboard/static/../../etc/passwd")).status_code == 404
         stop.set()

@@ -77,6 +77,12 @@ async def serving(config: Config, schema: str, **http: Any) -> AsyncIterator[Ser
             stop.set()
 
 
+async def login(s: Served, creds: dict = ALICE) -> dict[str, str]:
+    r = await s.client.post("/api/auth/login", json=creds)
+    assert r.status_code == 200, r.text
+    return {"authorization": f"Bearer {r.json()['token']}"}
+
+
 def fetchval(database_url: str, query: str, params: tuple = ()) -> Any:
     with psycopg.connect(database_url) as conn:
         return conn.execute(query, params).fetchone()[0]
@@ -159,25 +165,30 @@ async def test_service_animals_list_trpc_shape_and_query_validation(database_url
 
 async def test_service_administration_records_and_decrements_in_one_transaction(database_url, schema):
     async with serving(Config(database_url=database_url), schema) as s:
-        token = (await s.client.post("/api/auth/login", json=ALICE)).json()["token"]
+        token = (await s.client.post("/api/auth/login", json={**ALICE, "username": "bob",
+                                                              "password": "bob-demo-password"})).json()["token"]
         before = fetchval(database_url, f'SELECT sum(quantity) FROM "{schema}".inventory WHERE medication_id = 3')
         r = await s.client.post("/api/administrations", headers={"authorization": f"Bearer {token}"},
                                 json={"animalId": 4, "medicationId": 3, "dose": 2, "notes": "with food"})
         after = fetchval(database_url, f'SELECT sum(quantity) FROM "{schema}".inventory WHERE medication_id = 3')
         row = fetchval(database_url, f'SELECT row(animal_id, dose, recorded_by, notes)::text '
                                      f'FROM "{schema}".administrations WHERE id = %s', (r.json()["id"],))
-    assert r.status_code == 201 and r.json()["recordedBy"] == 1 and r.json()["remaining"] >= 0
+    assert r.status_code == 201 and r.json()["recordedBy"] == 2 and r.json()["remaining"] >= 0
     assert after == before - 2
-    assert row == '(4,2,1,"with food")'
+    assert row == '(4,2,2,"with food")'
 
 
 async def test_service_administration_refusals_do_not_count_against_the_breaker(database_url, schema):
     async with serving(Config(database_url=database_url), schema) as s:
+        auth = await login(s)
         before = fetchval(database_url, f'SELECT count(*) FROM "{schema}".administrations')
-        unknown_animal = await s.client.post("/api/administrations", json={"animalId": 999, "medicationId": 1, "dose": 1})
-        unknown_med = await s.client.post("/api/administrations", json={"animalId": 1, "medicationId": 999, "dose": 1})
-        no_stock = await s.client.post("/api/administrations", json={"animalId": 1, "medicationId": 1, "dose": 1000})
-        bad_dose = await s.client.post("/api/administrations", json={"animalId": 1, "medicationId": 1, "dose": 0})
+
+        async def give(body: dict) -> httpx.Response:
+            return await s.client.post("/api/administrations", json=body, headers=auth)
+        unknown_animal = await give({"animalId": 999, "medicationId": 1, "dose": 1})
+        unknown_med = await give({"animalId": 1, "medicationId": 999, "dose": 1})
+        no_stock = await give({"animalId": 1, "medicationId": 1, "dose": 1000})
+        bad_dose = await give({"animalId": 1, "medicationId": 1, "dose": 0})
         critical = (await s.mon.snapshot()).breakers["critical"]
         after = fetchval(database_url, f'SELECT count(*) FROM "{schema}".administrations')
     assert unknown_animal.status_code == 422 and "animalId" in problem(unknown_animal)["detail"]
@@ -203,13 +214,17 @@ async def test_service_adherence_report_aggregates_regimens_against_administrati
 async def test_service_inventory_import_batch_upserts_and_validates(database_url, schema):
     lot = {"medicationId": 2, "lot": f"IMP-{secrets.token_hex(3)}", "quantity": 40, "expiresOn": "2031-01-31"}
     async with serving(Config(database_url=database_url), schema) as s:
-        first = await s.client.post("/api/inventory/import", json=[lot, {**lot, "lot": lot["lot"] + "b"}])
-        again = await s.client.post("/api/inventory/import", json=[lot])
-        empty = await s.client.post("/api/inventory/import", json=[])
-        twice = await s.client.post("/api/inventory/import", json=[lot, lot])
-        unknown = await s.client.post("/api/inventory/import", json=[{**lot, "medicationId": 999}])
-        too_many = await s.client.post("/api/inventory/import", json=[lot] * 1001)
-        wrong_type = await s.client.post("/api/inventory/import", json=[{**lot, "quantity": "many"}])
+        auth = await login(s)
+
+        async def post(lots: list) -> httpx.Response:
+            return await s.client.post("/api/inventory/import", json=lots, headers=auth)
+        first = await post([lot, {**lot, "lot": lot["lot"] + "b"}])
+        again = await post([lot])
+        empty = await post([])
+        twice = await post([lot, lot])
+        unknown = await post([{**lot, "medicationId": 999}])
+        too_many = await post([lot] * 1001)
+        wrong_type = await post([{**lot, "quantity": "many"}])
     quantity = fetchval(database_url, f'SELECT quantity FROM "{schema}".inventory WHERE lot = %s', (lot["lot"],))
     assert first.status_code == 201 and first.json() == {"imported": 2, "created": 2, "updated": 0}
     assert again.json() == {"imported": 1, "created": 0, "updated": 1} and quantity == 80
@@ -223,11 +238,13 @@ async def test_service_inventory_import_batch_upserts_and_validates(database_url
 async def test_service_circuit_open_serves_stale_animals_and_503_retry_after_elsewhere(database_url, schema):
     async with serving(Config(database_url=database_url), schema) as s:
         fresh = await s.client.get("/api/animals")
+        auth = await login(s)
         await s.mon.breakers["database"].force_open()
         await s.mon.breakers["critical"].force_open()
         stale = await s.client.get("/api/animals")
         never_cached = await s.client.get("/api/animals", params={"limit": 3})
-        record = await s.client.post("/api/administrations", json={"animalId": 1, "medicationId": 1, "dose": 1})
+        record = await s.client.post("/api/administrations", json={"animalId": 1, "medicationId": 1, "dose": 1},
+                                     headers=auth)
     assert stale.status_code == 200 and stale.headers["x-triage-stale"] == "true"
     assert stale.json() == {"animals": fresh.json()["animals"], "stale": True}
     for r in (never_cached, record):
