@@ -174,12 +174,12 @@ class DemoService:
                     await self.mon.db.execute(self.q.idem_purge, (self.idempotency_ttl_s,), priority=Priority.LOW)
                     await self.mon.db.execute(self.q.revoked_purge, priority=Priority.LOW)
                     last_purge = trio.current_time()
-            except Exception as exc:  # the cache goes stale; writes answer 503 until it is read again
+            except Exception as exc:  # the cache goes stale: writes look their session up themselves
                 log.warning("Session revocations not read ({error})", error=type(exc).__name__)
 
     async def _read_revocations(self) -> None:
         read_at = trio.current_time()
-        rows = await self.mon.db.fetch(self.q.revoked, priority=Priority.HIGH, tier="critical")
+        rows = await self.mon.db.fetch(self.q.revoked, priority=Priority.LOW, tier="database")
         self.sessions.revoked = {r[0] for r in rows} | self._mine  # + logouts here during the read
         self._mine = set()
         self.sessions.revocations_read_at = read_at
@@ -222,27 +222,31 @@ class DemoService:
         log.info("Logged out", user=claims.user)
         return Response(status_code=204, headers={"cache-control": "no-store"})
 
-    def _writer(self, request: Request) -> int:
-        """The user of a write: 401 without a live session, 415 unless the body is JSON."""
-        user = self.sessions.user(bearer(request.scope))
-        if user is None:
+    def _writer(self, request: Request) -> tuple[int, str | None]:
+        """The user of a write: 401 without a live session, 415 unless the body is JSON. With the
+        nonce to look up in the write's own transaction when the revocation cache is stale."""
+        claims = self.sessions.claims(bearer(request.scope))
+        if claims is None or claims.nonce in self.sessions.revoked:
             raise _login_first()
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
             raise WebError("Content-Type must be application/json", 415)
-        if not self.sessions.revocations_fresh(trio.current_time()):
-            raise WebError("Logouts could not be checked (database unreachable); retry later", 503,
-                           retry_after_s=1)
-        return user
+        fresh = self.sessions.revocations_fresh(trio.current_time())
+        return claims.user, None if fresh else claims.nonce
 
-    async def _write(self, request: Request, user: int, decoded: Any, work: Any, *,
+    async def _write(self, request: Request, writer: tuple[int, str | None], decoded: Any, work: Any, *,
                      priority: Priority, tier: str) -> Response:
         """`work(tx) -> dict | WebError` in one transaction, with the Idempotency-Key's answer
         recalled or stored in that same transaction."""
+        user, unsure = writer
         key = idempotency_key(request)
         fp = fingerprint(request, decoded) if key is not None else ""
         async with self.mon.db.transaction(priority=priority, tier=tier) as tx:
-            verdict = None if key is None else await recall(tx, self.q, user, key, fp, self.idempotency_ttl_s)
+            verdict = None
+            if unsure is not None and await tx.fetchval(self.q.is_revoked, (unsure,)):
+                verdict = _login_first()
+            elif key is not None:
+                verdict = await recall(tx, self.q, user, key, fp, self.idempotency_ttl_s)
             if verdict is None:
                 verdict = await work(tx)
                 if isinstance(verdict, dict):
@@ -288,10 +292,10 @@ class DemoService:
         return animals, False
 
     async def administer(self, request: Request) -> Response:
-        user = self._writer(request)
+        writer = self._writer(request)
         given = await read_json(request, AdministrationIn)
         try:
-            return await self._write(request, user, given, lambda tx: self._record(tx, given, user),
+            return await self._write(request, writer, given, lambda tx: self._record(tx, given, writer[0]),
                                      priority=Priority.CRITICAL, tier="critical")
         except psycopg.errors.ForeignKeyViolation:
             raise WebError(f"Unknown animalId {given.animal_id}", 422) from None
@@ -317,7 +321,7 @@ class DemoService:
         return json_response({"days": days, "rows": report})
 
     async def import_inventory(self, request: Request) -> Response:
-        user = self._writer(request)
+        writer = self._writer(request)
         lots = await read_json(request, list[LotIn])
         if not lots:
             raise WebError("Expected a non-empty JSON array of lots", 422)
@@ -328,7 +332,7 @@ class DemoService:
         columns = ([x.medication_id for x in lots], [x.lot for x in lots], [x.quantity for x in lots],
                    [x.expires_on for x in lots])
         try:
-            return await self._write(request, user, lots, lambda tx: self._import(tx, columns),
+            return await self._write(request, writer, lots, lambda tx: self._import(tx, columns),
                                      priority=Priority.BATCH, tier="batch")
         except psycopg.errors.ForeignKeyViolation:
             raise WebError("A lot names an unknown medicationId", 422) from None

@@ -158,6 +158,7 @@ class Queries:
         self.revoke = (f"INSERT INTO {s}.revoked_sessions (nonce, user_id, expires_at) "
                        "VALUES (%s, %s, to_timestamp(%s)) ON CONFLICT (nonce) DO NOTHING")
         self.revoked = f"SELECT nonce FROM {s}.revoked_sessions WHERE expires_at > now()"
+        self.is_revoked = f"SELECT EXISTS (SELECT 1 FROM {s}.revoked_sessions WHERE nonce = %s)"
         self.revoked_purge = f"DELETE FROM {s}.revoked_sessions WHERE expires_at <= now()"
         self.record = (f"INSERT INTO {s}.administrations "
                        "(animal_id, medication_id, inventory_id, dose, given_at, recorded_by, notes) "

@@ -11,8 +11,8 @@ token its own, so one can be revoked (logout) without the others. Verifying
 is a few microseconds with no I/O (the rate limiter keys on the user before
 the app runs): revoked nonces live in the database and are read into
 `Sessions.revoked`, an in-process cache the service refreshes every second;
-a write is refused (503) when that cache is older than
-`REVOCATIONS_MAX_AGE_S`. The dashboard's cookie is a ``view.0.…`` token of
+when that cache is older than `REVOCATIONS_MAX_AGE_S`, a write looks its
+own session up in its transaction instead. The dashboard's cookie is a ``view.0.…`` token of
 the same form, never the health token itself.
 
 Passwords: scrypt (n=2^14, r=8, p=1, 16 MiB) with a 16-byte random salt,
