@@ -118,6 +118,24 @@ async def test_dashboard_requires_token_in_production(database_url):
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize(("proxies", "secure"), [(("127.0.0.1/32",), True), ((), False)])
+async def test_dashboard_cookie_secure_behind_a_trusted_https_proxy_only(proxies, secure):
+    import httpx
+
+    token = "t" * 40
+    async with open_monitoring(Config(environment="production")) as mon, trio.open_nursery() as nursery:
+        http = HttpConfig(host="127.0.0.1", port=0, health_token=token, trusted_proxies=proxies)
+        stop = trio.Event()
+        binds = await nursery.start(partial(hypercorn.trio.serve, create_app(mon, http), hypercorn_config(http),
+                                            shutdown_trigger=stop.wait))
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            r = await client.get(f"/dashboard?token={token}", headers={"x-forwarded-proto": "https"})
+        stop.set()
+        nursery.cancel_scope.cancel()
+    attributes = {p.strip() for p in r.headers["set-cookie"].split(";")}
+    assert ("Secure" in attributes) is secure and "HttpOnly" in attributes
+
+
 @pytest.mark.parametrize("name", ["dashboard.js", "dashboard.css", "uPlot.iife.min.js", "uPlot.LICENSE"])
 def test_dashboard_assets_ship_inside_the_package(name):
     from actors.dashboard import _asset
