@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 from starlette.requests import Request
+from starlette.responses import Response
 
 from actors.web_errors import WebError
 
@@ -76,3 +77,36 @@ async def recall(tx: Any, q: Any, user: int, key: str, fp: str, ttl_s: float) ->
 async def remember(tx: Any, q: Any, user: int, key: str, fp: str, status: int, body: bytes) -> Stored:
     await tx.execute(q.idem_put, (user, key, fp, status, body.decode()))
     return Stored(status, body, False)
+
+
+async def write_once(db: Any, q: Any, request: Request, writer: tuple[int, str | None], decoded: Any,
+                     work: Any, *, ttl_s: float, priority: int, tier: str) -> Response:
+    """`work(tx) -> dict | WebError` in one transaction, with the Idempotency-Key's answer
+    recalled or stored in that same transaction. `writer` is (user, nonce to check here or None)."""
+    user, unsure = writer
+    key = idempotency_key(request)
+    fp = fingerprint(request, decoded) if key is not None else ""
+    async with db.transaction(priority=priority, tier=tier) as tx:
+        verdict = None
+        if unsure is not None and await tx.fetchval(q.is_revoked, (unsure,)):
+            verdict = login_first()
+        elif key is not None:
+            verdict = await recall(tx, q, user, key, fp, ttl_s)
+        if verdict is None:
+            verdict = await work(tx)
+            if isinstance(verdict, dict):
+                body = msgspec.json.encode(verdict)
+                verdict = Stored(201, body, False) if key is None else \
+                    await remember(tx, q, user, key, fp, 201, body)
+    if isinstance(verdict, WebError):
+        raise verdict
+    return Response(verdict.body, status_code=verdict.status, media_type="application/json",
+                    headers={"cache-control": "no-store",
+                             **({"idempotent-replayed": "true"} if verdict.replayed else {})})
+
+
+def login_first() -> WebError:
+    exc = WebError("A login session is required: POST /api/auth/login, then send "
+                   "Authorization: Bearer <token>", 401)
+    exc.headers = {"www-authenticate": "Bearer"}
+    return exc

@@ -45,10 +45,11 @@ from starlette.routing import Route
 
 from actors.database import DatabaseUnavailable, QueryTimeout
 from actors.errors import CircuitOpen, ConfigError
-from actors.idempotency import Stored, fingerprint, idempotency_key, recall, remember
+from actors.idempotency import write_once
 from actors.service_schema import DEMO_USERS, Queries, setup
+from actors.service_sessions import Logins
 from actors.web_admin import json_response, read_json
-from actors.web_auth import Sessions, bearer, hash_password_async, verify_password_async
+from actors.web_auth import Sessions, hash_password_async
 from actors.web_errors import WebError, exchange
 from messages.config import Priority
 from messages.http_config import DEMO_IN_PRODUCTION, HttpConfig
@@ -58,8 +59,6 @@ log = logger.bind(actor="service")
 STALE_CACHE_KEYS = 64
 MAX_IMPORT_ITEMS = 1000
 SETUP_BACKOFF_MAX_S = 30.0
-REVOCATIONS_POLL_S = 1.0     # well inside web_auth.REVOCATIONS_MAX_AGE_S
-PURGE_EVERY_S = 300.0        # expired idempotency keys and revocations
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 
@@ -71,11 +70,6 @@ class ServiceRoute(msgspec.Struct, frozen=True):
     priority: Priority
     tier: str
     route: Any
-
-
-class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class AdministrationIn(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -112,13 +106,13 @@ class DemoService:
         self.idempotency_ttl_s = http.idempotency_ttl_s
         self.mon, self.q = mon, Queries(http.demo_schema)
         self.sessions = Sessions(http.session_secret, http.session_ttl_s)
+        self.logins = Logins(mon, self.q, self.sessions, demo_users=self.demo_users)
         self.ready = trio.Event()
-        self._mine: set[str] = set()  # nonces revoked here since the last read of the table
         self._stale: OrderedDict[tuple, Any] = OrderedDict()
 
     def table(self) -> list[ServiceRoute]:
-        rows = [("POST", "/api/auth/login", "auth", Priority.HIGH, "critical", self.login),
-                ("POST", "/api/auth/logout", "general", Priority.HIGH, "critical", self.logout),
+        rows = [("POST", "/api/auth/login", "auth", Priority.HIGH, "critical", self.logins.login),
+                ("POST", "/api/auth/logout", "general", Priority.HIGH, "critical", self.logins.logout),
                 ("GET", "/api/animals", "general", Priority.NORMAL, "database", self.animals),
                 ("GET", "/api/trpc/animals.list", "general", Priority.NORMAL, "database", self.trpc_animals),
                 ("POST", "/api/administrations", "recording", Priority.CRITICAL, "critical", self.administer),
@@ -134,7 +128,7 @@ class DemoService:
         """Tables first (one attempt before serving), then retries in the background."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self._keep_ready)
-            nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self.logins.housekeeping, self.ready, self.idempotency_ttl_s)
             yield
             nursery.cancel_scope.cancel()
 
@@ -143,7 +137,7 @@ class DemoService:
         while True:
             try:
                 seeded = await setup(self.mon.db, self.q, self._hashes, demo_users=self.demo_users)
-                await self._read_revocations()
+                await self.logins.read_revocations()
             except Exception as exc:
                 if not self.mon.db.configured:
                     log.error("Database not configured: the reference service stays unavailable")
@@ -162,28 +156,6 @@ class DemoService:
             task_status.started()
             return
 
-    async def _housekeeping(self) -> None:
-        """Keep the revocation cache fresh; purge expired idempotency keys and revocations."""
-        await self.ready.wait()
-        last_purge = -PURGE_EVERY_S
-        while True:
-            await trio.sleep(REVOCATIONS_POLL_S)
-            try:
-                await self._read_revocations()
-                if trio.current_time() - last_purge >= PURGE_EVERY_S:
-                    await self.mon.db.execute(self.q.idem_purge, (self.idempotency_ttl_s,), priority=Priority.LOW)
-                    await self.mon.db.execute(self.q.revoked_purge, priority=Priority.LOW)
-                    last_purge = trio.current_time()
-            except Exception as exc:  # the cache goes stale: writes look their session up themselves
-                log.warning("Session revocations not read ({error})", error=type(exc).__name__)
-
-    async def _read_revocations(self) -> None:
-        read_at = trio.current_time()
-        rows = await self.mon.db.fetch(self.q.revoked, priority=Priority.LOW, tier="database")
-        self.sessions.revoked = {r[0] for r in rows} | self._mine  # + logouts here during the read
-        self._mine = set()
-        self.sessions.revocations_read_at = read_at
-
     @staticmethod
     async def _hashes() -> list[str]:
         return [await hash_password_async(password) for _, _, password in DEMO_USERS]
@@ -198,66 +170,6 @@ class DemoService:
         return endpoint
 
     # -- routes -----------------------------------------------------------------------------
-
-    async def login(self, request: Request) -> Response:
-        creds = await read_json(request, LoginIn)
-        row = await self.mon.db.fetchrow(self.q.user, (creds.username,), priority=Priority.HIGH, tier="critical")
-        published = not self.demo_users and (creds.username, creds.password) in _PUBLISHED
-        if not await verify_password_async(creds.password, row[3] if row else None) or published:
-            log.info("Login failed", username_known=row is not None)
-            raise WebError("Unknown user or wrong password", 401)
-        token = self.sessions.issue(row[0])
-        return json_response({"token": token, "tokenType": "Bearer", "expiresIn": int(self.sessions.ttl_s),
-                              "user": {"id": row[0], "username": row[1], "displayName": row[2]}})
-
-    async def logout(self, request: Request) -> Response:
-        """Revoke this session (only this one): 204; 401 if it is not a valid session."""
-        claims = self.sessions.claims(bearer(request.scope))
-        if claims is None or claims.nonce in self.sessions.revoked:
-            raise _login_first()
-        await self.mon.db.execute(self.q.revoke, (claims.nonce, claims.user, claims.expires),
-                                  priority=Priority.HIGH, tier="critical")
-        self._mine.add(claims.nonce)
-        self.sessions.revoked.add(claims.nonce)
-        log.info("Logged out", user=claims.user)
-        return Response(status_code=204, headers={"cache-control": "no-store"})
-
-    def _writer(self, request: Request) -> tuple[int, str | None]:
-        """The user of a write: 401 without a live session, 415 unless the body is JSON. With the
-        nonce to look up in the write's own transaction when the revocation cache is stale."""
-        claims = self.sessions.claims(bearer(request.scope))
-        if claims is None or claims.nonce in self.sessions.revoked:
-            raise _login_first()
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise WebError("Content-Type must be application/json", 415)
-        fresh = self.sessions.revocations_fresh(trio.current_time())
-        return claims.user, None if fresh else claims.nonce
-
-    async def _write(self, request: Request, writer: tuple[int, str | None], decoded: Any, work: Any, *,
-                     priority: Priority, tier: str) -> Response:
-        """`work(tx) -> dict | WebError` in one transaction, with the Idempotency-Key's answer
-        recalled or stored in that same transaction."""
-        user, unsure = writer
-        key = idempotency_key(request)
-        fp = fingerprint(request, decoded) if key is not None else ""
-        async with self.mon.db.transaction(priority=priority, tier=tier) as tx:
-            verdict = None
-            if unsure is not None and await tx.fetchval(self.q.is_revoked, (unsure,)):
-                verdict = _login_first()
-            elif key is not None:
-                verdict = await recall(tx, self.q, user, key, fp, self.idempotency_ttl_s)
-            if verdict is None:
-                verdict = await work(tx)
-                if isinstance(verdict, dict):
-                    body = msgspec.json.encode(verdict)
-                    verdict = Stored(201, body, False) if key is None else \
-                        await remember(tx, self.q, user, key, fp, 201, body)
-        if isinstance(verdict, WebError):
-            raise verdict
-        return Response(verdict.body, status_code=verdict.status, media_type="application/json",
-                        headers={"cache-control": "no-store",
-                                 **({"idempotent-replayed": "true"} if verdict.replayed else {})})
 
     async def animals(self, request: Request) -> Response:
         animals, stale = await self._animals(request, dict(request.query_params))
@@ -292,11 +204,12 @@ class DemoService:
         return animals, False
 
     async def administer(self, request: Request) -> Response:
-        writer = self._writer(request)
+        writer = self.logins.writer(request)
         given = await read_json(request, AdministrationIn)
         try:
-            return await self._write(request, writer, given, lambda tx: self._record(tx, given, writer[0]),
-                                     priority=Priority.CRITICAL, tier="critical")
+            return await write_once(self.mon.db, self.q, request, writer, given,
+                                    lambda tx: self._record(tx, given, writer[0]), ttl_s=self.idempotency_ttl_s,
+                                    priority=Priority.CRITICAL, tier="critical")
         except psycopg.errors.ForeignKeyViolation:
             raise WebError(f"Unknown animalId {given.animal_id}", 422) from None
 
@@ -321,7 +234,7 @@ class DemoService:
         return json_response({"days": days, "rows": report})
 
     async def import_inventory(self, request: Request) -> Response:
-        writer = self._writer(request)
+        writer = self.logins.writer(request)
         lots = await read_json(request, list[LotIn])
         if not lots:
             raise WebError("Expected a non-empty JSON array of lots", 422)
@@ -332,8 +245,8 @@ class DemoService:
         columns = ([x.medication_id for x in lots], [x.lot for x in lots], [x.quantity for x in lots],
                    [x.expires_on for x in lots])
         try:
-            return await self._write(request, writer, lots, lambda tx: self._import(tx, columns),
-                                     priority=Priority.BATCH, tier="batch")
+            return await write_once(self.mon.db, self.q, request, writer, lots, lambda tx: self._import(tx, columns),
+                                    ttl_s=self.idempotency_ttl_s, priority=Priority.BATCH, tier="batch")
         except psycopg.errors.ForeignKeyViolation:
             raise WebError("A lot names an unknown medicationId", 422) from None
         except psycopg.errors.NumericValueOutOfRange:  # a race past the check below
@@ -345,16 +258,6 @@ class DemoService:
             return WebError(f"Lot {over!r}: the quantity in stock would pass {2**31 - 1}", 422, lot=over)
         inserted = [r[0] for r in await tx.fetch(self.q.import_lots, columns)]
         return {"imported": len(inserted), "created": sum(inserted), "updated": len(inserted) - sum(inserted)}
-
-
-_PUBLISHED = {(name, password) for name, _, password in DEMO_USERS}
-
-
-def _login_first() -> WebError:
-    exc = WebError("A login session is required: POST /api/auth/login, then send "
-                   "Authorization: Bearer <token>", 401)
-    exc.headers = {"www-authenticate": "Bearer"}
-    return exc
 
 
 class _DaysQuery(msgspec.Struct, forbid_unknown_fields=True):

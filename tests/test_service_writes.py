@@ -78,7 +78,7 @@ async def test_each_login_own_token_logout_revokes_only_it_on_every_instance(dat
         again = await s.client.post("/api/auth/logout", headers=a)
         nobody = await s.client.post("/api/auth/logout")
         with trio.fail_after(3):
-            await other.service._read_revocations()  # what its 1 s poll does
+            await other.service.logins.read_revocations()  # what its 1 s poll does
         elsewhere = await other.client.post(ADMINISTRATIONS, json=DOSE, headers=a)
         elsewhere_b = await other.client.post(ADMINISTRATIONS, json=DOSE, headers=b)
     assert a != b
@@ -89,7 +89,7 @@ async def test_each_login_own_token_logout_revokes_only_it_on_every_instance(dat
 
 
 async def test_stale_revocation_cache_write_checks_its_session_in_the_database(database_url, schema, monkeypatch):
-    monkeypatch.setattr("actors.service.REVOCATIONS_POLL_S", 3600.0)  # no poll during the test
+    monkeypatch.setattr("actors.service_sessions.REVOCATIONS_POLL_S", 3600.0)  # no poll during the test
     async with serving(Config(database_url=database_url), schema, session_secret=SECRET) as s, \
             serving(Config(database_url=database_url), schema, session_secret=SECRET) as other:
         a, b = await login(s), await login(s)
