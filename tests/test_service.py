@@ -271,7 +271,7 @@ async def test_service_database_error_is_500_without_sql_text(database_url, fres
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f'DROP TABLE "{fresh_schema}".administrations, "{fresh_schema}".regimens')
         r = await s.client.get("/api/reports/adherence")
-    assert r.status_code == 500 and problem(r)["detail"] == "Database error"
+    assert r.status_code == 500 and problem(r)["detail"] == "Database error" and problem(r)["requestId"]
     assert "SELECT" not in r.text and "regimens" not in r.text and fresh_schema not in r.text
 
 
@@ -350,7 +350,7 @@ def test_sessions_expire_and_bind_user_passwords_verify_only_when_correct():
     assert sessions.user(token, now=1030.0) == 7
     assert sessions.user(token, now=1061.0) is None  # expired
     assert Sessions("j" * 32, 60).user(token, now=1030.0) is None  # another key
-    assert sessions.user("v1.8." + token.split(".", 2)[2], now=1030.0) is None  # another user
+    assert sessions.user("v2.8." + token.split(".", 2)[2], now=1030.0) is None  # another user
     stored = hash_password("correct horse")
     assert verify_password("correct horse", stored) and not verify_password("wrong", stored)
     assert stored.startswith("scrypt$16384$8$1$") and "correct" not in stored

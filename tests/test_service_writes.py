@@ -279,3 +279,12 @@ async def test_refusals_before_any_sql_still_carry_retry_after(database_url, sch
         refused = await s.client.post(ADMINISTRATIONS, json=DOSE, headers=auth)
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert problem(refused)["outcome"] == "circuit_open"
+
+
+def test_cli_refuses_to_start_with_demo_users_in_production(monkeypatch, capsys):
+    from actors.cli import main
+
+    monkeypatch.setenv("NODE_ENV", "production")
+    monkeypatch.setenv("DEMO_USERS", "1")
+    assert main(["serve", "--port", "0"]) == 2
+    assert "DEMO_USERS" in capsys.readouterr().err
