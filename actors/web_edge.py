@@ -5,7 +5,9 @@ handlers). For each HTTP request it
 
 1. answers 503 + ``Retry-After`` itself in maintenance mode, except on the
    operational routes (health, metrics, the alert stream, admin);
-2. answers 413 itself when ``Content-Length`` is over the cap, without
+2. answers 400 and closes the connection when a request has both
+   ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.1: request
+   smuggling); answers 413 itself when ``Content-Length`` is over the cap, without
    reading a byte of the body; otherwise hands the app a `receive` that counts
    body bytes (`BodyTooLarge` past the cap, for chunked bodies) and enforces
    one deadline for the whole body (`BodyTimeout` -> 408), so a client
@@ -16,7 +18,7 @@ handlers). For each HTTP request it
    normally, one that does not is cancelled and answered 503 here, a
    streaming response is ended cleanly;
 4. turns an exception that escaped everything into a 500 problem body (never
-   a traceback), logged once;
+   a traceback) carrying a request id, logged once with that id;
 5. records the request with `mon.observe_request(route template, status,
    duration, outcome, tier)`.
 
@@ -31,9 +33,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import trio
+from loguru import logger
 from starlette.requests import ClientDisconnect
 
 from actors.web_errors import BodyTimeout, BodyTooLarge, Exchange, log_500, send_problem
+
+log = logger.bind(actor="web")
 
 MAINTENANCE_RETRY_AFTER_S = 60
 OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/", "/dashboard", "/api/dashboard/")
