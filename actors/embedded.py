@@ -109,7 +109,9 @@ def start_embedded(data_dir: str | None = None) -> Embedded:
         if temp_root is not None:
             shutil.rmtree(temp_root, ignore_errors=True)
         raise
-    log.info("Database embedded server started", data_dir=str(pgdata))
+    log.info("Database embedded server started, for development and tests only ({kept})",
+             kept="data kept" if temp_root is None else "temporary: data is lost when it stops",
+             data_dir=str(pgdata))
     return Embedded(server, server.get_uri(), pgdata, temp_root)
 
 

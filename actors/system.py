@@ -123,6 +123,9 @@ class _Wiring:
     async def database(self) -> tuple[str | None, Any]:
         dsn = self.config.database_url
         if not dsn and self.config.database.embedded:
+            if self.config.environment == "production":  # its data would be lost on restart
+                raise ConfigError("DATABASE_URL", None, "required when NODE_ENV=production (the "
+                                  "embedded PostgreSQL is for development and tests)")
             dsn = await self.nursery.start(_serve_embedded, self.config.database.embedded_data_dir)
         if not dsn:
             return None, None

@@ -47,3 +47,21 @@ async def test_embedded_given_data_dir_is_kept_and_reused(scratch):
             async with await PgConnection.connect(db.dsn) as conn:
                 result = await conn.execute("SELECT n FROM kept")
         assert result.rows == [(42,)]
+
+
+async def test_embedded_start_log_line_says_development_and_tests_only():
+    from loguru import logger
+
+    lines: list[str] = []
+    logger.enable("actors")
+    sink = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{message}")
+    try:
+        with trio.fail_after(60):
+            async with open_embedded():
+                pass
+    finally:
+        logger.remove(sink)
+        logger.disable("actors")
+    started = [line for line in lines if "embedded server started" in line]
+    assert started and "for development and tests only" in started[0]
+    assert "data is lost" in started[0]
