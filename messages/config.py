@@ -88,7 +88,13 @@ class DatabaseConfig(_Frozen):
     probe_timeout_s: float | None = None  # monitor probe; None: min(5 s, health check interval)
     embedded: bool = False               # start an embedded PostgreSQL (pgserver) when no URL
     embedded_data_dir: str | None = None  # None: a temporary directory
-    application_name: str = "triage"
+    # None: one per instance, `triage/<host>/<pid>` (`/2`, `/3`… for more systems in one process),
+    # so pg_stat_activity tells instances apart and TerminateBackends hits only this pool's backends.
+    # A name given here is used as is: give each instance its own.
+    application_name: str | None = None
+    # Between Triage and the server, backends may be shared with other clients (PgBouncer):
+    # TerminateBackends is then refused. None: detect it; True: declared so; False: declared not.
+    behind_pooler: bool | None = None
 
 
 class AlertRule(_Frozen):
