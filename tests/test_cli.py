@@ -133,3 +133,32 @@ def test_cli_unreachable_database_at_startup_never_shows_the_password():
     text = "".join(lines) + out
     assert "Starting" in text
     assert CANARY not in text
+
+
+# --- the test run itself: tests that need a missing tool are skipped by name, and CI forbids it ---
+
+CHROMIUM_TESTS = ("test_dashboard_shows_breaker_open_and_recovery_live",
+                  "test_dashboard_reconnects_after_server_restart")
+
+
+def run_dashboard_tests(**extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRIAGE_NO_SKIP"}
+    env.update(PYTHONPATH=str(ROOT), TRIAGE_CHROMIUM="/nonexistent/chromium", **extra)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_dashboard.py", "-k", " or ".join(CHROMIUM_TESTS)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_suite_without_chromium_skips_its_tests_and_names_them_at_the_end():
+    done = run_dashboard_tests()
+    assert done.returncode == 0, done.stdout + done.stderr
+    tail = done.stdout[done.stdout.index("Skipped tests, and why"):]
+    for name in CHROMIUM_TESTS:
+        assert name in tail
+    assert "chromium" in tail and "apt-get install chromium" in tail
+
+
+def test_suite_under_ci_fails_when_a_test_was_skipped():
+    done = run_dashboard_tests(TRIAGE_NO_SKIP="1")
+    assert done.returncode != 0, done.stdout
+    assert "TRIAGE_NO_SKIP" in done.stdout and "chromium" in done.stdout
