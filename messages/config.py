@@ -210,6 +210,9 @@ class Config(_Frozen):
         base = _load_toml(env["TRIAGE_CONFIG"]) if env.get("TRIAGE_CONFIG") else {}
         overlay = _env_overlay(env)
         merged = _merge(base, overlay)
+        database = merged.setdefault("database", {})
+        if isinstance(database, dict) and "embedded" not in database:  # the serving rule
+            database["embedded"] = not merged.get("database_url")
         config = _convert(merged)
         if config.environment == "production" and not config.database_url:
             raise ConfigError("DATABASE_URL", None, "required when NODE_ENV=production (the embedded "
@@ -294,10 +297,10 @@ def _env_overlay(env: Mapping[str, str]) -> dict:
     url = serving_database_url(env)
     if url:
         out["database_url"] = url
+    out["database"] = {}
     embedded = _flag(env, "TRIAGE_EMBEDDED_DB")
-    if embedded is None:
-        embedded = url is None
-    out["database"] = {"embedded": embedded}
+    if embedded is not None:
+        out["database"]["embedded"] = embedded
     faults = _flag(env, "TRIAGE_FAULTS")
     if faults is not None:
         out["faults"] = {"enabled": faults}

@@ -162,3 +162,22 @@ def test_suite_under_ci_fails_when_a_test_was_skipped():
     done = run_dashboard_tests(TRIAGE_NO_SKIP="1")
     assert done.returncode != 0, done.stdout
     assert "TRIAGE_NO_SKIP" in done.stdout and "chromium" in done.stdout
+
+
+def test_cli_bad_database_url_in_the_config_file_never_shows_the_password(tmp_path):
+    cfg = tmp_path / "triage.toml"
+    cfg.write_text(f'database_url = "{BAD_URLS["malformed %-escape"]}"\n')
+    done = subprocess.run([sys.executable, "-m", "actors.cli", "serve", "--config", str(cfg)],
+                          env=serve_env(TRIAGE_FAULTS="1"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=20)
+    assert done.returncode == 2 and "database_url" in done.stderr
+    assert CANARY not in done.stdout + done.stderr
+
+
+def test_config_production_accepts_a_database_url_from_the_environment_or_the_file(tmp_path):
+    cfg = tmp_path / "triage.toml"
+    cfg.write_text('database_url = "postgresql://app@db.internal/app"\n')
+    from_file = Config.from_env({"NODE_ENV": "production", "TRIAGE_CONFIG": str(cfg)})
+    from_env = Config.from_env({"NODE_ENV": "production", "DATABASE_URL": "postgresql://app@db/app"})
+    assert from_file.database_url and not from_file.database.embedded
+    assert from_env.database_url == "postgresql://app@db/app" and not from_env.database.embedded
