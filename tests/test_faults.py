@@ -268,3 +268,67 @@ async def test_faults_pooler_detection_tcp_unix_and_relay(database_url):
             assert not await through_pooler(db.dsn)
         async with FaultProxy.for_dsn(database_url) as relay:
             assert await through_pooler(proxied_dsn(database_url, relay))
+
+
+def pgbouncer_user(host: str) -> str:
+    """PgBouncer refuses to run as root: run it as nobody, or as the owner of the server's
+    Unix socket directory (the embedded server's), which nobody may not enter."""
+    import os
+    import pwd
+
+    return pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "nobody"
+
+
+@pytest.fixture
+def pgbouncer(database_url, tmp_path):
+    """A real PgBouncer (transaction pooling) in front of the test database; its URL."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.access(binary, os.X_OK):
+        pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
+    up = conninfo_to_dict(database_url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp_path.chmod(0o777)
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(f"[databases]\nbounced = host={up.get('host') or '127.0.0.1'} port={up.get('port') or 5432} "
+                   f"dbname={up.get('dbname') or 'postgres'} user={up.get('user') or 'postgres'}\n"
+                   f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\n"
+                   "pool_mode = transaction\nunix_socket_dir =\n"
+                   "ignore_startup_parameters = extra_float_digits,options,statement_timeout\n")
+    user = ["-u", pgbouncer_user(up.get("host") or "")] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([binary, *user, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql://postgres@127.0.0.1:{port}/bounced"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+async def test_faults_terminate_backends_refused_behind_real_pgbouncer(pgbouncer):
+    from actors import open_monitoring
+    from actors.faults import FaultRefused, TerminateBackends, through_pooler
+    from messages.config import Config, FaultsConfig
+
+    with trio.fail_after(20):
+        assert await through_pooler(pgbouncer)
+        cfg = Config(database_url=pgbouncer, faults=FaultsConfig(enabled=True))
+        async with open_monitoring(cfg) as mon:
+            assert await mon.db.fetchval("select 1") == 1
+            with pytest.raises(FaultRefused, match="pooler"):
+                await mon.inject(TerminateBackends())
+            assert await mon.db.fetchval("select 2") == 2
