@@ -7,8 +7,8 @@ embedded server (pgserver) started once for the session.
 
 A test that needs a real tool the machine lacks is skipped, not failed, and the
 end of the run names each such test and why (`@pytest.mark.chromium`: Debian's
-headless Chromium, found as `TRIAGE_CHROMIUM`, else `chromium` on PATH, else
-/usr/bin/chromium). With `TRIAGE_NO_SKIP=1` (.ci/run sets it) every skip is a
+headless Chromium, `chromium` on PATH, else /usr/bin/chromium; `TRIAGE_CHROMIUM`
+names another path to check, e.g. a missing one to see the skip). With `TRIAGE_NO_SKIP=1` (.ci/run sets it) every skip is a
 failure instead: CI installs every tool, so a skip there is a defect.
 """
 

@@ -115,9 +115,11 @@ async def test_system_refuses_embedded_server_in_production():
             pass
 
 
-def test_cli_unreachable_database_at_startup_never_shows_the_password():
-    """A well-formed URL to a closed port: the service starts degraded and says so, no secret."""
-    env = serve_env(DATABASE_URL=f"postgresql://u:{CANARY}@127.0.0.1:1/db", TRIAGE_FAULTS="1",
+@pytest.mark.parametrize("where", ["127.0.0.1:1", "no-such-host.invalid:5432"])
+def test_cli_unreachable_database_at_startup_never_shows_the_password(where):
+    """A well-formed URL to a closed port or an unknown host: the service starts degraded and
+    says so, no secret."""
+    env = serve_env(DATABASE_URL=f"postgresql://u:{CANARY}@{where}/db", TRIAGE_FAULTS="1",
                     HEALTH_CHECK_INTERVAL="200")
     proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "serve"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
