@@ -4,12 +4,15 @@
 
 Configuration comes from the environment (`Config.from_env`, `HttpConfig.from_env`,
 `LogConfig.from_env`); `--config` names the kernel's TOML file (as `TRIAGE_CONFIG`
-does), `--host` / `--port` override `HOST` / `PORT`. Without `DATABASE_URL` an
-embedded PostgreSQL is started for the run.
+does), `--host` / `--port` override `HOST` / `PORT`. `DATABASE_URL` is checked first (a bad one is
+an error naming the variable, never showing its value). Without it an embedded
+PostgreSQL is started for the run -- for development and tests only: with
+`NODE_ENV=production`, no `DATABASE_URL` is a start-up error.
 
 SIGINT (Ctrl-C) or SIGTERM: stop accepting, give requests in flight
 `SHUTDOWN_GRACE_PERIOD` to finish, answer the rest 503, stop. A second signal
-stops at once. Exit status: 0 after a clean stop, 2 for bad configuration.
+stops at once. Exit status: 0 after a clean stop, 2 for bad configuration, 1 for
+anything else (logged, redacted).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 
 import hypercorn.trio
@@ -26,7 +30,7 @@ from loguru import logger
 from msgspec.structs import replace
 
 from actors.errors import ConfigError
-from actors.logs import setup_logging, std_logger
+from actors.logs import Redactor, setup_logging, std_logger
 from actors.service import DemoService
 from actors.system import open_monitoring
 from actors.web import create_app, hypercorn_config
@@ -96,11 +100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"triage: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(logs, secrets=(http.health_token, http.admin_token, http.session_secret, config.database_url))
+    secrets = (http.health_token, http.admin_token, http.session_secret, config.database_url)
+    setup_logging(logs, secrets=secrets)
     log.info("Starting ({environment}; database: {database}; http://{host}:{port})",
              environment=config.environment, host=http.host, port=http.port,
              database="DATABASE_URL" if config.database_url else "embedded PostgreSQL")
-    trio.run(serve, config, http)
+    try:
+        trio.run(serve, config, http)
+    except ConfigError as exc:  # found while starting (e.g. the embedded server in production)
+        print(f"triage: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # no bare traceback: its text could carry a DSN or a token
+        redact = Redactor(secrets)
+        log.critical("Stopped by an unexpected error: {error}", error=f"{type(exc).__name__}: "
+                     f"{redact(str(exc))}", traceback=redact("".join(traceback.format_exception(exc))))
+        return 1
     return 0
 
 

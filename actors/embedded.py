@@ -18,6 +18,18 @@ With `data_dir=None` the data lives in a fresh temporary directory that
 needed), so the next start reuses the cluster. Starting takes about a second
 (initdb dominates) and blocks: `open_embedded` runs start and stop in a worker
 thread, which is fine for something done once per process.
+
+The two database rules live here, each in one function:
+
+* serving and the scripts, `serving_database()`: `DATABASE_URL` if set
+  (`messages.config.serving_database_url`, which `Config.from_env` uses too), else
+  an embedded server for the block;
+* the tests, `testing_database()`: `TEST_DATABASE_URL` if set, else the machine's
+  PostgreSQL at postgresql://postgres@127.0.0.1:5432/test if it answers within 2 s,
+  else an embedded server for the block.
+
+The embedded server is for development and tests only (its start-up log line says
+so); `NODE_ENV=production` refuses to start without `DATABASE_URL`.
 """
 
 from __future__ import annotations
@@ -27,8 +39,8 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -109,7 +121,9 @@ def start_embedded(data_dir: str | None = None) -> Embedded:
         if temp_root is not None:
             shutil.rmtree(temp_root, ignore_errors=True)
         raise
-    log.info("Database embedded server started", data_dir=str(pgdata))
+    log.info("Database embedded server started, for development and tests only ({kept})",
+             kept="data kept" if temp_root is None else "temporary: data is lost when it stops",
+             data_dir=str(pgdata))
     return Embedded(server, server.get_uri(), pgdata, temp_root)
 
 
@@ -122,3 +136,52 @@ async def open_embedded(data_dir: str | None = None) -> AsyncIterator[Embedded]:
     finally:
         with trio.CancelScope(shield=True):  # a cancelled exit must still stop the server
             await trio.to_thread.run_sync(embedded.stop)
+
+
+@contextmanager
+def _embedded_dsn() -> Iterator[str]:
+    embedded = start_embedded()
+    try:
+        yield embedded.dsn
+    finally:
+        embedded.stop()
+
+
+@contextmanager
+def serving_database(environ: Mapping[str, str] | None = None) -> Iterator[str]:
+    """The serving rule, for a script that needs a DSN: DATABASE_URL, else an embedded server."""
+    from messages.config import serving_database_url
+
+    url = serving_database_url(environ)
+    if url:
+        yield url
+    else:
+        with _embedded_dsn() as dsn:
+            yield dsn
+
+
+LOCAL_TEST_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _answers(url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@contextmanager
+def testing_database(environ: Mapping[str, str] | None = None, *,
+                     local: str = LOCAL_TEST_URL) -> Iterator[str]:
+    """The test rule: TEST_DATABASE_URL, else `local` if it answers, else an embedded server."""
+    env = os.environ if environ is None else environ
+    if env.get("TEST_DATABASE_URL"):
+        yield env["TEST_DATABASE_URL"]
+    elif _answers(local):
+        yield local
+    else:
+        with _embedded_dsn() as dsn:
+            yield dsn

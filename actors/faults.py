@@ -19,7 +19,10 @@ what reached the server.
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -28,6 +31,8 @@ from typing import Any, Literal
 import msgspec
 import trio
 from loguru import logger
+
+from actors.errors import TriageError
 
 FaultKind = Literal["down", "latency", "timeout", "reset_peer", "bandwidth", "slow_close", "limit_data"]
 CHUNK = 65536
@@ -69,7 +74,8 @@ class LimitData(Fault, tag="limit_data"):
 
 
 class TerminateBackends(Fault, tag="terminate_backends"):
-    """Server side, one shot: pg_terminate_backend every backend of the service's pool."""
+    """Server side, one shot: pg_terminate_backend every backend of this instance's pool (its
+    own application_name); refused behind a connection pooler (`FaultRefused`)."""
 
 
 class ExhaustConnections(Fault, tag="exhaust_connections"):
@@ -255,6 +261,41 @@ def proxied_dsn(dsn: str, proxy: FaultProxy) -> str:
 # --- server-side faults, through PostgreSQL itself ----------------------------------------------
 
 
+class FaultRefused(TriageError):
+    """The fault would reach beyond this instance, so it was not injected."""
+
+
+async def through_pooler(admin_dsn: str) -> bool:
+    """Whether something sits between us and the server that may share backends (PgBouncer).
+
+    Two tells, on one fresh connection: PgBouncer hands out its own cancel key, so the pid
+    of the start-up handshake differs from `pg_backend_pid()`; and any relay makes the
+    server's view of its client differ from our socket (TCP: `inet_client_port()` against
+    our local port; Unix socket: the peer's pid -- the postmaster, which accepted the
+    connection, then forked the backend -- against the backend's parent).
+    """
+    from actors.pgconn import PgConnection
+
+    async with await PgConnection.connect(admin_dsn, application_name="triage-faults") as conn:
+        pid, port = (await conn.execute("select pg_backend_pid(), inet_client_port()")).rows[0]
+        sock = socket.socket(fileno=os.dup(conn._sock))  # our end of the connection, borrowed
+    with sock:
+        if sock.family == socket.AF_UNIX:
+            peer_pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                           struct.calcsize("3i")))[0]
+            return pid != conn.backend_pid or peer_pid not in (pid, _parent_pid(pid, peer_pid))
+        return pid != conn.backend_pid or port != sock.getsockname()[1]
+
+
+def _parent_pid(pid: int, default: int) -> int:
+    """The parent of a local process (/proc); `default` where /proc can't say (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+    except (OSError, StopIteration, ValueError):
+        return default
+
+
 async def terminate_backends(admin_dsn: str, application_name: str) -> int:
     """`pg_terminate_backend` every backend of `application_name`; how many were terminated."""
     from actors.pgconn import PgConnection
@@ -301,8 +342,9 @@ class FaultInjector:
     """`mon.inject(fault)` / `mon.clear_faults()`: proxy faults and server faults in one place."""
 
     def __init__(self, proxy: FaultProxy, admin_dsn: str, application_name: str,
-                 nursery: trio.Nursery) -> None:
+                 nursery: trio.Nursery, *, behind_pooler: bool | None = None) -> None:
         self.proxy, self.admin_dsn, self.application_name = proxy, admin_dsn, application_name
+        self.behind_pooler = behind_pooler
         self._nursery = nursery
         self._server: dict[str, trio.CancelScope] = {}   # server-side faults held until removed
         self.held_connections = 0
@@ -313,6 +355,7 @@ class FaultInjector:
 
     async def inject(self, fault: Fault) -> None:
         if isinstance(fault, TerminateBackends):
+            await self._check_own_backends()
             await terminate_backends(self.admin_dsn, self.application_name)
         elif isinstance(fault, ExhaustConnections):
             self.remove("exhaust_connections")
@@ -322,6 +365,18 @@ class FaultInjector:
             self._server["lock_table"] = await self._nursery.start(self._lock, fault.table)
         else:
             self.proxy.add(fault)
+
+    async def _check_own_backends(self) -> None:
+        """Behind a pooler our application_name may label backends other clients share."""
+        if self.behind_pooler:
+            raise FaultRefused("terminate_backends refused: database.behind_pooler is set, and "
+                               "behind a connection pooler backends are shared with other clients")
+        if self.behind_pooler is None and await through_pooler(self.admin_dsn):
+            raise FaultRefused(
+                "terminate_backends refused: DATABASE_URL reaches the server through a connection "
+                "pooler or relay, whose backends may be shared with other clients; terminating "
+                "them could hit other services (set database.behind_pooler = false if it is a "
+                "plain TCP forwarder)")
 
     def remove(self, kind: str) -> None:
         scope = self._server.pop(kind, None)

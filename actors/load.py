@@ -205,6 +205,12 @@ def verdicts(s: dict) -> dict[str, bool]:
             "ledger balances": s["balanced"]}
 
 
+def exit_status(summaries: list[dict]) -> int:
+    """A load test's exit status: 1 if any target failed or any ledger does not balance, so
+    it can gate a pipeline; 1 too for no summaries at all (nothing was measured)."""
+    return 0 if summaries and all(all(verdicts(s).values()) for s in summaries) else 1
+
+
 def per_second(ledger: Ledger) -> list[dict]:
     """A timeline: per second of the schedule, count, p50/p95 and outcome counts."""
     buckets: dict[int, list[Sample]] = {}

@@ -15,6 +15,9 @@ leaves no task behind.
 from __future__ import annotations
 
 import importlib
+import itertools
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -123,6 +126,9 @@ class _Wiring:
     async def database(self) -> tuple[str | None, Any]:
         dsn = self.config.database_url
         if not dsn and self.config.database.embedded:
+            if self.config.environment == "production":  # its data would be lost on restart
+                raise ConfigError("DATABASE_URL", None, "required when NODE_ENV=production (the "
+                                  "embedded PostgreSQL is for development and tests)")
             dsn = await self.nursery.start(_serve_embedded, self.config.database.embedded_data_dir)
         if not dsn:
             return None, None
@@ -141,7 +147,8 @@ class _Wiring:
 
         proxy = FaultProxy.for_dsn(dsn)
         await self.nursery.start(proxy.run)
-        self.injector = FaultInjector(proxy, dsn, self.config.database.application_name, self.nursery)
+        self.injector = FaultInjector(proxy, dsn, self.config.database.application_name, self.nursery,
+                                      behind_pooler=self.config.database.behind_pooler)
         return proxied_dsn(dsn, proxy)
 
     async def alerts(self) -> tuple[Mailbox, Published]:
@@ -236,6 +243,19 @@ async def _serve_embedded(data_dir: str | None, *,
         await trio.sleep_forever()
 
 
+_instances = itertools.count(1)
+
+
+def _with_instance_name(config: Config) -> Config:
+    """The pool's application_name, unless configured: `triage/<host>/<pid>`, then `/2`, `/3`...
+    for further systems in this process (tests run several), within PostgreSQL's 63 bytes."""
+    if config.database.application_name:
+        return config
+    n = next(_instances)
+    name = f"triage/{socket.gethostname()[:20]}/{os.getpid()}" + (f"/{n}" if n > 1 else "")
+    return replace(config, database=replace(config.database, application_name=name[:63]))
+
+
 def _close_pool(cell: Cell) -> None:
     """Idle pooled connections close with the system (those in untaken offers too); held ones
     close when their holder is done."""
@@ -249,7 +269,7 @@ def _close_pool(cell: Cell) -> None:
 async def run_monitoring(config: Config | None = None, *,
                          task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Start the whole system in the caller's nursery; `task_status.started(Monitoring)`."""
-    config = config or Config()
+    config = _with_instance_name(config or Config())
     cells: dict[str, Cell] = {}
     try:
         async with trio.open_nursery() as nursery:

@@ -88,7 +88,13 @@ class DatabaseConfig(_Frozen):
     probe_timeout_s: float | None = None  # monitor probe; None: min(5 s, health check interval)
     embedded: bool = False               # start an embedded PostgreSQL (pgserver) when no URL
     embedded_data_dir: str | None = None  # None: a temporary directory
-    application_name: str = "triage"
+    # None: one per instance, `triage/<host>/<pid>` (`/2`, `/3`… for more systems in one process),
+    # so pg_stat_activity tells instances apart and TerminateBackends hits only this pool's backends.
+    # A name given here is used as is: give each instance its own.
+    application_name: str | None = None
+    # Between Triage and the server, backends may be shared with other clients (PgBouncer):
+    # TerminateBackends is then refused. None: detect it; True: declared so; False: declared not.
+    behind_pooler: bool | None = None
 
 
 class AlertRule(_Frozen):
@@ -200,10 +206,18 @@ class Config(_Frozen):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """The spec's variables from `environ` (default `os.environ`) over `TRIAGE_CONFIG`."""
         env = os.environ if environ is None else environ
+        serving_database_url(env)  # first: a bad URL must fail before anything could echo it
         base = _load_toml(env["TRIAGE_CONFIG"]) if env.get("TRIAGE_CONFIG") else {}
         overlay = _env_overlay(env)
         merged = _merge(base, overlay)
-        return _convert(merged)
+        database = merged.setdefault("database", {})
+        if isinstance(database, dict) and "embedded" not in database:  # the serving rule
+            database["embedded"] = not merged.get("database_url")
+        config = _convert(merged)
+        if config.environment == "production" and not config.database_url:
+            raise ConfigError("DATABASE_URL", None, "required when NODE_ENV=production (the embedded "
+                              "PostgreSQL is for development and tests: its data is lost on restart)")
+        return config
 
     @classmethod
     def from_toml(cls, text: str) -> Config:
@@ -212,6 +226,41 @@ class Config(_Frozen):
     def __repr__(self) -> str:  # never show a DSN (it may hold a password)
         shown = "set" if self.database_url else None
         return f"Config(database_url={shown!r}, environment={self.environment!r}, ...)"
+
+
+# --- the database: one rule for serving and the scripts ------------------------------------
+
+
+def serving_database_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The serving rule (`triage serve`, scripts/*): `DATABASE_URL` if set, else None, meaning
+    "start the embedded PostgreSQL" (development and tests only). The URL is checked first."""
+    env = os.environ if environ is None else environ
+    url = (env.get("DATABASE_URL") or "").strip()
+    if not url:
+        return None
+    check_database_url(url, "DATABASE_URL")
+    return url
+
+
+_SCHEMES = ("postgresql://", "postgres://")
+_UNPARSABLE = ("not a PostgreSQL URL libpq can parse (postgresql://user:password@host:port/db; "
+               "%-encode special characters in the password, bracket IPv6 hosts)")
+
+
+def check_database_url(url: str, field: str) -> None:
+    """A URL (or key=value string) libpq accepts. The error never carries the value: it may
+    hold a password, and psycopg's own parse errors quote it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "://" in url.split("?")[0] and not url.lower().startswith(_SCHEMES):
+        raise ConfigError(field, None, "unknown scheme: expected postgresql:// or postgres://")
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:  # ProgrammingError quoting the URL; never chain it
+        raise ConfigError(field, None, _UNPARSABLE) from None
+    for port in str(params.get("port") or "5432").split(","):
+        if not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(field, None, "the port must be a number 1-65535")
 
 
 # --- environment ---------------------------------------------------------------------------
@@ -245,12 +294,13 @@ def _flag(env: Mapping[str, str], name: str) -> bool | None:
 def _env_overlay(env: Mapping[str, str]) -> dict:
     out: dict = {}
     thresholds: dict = {}
-    if env.get("DATABASE_URL"):
-        out["database_url"] = env["DATABASE_URL"]
+    url = serving_database_url(env)
+    if url:
+        out["database_url"] = url
+    out["database"] = {}
     embedded = _flag(env, "TRIAGE_EMBEDDED_DB")
-    if embedded is None:
-        embedded = not env.get("DATABASE_URL")
-    out["database"] = {"embedded": embedded}
+    if embedded is not None:
+        out["database"]["embedded"] = embedded
     faults = _flag(env, "TRIAGE_FAULTS")
     if faults is not None:
         out["faults"] = {"enabled": faults}
@@ -359,6 +409,8 @@ def _require(ok: bool, field: str, value: object, why: str) -> None:
 
 
 def validate(cfg: Config) -> None:
+    if cfg.database_url:
+        check_database_url(cfg.database_url, "database_url")
     _require(cfg.health_check_interval_s > 0, "health_check_interval_s", cfg.health_check_interval_s, "must be > 0")
     for tier in TIERS:
         _require(tier in cfg.tiers, f"tiers.{tier}", None, "the spec's tiers are required")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Screenshot of the live dashboard under load, for the README (docs/dashboard.png).
 
-    python scripts/dashboard_screenshot.py [--out docs/dashboard.png] [--seconds 25]
+    .venv/bin/python scripts/dashboard_screenshot.py [--out docs/dashboard.png] [--seconds 25]
 
 Runs the reference service in-process, drives open-loop load at it, opens /dashboard in
 headless Chromium (Debian's /usr/bin/chromium), and part-way through takes the database
@@ -18,12 +18,11 @@ import msgspec
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from actors.faults import Down  # noqa: E402
 from actors.harness import open_service  # noqa: E402
 from actors.load import Phase, Scenario, run  # noqa: E402
-from messages.config import BreakerConfig, Config, FaultsConfig  # noqa: E402
+from messages.config import BreakerConfig, Config, FaultsConfig, serving_database_url  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -42,11 +41,7 @@ def shoot(url: str, out: str, wait_s: float) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from run_scenario import (
-        database_url,  # DATABASE_URL, else the local test database, else embedded
-    )
-
-    url = database_url()
+    url = serving_database_url()  # DATABASE_URL, else an embedded server
     cfg = Config(database_url=url, faults=FaultsConfig(enabled=True),
                  database=msgspec.structs.replace(Config().database, embedded=url is None),
                  health_check_interval_s=1.0,

@@ -1,23 +1,23 @@
 #!/usr/bin/env python3
 """Load tests against the reference service (the spec's `scripts/load-test.ts`).
 
-    python scripts/load_test.py all                      # every scenario, one after another
-    python scripts/load_test.py scenario normal          # normal | spike | stress | outage
-    python scripts/load_test.py scenario spike --speed 0.5 --json
-    python scripts/load_test.py scenario normal --url http://127.0.0.1:3000   # a running server
+    .venv/bin/python scripts/load_test.py all                 # every scenario, one after another
+    .venv/bin/python scripts/load_test.py scenario normal     # normal | spike | stress | outage
+    .venv/bin/python scripts/load_test.py scenario spike --speed 0.5 --json
+    .venv/bin/python scripts/load_test.py scenario normal --url http://127.0.0.1:3000  # a running server
 
-Without --url the service runs in-process on a loopback port, on DATABASE_URL (or the local
-test database, or an embedded one). Arrivals are open-loop (requests start on schedule
+Without --url the service runs in-process on a loopback port, on DATABASE_URL if set, else
+on an embedded PostgreSQL (the serving rule). Arrivals are open-loop (requests start on schedule
 whether or not earlier ones finished). Prints, per scenario: throughput, P50/P95/P99,
 status-code counts, and the outcome ledger — sent = ok + rate_limited + breaker_open +
 queue_full + queue_timeout + errors — against the spec's targets (P95 < 2 s, error rate
-< 1 %, 5xx < 0.5 %). Exit status 1 if a ledger does not balance.
+< 1 %, 5xx < 0.5 %). Exit status 1 if a target fails or a ledger does not balance
+(so it can gate a pipeline), 2 for bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -26,21 +26,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.load import SCENARIOS, check_loopback, run, summary, verdicts  # noqa: E402
-
-LOCAL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def database_url() -> str | None:
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    try:
-        import psycopg
-
-        psycopg.connect(LOCAL, connect_timeout=2).close()
-        return LOCAL
-    except Exception:
-        return None  # embedded
+from actors.load import SCENARIOS, check_loopback, exit_status, run, summary, verdicts  # noqa: E402
 
 
 def print_summary(s: dict) -> None:
@@ -98,10 +84,11 @@ async def main(args: argparse.Namespace) -> int:
                 results.append(await run_one(name, args.speed, send))
     else:
         from actors.harness import open_service
-        from messages.config import Config, FaultsConfig
+        from messages.config import Config, DatabaseConfig, FaultsConfig, serving_database_url
 
-        config = Config(database_url=database_url(), faults=FaultsConfig(enabled=True),
-                        database=msgspec.structs.replace(Config().database, embedded=True))
+        url = serving_database_url()
+        config = Config(database_url=url, faults=FaultsConfig(enabled=True),
+                        database=DatabaseConfig(embedded=url is None))
         for name in names:
             async with open_service(config) as svc:
                 results.append(await run_one(name, args.speed, svc.send, svc.mon))
@@ -109,7 +96,7 @@ async def main(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(s).decode() if args.json else "", end="\n" if args.json else "")
         if not args.json:
             print_summary(s)
-    return 0 if all(s["balanced"] for s in results) else 1
+    return exit_status(results)
 
 
 if __name__ == "__main__":

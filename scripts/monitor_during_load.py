@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """A live terminal view of a running Triage server (the spec's monitor-during-load).
 
-    python scripts/monitor_during_load.py                      # http://127.0.0.1:3000
-    python scripts/monitor_during_load.py --url http://127.0.0.1:3000 --token $HEALTH_TOKEN
-    python scripts/monitor_during_load.py --once               # one frame, then exit
+    .venv/bin/python scripts/monitor_during_load.py                      # http://127.0.0.1:3000
+    .venv/bin/python scripts/monitor_during_load.py --url http://127.0.0.1:3000 --token $HEALTH_TOKEN
+    .venv/bin/python scripts/monitor_during_load.py --once               # one frame, then exit
 
 Refreshes once a second from `/api/health?detailed=true` and `/metrics`: status and HTTP
 code, breakers per tier, queue depth per priority, P50/P95/P99, request and error rates,
@@ -110,7 +110,10 @@ async def main(args: argparse.Namespace) -> None:
         if args.once:
             from rich.console import Console
 
-            Console().print(await frame(client))
+            try:
+                Console().print(await frame(client))
+            except httpx.HTTPError as exc:
+                sys.exit(f"cannot reach {args.url}: {type(exc).__name__} (is `triage serve` running?)")
             return
         with Live(refresh_per_second=2, screen=False) as live:
             while True:

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Run a scripted fault scenario against the reference service, under load.
 
-    python scripts/run_scenario.py scripts/scenarios/database_down.toml
-    python scripts/run_scenario.py scripts/scenarios/*.toml          # several, one after another
+    .venv/bin/python scripts/run_scenario.py scripts/scenarios/database_down.toml
+    .venv/bin/python scripts/run_scenario.py scripts/scenarios/*.toml    # several, one after another
+    .venv/bin/python scripts/run_scenario.py --quiet scripts/scenarios/*.toml   # no timeline
 
-Starts the service in-process on a loopback port (DATABASE_URL, else the local test
-database, else an embedded one) with the fault proxy in front of the database, runs
+Starts the service in-process on a loopback port (DATABASE_URL if set, else an embedded
+PostgreSQL: the serving rule) with the fault proxy in front of the database, runs
 open-loop load for the scenario's duration, applies its timeline of faults, and checks
 its expectations against the running system. Prints a timeline (faults, breaker
 transitions, health codes, alerts, latency percentiles per second) and the outcome
@@ -14,6 +15,7 @@ ledger. Exit status 1 if an expectation failed or the ledger does not balance.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -24,20 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actors.harness import open_service  # noqa: E402
 from actors.load import Phase, Scenario, per_second, run, summary  # noqa: E402
 from actors.scenario import Observer, check, config_for, load, run_steps  # noqa: E402
-
-
-def database_url() -> str | None:
-    import os
-
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    try:
-        import psycopg
-
-        psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=2).close()
-        return "postgresql://postgres@127.0.0.1:5432/test"
-    except Exception:
-        return None
+from messages.config import serving_database_url  # noqa: E402
 
 
 async def run_file(path: str, url: str | None, quiet: bool = False) -> bool:
@@ -88,14 +77,22 @@ def report(observer: Observer, ledger, elapsed: float, quiet: bool) -> None:
 
 
 async def main(paths: list[str], quiet: bool) -> int:
-    url = database_url()
+    url = serving_database_url()
     results = [await run_file(p, url, quiet) for p in paths]
     return 0 if all(results) else 1
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenarios", nargs="+", metavar="FILE.toml", help="scenario files")
+    ap.add_argument("--quiet", action="store_true", help="no per-second timeline")
+    args = ap.parse_args(argv)
+    for path in args.scenarios:
+        if not Path(path).is_file():
+            ap.error(f"no such scenario file: {path}")
+    return args
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--quiet"]
-    if not args:
-        print(__doc__)
-        sys.exit(2)
-    sys.exit(trio.run(main, args, "--quiet" in sys.argv))
+    args = parse()
+    sys.exit(trio.run(main, args.scenarios, args.quiet))

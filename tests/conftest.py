@@ -1,40 +1,81 @@
-"""Shared fixtures: which real PostgreSQL the tests use.
+"""Shared fixtures and hooks: which real PostgreSQL the tests use; skips are loud.
 
-`database_url` is, in order: `TEST_DATABASE_URL` if set; the machine's
-PostgreSQL at postgresql://postgres@127.0.0.1:5432/test if it answers within
-2 s; else an embedded server (pgserver) started once for the session.
+`database_url` follows the test rule (`actors.embedded.testing_database`):
+`TEST_DATABASE_URL` if set; the machine's PostgreSQL at
+postgresql://postgres@127.0.0.1:5432/test if it answers within 2 s; else an
+embedded server (pgserver) started once for the session.
+
+A test that needs a real tool the machine lacks is skipped, not failed, and the
+end of the run names each such test and why (`@pytest.mark.chromium`: Debian's
+headless Chromium, `chromium` on PATH, else /usr/bin/chromium; `TRIAGE_CHROMIUM`
+names another path to check, e.g. a missing one to see the skip). With `TRIAGE_NO_SKIP=1` (.ci/run sets it) every skip is a
+failure instead: CI installs every tool, so a skip there is a defect.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
-from actors.embedded import start_embedded
+from actors.embedded import testing_database
 
-LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/test"
+INSTALL_CHROMIUM = ("Debian's chromium is not installed (scripts/test installs it when run as root "
+                    "with apt-get; otherwise: sudo apt-get install chromium)")
 
 
-def _answers(url: str) -> bool:
-    try:
-        with psycopg.connect(url, connect_timeout=2):
-            return True
-    except psycopg.Error:
-        return False
+def chromium_path() -> str | None:
+    given = os.environ.get("TRIAGE_CHROMIUM")
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    found = shutil.which("chromium") or "/usr/bin/chromium"
+    return found if os.access(found, os.X_OK) else None
+
+
+def _no_skips() -> bool:
+    return os.environ.get("TRIAGE_NO_SKIP", "").strip().lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    if os.environ.get("TEST_DATABASE_URL"):
-        yield os.environ["TEST_DATABASE_URL"]
-    elif _answers(LOCAL_URL):
-        yield LOCAL_URL
-    else:
-        embedded = start_embedded()
-        try:
-            yield embedded.dsn
-        finally:
-            embedded.stop()
+    with testing_database() as url:
+        yield url
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "chromium: drives Debian's headless Chromium")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if chromium_path() is not None:
+        return
+    for item in items:
+        if "chromium" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=INSTALL_CHROMIUM))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        item.config.stash.setdefault(_SKIPPED, []).append((item.nodeid, reason))
+        if _no_skips():
+            report.outcome = "failed"
+            report.longrepr = f"skipped, and TRIAGE_NO_SKIP=1 (.ci/run) allows no skip: {reason}"
+
+
+_SKIPPED = pytest.StashKey[list]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    skipped = config.stash.get(_SKIPPED, [])
+    if skipped:
+        terminalreporter.section("Skipped tests, and why" if not _no_skips()
+                                 else "Skips refused (TRIAGE_NO_SKIP=1), and why", yellow=True)
+        for nodeid, reason in skipped:
+            terminalreporter.line(f"SKIPPED {nodeid}: {reason}")

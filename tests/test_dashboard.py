@@ -26,6 +26,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+@pytest.mark.chromium
 async def test_dashboard_shows_breaker_open_and_recovery_live(database_url):
     cfg = Config(database_url=database_url, health_check_interval_s=0.5, faults=FaultsConfig(enabled=True),
                  tiers={**Config().tiers, "database": BreakerConfig(failure_threshold=5, recovery_timeout_s=1.0)})
@@ -143,6 +144,7 @@ def test_dashboard_assets_ship_inside_the_package(name):
     assert len(_asset(name)) > 100
 
 
+@pytest.mark.chromium
 async def test_dashboard_reconnects_after_server_restart(database_url):
     cfg = Config(database_url=database_url, health_check_interval_s=0.5)
     async with open_monitoring(cfg) as mon, trio.open_nursery() as nursery:

@@ -184,3 +184,151 @@ async def test_faults_lock_table_makes_queries_wait_until_removed(database_url):
         await mon.remove_fault("lock_table")
         with trio.fail_after(5):
             assert await mon.db.fetchval("select count(*) from triage_lock_probe") == 0
+
+
+# --- TerminateBackends touches only this instance ------------------------------------------------
+
+BACKENDS_SQL = "select pid from pg_stat_activity where application_name = %s order by pid"
+
+
+async def backends_of(admin: PgConnection, app: str) -> list[int]:
+    return [r[0] for r in (await admin.execute(BACKENDS_SQL, [app])).rows]
+
+
+async def warm_pool(mon, n: int = 3) -> None:
+    """Hold `n` pool connections at once so the pool has several backends."""
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(mon.db.fetchval, "select pg_sleep(0.05)")
+
+
+async def test_faults_terminate_backends_kills_only_this_instances_pool(database_url):
+    import os
+    import socket
+
+    from actors import open_monitoring
+    from actors.faults import TerminateBackends
+    from messages.config import Config, FaultsConfig
+
+    cfg = Config(database_url=database_url, faults=FaultsConfig(enabled=True))
+    admin = await PgConnection.connect(database_url, application_name="triage-test-admin")
+    with trio.fail_after(20):
+        async with open_monitoring(cfg) as a, open_monitoring(cfg) as b:
+            app_a, app_b = a.config.database.application_name, b.config.database.application_name
+            assert app_a != app_b
+            assert app_a.startswith(f"triage/{socket.gethostname()[:20]}") and f"/{os.getpid()}" in app_a
+            await warm_pool(a)
+            await warm_pool(b)
+            before_b = await backends_of(admin, app_b)
+            assert len(await backends_of(admin, app_a)) >= 2 and len(before_b) >= 2
+            await a.inject(TerminateBackends())
+            with trio.fail_after(5):
+                while await backends_of(admin, app_a):
+                    await trio.sleep(0.02)
+            assert await backends_of(admin, app_b) == before_b   # the other instance untouched
+            assert await b.db.fetchval("select 7") == 7
+            assert await a.db.fetchval("select 8") == 8          # a recovers on fresh backends
+    await admin.close()
+
+
+async def test_faults_terminate_backends_refused_behind_a_pooler(database_url):
+    """A plain TCP relay between Triage and the server stands in for PgBouncer: the server sees
+    the relay's socket, not ours, so backends may be shared — refused, saying why."""
+    from actors import open_monitoring
+    from actors.faults import FaultRefused, TerminateBackends
+    from messages.config import Config, DatabaseConfig, FaultsConfig
+
+    bystander = await PgConnection.connect(database_url)
+    async with FaultProxy.for_dsn(database_url) as relay:
+        pooled = proxied_dsn(database_url, relay)
+        cfg = Config(database_url=pooled, faults=FaultsConfig(enabled=True))
+        with trio.fail_after(20):
+            async with open_monitoring(cfg) as mon:
+                assert await mon.db.fetchval("select 1") == 1
+                with pytest.raises(FaultRefused, match="pooler") as info:
+                    await mon.inject(TerminateBackends())
+                assert "shared" in str(info.value)
+                assert await mon.db.fetchval("select 2") == 2  # nothing was terminated
+            declared = Config(database_url=database_url, faults=FaultsConfig(enabled=True),
+                              database=DatabaseConfig(behind_pooler=True))
+            async with open_monitoring(declared) as mon:
+                with pytest.raises(FaultRefused, match="behind_pooler"):
+                    await mon.inject(TerminateBackends())
+    assert (await bystander.execute("select 1")).rows == [(1,)]
+    await bystander.close()
+
+
+async def test_faults_pooler_detection_tcp_unix_and_relay(database_url):
+    from actors.embedded import open_embedded
+    from actors.faults import through_pooler
+
+    with trio.fail_after(60):
+        assert not await through_pooler(database_url)
+        async with open_embedded() as db:  # a Unix socket: the postmaster accepted, then forked
+            assert not await through_pooler(db.dsn)
+        async with FaultProxy.for_dsn(database_url) as relay:
+            assert await through_pooler(proxied_dsn(database_url, relay))
+
+
+def pgbouncer_user(host: str) -> str:
+    """PgBouncer refuses to run as root: run it as nobody, or as the owner of the server's
+    Unix socket directory (the embedded server's), which nobody may not enter."""
+    import os
+    import pwd
+
+    return pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "nobody"
+
+
+@pytest.fixture
+def pgbouncer(database_url, tmp_path):
+    """A real PgBouncer (transaction pooling) in front of the test database; its URL."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.access(binary, os.X_OK):
+        pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
+    up = conninfo_to_dict(database_url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp_path.chmod(0o777)
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(f"[databases]\nbounced = host={up.get('host') or '127.0.0.1'} port={up.get('port') or 5432} "
+                   f"dbname={up.get('dbname') or 'postgres'} user={up.get('user') or 'postgres'}\n"
+                   f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\n"
+                   "pool_mode = transaction\nunix_socket_dir =\n"
+                   "ignore_startup_parameters = extra_float_digits,options,statement_timeout\n")
+    user = ["-u", pgbouncer_user(up.get("host") or "")] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([binary, *user, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql://postgres@127.0.0.1:{port}/bounced"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+async def test_faults_terminate_backends_refused_behind_real_pgbouncer(pgbouncer):
+    from actors import open_monitoring
+    from actors.faults import FaultRefused, TerminateBackends, through_pooler
+    from messages.config import Config, FaultsConfig
+
+    with trio.fail_after(20):
+        assert await through_pooler(pgbouncer)
+        cfg = Config(database_url=pgbouncer, faults=FaultsConfig(enabled=True))
+        async with open_monitoring(cfg) as mon:
+            assert await mon.db.fetchval("select 1") == 1
+            with pytest.raises(FaultRefused, match="pooler"):
+                await mon.inject(TerminateBackends())
+            assert await mon.db.fetchval("select 2") == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import msgspec
 import pytest
@@ -14,6 +15,7 @@ from actors.load import (
     Scenario,
     check_loopback,
     classify,
+    exit_status,
     run,
     schedule,
     summary,
@@ -87,3 +89,64 @@ def test_load_shipped_scenarios_are_bounded():
         assert sum(p.duration_s for p in s.phases) <= 60
         assert len(schedule(s)) <= 10_000
         assert msgspec.convert(msgspec.to_builtins(s), Scenario) == s
+
+
+async def test_load_exit_status_fails_when_a_target_fails_even_if_the_ledger_balances(autojump_clock):
+    async def failing(method, path, body, headers):
+        return 500, b"{}"
+
+    async def fine(method, path, body, headers):
+        return 200, b"{}"
+
+    scenario = Scenario(name="s", phases=(Phase(2.0, 10.0),))
+    bad = summary(await run(scenario, failing), 2.0)
+    good = summary(await run(scenario, fine), 2.0)
+    assert bad["balanced"] and not verdicts(bad)["5xx < 0.5 %"]
+    assert exit_status([good]) == 0
+    assert exit_status([good, bad]) == 1
+    assert exit_status([]) == 1
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+async def answer_500(stream: trio.SocketStream) -> None:
+    """A loopback server whose every answer is a 500 (one request per connection)."""
+    async with stream:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+        await stream.send_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+                              b"content-length: 2\r\nconnection: close\r\n\r\n{}")
+
+
+async def test_load_test_script_exits_1_when_a_target_fails():
+    import sys
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, answer_500, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, str(ROOT / "scripts" / "load_test.py"), "scenario", "normal",
+                 "--speed", "0.05", "--url", f"http://127.0.0.1:{port}"],
+                capture_stdout=True, capture_stderr=True, check=False)
+        nursery.cancel_scope.cancel()
+    out = done.stdout.decode()
+    assert done.returncode == 1, out + done.stderr.decode()
+    assert "5xx < 0.5 %: FAIL" in out and "(balanced)" in out
+
+
+@pytest.mark.parametrize("script", ["load_test.py", "run_scenario.py", "monitor_during_load.py",
+                                    "dashboard_screenshot.py"])
+def test_load_scripts_print_help(script):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:")

@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/bench/db.py [--dsn DSN] [--conns 8] [--rounds 5] [--seconds 2]
 
+Without --dsn: DATABASE_URL if set, else an embedded PostgreSQL (the serving rule).
+
 In one run, alternating order each round (so drift in machine load hits all three):
   (a) guarded: N trio tasks calling `mon.db.fetchval("SELECT 1")` with every guard on
       (breaker, admission queue with N slots, pooled connection);
@@ -21,9 +23,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pg_raw import DEFAULT_DSN, measure, to_thread_worker, trio_native_worker  # noqa: E402
+from pg_raw import measure, to_thread_worker, trio_native_worker  # noqa: E402
 
 from actors import open_monitoring  # noqa: E402
+from actors.embedded import serving_database  # noqa: E402
 from actors.pgconn import PgConnection  # noqa: E402
 from messages.config import Config, DatabaseConfig, QueueConfig  # noqa: E402
 
@@ -67,8 +70,13 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", default=DEFAULT_DSN)
+    parser.add_argument("--dsn", help="default: DATABASE_URL, else an embedded PostgreSQL")
     parser.add_argument("--conns", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
-    trio.run(main, parser.parse_args())
+    args = parser.parse_args()
+    if args.dsn:
+        trio.run(main, args)
+    else:
+        with serving_database() as args.dsn:
+            trio.run(main, args)

@@ -13,7 +13,8 @@ Triage / bare. Target: ratio >= 0.8.
 
 The Triage server is the full edge (`create_app`: edge, rate-limit middleware,
 Starlette routing, the health route) with a monitoring system whose database
-monitor probes PostgreSQL (the local one if it answers, else none).
+monitor probes PostgreSQL (--database-url; else DATABASE_URL, else an embedded one: the
+serving rule; --no-database for none).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from contextlib import AbstractContextManager, nullcontext  # noqa: E402
 from functools import partial  # noqa: E402
 
 import trio  # noqa: E402
@@ -37,8 +39,9 @@ import trio  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from actors.embedded import serving_database  # noqa: E402
+
 REQUEST = b"GET /api/health HTTP/1.1\r\nhost: bench\r\n\r\n"
-LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 # -- the servers (child processes) ----------------------------------------------------------
@@ -140,18 +143,11 @@ def _pin(cpu: int):
     return pin
 
 
-def database(args: argparse.Namespace) -> str | None:
-    if args.no_database:
-        return None
-    if args.database_url:
-        return args.database_url
-    try:
-        import psycopg
-
-        with psycopg.connect(LOCAL_URL, connect_timeout=2):
-            return LOCAL_URL
-    except Exception:
-        return None
+def database(args: argparse.Namespace) -> AbstractContextManager[str | None]:
+    """--no-database, --database-url, else the serving rule (DATABASE_URL, else embedded)."""
+    if args.no_database or args.database_url:
+        return nullcontext(None if args.no_database else args.database_url)
+    return serving_database()
 
 
 def main() -> None:
@@ -168,7 +164,11 @@ def main() -> None:
     if args.serve == "triage":
         return trio.run(serve_triage, args.database_url)
 
-    url = database(args)
+    with database(args) as url:
+        compare(args, url)
+
+
+def compare(args: argparse.Namespace, url: str | None) -> None:
     _pin(1)()
     servers = {kind: start(kind, url) for kind in ("bare", "triage")}
     print(f"GET /api/health, {args.connections} keep-alive connections, {args.seconds:g} s per run, "

@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/bench/pg_raw.py [--dsn DSN] [--conns 8] [--rounds 5] [--seconds 2]
 
+Without --dsn: DATABASE_URL if set, else an embedded PostgreSQL (the serving rule).
+
 (a) N trio tasks, each driving its own ``actors.pgconn.PgConnection``;
 (b) N trio tasks, each calling a sync ``psycopg.Connection`` through
     ``trio.to_thread.run_sync``.
@@ -12,7 +14,6 @@ script prints every round, the medians and the ratio a/b. A figure, not a test.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -21,9 +22,8 @@ import psycopg
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from actors.embedded import serving_database  # noqa: E402
 from actors.pgconn import PgConnection  # noqa: E402
-
-DEFAULT_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def count_for(seconds: float, workers: list) -> int:
@@ -100,8 +100,13 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", default=DEFAULT_DSN)
+    parser.add_argument("--dsn", help="default: DATABASE_URL, else an embedded PostgreSQL")
     parser.add_argument("--conns", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
-    trio.run(main, parser.parse_args())
+    args = parser.parse_args()
+    if args.dsn:
+        trio.run(main, args)
+    else:
+        with serving_database() as args.dsn:
+            trio.run(main, args)
