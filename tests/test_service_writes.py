@@ -286,5 +286,6 @@ def test_cli_refuses_to_start_with_demo_users_in_production(monkeypatch, capsys)
 
     monkeypatch.setenv("NODE_ENV", "production")
     monkeypatch.setenv("DEMO_USERS", "1")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")  # never reached
     assert main(["serve", "--port", "0"]) == 2
     assert "DEMO_USERS" in capsys.readouterr().err
