@@ -113,7 +113,7 @@ def test_monitor_healthy_probe_builds_whole_metrics():
     assert s.metrics == DatabaseMetrics(
         is_healthy=True, response_time_ms=12.5, connection_count=4, usage_percentage=40.0,
         last_checked=WALL, checked_at=0.5, error=None, max_connections=100, connection_limit=10,
-        probes=1, failures=0, consecutive_failures=0, violations=())
+        probes=1, failures=0, consecutive_failures=0, violations=(), monitor_connections=1)
 
 
 @pytest.mark.parametrize(("count", "max_connections", "reserved", "limit", "usage"), [
