@@ -9,7 +9,7 @@ from msgspec.structs import replace
 from actors import CircuitOpen, open_monitoring
 from actors.breaker import BreakerState
 from actors.faults import Down, FaultProxy, proxied_dsn
-from actors.health import HealthInputs, evaluate
+from actors.health import HealthInputs, HealthState, evaluate, judge
 from actors.scheduler import SchedulerState
 from messages.commands import Crash
 from messages.config import AlertRule, AlertsConfig, BreakerConfig, Config
@@ -85,10 +85,6 @@ def test_health_unhealthy_rules(name, changes, reason):
      "half_open", "closed"),
     ({"breakers": with_breaker("database", "half_open")}, "circuit breaker database is HALF_OPEN",
      "half_open", "closed"),
-    ({"database": db_metrics(response_time_ms=5001.0)}, "database response time over threshold", 5001.0, 5000.0),
-    ({"database": db_metrics(usage_percentage=81.0)}, "database connection usage over threshold", 81.0, 80.0),
-    ({"queue": replace(SchedulerState.initial(CFG.queue), depth=51)}, "queue depth over threshold", 51, 50),
-    ({"metrics": metrics(requests=100, errors=2)}, "error rate over threshold", 0.02, 0.01),
     ({"actors": {"limiter": ActorStatus(name="limiter", restarts=1, last_restart_at=NOW - 299, running=True)}},
      "actor limiter restarted recently", 1, 0),
     ({"actors": {"limiter": ActorStatus(name="limiter", restarts=1, last_restart_at=None, running=False)}},
@@ -113,6 +109,112 @@ def test_health_degraded_rules_one_by_one(changes, reason, value, threshold):
 ])
 def test_health_at_or_under_thresholds_stays_healthy(changes):
     assert report(inputs(**changes)).status == "healthy"
+    state, r = HealthState(), None
+    for t in range(0, 400, 5):  # held for minutes: still healthy
+        state, r = judge(state, fresh(inputs(**changes), NOW + t, NOW + t), CFG, NOW + t, WALL)
+    assert (r.status, state.rules) == ("healthy", {})
+
+
+# --- held rules: `for` before degrading, hysteresis to clear ------------------------------------
+
+WALL = staticmethod(lambda now: 1_700_000_000.0 + now)
+DEPTH = SchedulerState.initial(CFG.queue)
+
+# rule, over the threshold, in the hysteresis band, clear, for_s, clear_for_s, reason, value, threshold
+HELD = [
+    ("response_time", {"database": db_metrics(response_time_ms=5001.0)},
+     {"database": db_metrics(response_time_ms=4500.0)}, {"database": db_metrics(response_time_ms=3.0)},
+     60.0, 60.0, "database response time over threshold", 5001.0, 5000.0),
+    ("usage", {"database": db_metrics(usage_percentage=90.0, connection_count=9)},
+     {"database": db_metrics(usage_percentage=70.0)}, {"database": db_metrics(usage_percentage=40.0)},
+     60.0, 60.0, "database connection usage over threshold", 90.0, 80.0),
+    ("error_rate", {"metrics": metrics(requests=100, errors=2)}, {"metrics": metrics(requests=1000, errors=8)},
+     {"metrics": metrics(requests=100, errors=0)}, 30.0, 60.0, "error rate over threshold", 0.02, 0.01),
+    ("queue_depth", {"queue": replace(DEPTH, depth=51)}, {"queue": replace(DEPTH, depth=45)},
+     {"queue": replace(DEPTH, depth=10)}, 10.0, 10.0, "queue depth over threshold", 51, 50),
+]
+
+
+def fresh(i: HealthInputs, probed_at: float, now: float) -> HealthInputs:
+    """`i` as the actor sees it at `now`: the probe taken at `probed_at`, metrics just published."""
+    db = None if i.database is None else replace(i.database, checked_at=probed_at)
+    return replace(i, database=db, metrics=None if i.metrics is None else replace(i.metrics, at=now))
+
+
+def timeline(changes: list[tuple[float, dict]], until: float) -> tuple[list, object]:
+    """Evaluate every second, as the health actor does, over inputs that change at given offsets
+    from NOW (each a new probe; the same value probed again every 30 s); the status transitions
+    (offset, status) and the last report."""
+    state, seen, status, r = HealthState(), [], "healthy", None
+    for t in range(int(until) + 1):
+        at, change = [c for c in changes if c[0] <= t][-1]
+        state, r = judge(state, fresh(inputs(**change), NOW + max(at, t - t % 30), NOW + t), CFG, NOW + t, WALL)
+        if r.status != status:
+            seen.append((t, r.status))
+            status = r.status
+    return seen, r
+
+
+@pytest.mark.parametrize(("rule", "over", "band", "clear", "for_s", "clear_for_s", "reason", "value", "threshold"),
+                         HELD)
+def test_health_held_rule_short_excursion_does_not_flip_status(rule, over, band, clear, for_s, clear_for_s,
+                                                               reason, value, threshold):
+    """Over the threshold for less than `for_s` (for a database rule: one probe, held for one
+    interval, and more) then back: the status never leaves healthy."""
+    seen, r = timeline([(0, clear), (10, over), (10 + for_s - 1, clear)], until=10 + for_s + 100)
+    assert seen == []
+    assert r.metrics["rules"][rule]["state"] == "quiet"
+
+
+def test_health_single_slow_probe_does_not_flip_status():
+    seen, _ = timeline([(0, {}), (30, {"database": db_metrics(response_time_ms=9000.0)}), (60, {})], until=200)
+    assert seen == []
+
+
+@pytest.mark.parametrize(("rule", "over", "band", "clear", "for_s", "clear_for_s", "reason", "value", "threshold"),
+                         HELD)
+def test_health_held_rule_sustained_degrades_after_for_and_clears_only_with_hysteresis(
+        rule, over, band, clear, for_s, clear_for_s, reason, value, threshold):
+    """Over from t=10: degraded at exactly 10 + for_s. Back into the band between the clear
+    threshold and the threshold for minutes: still degraded ("recovering"). Under the clear
+    threshold from t=600: healthy at exactly 600 + clear_for_s."""
+    seen, r = timeline([(0, clear), (10, over)], until=10 + for_s + 5)
+    assert seen == [(10 + for_s, "degraded")]
+    (d,) = r.degradation
+    assert (d.reason, d.value, d.threshold, d.severity) == (reason, value, threshold, "degraded")
+    seen, r = timeline([(0, clear), (10, over), (200, band)], until=599)
+    assert seen == [(10 + for_s, "degraded")]
+    (d,) = r.degradation
+    assert d.reason == f"{reason}, recovering" and d.threshold < threshold
+    seen, r = timeline([(0, clear), (10, over), (200, band), (600, clear)], until=800)
+    assert seen == [(10 + for_s, "degraded"), (600 + clear_for_s, "healthy")]
+    assert r.degradation == [] and r.metrics["rules"][rule]["state"] == "quiet"
+
+
+def test_health_error_rate_needs_minimum_volume_of_rated_requests():
+    """19 requests, all failed: too few to judge. 200 rate-limit refusals and health answers do
+    not make up the volume, and are not in the rate."""
+    few = {"metrics": metrics(requests=19, errors=19)}
+    seen, _ = timeline([(0, few)], until=300)
+    assert seen == []
+    w = window(requests=219, errors=19)
+    padded = {"metrics": replace(metrics(), overall=SeriesStats(name="all", windows={
+        k: replace(w, excluded=200, error_rate=1.0) for k in ("1m", "5m", "1h")}))}
+    seen, _ = timeline([(0, padded)], until=300)
+    assert seen == []
+    enough = {"metrics": metrics(requests=20, errors=1)}
+    seen, _ = timeline([(0, enough)], until=100)
+    assert seen == [(30, "degraded")]
+
+
+def test_health_rules_configurable_from_toml():
+    cfg = Config.from_toml("[health.rules.queue_depth]\nfor_s = 0\nclear_for_s = 0\nclear_ratio = 1.0\n"
+                           "[health.rules.usage]\nenabled = false\n")
+    i = inputs(queue=replace(DEPTH, depth=51), database=db_metrics(usage_percentage=99.0))
+    state, r = judge(HealthState(), fresh(i, NOW, NOW), cfg, NOW, WALL)
+    assert [d.reason for d in r.degradation] == ["queue depth over threshold"]
+    assert "usage" not in r.metrics["rules"]
+    assert cfg.health.rules["error_rate"].for_s == 30.0   # rules it does not name keep their defaults
 
 
 def test_health_detailed_keys_match_spec_jq_paths():
@@ -120,7 +222,7 @@ def test_health_detailed_keys_match_spec_jq_paths():
     assert set(d) >= {"status", "timestamp", "uptime", "database", "queue", "components", "metrics",
                       "alerts", "degradation"}
     assert set(d["components"]) == {"database", "queue", "circuitBreakers", "rateLimiter", "actors"}
-    assert set(d["metrics"]) == {"database", "queue", "circuitBreakers", "errors", "latency"}
+    assert set(d["metrics"]) == {"database", "queue", "circuitBreakers", "errors", "latency", "rules"}
     assert d["components"]["circuitBreakers"]["critical"]["state"] == "OPEN"
     assert d["metrics"]["database"]["isHealthy"] is True and d["metrics"]["database"]["responseTimeMs"] == 3.0
     assert d["metrics"]["circuitBreakers"]["critical"]["openings"] == 0

@@ -249,12 +249,12 @@ def test_error_rate_leaves_out_rate_limit_refusals_and_health_answers():
     """A 429 is the client's doing; health's 503 is its report, not a failure: neither is in an
     error rate, on either side of the fraction. They still count as requests (rate, latency)."""
     s = MetricsState.initial(now=0.0)
-    for i in range(10):
+    for _ in range(10):
         s = feed(s, 1.0)
     s = feed(s, 1.0, outcome="error", status=500)
-    for i in range(30):
+    for _ in range(30):
         s = feed(s, 2.0, outcome="rate_limited", status=429)
-    for i in range(20):
+    for _ in range(20):
         s = feed(s, 3.0, route="GET /api/health", outcome="health", status=503)
     w = window(snapshot(s, 3.0), "1m")
     assert (w.requests, w.excluded, w.errors, w.server_errors) == (61, 50, 1, 1)
