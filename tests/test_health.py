@@ -12,7 +12,7 @@ from actors.faults import Down, FaultProxy, proxied_dsn
 from actors.health import HealthInputs, HealthState, evaluate, judge
 from actors.scheduler import SchedulerState
 from messages.commands import Crash
-from messages.config import AlertRule, AlertsConfig, BreakerConfig, Config
+from messages.config import AlertRule, AlertsConfig, BreakerConfig, Config, QueueConfig
 from messages.database import DatabaseMetrics
 from messages.events import BreakerTransition
 from messages.metrics import MetricsSnapshot, Percentiles, SeriesStats, WindowStats
@@ -307,3 +307,70 @@ def _name(ev) -> str:
     if hasattr(ev, "rule"):
         return f"alert:{ev.id}:{ev.state}"
     return type(ev).__name__
+
+
+async def test_health_queue_backlog_degrades_after_for_not_on_a_burst(autojump_clock):
+    """The real queue, one slot, on MockClock: 55 callers waiting for 5 s leave health healthy;
+    waiting on, it degrades exactly `for_s` (10 s) after health first saw the backlog, and is
+    healthy again exactly `clear_for_s` after the queue drained."""
+    cfg = Config(queue=QueueConfig(max_concurrent=1, request_timeout_s=1000.0))
+    statuses: list[str] = []
+
+    async def wait_in_queue(release: trio.Event) -> None:
+        async with mon.guard():
+            await release.wait()
+
+    async with open_monitoring(cfg) as mon, trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _watch(mon, statuses))
+        for hold_s in (5.0, None):
+            release = trio.Event()
+            for _ in range(56):
+                nursery.start_soon(wait_in_queue, release)
+            pending = await mon.health_report.wait_value(
+                lambda r: r.metrics["rules"]["queue_depth"]["state"] == "pending")
+            if hold_s is not None:
+                await trio.sleep(hold_s)
+                release.set()
+                await mon.health_report.wait_value(lambda r: r.metrics["rules"]["queue_depth"]["state"] == "quiet")
+                await trio.sleep(60)
+                assert statuses == ["healthy"]
+                continue
+            degraded = await mon.health_report.wait_value(lambda r: r.status == "degraded")
+            assert degraded.at - pending.at == 10.0
+            assert [d.reason for d in degraded.degradation] == ["queue depth over threshold"]
+            release.set()
+            clearing = await mon.health_report.wait_value(
+                lambda r: r.metrics["rules"]["queue_depth"]["state"] == "clearing")
+            healthy = await mon.health_report.wait_value(lambda r: r.status == "healthy")
+            assert healthy.at - clearing.at == 10.0
+        nursery.cancel_scope.cancel()
+    assert statuses == ["healthy", "degraded", "healthy"]
+
+
+async def _watch(mon, statuses: list[str]) -> None:
+    while True:
+        r = await mon.health_report.wait_value(lambda r: not statuses or r.status != statuses[-1])
+        statuses.append(r.status)
+
+
+async def test_health_real_database_slow_probes_degrade_only_after_for_and_report_scope(database_url):
+    """Every probe over a (tiny) MAX_RESPONSE_TIME: the first leaves health healthy with the rule
+    pending; degraded only once `for_s` (two intervals) has passed. The detailed report shows the
+    scoped connection count, the scope and this instance's own connections side by side."""
+    cfg = Config.from_toml(f'database_url = "{database_url}"\nhealth_check_interval_s = 0.2\n'
+                           '[thresholds]\nmax_response_time_ms = 0.000001\n'
+                           '[health]\nconnection_scope = "database"\n')
+    async with open_monitoring(cfg) as mon:
+        with trio.fail_after(10):
+            assert await mon.db.fetchval("select 1") == 1
+            pending = await mon.health_report.wait_value(
+                lambda r: r.metrics["rules"]["response_time"]["state"] == "pending")
+            degraded = await mon.health_report.wait_value(lambda r: r.status == "degraded")
+    assert pending.status == "healthy"
+    assert degraded.at - pending.at >= 0.4 - 1e-9
+    assert [d.reason for d in degraded.degradation] == ["database response time over threshold"]
+    db = degraded.detailed()["components"]["database"]
+    assert db["connectionScope"] == "database"
+    assert db["connectionCount"] == db["connectionsByScope"]["database"] <= db["connectionsByScope"]["server"]
+    own = db["ownConnections"]
+    assert own["monitor"] == 1 and own["total"] == own["pooled"] + 1 and own["pooled"] >= 0
