@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import httpx
+import hypercorn.trio
 import pytest
 import trio
 from msgspec.structs import replace
@@ -11,10 +15,12 @@ from actors.breaker import BreakerState
 from actors.faults import Down, FaultProxy, proxied_dsn
 from actors.health import HealthInputs, HealthState, evaluate, judge
 from actors.scheduler import SchedulerState
+from actors.web import create_app, hypercorn_config
 from messages.commands import Crash
-from messages.config import AlertRule, AlertsConfig, BreakerConfig, Config, QueueConfig
+from messages.config import AlertRule, AlertsConfig, BreakerConfig, Config, QueueConfig, RatePolicy
 from messages.database import DatabaseMetrics
 from messages.events import BreakerTransition
+from messages.http_config import HttpConfig
 from messages.metrics import MetricsSnapshot, Percentiles, SeriesStats, WindowStats
 from messages.snapshots import ActorStatus
 
@@ -374,3 +380,55 @@ async def test_health_real_database_slow_probes_degrade_only_after_for_and_repor
     assert db["connectionCount"] == db["connectionsByScope"]["database"] <= db["connectionsByScope"]["server"]
     own = db["ownConnections"]
     assert own["monitor"] == 1 and own["total"] == own["pooled"] + 1 and own["pooled"] >= 0
+
+
+# --- over real HTTP: what enters request latency and the error rate ------------------------------
+
+async def test_health_http_streams_refusals_and_health_503s_stay_out_of_latency_and_error_rate(database_url):
+    """Over loopback: the alert stream and the dashboard stream held open for a second (then
+    ended by the drain), 10 requests of which 6 are refused by rate limiting (429), and 5 health
+    checks answered 503 (the database breaker is open). The streams are not requests: neither
+    their durations nor their routes appear. The 429s and health's 503s are requests, but in no
+    error rate."""
+    cfg = Config(database_url=database_url,
+                 policies={**Config().policies, "general": RatePolicy(limit=5, window_s=60.0)})
+    http = HttpConfig(port=0, sse_heartbeat_s=0.2)
+    async with open_monitoring(cfg) as mon:
+        app = create_app(mon, http)
+        stop = trio.Event()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(partial(hypercorn.trio.serve, app, hypercorn_config(http),
+                                                    shutdown_trigger=app.shutdown_trigger(stop.wait)))
+                host, port = binds[0].removeprefix("http://").rsplit(":", 1)
+                streams = []
+                for path, marker in ((b"/api/alerts/stream", b": connected"), (b"/api/dashboard/stream", b"retry:")):
+                    stream = await trio.open_tcp_stream(host, int(port))
+                    await stream.send_all(b"GET %s HTTP/1.1\r\nhost: x\r\n\r\n" % path)
+                    assert (await _read_until(stream, marker)).startswith(b"HTTP/1.1 200")
+                    streams.append(stream)
+                async with httpx.AsyncClient(base_url=binds[0], timeout=5) as client:
+                    codes = [(await client.get("/nope")).status_code for _ in range(10)]
+                    await mon.breakers["database"].force_open()
+                    await mon.health_report.wait_value(lambda r: r.status == "unhealthy")
+                    codes += [(await client.get("/api/health")).status_code for _ in range(5)]
+                await trio.sleep(1.0)      # the streams stay open: a dashboard left open
+                stop.set()                 # the drain ends the streams; serve returns when all are done
+                for stream in streams:
+                    await _read_until(stream, b"\r\n0\r\n\r\n")
+                    await stream.aclose()
+            snap = await mon.metrics()
+    assert codes == [404] * 4 + [429] * 6 + [503] * 5
+    w = snap.overall.windows["1m"]
+    assert (w.requests, w.latency.count) == (15, 15)
+    assert (w.errors, w.server_errors, w.excluded, w.error_rate, w.server_error_rate) == (0, 0, 11, 0.0, 0.0)
+    assert set(snap.routes) == {"GET <unmatched>", "GET /api/health"}
+
+
+async def _read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = await stream.receive_some(4096)
+        assert chunk, data
+        data += chunk
+    return data
