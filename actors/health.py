@@ -208,7 +208,7 @@ def _errors(m: Any) -> dict[str, Any] | None:
         return None
     return {name: {"requests": w.requests, "errors": w.errors, "errorRate": w.error_rate,
                    "serverErrors": w.server_errors, "serverErrorRate": w.server_error_rate,
-                   "ratePerSecond": w.rate_per_s}
+                   "excluded": w.excluded, "ratePerSecond": w.rate_per_s}
             for name, w in m.overall.windows.items()} | {
         "breakerActivationsPerHour": m.breaker_activations_per_hour,
         "rateLimitViolationsPerHour": m.rate_limit_violations_per_hour}
