@@ -122,10 +122,11 @@ def _actor_reasons(actors: dict[str, ActorStatus], now: float) -> list[Degradati
     return out
 
 
-def reasons(inputs: HealthInputs, cfg: Config, now: float,
-            rules: dict[str, Track] | None = None) -> list[Degradation]:
+def reasons(inputs: HealthInputs, cfg: Config, now: float, rules: dict[str, Track] | None = None,
+            lims: dict[str, Any] | None = None) -> list[Degradation]:
     out = _breaker_reasons(inputs, now) + _database_reasons(inputs.database, cfg, now)
-    out += health_rules.reasons(rules or {}, health_rules.limits(cfg)) + _metrics_reasons(inputs.metrics, now)
+    out += health_rules.reasons(rules or {}, lims or health_rules.limits(cfg))
+    out += _metrics_reasons(inputs.metrics, now)
     out += _actor_reasons(inputs.actors, now)
     if inputs.maintenance:
         out.append(Degradation(reason="maintenance mode", component="service", severity="degraded",
@@ -161,7 +162,8 @@ def judge(state: HealthState, inputs: HealthInputs, cfg: Config, now: float,
 def evaluate(inputs: HealthInputs, cfg: Config, now: float,
              wall: Callable[[float], float], rules: dict[str, Track] | None = None) -> HealthReport:
     """The whole report, from values only (`rules`: the held rules' tracks, see `judge`)."""
-    found = reasons(inputs, cfg, now, rules)
+    lims = health_rules.limits(cfg)
+    found = reasons(inputs, cfg, now, rules, lims)
     status = _status(found)
     breakers = {t: breaker_mod.snapshot(s, now) for t, s in inputs.breakers.items()}
     queue = scheduler_mod.snapshot(inputs.queue, now, idle_offers=inputs.idle_offers)
@@ -183,7 +185,7 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
         "circuitBreakers": {t: _b(b) for t, b in breakers.items()},
         "errors": _errors(inputs.metrics),
         "latency": _latency(inputs.metrics),
-        "rules": health_rules.view(rules or {}, health_rules.values(inputs, cfg), health_rules.limits(cfg), now),
+        "rules": health_rules.view(rules or {}, health_rules.values(inputs, cfg), lims, now),
     }
     return HealthReport(
         status=status, timestamp=iso(wall(now)), uptime_ms=int((now - inputs.started_at) * 1000),

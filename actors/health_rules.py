@@ -47,10 +47,9 @@ def limits(cfg: Config) -> dict[str, Limits]:
     thresholds = {"response_time": th.max_response_time_ms, "usage": th.max_usage_percentage,
                   "error_rate": h.max_error_rate, "queue_depth": float(QUEUE_DEPTH_DEGRADED)}
     held = 2.0 * cfg.health_check_interval_s
-    defaults = HealthConfig().rules
     out = {}
     for name, threshold in thresholds.items():
-        r = h.rules.get(name, defaults[name])
+        r = h.rules.get(name) or HealthConfig().rules[name]   # a Config built in code may omit one
         if r.enabled:
             out[name] = Limits(threshold=threshold, clear_threshold=threshold * r.clear_ratio,
                                for_s=held if r.for_s is None else r.for_s,
