@@ -3,20 +3,13 @@
 Theory of operation. The health actor sends a `Sample` after every
 evaluation: the current value of every alert signal, keyed by alert id
 (`rule` or `rule:label`, e.g. `breaker_activation:critical`). Each id moves
-through a small state machine, written as data:
-
-    quiet    --value > threshold-------------------------> pending (since now)
-    pending  --value <= threshold------------------------> quiet
-    pending  --held for for_s----------------------------> firing    emits Alert(firing)
-    firing   --value < clear_threshold-------------------> clearing (since now)
-    clearing --value >= clear_threshold------------------> firing    (no emission)
-    clearing --clear for clear_for_s---------------------> quiet     emits Alert(resolved)
-
-So an alert fires once after exactly `for_s` and resolves once; a value
-oscillating between `clear_threshold` and `threshold` cannot make it flap.
-A signal missing from a sample reads as cleared. The shell wakes the core
-with a `Tick` at the next pending or clearing deadline, so durations are
-exact on trio's MockClock.
+through the state machine of `actors.hysteresis` (quiet -> pending -> firing
+-> clearing -> quiet): an alert fires once after exactly `for_s` over its
+`threshold`, and resolves once after `clear_for_s` under its `clear_threshold`
+-- with its own text ("Circuit breaker database recovered"), not the firing
+one. A signal missing from a sample reads as cleared. The shell wakes the
+core with a `Tick` at the next pending or clearing deadline, so durations
+are exact on trio's MockClock.
 
 The info-level summary ("trends") is emitted every `summary_every_s`; it is
 a report, not a condition: it is never active.
@@ -32,6 +25,7 @@ import msgspec
 from msgspec.structs import replace
 
 from actors.actor import Emit, Send
+from actors.hysteresis import Track, advance, deadline
 from messages.commands import GetSnapshot, Tick
 from messages.config import AlertRule, AlertsConfig
 from messages.health import SEVERITY_RANK, Alert
@@ -49,19 +43,24 @@ MESSAGES = {
     "breaker_activation": "Circuit breaker {label} activated",
 }
 
+# What a resolved alert says: that it is over, not the firing text again.
+RESOLVED_MESSAGES = {
+    "health_unhealthy": "Health endpoint no longer unhealthy (no more 503)",
+    "breaker_open_long": "Circuit breaker {label} no longer open",
+    "db_usage_critical": "Database connection usage back under {clear:g} %",
+    "error_rate_critical": "Error rate back under {clear_pct:g} %",
+    "p95_slow": "Response time P95 back under {clear:g} s",
+    "queue_depth_high": "Queue depth back under {clear:g} items",
+    "rate_limit_violations_high": "Rate limit violations back under {clear:g} per hour",
+    "breaker_activation": "Circuit breaker {label} recovered",
+}
+
 
 class Sample(msgspec.Struct, frozen=True):
     """Signal values at one instant: alert id -> value (plus the summary's figures)."""
 
     values: dict[str, float]
     summary: dict[str, Any] = {}
-
-
-class Track(msgspec.Struct, frozen=True):
-    phase: str                      # quiet | pending | firing | clearing
-    since: float
-    value: float = 0.0
-    started_wall: float = 0.0
 
 
 class AlertState(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,9 +83,12 @@ def _rule_of(alert_id: str) -> tuple[str, str | None]:
     return rule, label or None
 
 
-def _message(rule: str, label: str | None, r: AlertRule) -> str:
-    return MESSAGES.get(rule, rule).format(label=label or "", threshold=r.threshold, for_s=r.for_s,
-                                           pct=r.threshold * 100)
+def _message(rule: str, label: str | None, r: AlertRule, state: str = "firing") -> str:
+    texts = RESOLVED_MESSAGES if state == "resolved" else MESSAGES
+    default = f"{rule} resolved" if state == "resolved" else rule
+    return texts.get(rule, default).format(label=label or "", threshold=r.threshold, for_s=r.for_s,
+                                           pct=r.threshold * 100, clear=r.clear_threshold,
+                                           clear_pct=r.clear_threshold * 100)
 
 
 def _alert(s: AlertState, alert_id: str, t: Track, state: str, now: float) -> Alert:
@@ -95,35 +97,20 @@ def _alert(s: AlertState, alert_id: str, t: Track, state: str, now: float) -> Al
     rule, label = _rule_of(alert_id)
     r = s.cfg.rules[rule]
     return Alert(id=alert_id, rule=rule, severity=r.severity, state=state,
-                 message=_message(rule, label, r), value=t.value, threshold=r.threshold,
-                 started_at=iso(t.started_wall),
+                 message=_message(rule, label, r, state), value=t.value, threshold=r.threshold,
+                 started_at=iso(s.wall(t.started)),
                  resolved_at=iso(s.wall(now)) if state == "resolved" else None)
 
 
 def _advance(s: AlertState, alert_id: str, t: Track, value: float | None,
              now: float) -> tuple[Track, list]:
-    """One id's state machine for one instant."""
-    r = s.cfg.rules[_rule_of(alert_id)[0]]
-    hot = value is not None and value > r.threshold
-    cold = value is None or value < r.clear_threshold
-    v = t.value if value is None else value
-    match t.phase:
-        case "quiet" if hot:
-            t = Track("pending", now, v, s.wall(now))
-            return _advance(s, alert_id, t, value, now) if r.for_s <= 0 else (t, [])
-        case "pending" if not hot:
-            return Track("quiet", now, v), []
-        case "pending" if now - t.since >= r.for_s:
-            t = Track("firing", now, v, t.started_wall)
-            return t, [Emit(_alert(s, alert_id, t, "firing", now))]
-        case "firing" if cold:
-            t = Track("clearing", now, v, t.started_wall)
-            return _advance(s, alert_id, t, value, now) if r.clear_for_s <= 0 else (t, [])
-        case "clearing" if not cold:
-            return Track("firing", t.since, v, t.started_wall), []
-        case "clearing" if now - t.since >= r.clear_for_s:
-            return Track("quiet", now, v), [Emit(_alert(s, alert_id, replace(t, value=v), "resolved", now))]
-    return replace(t, value=v), []
+    """One id's state machine (actors.hysteresis) for one instant."""
+    t, change = advance(t, value, s.cfg.rules[_rule_of(alert_id)[0]], now)
+    if change == "fired":
+        return t, [Emit(_alert(s, alert_id, t, "firing", now))]
+    if change == "resolved":
+        return t, [Emit(_alert(s, alert_id, t, "resolved", now))]
+    return t, []
 
 
 def _evaluate(s: AlertState, now: float) -> tuple[AlertState, list]:
@@ -179,14 +166,8 @@ def step(s: AlertState, msg: Any, now: float) -> tuple[AlertState, list]:
 
 
 def wakeup(s: AlertState) -> float:
-    deadlines = [s.next_summary_at]
-    for alert_id, t in s.tracks.items():
-        r = s.cfg.rules[_rule_of(alert_id)[0]]
-        if t.phase == "pending":
-            deadlines.append(t.since + r.for_s)
-        elif t.phase == "clearing":
-            deadlines.append(t.since + r.clear_for_s)
-    return min(deadlines)
+    deadlines = [deadline(t, s.cfg.rules[_rule_of(alert_id)[0]]) for alert_id, t in s.tracks.items()]
+    return min([s.next_summary_at, *deadlines])
 
 
 class AlertsCore:

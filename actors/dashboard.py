@@ -105,6 +105,8 @@ class DashboardStream:
         self.mon, self.history, self.degraded_code = mon, history, degraded_code
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("triage") is not None:  # a stream, not a request: no latency; ends at drain
+            scope["triage"].stream = True
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         try:
             async with self.mon.subscribe("info", buffer=64) as alerts, trio.open_nursery() as nursery:

@@ -15,11 +15,12 @@ unhealthy
   * the database monitor's last probe failed (database unreachable)
 degraded
   * any other breaker OPEN, or any breaker HALF_OPEN
-  * database response time over MAX_RESPONSE_TIME
-  * database usage over MAX_DB_USAGE_PERCENTAGE
-  * queue depth over 50
-  * error rate over 1 % in the last minute (with at least MIN_REQUESTS requests,
-    so one failed call out of three does not flip the status)
+  * held rules (`actors.health_rules`: over the threshold for `for_s`, cleared
+    with hysteresis, so a single probe or burst does not flip the status):
+    database response time over MAX_RESPONSE_TIME, database usage (in
+    `connection_scope`) over MAX_DB_USAGE_PERCENTAGE, queue depth over 50,
+    error rate over 1 % in the last minute (with at least `min_requests`
+    requests it rates: rate-limit refusals and health's own answers are not)
   * an actor restarted in the last 5 minutes, or is not running
   * a snapshot is stale: the last database probe is older than 3 health-check
     intervals, or the metrics summary older than 3 of its periods
@@ -36,14 +37,13 @@ from typing import Any
 import msgspec
 
 from actors import breaker as breaker_mod
+from actors import health_rules
 from actors import scheduler as scheduler_mod
+from actors.hysteresis import Track
 from messages.config import Config
 from messages.health import Alert, Degradation, HealthReport
 from messages.snapshots import ActorStatus
 
-QUEUE_DEPTH_DEGRADED = 50
-ERROR_RATE_DEGRADED = 0.01
-MIN_REQUESTS = 20
 RESTART_WINDOW_S = 300.0
 STALE_INTERVALS = 3
 EVAL_EVERY_S = 1.0
@@ -86,7 +86,6 @@ def _breaker_reasons(inputs: HealthInputs, now: float) -> list[Degradation]:
 def _database_reasons(db: Any, cfg: Config, now: float) -> list[Degradation]:
     if db is None:
         return []
-    th = cfg.thresholds
     if db.checked_at is None:
         return [Degradation(reason="database not checked yet", component="database", severity="degraded")]
     if not db.is_healthy:
@@ -98,22 +97,7 @@ def _database_reasons(db: Any, cfg: Config, now: float) -> list[Degradation]:
         out.append(Degradation(reason="database metrics are stale", component="database",
                                severity="degraded", value=round(now - db.checked_at, 3),
                                threshold=stale_after))
-    if db.response_time_ms is not None and db.response_time_ms > th.max_response_time_ms:
-        out.append(Degradation(reason="database response time over threshold", component="database",
-                               severity="degraded", value=db.response_time_ms,
-                               threshold=th.max_response_time_ms))
-    if db.usage_percentage is not None and db.usage_percentage > th.max_usage_percentage:
-        out.append(Degradation(reason="database connection usage over threshold", component="database",
-                               severity="degraded", value=db.usage_percentage,
-                               threshold=th.max_usage_percentage))
     return out
-
-
-def _queue_reasons(queue: Any) -> list[Degradation]:
-    if queue.depth > QUEUE_DEPTH_DEGRADED:
-        return [Degradation(reason="queue depth over threshold", component="queue", severity="degraded",
-                            value=queue.depth, threshold=QUEUE_DEPTH_DEGRADED)]
-    return []
 
 
 def _metrics_reasons(metrics: Any, now: float) -> list[Degradation]:
@@ -123,10 +107,6 @@ def _metrics_reasons(metrics: Any, now: float) -> list[Degradation]:
     if now - metrics.at > STALE_INTERVALS * METRICS_PERIOD_S:
         out.append(Degradation(reason="metrics are stale", component="metrics", severity="degraded",
                                value=round(now - metrics.at, 3), threshold=STALE_INTERVALS * METRICS_PERIOD_S))
-    w = metrics.overall.windows.get("1m")
-    if w is not None and w.requests >= MIN_REQUESTS and w.error_rate > ERROR_RATE_DEGRADED:
-        out.append(Degradation(reason="error rate over threshold", component="errors", severity="degraded",
-                               value=round(w.error_rate, 4), threshold=ERROR_RATE_DEGRADED))
     return out
 
 
@@ -142,9 +122,11 @@ def _actor_reasons(actors: dict[str, ActorStatus], now: float) -> list[Degradati
     return out
 
 
-def reasons(inputs: HealthInputs, cfg: Config, now: float) -> list[Degradation]:
+def reasons(inputs: HealthInputs, cfg: Config, now: float, rules: dict[str, Track] | None = None,
+            lims: dict[str, Any] | None = None) -> list[Degradation]:
     out = _breaker_reasons(inputs, now) + _database_reasons(inputs.database, cfg, now)
-    out += _queue_reasons(inputs.queue) + _metrics_reasons(inputs.metrics, now)
+    out += health_rules.reasons(rules or {}, lims or health_rules.limits(cfg))
+    out += _metrics_reasons(inputs.metrics, now)
     out += _actor_reasons(inputs.actors, now)
     if inputs.maintenance:
         out.append(Degradation(reason="maintenance mode", component="service", severity="degraded",
@@ -163,17 +145,33 @@ def _component_status(found: list[Degradation], prefix: str) -> str:
     return _status(mine)
 
 
+class HealthState(msgspec.Struct, frozen=True):
+    """What the health actor remembers between evaluations: the held rules' tracks."""
+
+    rules: dict[str, Track] = {}
+
+
+def judge(state: HealthState, inputs: HealthInputs, cfg: Config, now: float,
+          wall: Callable[[float], float]) -> tuple[HealthState, HealthReport]:
+    """One evaluation: the held rules one instant on, then the report. Pure."""
+    lims = health_rules.limits(cfg)
+    state = HealthState(health_rules.step(state.rules, health_rules.values(inputs, cfg), lims, now))
+    return state, evaluate(inputs, cfg, now, wall, state.rules)
+
+
 def evaluate(inputs: HealthInputs, cfg: Config, now: float,
-             wall: Callable[[float], float]) -> HealthReport:
-    """The whole report, from values only."""
-    found = reasons(inputs, cfg, now)
+             wall: Callable[[float], float], rules: dict[str, Track] | None = None) -> HealthReport:
+    """The whole report, from values only (`rules`: the held rules' tracks, see `judge`)."""
+    lims = health_rules.limits(cfg)
+    found = reasons(inputs, cfg, now, rules, lims)
     status = _status(found)
     breakers = {t: breaker_mod.snapshot(s, now) for t, s in inputs.breakers.items()}
     queue = scheduler_mod.snapshot(inputs.queue, now, idle_offers=inputs.idle_offers)
     db_status = ("not_configured" if inputs.database is None else
                  "unknown" if inputs.database.checked_at is None else _component_status(found, "database"))
     components = {
-        "database": {"status": db_status, **(_b(inputs.database) or {})},
+        "database": {"status": db_status, **(_b(inputs.database) or {}),
+                     "ownConnections": _own_connections(inputs.database, queue)},
         "queue": {"status": _component_status(found, "queue"), "depth": queue.depth,
                   "inFlight": queue.in_flight, "maxConcurrent": queue.max_concurrent},
         "circuitBreakers": {t: {"state": b.state.upper(), "failures": b.failures_in_window,
@@ -187,11 +185,20 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
         "circuitBreakers": {t: _b(b) for t, b in breakers.items()},
         "errors": _errors(inputs.metrics),
         "latency": _latency(inputs.metrics),
+        "rules": health_rules.view(rules or {}, health_rules.values(inputs, cfg), lims, now),
     }
     return HealthReport(
         status=status, timestamp=iso(wall(now)), uptime_ms=int((now - inputs.started_at) * 1000),
         database=db_status, queue=components["queue"]["status"], components=components, metrics=metrics,
         alerts=list(inputs.alerts), degradation=found, at=now)
+
+
+def _own_connections(db: Any, queue: Any) -> dict[str, int] | None:
+    """This instance's connections, to read beside the scoped count: the pool's and the monitor's."""
+    if db is None:
+        return None
+    pooled = queue.pool.opened if queue.pool is not None else 0
+    return {"pooled": pooled, "monitor": db.monitor_connections, "total": pooled + db.monitor_connections}
 
 
 def _b(value: Any) -> Any:
@@ -203,7 +210,7 @@ def _errors(m: Any) -> dict[str, Any] | None:
         return None
     return {name: {"requests": w.requests, "errors": w.errors, "errorRate": w.error_rate,
                    "serverErrors": w.server_errors, "serverErrorRate": w.server_error_rate,
-                   "ratePerSecond": w.rate_per_s}
+                   "excluded": w.excluded, "ratePerSecond": w.rate_per_s}
             for name, w in m.overall.windows.items()} | {
         "breakerActivationsPerHour": m.breaker_activations_per_hour,
         "rateLimitViolationsPerHour": m.rate_limit_violations_per_hour}
@@ -233,8 +240,12 @@ class Sources(msgspec.Struct, frozen=True, kw_only=True):
     alerts: Callable[[], tuple[Alert, ...]]
 
 
-def signals(report: HealthReport, inputs: HealthInputs) -> tuple[dict[str, float], dict[str, Any]]:
-    """Alert signal values (alert id -> value) and the info summary's figures."""
+def signals(report: HealthReport, inputs: HealthInputs,
+            min_requests: int = 20) -> tuple[dict[str, float], dict[str, Any]]:
+    """Alert signal values (alert id -> value) and the info summary's figures.
+
+    The error rate is a signal only with at least `min_requests` requests it rates.
+    """
     values: dict[str, float] = {"health_unhealthy": 1.0 if report.status == "unhealthy" else 0.0,
                                 "queue_depth_high": float(inputs.queue.depth)}
     for tier, s in inputs.breakers.items():
@@ -247,7 +258,7 @@ def signals(report: HealthReport, inputs: HealthInputs) -> tuple[dict[str, float
     m = inputs.metrics
     if m is not None:
         w1, w5 = m.overall.windows.get("1m"), m.overall.windows.get("5m")
-        if w1 is not None and w1.requests >= MIN_REQUESTS:
+        if w1 is not None and w1.requests - w1.excluded >= min_requests:
             values["error_rate_critical"] = w1.error_rate
         if w5 is not None and w5.latency.p95 is not None:
             values["p95_slow"] = w5.latency.p95
@@ -270,6 +281,7 @@ class HealthActor:
 
         self.config, self.sources, self.bus = config, sources, bus
         self.on_sample, self.wall, self.started_at = on_sample, wall, started_at
+        self.state = HealthState()
         self.report = Published(self.evaluate(started_at))
         self.restarts = 0
 
@@ -281,7 +293,11 @@ class HealthActor:
                             maintenance=src.maintenance(), alerts=src.alerts(), started_at=self.started_at)
 
     def evaluate(self, now: float) -> HealthReport:
-        return evaluate(self.inputs(), self.config, now, self.wall)
+        return evaluate(self.inputs(), self.config, now, self.wall, self.state.rules)
+
+    def wakeup(self) -> float:
+        """When a held rule changes phase by itself: evaluate then, so `for` is exact."""
+        return health_rules.wakeup(self.state.rules, health_rules.limits(self.config))
 
     def refresh(self, now: float) -> HealthReport:
         """Evaluate, publish, log a status change, and feed the alert rules."""
@@ -290,7 +306,7 @@ class HealthActor:
         from actors.alerts import Sample
 
         inputs = self.inputs()
-        report = evaluate(inputs, self.config, now, self.wall)
+        self.state, report = judge(self.state, inputs, self.config, now, self.wall)
         previous = self.report.value.status
         self.report.set(report)
         if report.status != previous:
@@ -298,7 +314,7 @@ class HealthActor:
             logger.bind(actor="health").log("WARNING" if report.status != "healthy" else "INFO",
                                             "Health {previous} -> {status}: {why}",
                                             previous=previous, status=report.status, why=why)
-        values, summary = signals(report, inputs)
+        values, summary = signals(report, inputs, self.config.health.min_requests)
         self.on_sample(Sample(values, summary))
         return report
 
@@ -309,8 +325,9 @@ class HealthActor:
             if task_status is not None:
                 task_status.started()
             while True:
-                self.refresh(trio.current_time())
-                with trio.move_on_after(EVAL_EVERY_S):
+                now = trio.current_time()
+                self.refresh(now)
+                with trio.move_on_at(min(now + EVAL_EVERY_S, self.wakeup())):
                     await events.receive()
                     while True:  # one evaluation for a burst of events
                         try:

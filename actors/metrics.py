@@ -35,12 +35,17 @@ Definitions.
   and any outcome this module does not know yet), or an HTTP status >= 500.
   A rate-limit refusal is the client's doing, a cancellation the caller's, a
   shutdown refusal the operator's: none of them is the service failing —
-  except that a 5xx answer always counts, whatever the outcome.
-- server error (5xx): an observation with status >= 500.
+  except that a 5xx answer always counts, whatever the outcome (but see below).
+- left out of the error rates: outcomes "rate_limited" (a refusal is the
+  client's doing) and "health" (health's own answer: its 503 reports the
+  status, it is not a failure), whatever the status. They are neither errors
+  nor in the denominator (`excluded`), but they are requests (rate, latency).
+- server error (5xx): an observation with status >= 500 that is not left out.
 - latency: `duration_s` of every observation, whatever its outcome; queue
   wait: `queue_wait_s` of the observations that carry one. Durations are
   clamped to [0, 1 day]; NaN counts as 0 (one odd measurement must not crash
   the actor).
+- error_rate = errors / (requests - excluded); the same for server_error_rate.
 - rate_per_s = requests / window_s, where window_s is the history the window
   covers at that instant: from the start of its oldest bucket, or from the
   actor's start if later, to `now`, and at least 1 s.
@@ -92,7 +97,8 @@ MetricsIn = Observation | Observations | Count | GetSnapshot | GetMetrics | Tick
 RELATIVE_ACCURACY = 0.01
 BIN_LIMIT = 1024
 WINDOWS = (("1m", 10.0, 6), ("5m", 30.0, 10), ("1h", 300.0, 12))  # (name, bucket width s, buckets)
-NOT_ERRORS = frozenset({"ok", "rate_limited", "cancelled", "shutting_down"})
+NOT_ERRORS = frozenset({"ok", "rate_limited", "cancelled", "shutting_down", "health"})
+EXCLUDED = frozenset({"rate_limited", "health"})   # in no error rate (see the module doc)
 OVERALL = "all"
 OTHER = "other"
 MAX_VALUE_S = 86_400.0
@@ -123,16 +129,19 @@ def _clamp(value: float) -> float:
 class _Bucket:
     """Counters and sketches of one time slice; a sketch appears with its first value."""
 
-    __slots__ = ("idx", "requests", "errors", "server_errors", "latency", "queue_wait")
+    __slots__ = ("idx", "requests", "errors", "server_errors", "excluded", "latency", "queue_wait")
 
     def __init__(self, idx: int) -> None:
         self.idx = idx
-        self.requests = self.errors = self.server_errors = 0
+        self.requests = self.errors = self.server_errors = self.excluded = 0
         self.latency: Sketch | None = None
         self.queue_wait: Sketch | None = None
 
-    def record(self, duration: float, queue_wait: float | None, error: bool, server_error: bool) -> None:
+    def record(self, duration: float, queue_wait: float | None, error: bool, server_error: bool,
+               excluded: bool = False) -> None:
         self.requests += 1
+        if excluded:
+            self.excluded += 1
         if error:
             self.errors += 1
         if server_error:
@@ -149,6 +158,7 @@ class _Bucket:
         self.requests += other.requests
         self.errors += other.errors
         self.server_errors += other.server_errors
+        self.excluded += other.excluded
         self.latency = _merged(self.latency, other.latency)
         self.queue_wait = _merged(self.queue_wait, other.queue_wait)
 
@@ -297,16 +307,18 @@ def _observe(s: MetricsState, o: Observation) -> None:
 
 def _record(s: MetricsState, source: str, route: str | None, tier: str | None, outcome: str,
             status: int | None, duration_s: float, queue_wait_s: float | None) -> None:
-    server_error = status is not None and status >= 500
+    excluded = outcome in EXCLUDED
+    server_error = not excluded and status is not None and status >= 500
     error = server_error or outcome not in NOT_ERRORS
+    verdict = (error, server_error, excluded)
     duration = _clamp(duration_s)
     wait = None if queue_wait_s is None else _clamp(queue_wait_s)
     if source in s.overall_sources:
-        s.overall.rings[0].open.record(duration, wait, error, server_error)
+        s.overall.rings[0].open.record(duration, wait, *verdict)
     if route is not None:
-        _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, error, server_error)
+        _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, *verdict)
     if tier is not None:
-        _series(s, s.tiers, tier, s.max_tiers).rings[0].open.record(duration, wait, error, server_error)
+        _series(s, s.tiers, tier, s.max_tiers).rings[0].open.record(duration, wait, *verdict)
 
 
 def _count(s: MetricsState, c: Count) -> None:
@@ -339,11 +351,13 @@ def _window_stats(s: MetricsState, series: _Series, k: int) -> WindowStats:
     requests = sum(b.requests for b in parts)
     errors = sum(b.errors for b in parts)
     server_errors = sum(b.server_errors for b in parts)
+    excluded = sum(b.excluded for b in parts)
+    rated = requests - excluded
     return WindowStats(
         window_s=span, requests=requests, rate_per_s=requests / span,
-        errors=errors, error_rate=errors / requests if requests else 0.0,
+        errors=errors, error_rate=errors / rated if rated else 0.0,
         server_errors=server_errors,
-        server_error_rate=server_errors / requests if requests else 0.0,
+        server_error_rate=server_errors / rated if rated else 0.0, excluded=excluded,
         latency=_percentiles([b.latency for b in parts]),
         queue_wait=_percentiles([b.queue_wait for b in parts]))
 

@@ -21,7 +21,9 @@ from actors.errors import ConfigError
 from actors.mailbox import Mailbox, Published, ask, tell_quietly
 from actors.monitor_core import (  # noqa: F401  (re-exported: the monitor's public names)
     CHECKS,
+    COUNT_SQL,
     RECONNECT_BACKOFF_S,
+    SCOPES,
     WATCHDOG_GRACE_S,
     MonitorCore,
     MonitorIn,
@@ -55,7 +57,6 @@ _SETTINGS_SQL = (
     "SELECT current_setting('max_connections')::int,"
     " current_setting('superuser_reserved_connections')::int"
     " + coalesce(current_setting('reserved_connections', true)::int, 0)")
-_COUNT_SQL = "SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend'"
 
 
 class Hidden:
@@ -114,25 +115,26 @@ class Prober:
     async def probe(self, seq: int) -> ProbeResult:
         try:
             with trio.fail_after(self._timeout_s):
-                rt_ms, count = await self._measure()
+                rt_ms, counts = await self._measure()
         except Exception as exc:  # any failure to measure is a verdict, not a crash
             return ProbeResult(seq=seq, ok=False, at=trio.current_time(), wall=wall_clock(),
                                connected=self.connected,
                                error=describe(exc, self._dsn, self._timeout_s))
         max_connections, reserved = self._settings or (None, None)
         return ProbeResult(seq=seq, ok=True, at=trio.current_time(), wall=wall_clock(),
-                           connected=self.connected, response_time_ms=rt_ms, connection_count=count,
+                           connected=self.connected, response_time_ms=rt_ms, connection_count=counts["server"],
+                           connections_by_scope=counts,
                            max_connections=max_connections, reserved_connections=reserved)
 
-    async def _measure(self) -> tuple[float, int]:
+    async def _measure(self) -> tuple[float, dict[str, int]]:
         if not self.connected:
             await self._connect()
         assert self._conn is not None
         t0 = trio.current_time()
         await self._conn.execute("SELECT 1")
         rt_ms = round((trio.current_time() - t0) * 1000.0, 3)
-        count = (await self._conn.execute(_COUNT_SQL)).rows[0][0]
-        return rt_ms, count
+        row = (await self._conn.execute(COUNT_SQL)).rows[0]
+        return rt_ms, dict(zip(SCOPES, row, strict=True))
 
     async def _connect(self) -> None:
         self.close()
@@ -181,7 +183,8 @@ class DatabaseMonitor:
         if not timeout > 0:
             raise ConfigError("probe_timeout_s", probe_timeout_s, "must be > 0")
         self._settings = MonitorSettings(interval_s=interval, probe_timeout_s=timeout,
-                                         thresholds=config.thresholds)
+                                         thresholds=config.thresholds,
+                                         connection_scope=config.health.connection_scope)
         self._supervisor = config.supervisor
         self._dsn, self._emit = Hidden(dsn), emit
         self._inbox = Mailbox("monitor", 64)
@@ -189,7 +192,7 @@ class DatabaseMonitor:
         self._probes: trio.MemorySendChannel | None = None
         self._nursery: trio.Nursery | None = None
         self.callbacks_skipped = 0      # an async callback still running when the next probe came
-        self.metrics = Published(initial_metrics(config.thresholds))
+        self.metrics = Published(initial_metrics(config.thresholds, config.health.connection_scope))
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Probe and judge until cancelled; leaves no task and no connection behind."""

@@ -22,9 +22,12 @@ answers the callers waiting on that probe, and asks the shell to run the
 * While the prober has no connection, on-demand probes are throttled by an
   exponential reconnect backoff (0.5 s doubling, capped at the interval) and
   answered with the current metrics; scheduled probes always try.
-* `connection_count` counts client backends in `pg_stat_activity` across the
-  whole server (the monitor's own included), because `max_connections` is a
-  server-wide limit. Usage % is that count against `connection_limit` =
+* `connection_count` counts client backends in `pg_stat_activity` (the
+  monitor's own included) in the operator's `connection_scope`: the whole
+  server (default: `max_connections` and a hosted free tier's limit are
+  server-wide), the current database, or the current role. One query
+  (`COUNT_SQL`) measures all three; the report shows them side by side.
+  Usage % is the scoped count against `connection_limit` =
   min(max_connection_count, max_connections - superuser_reserved_connections
   - reserved_connections), the last two read once per connection.
 * A failed probe measures nothing: its numbers are None, and violations keep
@@ -56,6 +59,14 @@ from messages.database import (
 
 MonitorIn = Tick | CheckNow | ProbeResult | GetSnapshot
 
+SCOPES = ("server", "database", "role")
+# Client backends per scope, in one round trip (the order of SCOPES).
+COUNT_SQL = (
+    "SELECT count(*)::int,"
+    " (count(*) FILTER (WHERE datname = current_database()))::int,"
+    " (count(*) FILTER (WHERE usename = session_user))::int"
+    " FROM pg_stat_activity WHERE backend_type = 'client backend'")
+
 RECONNECT_BACKOFF_S = 0.5
 # Beyond its own timeout, how long a probe may take to clean up before the watchdog gives up.
 WATCHDOG_GRACE_S = 2.0
@@ -72,6 +83,7 @@ class MonitorSettings(msgspec.Struct, frozen=True, kw_only=True):
     interval_s: float
     probe_timeout_s: float
     thresholds: Thresholds
+    connection_scope: str = "server"
 
 
 class MonitorState(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,11 +100,12 @@ class MonitorState(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def initial(cls, settings: MonitorSettings, *, now: float) -> MonitorState:
-        return cls(settings=settings, metrics=initial_metrics(settings.thresholds), next_probe_at=now)
+        return cls(settings=settings, metrics=initial_metrics(settings.thresholds, settings.connection_scope),
+                   next_probe_at=now)
 
 
-def initial_metrics(thresholds: Thresholds) -> DatabaseMetrics:
-    return DatabaseMetrics(
+def initial_metrics(thresholds: Thresholds, scope: str = "server") -> DatabaseMetrics:
+    return DatabaseMetrics(connection_scope=scope,
         is_healthy=False, response_time_ms=None, connection_count=None, usage_percentage=None,
         last_checked=None, checked_at=None, error="not checked yet", max_connections=None,
         connection_limit=thresholds.max_connection_count, probes=0, failures=0,
@@ -146,13 +159,21 @@ def _verdicts(s: MonitorState, m: DatabaseMetrics, now: float) -> tuple[tuple[st
     return new, events
 
 
+def scoped_count(r: ProbeResult, scope: str) -> int:
+    """The probe's count in `scope` (a prober that measured only the server gives that)."""
+    by_scope = r.connections_by_scope
+    return by_scope[scope] if by_scope is not None and scope in by_scope else r.connection_count
+
+
 def _measured(s: MonitorState, r: ProbeResult) -> tuple[DatabaseMetrics, list]:
     limit = connection_limit(s.settings.thresholds.max_connection_count, r.max_connections,
                              r.reserved_connections)
+    count = scoped_count(r, s.settings.connection_scope)
     m = replace(s.metrics, is_healthy=True, response_time_ms=r.response_time_ms,
-                connection_count=r.connection_count, error=None, max_connections=r.max_connections,
-                connection_limit=limit, usage_percentage=usage_percentage(r.connection_count, limit),
-                consecutive_failures=0)
+                connection_count=count, error=None, max_connections=r.max_connections,
+                connection_limit=limit, usage_percentage=usage_percentage(count, limit),
+                consecutive_failures=0, connections_by_scope=r.connections_by_scope,
+                monitor_connections=int(r.connected))
     violations, events = _verdicts(s, m, r.at)
     if s.up is False:
         events.append(Emit(DatabaseUp(at=r.at)))
@@ -162,7 +183,8 @@ def _measured(s: MonitorState, r: ProbeResult) -> tuple[DatabaseMetrics, list]:
 def _failed(s: MonitorState, r: ProbeResult) -> tuple[DatabaseMetrics, list]:
     error = r.error or "probe failed"
     m = replace(s.metrics, is_healthy=False, response_time_ms=None, connection_count=None,
-                usage_percentage=None, error=error, failures=s.metrics.failures + 1,
+                usage_percentage=None, error=error, connections_by_scope=None,
+                monitor_connections=int(r.connected), failures=s.metrics.failures + 1,
                 consecutive_failures=s.metrics.consecutive_failures + 1)
     return m, [] if s.up is False else [Emit(DatabaseDown(error=error, at=r.at))]
 

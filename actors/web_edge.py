@@ -20,7 +20,8 @@ handlers). For each HTTP request it
 4. turns an exception that escaped everything into a 500 problem body (never
    a traceback) carrying a request id, logged once with that id;
 5. records the request with `mon.observe_request(route template, status,
-   duration, outcome, tier)`.
+   duration, outcome, tier)` -- except a stream (SSE): it is not a request,
+   and its duration would pass for latency.
 
 Handlers tell the edge the outcome and tier of their request through the
 per-request `Exchange` at ``scope["triage"]``.
@@ -131,6 +132,8 @@ class Edge:
             await reply({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _observe(self, scope: dict, reply: _Reply, ex: Exchange, duration_s: float) -> None:
+        if ex.stream:
+            return  # a stream is not a request: its duration is how long the client stayed
         route = f"{scope.get('method', 'GET')} {_template(scope)}"
         status = reply.status or 499  # nothing sent: the client went away
         outcome = ex.outcome or ("rate_limited" if status == 429 else "error" if status >= 500 else "ok")

@@ -141,6 +141,42 @@ class AlertsConfig(_Frozen):
     webhook_retries: int = 5
 
 
+class HealthRule(_Frozen):
+    """A health rule that can degrade holds for `for_s` before it does, and clears with hysteresis.
+
+    The same state machine as the alert rules (`actors.hysteresis`): degraded once the value
+    has been over its threshold for `for_s`; healthy again once it has been under
+    threshold x `clear_ratio` for `clear_for_s`. None: two health-check intervals, so one
+    database probe (which holds its value for an interval) never flips the status.
+    """
+
+    for_s: float | None = None
+    clear_for_s: float | None = None
+    clear_ratio: float = 0.8
+    enabled: bool = True
+
+
+HEALTH_RULES = ("response_time", "usage", "error_rate", "queue_depth")
+
+
+def _default_health_rules() -> dict[str, HealthRule]:
+    return {
+        "response_time": HealthRule(),
+        "usage": HealthRule(),
+        "error_rate": HealthRule(for_s=30.0, clear_for_s=60.0, clear_ratio=0.5),
+        "queue_depth": HealthRule(for_s=10.0, clear_for_s=10.0),
+    }
+
+
+class HealthConfig(_Frozen):
+    # Which backends in pg_stat_activity count against MAX_CONNECTION_COUNT: the whole server
+    # (what a hosted free tier limits), this database, or this role (TRIAGE_CONNECTION_SCOPE).
+    connection_scope: Literal["server", "database", "role"] = "server"
+    rules: dict[str, HealthRule] = msgspec.field(default_factory=_default_health_rules)
+    max_error_rate: float = 0.01         # the spec's "overall error rate < 1 %", last minute
+    min_requests: int = 20               # fewer requests in the minute: no error-rate verdict
+
+
 class FaultsConfig(_Frozen):
     # Put a fault proxy in front of the database (mon.inject / mon.clear_faults). Off in production.
     enabled: bool = False
@@ -198,6 +234,7 @@ class Config(_Frozen):
     # The HTTP edge's settings (`[http]` in TOML), validated by messages.http_config.HttpConfig.
     http: dict[str, Any] = {}
     supervisor: SupervisorConfig = SupervisorConfig()
+    health: HealthConfig = HealthConfig()
 
     def __post_init__(self) -> None:
         validate(self)
@@ -334,6 +371,12 @@ def _env_overlay(env: Mapping[str, str]) -> dict:
         thresholds["max_connection_count"] = int(count)
     if thresholds:
         out["thresholds"] = thresholds
+    scope = env.get("TRIAGE_CONNECTION_SCOPE", "").strip().lower()
+    if scope:
+        if scope not in ("server", "database", "role"):
+            raise ConfigError("TRIAGE_CONNECTION_SCOPE", env["TRIAGE_CONNECTION_SCOPE"],
+                              "expected server, database or role")
+        out["health"] = {"connection_scope": scope}
     return out
 
 
@@ -385,6 +428,9 @@ def _with_default_entries(raw: dict) -> dict:
     alerts = raw.get("alerts")
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), dict):
         raw["alerts"] = {**alerts, "rules": _over_defaults(alerts["rules"], _default_rules())}
+    health = raw.get("health")
+    if isinstance(health, dict) and isinstance(health.get("rules"), dict):
+        raw["health"] = {**health, "rules": _over_defaults(health["rules"], _default_health_rules())}
     return raw
 
 
@@ -438,3 +484,15 @@ def validate(cfg: Config) -> None:
     _require(0 <= th.max_usage_percentage <= 100, "thresholds.max_usage_percentage", th.max_usage_percentage, "expected a number 0-100")
     _require(th.max_response_time_ms > 0, "thresholds.max_response_time_ms", th.max_response_time_ms, "must be > 0")
     _require(th.max_connection_count >= 1, "thresholds.max_connection_count", th.max_connection_count, "must be >= 1")
+    _validate_health(cfg.health)
+
+
+def _validate_health(h: HealthConfig) -> None:
+    _require(0 < h.max_error_rate <= 1, "health.max_error_rate", h.max_error_rate, "expected a fraction 0-1, > 0")
+    _require(h.min_requests >= 1, "health.min_requests", h.min_requests, "must be >= 1")
+    for name, r in h.rules.items():
+        p = f"health.rules.{name}"
+        _require(name in HEALTH_RULES, p, None, f"unknown health rule; known: {', '.join(HEALTH_RULES)}")
+        _require(r.for_s is None or r.for_s >= 0, f"{p}.for_s", r.for_s, "must be >= 0")
+        _require(r.clear_for_s is None or r.clear_for_s >= 0, f"{p}.clear_for_s", r.clear_for_s, "must be >= 0")
+        _require(0 < r.clear_ratio <= 1, f"{p}.clear_ratio", r.clear_ratio, "expected a fraction 0-1, > 0")

@@ -22,7 +22,7 @@ from messages.base import Message
 class DatabaseMetrics(Message):
     is_healthy: bool
     response_time_ms: float | None      # round trip of `SELECT 1` on the monitor's connection
-    connection_count: int | None        # client backends in pg_stat_activity, server-wide
+    connection_count: int | None        # client backends in pg_stat_activity, in connection_scope
     usage_percentage: float | None      # connection_count / connection_limit * 100
     last_checked: str | None            # wall clock, ISO 8601 UTC, when the last probe ended
     checked_at: float | None            # trio.current_time() of the same instant
@@ -33,6 +33,9 @@ class DatabaseMetrics(Message):
     failures: int
     consecutive_failures: int
     violations: tuple[str, ...]         # thresholds exceeded as last measured
+    connection_scope: str = "server"    # what connection_count counts: server | database | role
+    connections_by_scope: dict[str, int] | None = None  # the count in every scope, as last measured
+    monitor_connections: int = 0        # the monitor's own connection (1 while it holds one)
 
 
 class ThresholdViolated(Message):
@@ -82,7 +85,8 @@ class ProbeResult(Message):
     wall: str | None                     # the same instant, ISO 8601 UTC
     connected: bool                      # the prober still holds a usable connection
     response_time_ms: float | None = None
-    connection_count: int | None = None
+    connection_count: int | None = None  # server-wide (when connections_by_scope is None)
+    connections_by_scope: dict[str, int] | None = None
     max_connections: int | None = None
     reserved_connections: int | None = None
     error: str | None = None

@@ -13,8 +13,9 @@ from messages.base import Message
 
 # The outcomes the kernel reports. `outcome` stays a plain `str` so that a new
 # outcome reaches the metrics (counted as an error) instead of failing to decode.
+# "health" is the health endpoint's own answer (its 503 reports a status; it is not a failure).
 OUTCOMES = ("ok", "error", "rate_limited", "circuit_open", "queue_full", "queue_timeout",
-            "cancelled", "shutting_down")
+            "cancelled", "shutting_down", "health")
 
 
 class Observation(Message, kw_only=True):
@@ -65,8 +66,9 @@ class WindowStats(Message):
 
     `window_s` is the history this window actually covers at the snapshot's
     instant (whole buckets, never before the actor started, at least 1 s), so
-    `rate_per_s == requests / window_s`. Error rates are fractions of `requests`
-    (0.0 for an empty window).
+    `rate_per_s == requests / window_s`. Error rates are fractions of the requests
+    they rate, `requests - excluded` (0.0 when there are none): `excluded` counts
+    rate-limit refusals and health's own answers, which are in no error rate.
     """
 
     window_s: float
@@ -78,6 +80,7 @@ class WindowStats(Message):
     server_error_rate: float
     latency: Percentiles
     queue_wait: Percentiles
+    excluded: int = 0
 
 
 class SeriesStats(Message):

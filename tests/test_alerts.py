@@ -138,3 +138,21 @@ def test_alerts_rule_config_hysteresis_is_respected():
     s, out = run(s, [(0, {"queue_depth_high": 11}), (1, {"queue_depth_high": 7}),
                      (2, {"queue_depth_high": 9}), (3, {"queue_depth_high": 4})])
     assert [(t, a.state) for t, a in out] == [(0, "firing"), (3, "resolved")]
+
+
+@pytest.mark.parametrize(("alert_id", "firing", "resolved"), [
+    ("breaker_activation:database", "Circuit breaker database activated", "Circuit breaker database recovered"),
+    ("breaker_open_long:batch", "Circuit breaker batch open for more than 300 s",
+     "Circuit breaker batch no longer open"),
+    ("db_usage_critical", "Database connection usage over 90 %", "Database connection usage back under 85 %"),
+    ("error_rate_critical", "Error rate over 5 %", "Error rate back under 4 %"),
+    ("p95_slow", "Response time P95 over 3 s", "Response time P95 back under 2.5 s"),
+    ("health_unhealthy", "Health endpoint returning 503 (unhealthy)",
+     "Health endpoint no longer unhealthy (no more 503)"),
+])
+def test_alerts_resolved_alert_says_it_is_resolved_not_the_firing_text(alert_id, firing, resolved):
+    s = new()
+    s, out = run(s, [(0.0, {alert_id: 1e6}), (1000.0, {alert_id: 1e6}), (1001.0, {alert_id: 0.0}),
+                     (5000.0, {alert_id: 0.0})])
+    assert [(a.state, a.message) for _, a in out] == [("firing", firing), ("resolved", resolved)]
+    assert out[1][1].started_at == out[0][1].started_at

@@ -241,7 +241,25 @@ def test_error_definition_outcome_and_status_counted_as_documented(source, outco
     s = feed(s, 3.0, source=source, outcome=outcome, status=status, tier="database")
     w = window(snapshot(s, 3.0), "1m")
     assert (w.requests, w.errors, w.server_errors) == (4, error, server_error)
-    assert (w.error_rate, w.server_error_rate) == (error / 4, server_error / 4)
+    rated = 3 if outcome == "rate_limited" else 4   # a refusal is in no error rate's denominator
+    assert (w.error_rate, w.server_error_rate) == (error / rated, server_error / rated)
+
+
+def test_error_rate_leaves_out_rate_limit_refusals_and_health_answers():
+    """A 429 is the client's doing; health's 503 is its report, not a failure: neither is in an
+    error rate, on either side of the fraction. They still count as requests (rate, latency)."""
+    s = MetricsState.initial(now=0.0)
+    for _ in range(10):
+        s = feed(s, 1.0)
+    s = feed(s, 1.0, outcome="error", status=500)
+    for _ in range(30):
+        s = feed(s, 2.0, outcome="rate_limited", status=429)
+    for _ in range(20):
+        s = feed(s, 3.0, route="GET /api/health", outcome="health", status=503)
+    w = window(snapshot(s, 3.0), "1m")
+    assert (w.requests, w.excluded, w.errors, w.server_errors) == (61, 50, 1, 1)
+    assert (w.error_rate, w.server_error_rate) == (1 / 11, 1 / 11)
+    assert window(snapshot(s, 3.0), "1m", "GET /api/health").error_rate == 0.0
 
 
 def test_error_overall_default_counts_http_only_tiers_count_calls():

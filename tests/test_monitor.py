@@ -113,7 +113,7 @@ def test_monitor_healthy_probe_builds_whole_metrics():
     assert s.metrics == DatabaseMetrics(
         is_healthy=True, response_time_ms=12.5, connection_count=4, usage_percentage=40.0,
         last_checked=WALL, checked_at=0.5, error=None, max_connections=100, connection_limit=10,
-        probes=1, failures=0, consecutive_failures=0, violations=())
+        probes=1, failures=0, consecutive_failures=0, violations=(), monitor_connections=1)
 
 
 @pytest.mark.parametrize(("count", "max_connections", "reserved", "limit", "usage"), [
@@ -418,3 +418,75 @@ async def test_monitor_cancelled_leaves_nothing_and_refuses_check_now(database_u
     with pytest.raises(RuntimeError):
         await monitor.run()
     assert monitor.metrics.value.probes >= 1
+
+
+# --- connection_scope: which backends count against MAX_CONNECTION_COUNT --------------------
+
+OTHER_ROLE, OTHER_DB = "triage_scope_other", "triage_scope_other_db"
+
+
+@pytest.fixture
+def other_app(database_url):
+    """Another application's role and database on the same server (needs CREATEROLE/CREATEDB)."""
+    try:
+        with psycopg.connect(database_url, autocommit=True) as c:
+            if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [OTHER_ROLE]).fetchone():
+                c.execute(f"CREATE ROLE {OTHER_ROLE} LOGIN")
+            if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", [OTHER_DB]).fetchone():
+                c.execute(f"CREATE DATABASE {OTHER_DB}")
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test server does not let us create another role and database")
+    return lambda **kw: make_conninfo(database_url, application_name="other-app", **kw)
+
+
+def test_monitor_scope_picks_its_count_from_the_probe():
+    for scope, expected in (("server", 9), ("database", 5), ("role", 4)):
+        s = MonitorState.initial(MonitorSettings(interval_s=30, probe_timeout_s=5, thresholds=Thresholds(),
+                                                 connection_scope=scope), now=0.0)
+        s, _ = step(s, Tick(), 0.0)
+        r = ProbeResult(seq=1, ok=True, at=0.1, wall=WALL, connected=True, response_time_ms=1.0,
+                        connection_count=9, connections_by_scope={"server": 9, "database": 5, "role": 4},
+                        max_connections=100, reserved_connections=3)
+        s, _ = step(s, r, 0.1)
+        m = s.metrics
+        assert (m.connection_scope, m.connection_count, m.usage_percentage, m.monitor_connections) == (
+            scope, expected, expected * 10.0, 1)
+        assert m.connections_by_scope == {"server": 9, "database": 5, "role": 4}
+
+
+async def test_monitor_connection_scope_database_and_role_exclude_other_applications(database_url, other_app):
+    """Extra connections of "another application": 3 as another role in another database, 2 as
+    our role in another database, 2 as another role in our database. `server` counts all 7,
+    `database` only the 2 in ours, `role` only the 2 of ours elsewhere."""
+    monitors = {scope: DatabaseMonitor(Config.from_toml(f'[health]\nconnection_scope = "{scope}"'),
+                                       database_url, lambda e: None) for scope in ("server", "database", "role")}
+    extra = [other_app(user=OTHER_ROLE, dbname=OTHER_DB)] * 3 + [other_app(dbname=OTHER_DB)] * 2 + \
+            [other_app(user=OTHER_ROLE)] * 2
+    async with trio.open_nursery() as nursery:
+        for monitor in monitors.values():
+            await started(nursery, monitor)
+        with trio.fail_after(10):
+            before = {scope: (await m.check_now()) for scope, m in monitors.items()}
+            conns = [await PgConnection.connect(dsn) for dsn in extra]
+            try:
+                after = {scope: (await m.check_now()) for scope, m in monitors.items()}
+            finally:
+                for c in conns:
+                    c.close_now()
+        nursery.cancel_scope.cancel()
+    grew = {scope: after[scope].connection_count - before[scope].connection_count for scope in monitors}
+    assert grew == {"server": 7, "database": 2, "role": 2}
+    assert {scope: m.connection_scope for scope, m in after.items()} == {s: s for s in monitors}
+    for scope, m in after.items():
+        assert m.connections_by_scope[scope] == m.connection_count and m.monitor_connections == 1
+        assert m.usage_percentage == round(m.connection_count / m.connection_limit * 100, 2)
+    assert after["server"].connection_count > after["database"].connection_count
+
+
+def test_monitor_connection_scope_config_from_env_and_toml():
+    assert Config().health.connection_scope == "server"
+    assert Config.from_env({"TRIAGE_CONNECTION_SCOPE": "Role"}).health.connection_scope == "role"
+    with pytest.raises(ConfigError, match="TRIAGE_CONNECTION_SCOPE.*expected server, database or role"):
+        Config.from_env({"TRIAGE_CONNECTION_SCOPE": "cluster"})
+    with pytest.raises(ConfigError, match="health.connection_scope"):
+        Config.from_toml('[health]\nconnection_scope = "everything"')
