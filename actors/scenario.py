@@ -158,17 +158,21 @@ class Observer:
 
 async def check(observer: Observer, e: Expect, results: list[tuple[Expect, bool, float | None]]) -> None:
     await trio.sleep_until(observer.start + e.at_s)
+    reached = None
     with trio.move_on_at(observer.start + e.at_s + e.within_s):
         while not observer.holds(e):
             await trio.sleep(POLL_S)
         reached = trio.current_time() - observer.start
-        broken = await stays(observer, e, reached) if e.breaker_stays else None
-        results.append((e, broken is None, reached))
-        observer.note(f"expect {'PASS' if broken is None else 'FAIL'}: {e.describe()}"
-                      + (f" (reached at t={reached:.2f}, left at t={broken:.2f})" if broken is not None else ""))
+    if reached is None:
+        results.append((e, False, None))
+        observer.note(f"expect FAIL: {e.describe()}")
         return
-    results.append((e, False, None))
-    observer.note(f"expect FAIL: {e.describe()}")
+    broken = await stays(observer, e, reached) if e.breaker_stays else None
+    results.append((e, broken is None, reached))
+    if broken is None:
+        observer.note(f"expect PASS: {e.describe()}")
+    else:
+        observer.note(f"expect FAIL: {e.describe()} (reached at t={reached:.2f}, left at t={broken:.2f})")
 
 
 async def stays(observer: Observer, e: Expect, reached: float) -> float | None:
