@@ -263,6 +263,10 @@ async def run_monitoring(config: Config | None = None, *,
             mon.metrics_snapshot = metrics
             dsn, monitor = await w.database()
             mon.db = Database(mon, config, dsn, monitor)
+            if monitor is not None:  # HALF_OPEN breakers get their trial from the monitor's probe
+                from actors.pool_probe import PoolProbe
+
+                monitor.pool_probe = PoolProbe(mon.db, breakers, config.tiers, monitor.probe_timeout_s).run
             await nursery.start(mon.db.watchdog.run)
             mon.injector = w.injector
             alerts_inbox, alerts = await w.alerts()
