@@ -120,7 +120,7 @@ class QueueHandle:
         """
         offers = self._offers
         if offers and not probe:  # a slot offered in advance: held at once, no round trip
-            token, lease = offers.popleft()
+            token, lease = offers.pop()  # LIFO: the warmest connection, so idle ones can age out
             if not (conn and lease.unavailable_s):
                 self._inbox.tally()
                 return token, lease

@@ -37,6 +37,7 @@ from actors.handles import BreakerHandle, QueueHandle
 from actors.health import METRICS_PERIOD_S, HealthActor, Sources
 from actors.mailbox import Mailbox, Published
 from actors.monitoring import Monitoring
+from actors.pool_idle import run_reaper
 from messages.commands import Replenish, Successes, Taken
 from messages.config import Config
 from messages.events import ActorRestarted, BreakerTransition
@@ -108,6 +109,8 @@ class _Wiring:
         state = replace(scheduler_mod.SchedulerState.initial(self.config.queue), offer=True)
         cell = await self.start("scheduler", scheduler_mod.SchedulerCore(), state, inbox)
         inbox.put(Replenish())
+        q = self.config.queue  # an idle pool shrinks to min_idle connections
+        await self.nursery.start(run_reaper, cell, inbox, q.min_idle, q.max_idle_s)
         return QueueHandle(inbox, self.config.queue.request_timeout_s, cell)
 
     async def metrics(self) -> tuple[Mailbox, Published]:
