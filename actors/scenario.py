@@ -3,7 +3,7 @@
 A scenario file:
 
     name = "database down and back"
-    duration_s = 12                 # how long the load runs
+    duration_s = 15                 # how long the load runs
     rate_per_s = 30                 # open-loop arrivals over the reference routes
     [config]                        # Config overrides, as in TRIAGE_CONFIG
     health_check_interval_s = 0.5
