@@ -155,6 +155,13 @@ async def test_faults_inject_through_monitoring_handle(database_url):
         await mon.clear_faults()
         assert await mon.db.fetchval("select 2") == 2
         await mon.inject(TerminateBackends())
+        # pg_terminate_backend returns before the backend is gone: wait until it is, so the
+        # pooled connection has died *idle* (its goodbye is in the socket before the next query)
+        async with await PgConnection.connect(database_url) as admin:
+            with trio.fail_after(2.0):
+                while (await admin.execute("select count(*) from pg_stat_activity where "
+                                           "application_name = 'triage-inject-test'")).rows[0][0]:
+                    await trio.sleep(0.01)
         assert await mon.db.fetchval("select 3") == 3  # died while idle: retried on a fresh one
 
 
