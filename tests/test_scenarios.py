@@ -61,3 +61,14 @@ async def test_scenarios_nothing_lost_under_random_faults(database_url):
     assert sum(ledger.outcomes.values()) == 200
     assert len({s.outcome for s in ledger.samples}) >= 2  # the faults did something
     assert metrics.overall.windows["1m"].requests == ledger.sent
+
+
+def test_scenarios_breaker_stays_needs_for_s():
+    import msgspec
+
+    from actors.scenario import Expect
+
+    with pytest.raises(msgspec.ValidationError, match="for_s"):
+        msgspec.convert({"at_s": 7, "breaker_stays": {"database": "closed"}}, Expect)
+    e = msgspec.convert({"at_s": 7, "within_s": 4, "breaker_stays": {"database": "closed"}, "for_s": 4}, Expect)
+    assert e.describe() == "breaker.database stays 'closed' for 4 s within 4 s of t=7"
