@@ -120,7 +120,7 @@ class QueueHandle:
         """
         offers = self._offers
         if offers and not probe:  # a slot offered in advance: held at once, no round trip
-            token, lease = offers.popleft()
+            token, lease = offers.pop()  # LIFO: the warmest connection, so idle ones can age out
             if not (conn and lease.unavailable_s):
                 self._inbox.tally()
                 return token, lease
@@ -147,7 +147,10 @@ class QueueHandle:
         waits, a clean slot goes straight back on the offer list (see `scheduler.Offer`).
         """
         cell = self._cell
-        if cell is not None and not discarded and not self._inbox.closed and cell.state.depth == 0:
+        # While the pool backs off connecting, a working connection must reach the core: it is
+        # the news that the database answers again (else callers keep getting DatabaseUnavailable).
+        if (cell is not None and not discarded and not self._inbox.closed and cell.state.depth == 0
+                and not (conn is not None and cell.state.pool.backoff_s)):
             if conn is not None:
                 self._offers.append((token, Admitted(waited_s=0.0, conn=conn)))
                 return True

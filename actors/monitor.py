@@ -192,6 +192,10 @@ class DatabaseMonitor:
         self._probes: trio.MemorySendChannel | None = None
         self._nursery: trio.Nursery | None = None
         self.callbacks_skipped = 0      # an async callback still running when the next probe came
+        # Run after each probe, one at a time: the breakers' trial through the pool (set by the
+        # system, see `actors.pool_probe`), so an idle service recovers without traffic.
+        self.pool_probe: Callable[[], Awaitable[None]] | None = None
+        self._pool_probing = False
         self.metrics = Published(initial_metrics(config.thresholds, config.health.connection_scope))
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -238,8 +242,27 @@ class DatabaseMonitor:
         try:
             async for request in requests:
                 tell_quietly(self._inbox, await prober.probe(request.seq))
+                self._start_pool_probe()
         finally:
             prober.close()
+
+    @property
+    def probe_timeout_s(self) -> float:
+        return self._settings.probe_timeout_s
+
+    def _start_pool_probe(self) -> None:
+        if self.pool_probe is None or self._pool_probing or self._nursery is None:
+            return
+        self._pool_probing = True
+        self._nursery.start_soon(self._run_pool_probe, self.pool_probe)
+
+    async def _run_pool_probe(self, probe: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await probe()
+        except Exception as exc:  # a bug in the probe must not stop the monitor
+            log.opt(exception=exc).error("Database pool probe crashed")
+        finally:
+            self._pool_probing = False
 
     def _route(self, event: object) -> None:
         if type(event) is ProbeRequested:

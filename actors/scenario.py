@@ -3,7 +3,7 @@
 A scenario file:
 
     name = "database down and back"
-    duration_s = 12                 # how long the load runs
+    duration_s = 15                 # how long the load runs
     rate_per_s = 30                 # open-loop arrivals over the reference routes
     [config]                        # Config overrides, as in TRIAGE_CONFIG
     health_check_interval_s = 0.5
@@ -25,6 +25,12 @@ A scenario file:
     health = "unhealthy"            # and/or: breaker = { database = "open" },
                                     #         alert_firing = "breaker_activation:database",
                                     #         alert_resolved = "...", http_status = 503
+
+    [[expect]]                      # reached within within_s, then held for for_s without a break
+    at_s = 7
+    within_s = 4
+    breaker_stays = { database = "closed" }
+    for_s = 4
 
 Expectations are checked against the running system itself (the health actor's
 report, the breakers' published states, the alerts seen), not against logs.
@@ -60,6 +66,14 @@ class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     breaker: dict[str, str] = {}
     alert_firing: str | None = None
     alert_resolved: str | None = None
+    # Reached at some instant in the window, then held without a break for `for_s` from that
+    # instant on: "recovered" means "from then on", not "at some instant".
+    breaker_stays: dict[str, str] = {}
+    for_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.breaker_stays and not self.for_s > 0:
+            raise ValueError("breaker_stays needs for_s > 0")
 
     def describe(self) -> str:
         parts = [f"health = {self.health!r}"] if self.health else []
@@ -67,7 +81,8 @@ class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         parts += [f"breaker.{t} = {s!r}" for t, s in self.breaker.items()]
         parts += [f"alert {self.alert_firing!r} firing"] if self.alert_firing else []
         parts += [f"alert {self.alert_resolved!r} resolved"] if self.alert_resolved else []
-        return " and ".join(parts) + f" within {self.within_s:g} s of t={self.at_s:g}"
+        stays = [f"breaker.{t} stays {s!r} for {self.for_s:g} s" for t, s in self.breaker_stays.items()]
+        return " and ".join(parts + stays) + f" within {self.within_s:g} s of t={self.at_s:g}"
 
 
 class ScenarioFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +115,7 @@ class Observer:
         self.mon, self.start = mon, start
         self.lines: list[tuple[float, str]] = []
         self.alerts: list[Alert] = []
+        self.transitions: list[tuple[float, str, str]] = []  # (t, tier, to_state)
 
     def note(self, text: str) -> None:
         self.lines.append((trio.current_time() - self.start, text))
@@ -108,6 +124,7 @@ class Observer:
         async with self.mon.events(1024) as events:
             async for ev in events:
                 if isinstance(ev, BreakerTransition):
+                    self.transitions.append((ev.at - self.start, ev.tier, ev.to_state))
                     self.note(f"breaker {ev.tier}: {ev.from_state.upper()} -> {ev.to_state.upper()} ({ev.reason})")
                 elif isinstance(ev, Alert) and ev.rule != "summary":
                     self.alerts.append(ev)
@@ -130,7 +147,8 @@ class Observer:
             return False
         if e.http_status and r.http_status() != e.http_status:
             return False
-        if any(self.mon.breakers[t].state != s for t, s in e.breaker.items()):
+        wanted = {**e.breaker, **e.breaker_stays}
+        if any(self.mon.breakers[t].state != s for t, s in wanted.items()):
             return False
         if e.alert_firing and not any(a.id == e.alert_firing and a.state == "firing" for a in self.alerts):
             return False
@@ -140,14 +158,41 @@ class Observer:
 
 async def check(observer: Observer, e: Expect, results: list[tuple[Expect, bool, float | None]]) -> None:
     await trio.sleep_until(observer.start + e.at_s)
+    reached = None
     with trio.move_on_at(observer.start + e.at_s + e.within_s):
         while not observer.holds(e):
             await trio.sleep(POLL_S)
-        results.append((e, True, trio.current_time() - observer.start))
-        observer.note(f"expect PASS: {e.describe()}")
+        reached = trio.current_time() - observer.start
+    if reached is None:
+        results.append((e, False, None))
+        observer.note(f"expect FAIL: {e.describe()}")
         return
-    results.append((e, False, None))
-    observer.note(f"expect FAIL: {e.describe()}")
+    broken = await stays(observer, e, reached) if e.breaker_stays else None
+    results.append((e, broken is None, reached))
+    if broken is None:
+        observer.note(f"expect PASS: {e.describe()}")
+    else:
+        observer.note(f"expect FAIL: {e.describe()} (reached at t={reached:.2f}, left at t={broken:.2f})")
+
+
+async def stays(observer: Observer, e: Expect, reached: float) -> float | None:
+    """Watch `breaker_stays` for `for_s` from `reached`; the instant a breaker left its state, or None.
+
+    Transitions are read from the event stream as well as polled, so a flip shorter than a
+    poll (CLOSED -> OPEN -> HALF_OPEN -> CLOSED in 50 ms) still counts as a break.
+    """
+    until = observer.start + reached + e.for_s
+    seen = len(observer.transitions)
+    while trio.current_time() < until:
+        await trio.sleep(min(POLL_S, max(until - trio.current_time(), 0.0)))
+        for t, tier, to in observer.transitions[seen:]:
+            if tier in e.breaker_stays and to != e.breaker_stays[tier] and t <= reached + e.for_s:
+                return t
+        seen = len(observer.transitions)
+        now = trio.current_time() - observer.start
+        if any(observer.mon.breakers[t].state != s for t, s in e.breaker_stays.items()):
+            return now
+    return None
 
 
 async def run_steps(observer: Observer, steps: list[Step]) -> None:

@@ -51,10 +51,23 @@ from messages.commands import (
 from messages.config import Priority, QueueConfig
 from messages.snapshots import PoolSnapshot, QueueSnapshot
 
-SchedulerIn = Admit | Release | Withdraw | Clear | Reclaim | Replenish | Taken | GetSnapshot | Tick
-
 N_PRIORITIES = len(Priority)
 
+
+class CloseIdle(msgspec.Struct, frozen=True, kw_only=True):
+    """From the idle reaper (`actors.pool_idle`): connections unused for too long go.
+
+    `tokens`: offered slots whose connection the reaper has taken off the offer list and
+    closed (their slots come free). `conns`: idle connections in the core's own list; the
+    core closes those it still has (an effect), so one just leased out is never closed.
+    """
+
+    tokens: tuple = ()
+    conns: tuple = ()
+
+
+SchedulerIn = (Admit | Release | Withdraw | Clear | Reclaim | Replenish | Taken | GetSnapshot | Tick
+               | CloseIdle)
 
 class Waiter(msgspec.Struct, frozen=True, array_like=True):
     reply: Any
@@ -81,6 +94,7 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True):
     connect_failures: int = 0
     discarded: int = 0
     reused: int = 0
+    idle_closed: int = 0             # closed after max_idle_s beyond min_idle
 
 
 CONNECT_BACKOFF_MIN_S = 0.25
@@ -286,6 +300,30 @@ def _expire(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
     return s, effects
 
 
+class CloseConns:
+    """Effect: close connections the core has just let go of."""
+
+    __slots__ = ("conns",)
+
+    def __init__(self, conns: tuple) -> None:
+        self.conns = conns
+
+    def perform(self, cell: Any, now: float) -> None:
+        for conn in self.conns:
+            conn.close_now()
+
+
+def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> tuple[SchedulerState, list]:
+    gone = tuple(c for c in s.pool.idle if any(c is x for x in msg.conns))
+    idle = tuple(c for c in s.pool.idle if not any(c is x for x in gone))
+    tokens = {t for t in msg.tokens if t in s.holders}
+    n = len(gone) + len(tokens)
+    pool = replace(s.pool, idle=idle, opened=max(s.pool.opened - n, 0), idle_closed=s.pool.idle_closed + n)
+    s, effects = _hand_over(replace(s, pool=pool, holders=s.holders - tokens), now)
+    s, offers = _offer(s, now)
+    return s, ([CloseConns(gone)] if gone else []) + effects + offers
+
+
 def _clear(s: SchedulerState, msg: Clear) -> tuple[SchedulerState, list]:
     effects = [Send(w.reply, QueueCleared(Priority(w.priority))) for q in s.waiting for w in q]
     s = replace(s, waiting=((),) * N_PRIORITIES, depth=0, next_deadline=math.inf,
@@ -308,7 +346,7 @@ def snapshot(s: SchedulerState, now: float, restarts: int = 0, idle_offers: int 
 def pool_snapshot(p: Pool) -> PoolSnapshot:
     return PoolSnapshot(idle=len(p.idle), opened=p.opened, connects=p.connects,
                         connect_failures=p.connect_failures, discarded=p.discarded, reused=p.reused,
-                        backoff_s=p.backoff_s)
+                        backoff_s=p.backoff_s, idle_closed=p.idle_closed)
 
 
 def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
@@ -332,6 +370,8 @@ def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerStat
             return s, [Send(msg.reply, snapshot(s, now))]
         case Tick():
             return _expire(s, now)
+        case CloseIdle():
+            return _close_idle(s, msg, now)
     raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
 
 
@@ -346,9 +386,12 @@ class SchedulerCore:
 
     @staticmethod
     def pre_step(cell: Any, msg: Any) -> list:
-        """Before an arrival must ask, take one unused offer back, so it can be granted."""
+        """Before an arrival must ask, take one unused offer back, so it can be granted.
+
+        The most recently offered (LIFO, as callers take them): its connection is the warmest.
+        """
         if type(msg) is Admit and cell.offers:
-            token, lease = cell.offers.popleft()
+            token, lease = cell.offers.pop()
             return [Reclaim(token=token, lease=lease)]
         return []
 

@@ -40,6 +40,7 @@ from actors.handles import BreakerHandle, QueueHandle
 from actors.health import METRICS_PERIOD_S, HealthActor, Sources
 from actors.mailbox import Mailbox, Published
 from actors.monitoring import Monitoring
+from actors.pool_idle import run_reaper
 from messages.commands import Replenish, Successes, Taken
 from messages.config import Config
 from messages.events import ActorRestarted, BreakerTransition
@@ -111,6 +112,8 @@ class _Wiring:
         state = replace(scheduler_mod.SchedulerState.initial(self.config.queue), offer=True)
         cell = await self.start("scheduler", scheduler_mod.SchedulerCore(), state, inbox)
         inbox.put(Replenish())
+        q = self.config.queue  # an idle pool shrinks to min_idle connections
+        await self.nursery.start(run_reaper, cell, inbox, q.min_idle, q.max_idle_s)
         return QueueHandle(inbox, self.config.queue.request_timeout_s, cell)
 
     async def metrics(self) -> tuple[Mailbox, Published]:
@@ -283,6 +286,10 @@ async def run_monitoring(config: Config | None = None, *,
             mon.metrics_snapshot = metrics
             dsn, monitor = await w.database()
             mon.db = Database(mon, config, dsn, monitor)
+            if monitor is not None:  # HALF_OPEN breakers get their trial from the monitor's probe
+                from actors.pool_probe import PoolProbe
+
+                monitor.pool_probe = PoolProbe(mon.db, breakers, config.tiers, monitor.probe_timeout_s).run
             await nursery.start(mon.db.watchdog.run)
             mon.injector = w.injector
             alerts_inbox, alerts = await w.alerts()

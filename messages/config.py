@@ -49,6 +49,9 @@ class BreakerConfig(_Frozen):
     monitoring_period_s: float = 60.0
     half_open_max_calls: int = 1
     success_threshold: int = 1
+    # The tier guards database work: in HALF_OPEN the monitor's probe through the pool is a
+    # trial call for it, so it recovers without traffic (see `actors.pool_probe`).
+    guards_database: bool = True
     # Dotted names of exception classes that do not count as failures.
     ignore_exceptions: tuple[str, ...] = ()
 
@@ -69,6 +72,10 @@ class QueueConfig(_Frozen):
     max_concurrent: int = 8
     max_queue_size: int = 200
     request_timeout_s: float = 30.0
+    # The pool, when idle, keeps `min_idle` connections; the others close once unused for
+    # `max_idle_s` (a small hosted PostgreSQL has ~10 connections: don't sit on them).
+    min_idle: int = 1
+    max_idle_s: float = 60.0
 
 
 class Thresholds(_Frozen):
@@ -474,6 +481,8 @@ def validate(cfg: Config) -> None:
     _require(q.max_concurrent >= 1, "queue.max_concurrent", q.max_concurrent, "must be >= 1")
     _require(q.max_queue_size >= 0, "queue.max_queue_size", q.max_queue_size, "must be >= 0")
     _require(q.request_timeout_s > 0, "queue.request_timeout_s", q.request_timeout_s, "must be > 0")
+    _require(0 <= q.min_idle <= q.max_concurrent, "queue.min_idle", q.min_idle, "expected 0 to queue.max_concurrent")
+    _require(q.max_idle_s > 0, "queue.max_idle_s", q.max_idle_s, "must be > 0")
     db = cfg.database
     _require(db.connect_timeout_s > 0, "database.connect_timeout_s", db.connect_timeout_s, "must be > 0")
     _require(db.max_lifetime_s > 0, "database.max_lifetime_s", db.max_lifetime_s, "must be > 0")

@@ -42,6 +42,7 @@ class PoolSnapshot(Message):
     discarded: int
     reused: int
     backoff_s: float
+    idle_closed: int = 0   # closed after queue.max_idle_s beyond queue.min_idle
 
 
 class QueueSnapshot(Message):

@@ -229,3 +229,59 @@ async def test_db_canary_password_never_emitted(database_url):
     emitted.append(sink.getvalue())
     assert len(emitted) > 10 and sink.getvalue()
     assert not [e for e in emitted if canary in e]
+
+
+# --- an idle pool keeps min_idle connections (issue #10 item 13, pool part) ------------------
+
+async def test_database_sequential_calls_reuse_one_connection(database_url):
+    """One caller at a time needs one connection: ten calls in a row must not open eight."""
+    cfg = config_for(database_url)
+    async with open_monitoring(cfg) as mon:
+        for _ in range(10):
+            assert await mon.db.fetchval("select 1") == 1
+        assert await backends(database_url, cfg.database.application_name) == 1
+
+
+async def test_database_after_a_burst_the_idle_pool_shrinks_to_min_idle(database_url):
+    cfg = config_for(database_url)
+    cfg = Config(database_url=database_url, database=cfg.database,
+                 queue=QueueConfig(max_concurrent=8, min_idle=1, max_idle_s=0.5))
+    app = cfg.database.application_name
+    async with open_monitoring(cfg) as mon:
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(mon.db.fetchval, "select pg_sleep(0.1)")
+        assert await backends(database_url, app) == 8
+        with trio.fail_after(3.0):
+            while await backends(database_url, app) > 1:
+                await trio.sleep(0.1)
+        await trio.sleep(0.7)  # and the last one is kept: min_idle
+        assert await backends(database_url, app) == 1
+        assert await mon.db.fetchval("select 2") == 2  # the pool still works, and grows again
+        snap = await mon.queue.snapshot()
+        assert snap.pool.idle_closed == 7
+
+
+async def test_database_min_idle_zero_closes_every_idle_connection(database_url):
+    cfg = config_for(database_url)
+    cfg = Config(database_url=database_url, database=cfg.database,
+                 queue=QueueConfig(min_idle=0, max_idle_s=0.3))
+    async with open_monitoring(cfg) as mon:
+        assert await mon.db.fetchval("select 1") == 1
+        with trio.fail_after(3.0):
+            while await backends(database_url, cfg.database.application_name) > 0:
+                await trio.sleep(0.1)
+        assert await mon.db.fetchval("select 1") == 1
+
+
+async def test_database_reference_service_start_up_leaves_one_pooled_connection(database_url):
+    """Schema and seed at start-up, then a few requests one after another: one connection, not
+    a full pool (8 pooled + the monitor's of the spec's 10 read as 90 %: degraded)."""
+    from actors.harness import open_service
+
+    cfg = config_for(database_url)
+    async with open_service(cfg) as svc:
+        for _ in range(5):
+            status, _ = await svc.send("GET", "/api/animals", None, {})
+            assert status in (200, 401)
+        assert await backends(database_url, cfg.database.application_name) == 1

@@ -155,6 +155,13 @@ async def test_faults_inject_through_monitoring_handle(database_url):
         await mon.clear_faults()
         assert await mon.db.fetchval("select 2") == 2
         await mon.inject(TerminateBackends())
+        # pg_terminate_backend returns before the backend is gone: wait until it is, so the
+        # pooled connection has died *idle* (its goodbye is in the socket before the next query)
+        async with await PgConnection.connect(database_url) as admin:
+            with trio.fail_after(2.0):
+                while (await admin.execute("select count(*) from pg_stat_activity where "
+                                           "application_name = 'triage-inject-test'")).rows[0][0]:
+                    await trio.sleep(0.01)
         assert await mon.db.fetchval("select 3") == 3  # died while idle: retried on a fresh one
 
 
@@ -332,3 +339,43 @@ async def test_faults_terminate_backends_refused_behind_real_pgbouncer(pgbouncer
             with pytest.raises(FaultRefused, match="pooler"):
                 await mon.inject(TerminateBackends())
             assert await mon.db.fetchval("select 2") == 2
+async def test_faults_down_then_up_breaker_stays_closed_under_concurrent_load(database_url):
+    """Issue #10 item 5: after the outage, the first trial closes the breaker and it stays closed:
+    guarded queries from 8 concurrent callers must not fail after the close."""
+    from actors import open_monitoring
+    from messages.config import BreakerConfig, Config, FaultsConfig
+
+    cfg = Config(database_url=database_url, faults=FaultsConfig(enabled=True),
+                 tiers={**Config().tiers, "database": BreakerConfig(recovery_timeout_s=0.3)})
+    async with open_monitoring(cfg) as mon:
+        breaker = mon.breakers["database"]
+        failures_after_close: list[str] = []
+        closed_again = trio.Event()
+
+        async def caller() -> None:
+            while True:
+                try:
+                    await mon.db.fetchval("select pg_sleep(0.005)")
+                except psycopg.OperationalError as exc:
+                    if closed_again.is_set():
+                        failures_after_close.append(f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    await trio.sleep(0.01)  # CircuitOpen while the breaker is not closed
+                await trio.sleep(0)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(caller)
+                await trio.sleep(0.2)
+                await mon.inject(Down())
+                await breaker.wait_state("open")
+                await trio.sleep(1.0)  # failed trials: the pool's connect back-off grows
+                await mon.clear_faults()
+                await breaker.wait_state("closed")
+                closed_again.set()
+                await trio.sleep(1.0)
+                state = breaker.state
+                nursery.cancel_scope.cancel()
+        assert failures_after_close == []
+        assert state == "closed"

@@ -490,3 +490,66 @@ def test_monitor_connection_scope_config_from_env_and_toml():
         Config.from_env({"TRIAGE_CONNECTION_SCOPE": "cluster"})
     with pytest.raises(ConfigError, match="health.connection_scope"):
         Config.from_toml('[health]\nconnection_scope = "everything"')
+# --- recovery without traffic: the probe through the pool is the breakers' trial (issue #10 item 4)
+
+def _idle_recovery_config(database_url: str, **tier: object) -> Config:
+    from messages.config import BreakerConfig, FaultsConfig
+
+    tiers = {t: BreakerConfig(failure_threshold=1, recovery_timeout_s=1.0, **tier)
+             for t in ("database", "critical", "analytics", "batch")}
+    return Config(database_url=database_url, faults=FaultsConfig(enabled=True),
+                  health_check_interval_s=0.5, tiers=tiers)
+
+
+async def _open_every_tier_during_down(mon) -> None:
+    from actors.faults import Down
+
+    await mon.inject(Down())
+    for tier in ("database", "critical", "analytics", "batch"):
+        with pytest.raises(psycopg.OperationalError):
+            await mon.db.fetchval("select 1", tier=tier)
+        with trio.fail_after(1.0):
+            await mon.breakers[tier].wait_state("open")
+
+
+async def test_monitor_idle_service_recovers_within_recovery_timeout_plus_one_interval(database_url):
+    from actors import open_monitoring
+
+    async with open_monitoring(_idle_recovery_config(database_url)) as mon:
+        await _open_every_tier_during_down(mon)
+        await mon.clear_faults()
+        t0 = trio.current_time()
+        with trio.fail_after(1.0 + 0.5 + 0.5):  # recovery timeout + one interval (+ probe time)
+            for tier in ("database", "critical", "analytics", "batch"):
+                await mon.breakers[tier].wait_state("closed")
+            await mon.health_report.wait_value(lambda r: r.status == "healthy")
+        assert trio.current_time() - t0 >= 1.0  # not before the recovery timeout
+        snap = await mon.breakers["database"].snapshot()
+        assert snap.calls == 2 and snap.failures == 1  # the probe counted as the one trial
+
+
+async def test_monitor_idle_probe_failing_reopens_with_a_fresh_timer(database_url):
+    from actors import open_monitoring
+    from messages.events import BreakerTransition
+
+    async with open_monitoring(_idle_recovery_config(database_url)) as mon, mon.events(64) as events:
+        await _open_every_tier_during_down(mon)  # and the database stays down
+        seen: list[tuple[str, str]] = []
+        with trio.fail_after(1.0 + 0.5 + 0.5):
+            async for ev in events:
+                if isinstance(ev, BreakerTransition) and ev.tier == "database":
+                    seen.append((ev.to_state, ev.reason))
+                    if len(seen) == 3:
+                        break
+        assert [to for to, _ in seen] == ["open", "half_open", "open"]
+        assert seen[2][1] == "trial call failed"
+
+
+async def test_monitor_tier_not_guarding_database_is_not_tried_by_the_probe(database_url):
+    from actors import open_monitoring
+
+    async with open_monitoring(_idle_recovery_config(database_url, guards_database=False)) as mon:
+        await _open_every_tier_during_down(mon)
+        await mon.clear_faults()
+        await trio.sleep(2.0)
+        assert mon.breakers["database"].state in ("open", "half_open")  # waits for real traffic

@@ -61,3 +61,35 @@ async def test_scenarios_nothing_lost_under_random_faults(database_url):
     assert sum(ledger.outcomes.values()) == 200
     assert len({s.outcome for s in ledger.samples}) >= 2  # the faults did something
     assert metrics.overall.windows["1m"].requests == ledger.sent
+
+
+def test_scenarios_breaker_stays_needs_for_s():
+    import msgspec
+
+    from actors.scenario import Expect
+
+    with pytest.raises(msgspec.ValidationError, match="for_s"):
+        msgspec.convert({"at_s": 7, "breaker_stays": {"database": "closed"}}, Expect)
+    e = msgspec.convert({"at_s": 7, "within_s": 4, "breaker_stays": {"database": "closed"}, "for_s": 4}, Expect)
+    assert e.describe() == "breaker.database stays 'closed' for 4 s within 4 s of t=7"
+
+
+async def test_scenarios_breaker_stays_sees_a_flip_shorter_than_a_poll(autojump_clock):
+    import types
+
+    import msgspec
+
+    from actors.scenario import Expect, Observer, check
+
+    breaker = types.SimpleNamespace(state="closed")
+    mon = types.SimpleNamespace(breakers={"database": breaker},
+                                health_report=types.SimpleNamespace(value=None))
+    observer = Observer(mon, trio.current_time())
+    e = msgspec.convert({"at_s": 0, "within_s": 1, "breaker_stays": {"database": "closed"}, "for_s": 2}, Expect)
+    results: list = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(check, observer, e, results)
+        await trio.sleep(0.5)
+        observer.transitions += [(0.5, "database", "open"), (0.5, "database", "closed")]  # no poll sees it
+    assert [ok for _, ok, _ in results] == [False]
+    assert "left at t=0.50" in observer.lines[-1][1]

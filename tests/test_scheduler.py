@@ -265,3 +265,88 @@ def test_scheduler_offers_conserve_slots_and_never_idle_while_someone_waits(max_
         assert len(sh.offers) + len(sh.held) == len(s.holders)
         assert s.depth == 0 or not sh.offers          # nobody waits while a slot lies unused
         assert s.pool.opened <= s.cfg.max_concurrent
+
+
+# --- an idle pool shrinks to min_idle (issue #10 item 13, pool part) -------------------------
+
+class FakeConn:
+    """A pooled connection as the reaper sees it: when it was last used, whether it is closed."""
+
+    def __init__(self, last_used_at: float) -> None:
+        self.last_used_at, self.closed = last_used_at, False
+
+    def close_now(self) -> None:
+        self.closed = True
+
+
+def test_scheduler_idle_to_close_keeps_min_idle_most_recent_and_closes_the_rest_when_due():
+    from actors.pool_idle import idle_to_close
+
+    a, b, c = FakeConn(0.0), FakeConn(10.0), FakeConn(20.0)
+    idle = [(a, 0.0), (b, 10.0), (c, 20.0)]
+    assert idle_to_close(idle, 1, 60.0, 59.9) == ([], 60.0)       # a is due at exactly 60
+    assert idle_to_close(idle, 1, 60.0, 60.0) == ([a], 70.0)
+    assert idle_to_close(idle, 1, 60.0, 500.0) == ([b, a], 560.0)  # c, the warmest, stays
+    assert idle_to_close(idle, 0, 60.0, 500.0) == ([c, b, a], 560.0)
+    assert idle_to_close(idle, 3, 60.0, 500.0) == ([], 560.0)
+    assert idle_to_close([], 1, 60.0, 5.0) == ([], 65.0)
+
+
+def test_scheduler_close_idle_frees_offered_slots_and_closes_only_still_idle_conns():
+    from actors.scheduler import CloseConns, CloseIdle, Offer
+
+    s = replace(new(max_concurrent=2), offer=True)
+    held, idle_conn, gone = Token("held"), FakeConn(0.0), FakeConn(0.0)
+    s, _ = step(s, Admit(reply=held, priority=Priority.NORMAL, at=0.0, conn=True), 0.0)
+    s = replace(s, pool=replace(s.pool, idle=(idle_conn,), opened=2))
+    s, effects = step(s, CloseIdle(conns=(idle_conn, gone)), 5.0)
+    assert [type(e) for e in effects] == [CloseConns, Offer]  # the freed slot is offered again
+    effects[0].perform(None, 5.0)
+    assert idle_conn.closed and not gone.closed   # `gone` was not the core's to close
+    assert s.pool.idle == () and s.pool.idle_closed == 1
+    offer_token = effects[1].token
+    s, effects = step(s, CloseIdle(tokens=(offer_token, Token("unknown"))), 6.0)
+    assert s.pool.idle_closed == 2 and held in s.holders
+    check_invariants(s)
+
+
+async def test_scheduler_reaper_closes_extra_idle_offers_exactly_at_max_idle_s(autojump_clock):
+    import collections
+    import types
+
+    import trio
+
+    from actors.pool_idle import run_reaper
+    from actors.scheduler import CloseIdle
+
+    sent: list = []
+    inbox = types.SimpleNamespace(closed=False, put=sent.append)
+    conns = [FakeConn(0.0), FakeConn(1.0), FakeConn(2.0)]
+    cell = types.SimpleNamespace(state=new(max_concurrent=3), offers=collections.deque(
+        (Token(str(i)), Admitted(waited_s=0.0, conn=c)) for i, c in enumerate(conns)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_reaper, cell, inbox, 1, 10.0)
+        await trio.sleep_until(10.0 - 1e-6)
+        assert not any(c.closed for c in conns)
+        await trio.sleep_until(11.0 + 1e-6)
+        assert [c.closed for c in conns] == [True, True, False]
+        assert [len(m.tokens) for m in sent if isinstance(m, CloseIdle)] == [1, 1]
+        assert [lease.conn for _, lease in cell.offers] == [conns[2]]
+        await trio.sleep(100.0)
+        assert not conns[2].closed  # min_idle = 1: the warmest stays however long it idles
+        nursery.cancel_scope.cancel()
+
+
+def test_scheduler_pool_idle_config_defaults_and_validation():
+    import pytest
+
+    from actors.errors import ConfigError
+    from messages.config import _convert
+
+    q = _convert({}).queue
+    assert (q.min_idle, q.max_idle_s) == (1, 60.0)
+    for queue, field in (({"min_idle": -1}, "queue.min_idle"), ({"min_idle": 9}, "queue.min_idle"),
+                         ({"max_idle_s": 0}, "queue.max_idle_s")):
+        with pytest.raises(ConfigError) as info:
+            _convert({"queue": queue})
+        assert info.value.field == field
