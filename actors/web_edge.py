@@ -29,6 +29,8 @@ per-request `Exchange` at ``scope["triage"]``.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -93,6 +95,7 @@ class Edge:
                                       [(b"retry-after", b"%d" % MAINTENANCE_RETRY_AFTER_S)])
         length, chunked = _body_headers(scope)
         if length is not None and chunked:  # RFC 9112 §6.1: a smuggling attempt; framing is ambiguous
+            await _drain(_BodyReader(receive, self.max_body_bytes, t0 + self.body_timeout_s).receive)
             return await send_problem(reply, 400, "Both Content-Length and Transfer-Encoding",
                                       [(b"connection", b"close")])
         if length is not None and length > self.max_body_bytes:
@@ -200,3 +203,12 @@ class _BodyReader:
                 self._done = not message.get("more_body", False)
             return message
         raise BodyTimeout("The request body did not arrive in time")
+
+
+async def _drain(receive: Any) -> None:
+    """Read a refused request's body to its end (bounded by the body cap and deadline) before
+    answering: hypercorn's reader then waits for our answer instead of parsing the pipelined
+    bytes behind it and closing the socket while the answer is being written."""
+    with contextlib.suppress(Exception):
+        while (await receive()).get("more_body"):
+            pass
