@@ -13,12 +13,13 @@ from msgspec.structs import replace
 from actors.actor import Cell
 from actors.errors import (
     CircuitOpen,
+    InvalidArgumentType,
     RateLimited,
     ShuttingDown,
     UnknownTier,
 )
 from actors.mailbox import Mailbox, Published, ask
-from actors.ratelimit_core import RateDecision
+from actors.ratelimit_core import RateDecision, check_cost
 from messages.commands import (
     Check,
     GetSnapshot,
@@ -97,9 +98,17 @@ class Monitoring:
         return result
 
     async def check_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:
-        """One decision for (policy, key); consumes `cost` when allowed."""
+        """One decision for (policy, key); consumes `cost` when allowed.
+
+        `cost` is an int >= 1 (else TypeError / ValueError). A cost above the policy's limit
+        can never be allowed: a refusal with `retry_after_s=inf`, `reason="cost_exceeds_limit"`.
+        """
         if self.closed:
             raise ShuttingDown()
+        if not isinstance(policy, str):
+            raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
+        if cost != 1 or type(cost) is not int:
+            check_cost(cost)
         decision = await ask(self._limiter, lambda r: Check(reply=r, policy=policy, key=str(key), cost=cost))
         if not decision.allowed:
             self._metrics.put_lazy(Count(what="rate_limit_violation", label=policy,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import psycopg.errors
 import pytest
 import trio
 import trio.testing
@@ -86,9 +87,10 @@ async def test_guard_failure_report_keeps_the_callers_exception_when_cancelled(a
 async def test_guard_db_sql_error_threshold_refuses_the_next_query(database_url):
     with trio.fail_after(10):
         async with open_monitoring(Config(database_url=database_url)) as mon:
-            for _ in range(3):  # P0001 raise_exception: not a caller error class, so a failure
-                with pytest.raises(Exception, match="boom"):
-                    await mon.db.execute("do $$ begin raise exception 'boom'; end $$", tier="critical")
+            for _ in range(3):  # XX000 internal_error: the server's trouble, not the caller's query
+                with pytest.raises(psycopg.errors.InternalError_, match="boom"):
+                    await mon.db.execute("do $$ begin raise exception 'boom' using errcode = 'XX000'; end $$",
+                                         tier="critical")
             with pytest.raises(CircuitOpen):
                 await mon.db.fetchval("select 1", tier="critical")
             with pytest.raises(CircuitOpen):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
@@ -265,3 +266,14 @@ def test_scheduler_offers_conserve_slots_and_never_idle_while_someone_waits(max_
         assert len(sh.offers) + len(sh.held) == len(s.holders)
         assert s.depth == 0 or not sh.offers          # nobody waits while a slot lies unused
         assert s.pool.opened <= s.cfg.max_concurrent
+
+
+@pytest.mark.parametrize(("priority", "error"), [(None, TypeError), ("HIGH", TypeError), (2.0, TypeError),
+                                                 (99, ValueError), (-1, ValueError)])
+def test_scheduler_admit_malformed_priority_is_an_error_reply_not_a_clamp(priority, error):
+    for s in (new(max_concurrent=1), admit(new(max_concurrent=1), Priority.NORMAL)[0]):  # free, and full
+        t = Token()
+        after, effects = step(s, Admit(reply=t, priority=priority, at=0.0), 0.0)
+        assert after == s
+        [effect] = effects
+        assert effect.to is t and isinstance(effect.value, error) and "priority" in str(effect.value)
