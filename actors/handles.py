@@ -47,6 +47,7 @@ from messages.snapshots import BreakerSnapshot, QueueSnapshot
 # How long a failing caller waits for its breaker to take the failure in: normally one task
 # switch; only a breaker that is down (restarting after a crash) makes it wait this long.
 FAILURE_REPORT_TIMEOUT_S = 1.0
+_PHASES = ("closed", "open", "half_open")
 
 _OUTCOMES = {CircuitOpen: "circuit_open", QueueFull: "queue_full", QueueTimeout: "queue_timeout",
              QueueCleared: "queue_full", ShuttingDown: "shutting_down", RateLimited: "rate_limited"}
@@ -79,6 +80,8 @@ class BreakerHandle:
         return self._view.value.phase
 
     async def wait_state(self, state: str) -> None:
+        if state not in _PHASES:  # a typo would wait forever
+            raise InvalidArgument(f"state must be one of {', '.join(_PHASES)}, got {state!r}")
         await self._view.wait_value(lambda v: v.phase == state)
 
     async def reset(self) -> None:
@@ -158,7 +161,7 @@ class QueueHandle:
         if now is None:
             now = trio.current_time()
         reply = Reply()
-        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        wait_s = self.timeout_s if timeout_s is None else check_timeout(timeout_s)
         await self._inbox.put_ask(Admit(reply=reply, priority=priority, at=now,
                                         deadline=now + wait_s, conn=conn, probe=probe))
         try:

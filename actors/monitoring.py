@@ -123,6 +123,10 @@ class Monitoring:
         return decision
 
     async def reset_rate(self, policy: str | None = None, key: str | None = None) -> None:
+        """Forget quotas: all, one policy's, one key's (in every policy), or one (policy, key)."""
+        for name, value in (("policy", policy), ("key", key)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentType(f"{name} must be a str or None, got {value!r}")
         await ask(self._limiter, lambda r: ResetKeys(reply=r, policy=policy, key=key))
 
     def events(self, buffer: int = 256):

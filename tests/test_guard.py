@@ -271,3 +271,22 @@ async def test_guard_many_bad_calls_leave_the_system_serving(autojump_clock):
         assert mon.breakers["database"].state == "open"
         assert (await mon.check_rate("general", "k")).allowed
         assert all(a.restarts == 0 for a in mon.actors().values())
+
+
+async def test_guard_reset_rate_and_wait_state_bad_arguments_are_errors(autojump_clock):
+    from actors.ratelimit_core import UnknownPolicy
+
+    async with open_monitoring(Config()) as mon:
+        with pytest.raises(UnknownPolicy, match="nope"):
+            await mon.reset_rate("nope")
+        with pytest.raises(TypeError, match="key"):
+            await mon.reset_rate("general", key=123)
+        with pytest.raises(ValueError, match="half_open"):
+            await mon.breakers["database"].wait_state("opened")
+        with pytest.raises(ValueError, match="timeout_s"):
+            await mon.run(quick, timeout_s=math.nan)
+        with pytest.raises(TypeError, match="timeout_s"):
+            async with mon.guard(timeout_s="5"):
+                pytest.fail("a bad timeout must not run the block")
+        await mon.reset_rate("general", key="k")
+        assert mon.actors()["limiter"].restarts == 0
