@@ -290,3 +290,15 @@ async def test_guard_reset_rate_and_wait_state_bad_arguments_are_errors(autojump
                 pytest.fail("a bad timeout must not run the block")
         await mon.reset_rate("general", key="k")
         assert mon.actors()["limiter"].restarts == 0
+
+
+async def test_guard_db_bad_priority_is_an_error_to_the_caller(database_url):
+    with trio.fail_after(10):
+        async with open_monitoring(Config(database_url=database_url)) as mon:
+            with pytest.raises(ValueError, match="priority"):
+                await mon.db.fetchval("select 1", priority=99)
+            with pytest.raises(TypeError, match="priority"):
+                async with mon.db.transaction(priority="HIGH"):
+                    pytest.fail("a bad priority must not start a transaction")
+            assert await mon.db.fetchval("select 1", priority=Priority.LOW) == 1
+            assert (await mon.queue.snapshot()).in_flight == 0
