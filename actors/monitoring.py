@@ -69,7 +69,9 @@ class Monitoring:
               timeout_s: float | None = None) -> _Guard:
         """Breaker + admission slot for a block; an exception leaving the block is the outcome.
 
-        `timeout_s` bounds the wait for a slot (default: the queue's request timeout).
+        `timeout_s` bounds the wait for a slot (default: the queue's request timeout). A bad
+        `priority` or `timeout_s` raises TypeError / ValueError here. Entering is a checkpoint;
+        a failure leaving the block has been applied by the breaker when it propagates.
         """
         return _Guard(self._breaker(tier), self.queue, self._metrics, priority, timeout_s)
 
