@@ -7,7 +7,13 @@ its `Mailbox` as one batch (or, if the core's next wake-up instant comes
 first, feeds the core a `Tick`), runs `step` on each, performs the effects
 (`Send` a reply, `Emit` an event), then publishes once.
 
-Supervision, OTP style. If `step` raises, the shell answers the message that
+Refusals are not crashes. A core that raises a `TriageError` (a malformed
+request it will not handle: an unknown policy, a priority out of range) has
+refused that one message on purpose: the error is the caller's answer, the
+state is left as it was, and nothing is counted against the restart intensity,
+which is for bugs, not for bad arguments.
+
+Supervision, OTP style. If `step` raises anything else, the shell answers the message that
 crashed it with `ActorCrashed`, logs once, and the supervisor restarts the
 actor after a backoff *from its last good state*: state is a value, and
 restarting from it keeps what the actor owes callers (slots held, waiters
@@ -29,7 +35,7 @@ from typing import Any, Protocol
 import trio
 from loguru import logger
 
-from actors.errors import ActorCrashed, ShuttingDown
+from actors.errors import ActorCrashed, ShuttingDown, TriageError
 from actors.mailbox import Mailbox
 from messages.commands import Crash, Tick
 
@@ -118,6 +124,11 @@ def _handle(cell: Cell, msg: Any, now: float) -> None:
 def _handle_guarded(cell: Cell, msg: Any, now: float) -> None:
     try:
         _handle(cell, msg, now)
+    except TriageError as exc:  # refused on purpose: the caller's answer, not a crash
+        reply = getattr(msg, "reply", None)
+        if reply is None or not reply.deliver(exc):
+            logger.bind(actor=cell.name).warning("message refused", message=type(msg).__name__,
+                                                 error=type(exc).__name__)
     except Exception:
         reply = getattr(msg, "reply", None)
         if reply is not None:

@@ -21,7 +21,10 @@ state (a slow call started before a reset must not re-open the breaker).
 Callers don't ask for a permit while the breaker is CLOSED: they read the
 published state and go ahead, and report the outcome afterwards. They
 ask only when it is OPEN or HALF_OPEN. A success in CLOSED changes nothing
-but counters, so the mailbox coalesces those into one `Successes(n)`.
+but counters, so the mailbox coalesces those into one `Successes(n)`. A
+failure is the slow path: it is an ask, answered once applied and published,
+so the call that reaches `failure_threshold` has opened the breaker by the
+time it raises to its caller, and every later admission is refused.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from messages.commands import (
     Successes,
     Tick,
 )
-from messages.config import BreakerConfig
+from messages.config import BreakerConfig, check_breaker_config
 from messages.events import BreakerTransition
 from messages.snapshots import BreakerSnapshot
 
@@ -179,12 +182,7 @@ def _configure(s: BreakerState, msg: Configure) -> BreakerState:
 
 
 def check_config(tier: str, cfg: BreakerConfig) -> None:
-    for name in ("failure_threshold", "half_open_max_calls", "success_threshold"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"tiers.{tier}.{name}", getattr(cfg, name), "must be >= 1")
-    for name in ("recovery_timeout_s", "monitoring_period_s"):
-        if not getattr(cfg, name) > 0:
-            raise ConfigError(f"tiers.{tier}.{name}", getattr(cfg, name), "must be > 0")
+    check_breaker_config(f"tiers.{tier}", cfg)
 
 
 def snapshot(s: BreakerState, now: float, restarts: int = 0) -> BreakerSnapshot:
@@ -204,7 +202,10 @@ def step(s: BreakerState, msg: BreakerIn, now: float) -> tuple[BreakerState, lis
     """No I/O, no trio: the whole behaviour of a breaker."""
     match msg:
         case Outcome():
-            return _outcome(s, msg, now)
+            s, effects = _outcome(s, msg, now)
+            if msg.reply is not None:  # a failure: the caller waits until it is applied
+                effects = [*effects, Send(msg.reply, Done())]
+            return s, effects
         case Successes():
             return replace(s, calls=s.calls + msg.n, successes=s.successes + msg.n), []
         case Permit():

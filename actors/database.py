@@ -34,6 +34,7 @@ import trio
 from actors.errors import TriageError, classify
 from actors.handles import observe_call
 from actors.pgconn import ConnectionLost, PgConnection, QueryResult
+from actors.scheduler import check_priority
 from messages.commands import Admitted
 from messages.config import Config, Priority
 
@@ -84,6 +85,7 @@ class _Lease:
         self.counted = False
 
     async def acquire(self, priority: int, queue_timeout_s: float | None) -> PgConnection:
+        check_priority(priority)
         self.t0 = trio.current_time()
         try:
             self.trial, self.epoch = await self.breaker.permit()
@@ -95,7 +97,7 @@ class _Lease:
                                                               probe=self.trial, now=self.t0)
         except BaseException as exc:
             if self.trial:
-                self.breaker.report("abandoned", True, self.epoch, 0.0)
+                await self.breaker.report("abandoned", True, self.epoch, 0.0)
             observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, trio.current_time(), None)
             raise
         self.waited = admitted.waited_s
@@ -132,7 +134,7 @@ class _Lease:
         self.conn = await self._open()
         return self.conn
 
-    def release(self, exc: BaseException | None) -> None:
+    async def release(self, exc: BaseException | None) -> None:
         conn, self.conn = self.conn, None
         keep = conn is not None and not conn.broken and not conn.in_transaction
         if conn is not None and not keep:
@@ -143,9 +145,10 @@ class _Lease:
         if not sent and conn is not None:
             conn.close_now()  # the system has shut down: nobody to give it back to
         now = trio.current_time()
-        self.breaker.report(classify(exc, self.breaker.ignore), self.trial, self.epoch,
-                            now - self.t0 - self.waited)
         observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, now, self.waited)
+        # A failure is applied before the caller gets control back (shielded, bounded).
+        await self.breaker.report(classify(exc, self.breaker.ignore), self.trial, self.epoch,
+                                  now - self.t0 - self.waited)
 
 
 class Watchdog:
@@ -253,7 +256,7 @@ class Database:
             raise
         finally:
             if hasattr(lease, "token"):
-                lease.release(exc_out)
+                await lease.release(exc_out)
 
     async def _execute(self, conn: PgConnection, query: str, params: Params, row_factory: Any,
                        timeout_s: float | None) -> QueryResult:
@@ -329,7 +332,7 @@ class Database:
             raise
         finally:
             if hasattr(lease, "token"):
-                lease.release(exc_out)
+                await lease.release(exc_out)
 
     async def metrics(self) -> Any:
         """The spec's ConnectionMetrics from the latest probe (probes now if there was none)."""

@@ -21,6 +21,14 @@ class ConfigError(TriageError):
         super().__init__(f"{field}{shown}: {why}")
 
 
+class InvalidArgument(TriageError, ValueError):
+    """A caller passed a value out of range (priority=99, cost=0): nothing was done."""
+
+
+class InvalidArgumentType(TriageError, TypeError):
+    """A caller passed a value of the wrong type (priority="HIGH", cost=2.5): nothing was done."""
+
+
 class Refused(TriageError):
     """The operation was not started; retrying later is safe."""
 
@@ -30,6 +38,10 @@ class Refused(TriageError):
 class RateLimited(Refused):
     def __init__(self, policy: str, key: str, retry_after_s: float, decision: object = None) -> None:
         self.policy, self.key, self.retry_after_s, self.decision = policy, key, retry_after_s, decision
+        if retry_after_s == float("inf"):  # the request costs more than the whole quota
+            super().__init__(f"Rate limit exceeded for policy {policy!r}: the request's cost exceeds "
+                             "the limit, so it can never be allowed")
+            return
         super().__init__(f"Rate limit exceeded for policy {policy!r}; retry after {retry_after_s:.3f}s")
 
 

@@ -7,6 +7,7 @@ they own no state of their own beyond wiring.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import trio
@@ -14,6 +15,8 @@ import trio
 from actors.actor import Cell
 from actors.errors import (
     CircuitOpen,
+    InvalidArgument,
+    InvalidArgumentType,
     QueueCleared,
     QueueFull,
     QueueTimeout,
@@ -23,6 +26,7 @@ from actors.errors import (
     classify,
 )
 from actors.mailbox import Mailbox, Published, Reply, ask, tell_quietly
+from actors.scheduler import adjust, check_priority
 from messages.commands import (
     Admit,
     Admitted,
@@ -37,7 +41,13 @@ from messages.commands import (
     Reset,
     Withdraw,
 )
+from messages.config import check_breaker_field
 from messages.snapshots import BreakerSnapshot, QueueSnapshot
+
+# How long a failing caller waits for its breaker to take the failure in: normally one task
+# switch; only a breaker that is down (restarting after a crash) makes it wait this long.
+FAILURE_REPORT_TIMEOUT_S = 1.0
+_PHASES = ("closed", "open", "half_open")
 
 _OUTCOMES = {CircuitOpen: "circuit_open", QueueFull: "queue_full", QueueTimeout: "queue_timeout",
              QueueCleared: "queue_full", ShuttingDown: "shutting_down", RateLimited: "rate_limited"}
@@ -70,6 +80,8 @@ class BreakerHandle:
         return self._view.value.phase
 
     async def wait_state(self, state: str) -> None:
+        if state not in _PHASES:  # a typo would wait forever
+            raise InvalidArgument(f"state must be one of {', '.join(_PHASES)}, got {state!r}")
         await self._view.wait_value(lambda v: v.phase == state)
 
     async def reset(self) -> None:
@@ -79,7 +91,13 @@ class BreakerHandle:
         await ask(self._inbox, lambda r: ForceOpen(reply=r))
 
     async def configure(self, **fields: Any) -> None:
-        """failure_threshold, recovery_timeout_s, monitoring_period_s, half_open_max_calls, success_threshold."""
+        """failure_threshold, recovery_timeout_s, monitoring_period_s, half_open_max_calls, success_threshold.
+
+        A bad value (or an unknown field) raises ConfigError naming `tiers.<tier>.<field>`.
+        """
+        for name, value in fields.items():
+            if value is not None:  # None leaves a field as it is
+                check_breaker_field(f"tiers.{self.tier}", name, value)
         await ask(self._inbox, lambda r: Configure(reply=r, **fields))
 
     async def snapshot(self) -> BreakerSnapshot:
@@ -93,14 +111,29 @@ class BreakerHandle:
         p = await ask(self._inbox, lambda r: Permit(reply=r))
         return p.trial, p.epoch
 
-    def report(self, result: str, trial: bool, epoch: int, duration_s: float) -> None:
-        """Tell the breaker how a call ended (nothing to tell once the system is gone)."""
-        if result == "success" and not trial and self._view.value.phase == "closed":
+    async def report(self, result: str, trial: bool, epoch: int, duration_s: float) -> None:
+        """Tell the breaker how a call ended (nothing to tell once the system is gone).
+
+        A failure waits until the breaker has applied it and published its state, so once
+        this returns every admission anywhere sees the verdict (a breaker just opened refuses).
+        Shielded and bounded: the caller's own exception is never replaced by a cancellation.
+        """
+        v = self._view.value
+        if result == "success" and not trial and v.phase == "closed":
             with contextlib.suppress(ShuttingDown):
                 self._inbox.tally()
             return
-        tell_quietly(self._inbox, Outcome(result=result, epoch=epoch, trial=trial,
-                                          duration_s=duration_s))
+        if result != "failure" or not v.enabled:
+            tell_quietly(self._inbox, Outcome(result=result, epoch=epoch, trial=trial,
+                                              duration_s=duration_s))
+            return
+        reply = Reply()
+        if not tell_quietly(self._inbox, Outcome(result=result, epoch=epoch, trial=trial,
+                                                 duration_s=duration_s, reply=reply)):
+            return
+        with trio.move_on_after(FAILURE_REPORT_TIMEOUT_S, shield=True), \
+                contextlib.suppress(TriageError):  # shutting down, or the breaker crashed on it
+            await reply.wait()
 
 
 class QueueHandle:
@@ -128,7 +161,7 @@ class QueueHandle:
         if now is None:
             now = trio.current_time()
         reply = Reply()
-        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        wait_s = self.timeout_s if timeout_s is None else check_timeout(timeout_s)
         await self._inbox.put_ask(Admit(reply=reply, priority=priority, at=now,
                                         deadline=now + wait_s, conn=conn, probe=probe))
         try:
@@ -167,8 +200,6 @@ class QueueHandle:
         await ask(self._inbox, lambda r: Clear(reply=r))
 
     async def snapshot(self) -> QueueSnapshot:
-        from actors.scheduler import adjust
-
         return adjust(await ask(self._inbox, lambda r: GetSnapshot(reply=r)), len(self._offers))
 
 
@@ -187,9 +218,12 @@ class _Guard:
     def __init__(self, breaker: BreakerHandle, queue: QueueHandle, metrics: Mailbox, priority: int,
                  timeout_s: float | None) -> None:
         self._breaker, self._queue, self._metrics = breaker, queue, metrics
-        self._priority, self._timeout_s = priority, timeout_s
+        self._priority, self._timeout_s = check_priority(priority), check_timeout(timeout_s)
 
     async def __aenter__(self) -> _Guard:
+        # A checkpoint before anything is taken: a cancelled caller takes no slot and runs
+        # nothing, and a loop of guarded calls that never await still lets other tasks run.
+        await trio.lowlevel.checkpoint()
         t0 = trio.current_time()
         breaker = self._breaker
         v = breaker._view.value
@@ -205,7 +239,7 @@ class _Guard:
             self._token, admitted = await self._queue.admit(self._priority, self._timeout_s, now=t0)
         except BaseException as exc:
             if self._trial:
-                self._breaker.report("abandoned", True, self._epoch, 0.0)
+                await self._breaker.report("abandoned", True, self._epoch, 0.0)
             observe_call(self._metrics, self._breaker.tier, exc, t0, trio.current_time(), None)
             raise
         self._t0, self._waited, self._lease = t0, admitted.waited_s, admitted
@@ -214,6 +248,17 @@ class _Guard:
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         now = trio.current_time()
         self._queue.release(self._token, lease=self._lease)
-        self._breaker.report(classify(exc, self._breaker.ignore), self._trial, self._epoch,
-                             now - self._t0 - self._waited)
         observe_call(self._metrics, self._breaker.tier, exc, self._t0, now, self._waited)
+        await self._breaker.report(classify(exc, self._breaker.ignore), self._trial, self._epoch,
+                                   now - self._t0 - self._waited)
+
+
+def check_timeout(timeout_s: object) -> float | None:
+    """None, or a number of seconds >= 0 (inf: no bound)."""
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise InvalidArgumentType(f"timeout_s must be a number of seconds or None, got {timeout_s!r}")
+    if math.isnan(timeout_s) or timeout_s < 0:
+        raise InvalidArgument(f"timeout_s must be >= 0, got {timeout_s!r}")
+    return timeout_s

@@ -13,6 +13,7 @@ import math
 import msgspec
 
 from actors.actor import Send
+from actors.errors import TriageError
 from actors.ratelimit_core import LimiterTable, PolicySpec, RateDecision
 from messages.commands import Check, Done, GetSnapshot, ResetKeys, Tick
 from messages.config import Config
@@ -66,13 +67,16 @@ def step(s: LimiterState, msg: LimiterIn, now: float) -> tuple[LimiterState, lis
                 _expire(s, now)
             try:
                 decision = s.table.check(msg.policy, msg.key, now, msg.cost)
-            except (KeyError, ValueError) as exc:
+            except (TriageError, KeyError, ValueError) as exc:  # a malformed check
                 return s, [Send(msg.reply, exc)]
             return s, [Send(msg.reply, decision)]
         case Tick():
             return s, []
         case ResetKeys():
-            s.table.reset(msg.policy, msg.key)
+            try:
+                s.table.reset(msg.policy, msg.key)
+            except (TriageError, KeyError) as exc:  # an unknown policy, say
+                return s, [Send(msg.reply, exc)]
             return s, [Send(msg.reply, Done())]
         case GetSnapshot():
             return s, [Send(msg.reply, snapshot(s, now))]

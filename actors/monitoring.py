@@ -13,12 +13,13 @@ from msgspec.structs import replace
 from actors.actor import Cell
 from actors.errors import (
     CircuitOpen,
+    InvalidArgumentType,
     RateLimited,
     ShuttingDown,
     UnknownTier,
 )
 from actors.mailbox import Mailbox, Published, ask
-from actors.ratelimit_core import RateDecision
+from actors.ratelimit_core import RateDecision, check_cost
 from messages.commands import (
     Check,
     GetSnapshot,
@@ -68,7 +69,9 @@ class Monitoring:
               timeout_s: float | None = None) -> _Guard:
         """Breaker + admission slot for a block; an exception leaving the block is the outcome.
 
-        `timeout_s` bounds the wait for a slot (default: the queue's request timeout).
+        `timeout_s` bounds the wait for a slot (default: the queue's request timeout). A bad
+        `priority` or `timeout_s` raises TypeError / ValueError here. Entering is a checkpoint;
+        a failure leaving the block has been applied by the breaker when it propagates.
         """
         return _Guard(self._breaker(tier), self.queue, self._metrics, priority, timeout_s)
 
@@ -97,9 +100,17 @@ class Monitoring:
         return result
 
     async def check_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:
-        """One decision for (policy, key); consumes `cost` when allowed."""
+        """One decision for (policy, key); consumes `cost` when allowed.
+
+        `cost` is an int >= 1 (else TypeError / ValueError). A cost above the policy's limit
+        can never be allowed: a refusal with `retry_after_s=inf`, `reason="cost_exceeds_limit"`.
+        """
         if self.closed:
             raise ShuttingDown()
+        if not isinstance(policy, str):
+            raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
+        if cost != 1 or type(cost) is not int:
+            check_cost(cost)
         decision = await ask(self._limiter, lambda r: Check(reply=r, policy=policy, key=str(key), cost=cost))
         if not decision.allowed:
             self._metrics.put_lazy(Count(what="rate_limit_violation", label=policy,
@@ -114,6 +125,10 @@ class Monitoring:
         return decision
 
     async def reset_rate(self, policy: str | None = None, key: str | None = None) -> None:
+        """Forget quotas: all, one policy's, one key's (in every policy), or one (policy, key)."""
+        for name, value in (("policy", policy), ("key", key)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentType(f"{name} must be a str or None, got {value!r}")
         await ask(self._limiter, lambda r: ResetKeys(reply=r, policy=policy, key=key))
 
     def events(self, buffer: int = 256):

@@ -199,16 +199,15 @@ def rate_headers(d: RateDecision, window_s: float, reset_after_s: float, wall_no
         out.append((b"ratelimit", b"%s;r=%d;t=%d" % (name, d.remaining, math.ceil(reset_after_s))))
     else:
         retry = retry_after(d)
-        out += [
-            (b"ratelimit", b"%s;r=0;t=%d" % (name, retry)),
-            (b"x-ratelimit-retry-after", b"%d" % retry),
-            (b"retry-after", b"%d" % retry),
-        ]
+        out.append((b"ratelimit", b"%s;r=0;t=%d" % (name, retry or math.ceil(reset_after_s))))
+        if retry is not None:  # a cost above the limit: retrying never helps, so no hint
+            out += [(b"x-ratelimit-retry-after", b"%d" % retry), (b"retry-after", b"%d" % retry)]
     return out
 
 
-def retry_after(d: RateDecision) -> int:
-    return max(1, math.ceil(d.retry_after_s))
+def retry_after(d: RateDecision) -> int | None:
+    """Whole seconds to wait; None when waiting never helps (the cost exceeds the limit)."""
+    return max(1, math.ceil(d.retry_after_s)) if math.isfinite(d.retry_after_s) else None
 
 
 def _sf_string(text: str) -> bytes:
@@ -339,9 +338,9 @@ class RateLimitMiddleware:
 
     async def _refuse(self, send: Any, policy: str, key: str, d: RateDecision, window_s: float) -> None:
         retry = retry_after(d)
-        headers, body = _problem(429, "Too Many Requests",
-                                 f"Rate limit exceeded for policy {policy!r}; retry after {retry} s",
-                                 policy=policy, retry_after=retry)
+        detail = (f"Rate limit exceeded for policy {policy!r}; retry after {retry} s" if retry is not None
+                  else f"Request cost exceeds the limit of policy {policy!r}: it can never be allowed")
+        headers, body = _problem(429, "Too Many Requests", detail, policy=policy, retry_after=retry)
         now = trio.current_time()
         refusals = self._summary.note(policy, now)
         if refusals is not None:

@@ -78,9 +78,9 @@ from itertools import islice
 
 import msgspec
 
-from actors.errors import TriageError
+from actors.errors import InvalidArgument, InvalidArgumentType, TriageError
 
-__all__ = ["LimiterTable", "PolicySpec", "RateDecision", "UnknownPolicy"]
+__all__ = ["LimiterTable", "PolicySpec", "RateDecision", "UnknownPolicy", "check_cost"]
 
 _US = 1_000_000  # microseconds per second
 # Largest effective window (limit * T, microseconds): keeps TAT arithmetic exact in floats.
@@ -104,6 +104,8 @@ class RateDecision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reset_at: float  # instant when the quota is fully restored
     reset_after_s: float  # reset_at - now, >= 0
     retry_after_s: float  # 0 when allowed; else seconds until a request of this cost is allowed
+    # Why a refusal can never turn into an allowance: "cost_exceeds_limit" (retry_after_s = inf).
+    reason: str | None = None
 
 
 class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -225,10 +227,12 @@ class LimiterTable:
             raise UnknownPolicy(policy, tuple(self._policies)) from None
         r = p if p.overrides is None else p.overrides.get(key, p)
         if cost != 1:
-            _validate_cost(cost, r.limit, policy)
+            check_cost(cost)
         bypass = self._bypass
         if bypass is not None and (bypass is _ALL or key in bypass):
             return self._free_pass(p, r, key, now)
+        if cost > r.limit:
+            return self._beyond_limit(p, key, now)
         self._tick -= 1
         if self._tick <= 0:
             self._maintain()
@@ -303,6 +307,13 @@ class LimiterTable:
             reset_after_s=(tat - nu) / 1e6,
             retry_after_s=0.0 if allowed else (new - window - nu) / 1e6,
         )
+
+    def _beyond_limit(self, p: _Policy, key: str, now: float) -> RateDecision:
+        """A cost above the limit can never be allowed: a refusal that says so, consuming nothing."""
+        p.rejected += 1
+        seen = self.peek(p.name, key, now)
+        return msgspec.structs.replace(seen, allowed=False, retry_after_s=math.inf,
+                                       reason="cost_exceeds_limit")
 
     def _free_pass(self, p: _Policy, r: _Rate, key: str, now: float) -> RateDecision:
         p.allowed += 1
@@ -423,13 +434,9 @@ def _pass(policy: str, limit: int, now: float) -> RateDecision:
     )
 
 
-def _validate_cost(cost: object, limit: int, policy: str) -> None:
+def check_cost(cost: object) -> None:
+    """A cost is a whole number of units >= 1 (above the limit is a refusal, not an error)."""
     if type(cost) is not int:
-        raise TypeError(f"cost must be an int, got {cost!r}")
+        raise InvalidArgumentType(f"cost must be an int, got {cost!r}")
     if cost < 1:
-        raise ValueError(f"cost must be >= 1, got {cost}")
-    if cost > limit:
-        raise ValueError(
-            f"cost {cost} exceeds the limit {limit} of policy {policy!r}: "
-            "such a request could never be allowed"
-        )
+        raise InvalidArgument(f"cost must be >= 1, got {cost}")

@@ -34,7 +34,13 @@ import msgspec
 from msgspec.structs import replace
 
 from actors.actor import Send
-from actors.errors import QueueCleared, QueueFull, QueueTimeout
+from actors.errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    QueueCleared,
+    QueueFull,
+    QueueTimeout,
+)
 from messages.commands import (
     Admit,
     Admitted,
@@ -52,6 +58,18 @@ from messages.config import Priority, QueueConfig
 from messages.snapshots import PoolSnapshot, QueueSnapshot
 
 N_PRIORITIES = len(Priority)
+_NAMES = ", ".join(f"{p.name}={p.value}" for p in Priority)
+
+
+def check_priority(priority: object) -> int:
+    """A Priority, or an int naming one; anything else is the caller's error (never clamped)."""
+    if type(priority) is Priority:
+        return priority
+    if type(priority) is not int:
+        raise InvalidArgumentType(f"priority must be a Priority or an int ({_NAMES}), got {priority!r}")
+    if not 0 <= priority < N_PRIORITIES:
+        raise InvalidArgument(f"priority must be one of {_NAMES}, got {priority!r}")
+    return priority
 
 
 class CloseIdle(msgspec.Struct, frozen=True, kw_only=True):
@@ -232,7 +250,10 @@ def _give_back(pool: Pool, msg: Release, now: float) -> Pool:
 
 
 def _admit(s: SchedulerState, msg: Admit, now: float) -> tuple[SchedulerState, list]:
-    prio = min(max(int(msg.priority), 0), N_PRIORITIES - 1)
+    try:
+        prio = check_priority(msg.priority)
+    except (InvalidArgument, InvalidArgumentType) as exc:
+        return s, [Send(msg.reply, exc)]
     if s.free > 0:
         s, grant = _grant(s, msg.reply, msg.at, now, msg.conn, msg.probe)
         return s, [grant]

@@ -137,6 +137,8 @@ async def send_problem(send: Any, status: int, detail: str, headers: Iterable[tu
 
 
 def _retry(seconds: float | None) -> dict[str, str]:
+    if seconds is not None and not math.isfinite(seconds):
+        return {}  # a request costing more than the whole quota: retrying never helps
     return {"retry-after": str(max(1, math.ceil(seconds or 1)))}
 
 

@@ -44,12 +44,17 @@ class Permitted(Message):
 
 
 class Outcome(Message):
-    """What became of a call the breaker let through."""
+    """What became of a call the breaker let through.
+
+    A failure is sent with a `reply` (answered `Done` once applied and published), so the
+    caller that reaches the threshold has opened the breaker before it raises.
+    """
 
     result: OutcomeKind
     epoch: int
     trial: bool = False
     duration_s: float = 0.0
+    reply: Any = None
 
 
 class Successes(Message):

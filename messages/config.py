@@ -9,6 +9,7 @@ else. Every bad value raises `ConfigError` naming the variable or field and why.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -461,6 +462,29 @@ def _require(ok: bool, field: str, value: object, why: str) -> None:
         raise ConfigError(field, value, why)
 
 
+BREAKER_COUNTS = ("failure_threshold", "half_open_max_calls", "success_threshold")
+BREAKER_DURATIONS = ("recovery_timeout_s", "monitoring_period_s")
+
+
+def check_breaker_field(prefix: str, name: str, value: object) -> None:
+    """One tunable breaker field (`prefix` is e.g. "tiers.critical"); ConfigError naming it."""
+    field = f"{prefix}.{name}"
+    if name in BREAKER_COUNTS:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        _require(whole and value >= 1, field, value, "must be a whole number >= 1")  # type: ignore[operator]
+    elif name in BREAKER_DURATIONS:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        _require(number and math.isfinite(value) and value > 0, field, value,  # type: ignore[arg-type]
+                 "must be a finite number of seconds > 0")
+    else:
+        raise ConfigError(field, None, f"unknown field; known: {', '.join(BREAKER_COUNTS + BREAKER_DURATIONS)}")
+
+
+def check_breaker_config(prefix: str, t: BreakerConfig) -> None:
+    for name in BREAKER_COUNTS + BREAKER_DURATIONS:
+        check_breaker_field(prefix, name, getattr(t, name))
+
+
 def validate(cfg: Config) -> None:
     if cfg.database_url:
         check_database_url(cfg.database_url, "database_url")
@@ -468,12 +492,7 @@ def validate(cfg: Config) -> None:
     for tier in TIERS:
         _require(tier in cfg.tiers, f"tiers.{tier}", None, "the spec's tiers are required")
     for name, t in cfg.tiers.items():
-        p = f"tiers.{name}"
-        _require(t.failure_threshold >= 1, f"{p}.failure_threshold", t.failure_threshold, "must be >= 1")
-        _require(t.recovery_timeout_s > 0, f"{p}.recovery_timeout_s", t.recovery_timeout_s, "must be > 0")
-        _require(t.monitoring_period_s > 0, f"{p}.monitoring_period_s", t.monitoring_period_s, "must be > 0")
-        _require(t.half_open_max_calls >= 1, f"{p}.half_open_max_calls", t.half_open_max_calls, "must be >= 1")
-        _require(1 <= t.success_threshold, f"{p}.success_threshold", t.success_threshold, "must be >= 1")
+        check_breaker_config(f"tiers.{name}", t)
     for name, pol in cfg.policies.items():
         _require(pol.limit >= 1, f"policies.{name}.limit", pol.limit, "must be >= 1")
         _require(pol.window_s > 0, f"policies.{name}.window_s", pol.window_s, "must be > 0")

@@ -252,3 +252,36 @@ def test_breaker_random_sequences_never_skip_half_open(seq):
         assert 0 <= s.trials <= s.cfg.half_open_max_calls
         assert s.phase != "half_open" or s.trials <= s.cfg.half_open_max_calls
         assert len(s.failure_times) < s.cfg.failure_threshold
+
+
+def test_breaker_failure_with_reply_is_answered_after_the_transition():
+    s = new("critical")
+    for _ in range(2):
+        s, _ = fail(s, 1.0)
+    reply = Token()
+    s, effects = step(s, Outcome(result="failure", epoch=s.epoch, reply=reply), 1.0)
+    assert s.phase == "open"
+    assert isinstance(effects[0], Emit) and effects[0].event.to_state == "open"
+    assert isinstance(effects[-1], Send) and effects[-1].to is reply and isinstance(effects[-1].value, Done)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("failure_threshold", "3"), ("failure_threshold", 2.5), ("failure_threshold", True),
+    ("success_threshold", 0), ("recovery_timeout_s", math.inf), ("monitoring_period_s", "60"),
+    ("monitoring_period_s", math.nan), ("recovery_timeout_s", -5.0),
+])
+def test_breaker_configure_malformed_value_is_a_config_error_reply(field, value):
+    s = new("critical")
+    after, effects = step(s, Configure(reply=Token(), **{field: value}), 0.0)
+    assert after == s
+    [effect] = effects
+    assert isinstance(effect.value, ConfigError) and effect.value.field == f"tiers.critical.{field}"
+
+
+def test_breaker_config_file_rejects_what_configure_rejects():
+    with pytest.raises(ConfigError, match=r"tiers\.critical\.recovery_timeout_s=inf"):
+        Config.from_toml("[tiers.critical]\nrecovery_timeout_s = inf\n")
+    from messages.config import BreakerConfig
+
+    with pytest.raises(ConfigError, match=r"tiers\.batch\.failure_threshold=True"):
+        Config(tiers={**Config().tiers, "batch": BreakerConfig(failure_threshold=True)})

@@ -181,6 +181,16 @@ async def test_middleware_cost_consumes_several_units():
     assert r.headers["ratelimit"] == '"auth";r=3;t=360'
 
 
+async def test_middleware_cost_above_limit_is_429_saying_it_never_passes():
+    async with serving(route_policies=AUTH_ROUTES, cost=lambda scope: 6) as client:  # auth: 5
+        r = await client.post(LOGIN)
+        after = await client.post(LOGIN, headers={"x-user-id": "other"})
+    assert r.status_code == 429 and "retry-after" not in r.headers
+    assert "can never be allowed" in r.json()["detail"] and r.json()["retry_after"] is None
+    assert r.headers["x-ratelimit-remaining"] == "5"  # nothing was consumed
+    assert after.status_code == 429
+
+
 async def test_middleware_unrouted_without_default_policy_is_not_limited():
     async with serving(route_policies=AUTH_ROUTES, default_policy=None) as client:
         r = await client.get("/api/animals")

@@ -136,12 +136,15 @@ def test_check_cost_below_one_raises_value_error(cost):
         new_table().check("general", "k", T0, cost=cost)
 
 
-def test_check_cost_above_limit_raises_value_error():
+def test_check_cost_above_limit_is_a_refusal_that_says_so_and_consumes_nothing():
     t = new_table()
-    with pytest.raises(ValueError, match="exceeds the limit 5 .*could never be allowed"):
-        t.check("auth", "k", T0, cost=6)
+    d = t.check("auth", "k", T0, cost=6)
+    assert d == RateDecision(allowed=False, policy="auth", limit=5, remaining=5, reset_at=T0,
+                             reset_after_s=0.0, retry_after_s=math.inf, reason="cost_exceeds_limit")
     assert len(t) == 0
+    assert t.stats()["policies"]["auth"]["rejected"] == 1
     assert t.check("auth", "k", T0, cost=5).remaining == 0
+    assert t.check("auth", "k", T0, cost=6).remaining == 0  # says what is left, still never allowed
 
 
 @pytest.mark.parametrize("cost", [1.5, "2", None])
@@ -253,8 +256,8 @@ def test_check_override_key_uses_its_own_limit_others_the_policy():
 
 def test_check_override_cost_checked_against_own_limit():
     t = new_table(overrides={"general": {"small": PolicySpec(limit=2, window_s=60.0)}})
-    with pytest.raises(ValueError, match="exceeds the limit 2"):
-        t.check("general", "small", T0, cost=3)
+    refused = t.check("general", "small", T0, cost=3)
+    assert (refused.allowed, refused.limit, refused.reason) == (False, 2, "cost_exceeds_limit")
     assert t.check("general", "big", T0, cost=3).allowed
 
 
@@ -271,8 +274,9 @@ def test_check_disabled_allows_everything_and_counts_allowed():
     assert len(t) == 0
     assert t.stats()["policies"]["auth"]["allowed"] == 10
     assert t.stats()["enabled"] is False
-    with pytest.raises(ValueError):
-        t.check("auth", "k", T0, cost=6)
+    assert t.check("auth", "k", T0, cost=6).allowed  # everything, even more than the limit
+    with pytest.raises(TypeError):
+        t.check("auth", "k", T0, cost=2.5)  # but a malformed cost is still an error
 
 
 # -- reset, expire, eviction, stats -------------------------------------------------------------

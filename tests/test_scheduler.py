@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
@@ -350,3 +351,13 @@ def test_scheduler_pool_idle_config_defaults_and_validation():
         with pytest.raises(ConfigError) as info:
             _convert({"queue": queue})
         assert info.value.field == field
+
+@pytest.mark.parametrize(("priority", "error"), [(None, TypeError), ("HIGH", TypeError), (2.0, TypeError),
+                                                 (99, ValueError), (-1, ValueError)])
+def test_scheduler_admit_malformed_priority_is_an_error_reply_not_a_clamp(priority, error):
+    for s in (new(max_concurrent=1), admit(new(max_concurrent=1), Priority.NORMAL)[0]):  # free, and full
+        t = Token()
+        after, effects = step(s, Admit(reply=t, priority=priority, at=0.0), 0.0)
+        assert after == s
+        [effect] = effects
+        assert effect.to is t and isinstance(effect.value, error) and "priority" in str(effect.value)

@@ -383,3 +383,73 @@ async def test_system_thousand_concurrent_calls_each_get_one_outcome(autojump_cl
         assert ran <= snap.admitted <= ran + sum(1 for v in outcomes.values() if v == "cancelled")
         refused = sum(1 for v in outcomes.values() if v in ("QueueFull", "QueueTimeout"))
         assert refused == snap.rejected + snap.displaced + snap.timed_out
+
+
+async def test_system_malformed_messages_are_answered_not_crashes(autojump_clock):
+    from actors.errors import ConfigError, InvalidArgumentType
+    from actors.mailbox import ask
+    from actors.ratelimit_core import UnknownPolicy
+    from messages.commands import Admit, Configure
+
+    async with open_monitoring(Config()) as mon:
+        for _ in range(3):  # past no restart intensity: none of these is a crash
+            with pytest.raises(InvalidArgumentType, match="priority"):
+                await ask(mon.queue._inbox, lambda r: Admit(reply=r, priority=None, at=trio.current_time()))
+            with pytest.raises(ConfigError, match="tiers.critical.failure_threshold"):
+                await ask(mon.breakers["critical"]._inbox, lambda r: Configure(reply=r, failure_threshold="3"))
+            with pytest.raises(UnknownPolicy, match="nope"):
+                await mon.reset_rate("nope")
+        assert all(a.restarts == 0 for a in mon.actors().values())
+        assert await mon.run(ok, 7) == 7
+        assert (await mon.queue.snapshot()).in_flight == 0
+
+
+class _Picky:
+    """A core for the shell alone: refuses odd numbers on purpose, and has a bug on negatives."""
+
+    name = "picky"
+
+    def step(self, s: int, msg, now: float):
+        from actors.actor import Send
+        from actors.errors import InvalidArgument
+
+        if msg.n < 0:
+            raise ZeroDivisionError("a bug")
+        if msg.n % 2:
+            raise InvalidArgument(f"n must be even, got {msg.n}")
+        return s + msg.n, [Send(msg.reply, s + msg.n)]
+
+    def wakeup(self, s: int) -> float:
+        return float("inf")
+
+    def parked(self, s: int) -> tuple:
+        return ()
+
+    def undelivered(self, reply, value) -> None:
+        return None
+
+
+class _Add:
+    def __init__(self, reply, n: int) -> None:
+        self.reply, self.n = reply, n
+
+
+async def test_system_actor_refusal_is_the_reply_and_a_bug_still_crashes(autojump_clock):
+    from actors.actor import Cell, supervise
+    from actors.errors import InvalidArgument
+    from actors.mailbox import Mailbox, ask
+
+    inbox = Mailbox("picky")
+    cell = Cell(_Picky(), 0, inbox, lambda event: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervise, cell, SupervisorConfig(max_restarts=1), lambda c, e: None)
+        for _ in range(5):
+            with pytest.raises(InvalidArgument, match="even"):
+                await ask(inbox, lambda r: _Add(r, 3))
+        assert cell.restarts == 0 and cell.state == 0
+        assert await ask(inbox, lambda r: _Add(r, 4)) == 4
+        with pytest.raises(ActorCrashed):
+            await ask(inbox, lambda r: _Add(r, -1))
+        assert cell.restarts == 1
+        assert await ask(inbox, lambda r: _Add(r, 2)) == 6  # restarted from its last good state
+        nursery.cancel_scope.cancel()
