@@ -31,10 +31,10 @@ from typing import Any
 import psycopg
 import trio
 
-from actors.errors import TriageError, classify
+from actors.errors import Refused, TriageError, classify
 from actors.handles import observe_call
 from actors.pgconn import ConnectionLost, PgConnection, QueryResult
-from actors.scheduler import check_priority
+from actors.scheduler import CONNECT_BACKOFF_MIN_S, check_priority
 from messages.commands import Admitted
 from messages.config import Config, Priority
 
@@ -51,6 +51,28 @@ class DatabaseUnavailable(TriageError, psycopg.OperationalError):
         self.retry_after_s = retry_after_s
         self.retriable = True
         super().__init__(f"Database unavailable: connecting is backing off; retry after {retry_after_s:.2f}s")
+
+
+class ConnectionLimitReached(Refused, psycopg.OperationalError):
+    """The server refused a new connection: it is at its connection limit (SQLSTATE 53300, or a
+    pooler's "no more connections allowed"). Backpressure, not an outage: nothing was sent,
+    retrying later is safe, and it is no verdict on the tier's breaker."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        self.retriable = True
+        super().__init__(f"Database at its connection limit; retry after {retry_after_s:.2f}s")
+
+
+_LIMIT_WORDS = ("too many clients", "remaining connection slots are reserved",
+                "no more connections allowed", "too many connections")
+
+
+def connection_limit_reached(exc: BaseException) -> bool:
+    """Whether a failed connect was the server's (or a pooler's) connection limit."""
+    if getattr(exc, "sqlstate", None) == "53300":
+        return True
+    return isinstance(exc, psycopg.OperationalError) and any(w in str(exc).lower() for w in _LIMIT_WORDS)
 
 
 class DatabaseNotConfigured(TriageError):
@@ -75,13 +97,13 @@ def _mark(exc: BaseException, retriable: bool) -> None:
 class _Lease:
     """One slot + one connection for the length of a call or a transaction."""
 
-    __slots__ = ("db", "token", "conn", "connect_failed", "t0", "waited", "trial", "epoch", "breaker",
-                 "counted")
+    __slots__ = ("db", "token", "conn", "connect_failed", "connect_limited", "t0", "waited", "trial",
+                 "epoch", "breaker", "counted")
 
     def __init__(self, db: Database, breaker: Any) -> None:
         self.db, self.breaker = db, breaker
         self.conn: PgConnection | None = None
-        self.connect_failed = False
+        self.connect_failed = self.connect_limited = False
         self.counted = False
 
     async def acquire(self, priority: int, queue_timeout_s: float | None) -> PgConnection:
@@ -107,6 +129,8 @@ class _Lease:
         # The pool counts a connection for this slot when it gave one or leave to open one.
         self.counted = admitted.conn is not None or admitted.connect
         if admitted.unavailable_s:
+            if admitted.limited:
+                raise ConnectionLimitReached(admitted.unavailable_s)
             raise DatabaseUnavailable(admitted.unavailable_s)
         conn = admitted.conn
         if conn is not None and (conn.broken or trio.current_time() - conn.created_at > self.db.max_lifetime_s):
@@ -122,6 +146,9 @@ class _Lease:
             conn = await self.db._connect()
         except BaseException as exc:
             self.connect_failed = isinstance(exc, Exception)
+            if connection_limit_reached(exc):
+                self.connect_limited = True
+                raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
             _mark(exc, True)
             raise
         return conn
@@ -141,7 +168,8 @@ class _Lease:
             conn.close_now()
         sent = self.db._queue.release(self.token, conn=conn if keep else None,
                                       discarded=self.counted and not keep,
-                                      connect_failed=self.connect_failed)
+                                      connect_failed=self.connect_failed,
+                                      connect_limited=self.connect_limited)
         if not sent and conn is not None:
             conn.close_now()  # the system has shut down: nobody to give it back to
         now = trio.current_time()

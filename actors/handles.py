@@ -173,7 +173,8 @@ class QueueHandle:
         return reply, admitted
 
     def release(self, token: Any, conn: Any = None, discarded: bool = False,
-                connect_failed: bool = False, lease: Admitted | None = None) -> bool:
+                connect_failed: bool = False, lease: Admitted | None = None,
+                connect_limited: bool = False) -> bool:
         """Give the slot back (with the pooled connection, if any). False once shut down.
 
         `lease`: what the holder got, returned as is when it used no connection. While nobody
@@ -193,7 +194,8 @@ class QueueHandle:
         if lease is not None and conn is None and not discarded:
             conn, discarded = lease.conn, lease.connect  # unused: the lease goes back as it came
         return tell_quietly(self._inbox, Release(reply=token, conn=conn, discarded=discarded,
-                                                 connect_failed=connect_failed))
+                                                 connect_failed=connect_failed,
+                                                 connect_limited=connect_limited))
 
     async def clear(self) -> None:
         """Answer every waiter with QueueCleared (holders keep their slots)."""

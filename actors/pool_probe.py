@@ -70,7 +70,7 @@ class PoolProbe:
         finally:
             duration = trio.current_time() - t0
             for breaker, epoch in trials:
-                breaker.report(_verdict(exc_out, breaker.ignore), True, epoch, duration)
+                await breaker.report(_verdict(exc_out, breaker.ignore), True, epoch, duration)
         if exc_out is not None:
             log.info("Database pool probe failed: {error}", error=type(exc_out).__name__)
 
@@ -103,7 +103,8 @@ def _give_back(lease: Any) -> None:
         conn.close_now()
     sent = lease.db._queue.release(lease.token, conn=conn if keep else None,
                                    discarded=lease.counted and not keep,
-                                   connect_failed=lease.connect_failed)
+                                   connect_failed=lease.connect_failed,
+                                   connect_limited=lease.connect_limited)
     if not sent and conn is not None:
         conn.close_now()
 

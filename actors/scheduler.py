@@ -108,6 +108,7 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True):
     opened: int = 0
     retry_at: float = -math.inf      # connecting backs off after a failure until then
     backoff_s: float = 0.0
+    limited: bool = False            # the back-off is the server's connection limit, not an outage
     connects: int = 0
     connect_failures: int = 0
     discarded: int = 0
@@ -222,7 +223,7 @@ def _lease(pool: Pool, now: float, probe: bool = False) -> tuple[Pool, dict]:
     if pool.idle:
         return replace(pool, idle=pool.idle[:-1], reused=pool.reused + 1), {"conn": pool.idle[-1]}
     if now < pool.retry_at and not probe:
-        return pool, {"unavailable_s": pool.retry_at - now}
+        return pool, {"unavailable_s": pool.retry_at - now, "limited": pool.limited}
     return replace(pool, opened=pool.opened + 1, connects=pool.connects + 1), {"connect": True}
 
 
@@ -238,13 +239,14 @@ def _grant(s: SchedulerState, reply: Any, since: float, now: float,
 
 def _give_back(pool: Pool, msg: Release, now: float) -> Pool:
     if msg.conn is not None:  # a working connection: the database answers, stop backing off
-        return replace(pool, idle=pool.idle + (msg.conn,), backoff_s=0.0, retry_at=-math.inf)
+        return replace(pool, idle=pool.idle + (msg.conn,), backoff_s=0.0, retry_at=-math.inf,
+                       limited=False)
     if not msg.discarded:
         return pool
     pool = replace(pool, opened=max(pool.opened - 1, 0), discarded=pool.discarded + 1)
     if msg.connect_failed:
         backoff = min(max(pool.backoff_s * 2, CONNECT_BACKOFF_MIN_S), CONNECT_BACKOFF_MAX_S)
-        pool = replace(pool, backoff_s=backoff, retry_at=now + backoff,
+        pool = replace(pool, backoff_s=backoff, retry_at=now + backoff, limited=msg.connect_limited,
                        connect_failures=pool.connect_failures + 1)
     return pool
 

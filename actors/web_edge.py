@@ -30,7 +30,6 @@ per-request `Exchange` at ``scope["triage"]``.
 from __future__ import annotations
 
 import contextlib
-
 import math
 from collections.abc import Mapping
 from typing import Any

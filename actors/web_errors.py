@@ -12,6 +12,7 @@ the server's host.
     QueueFull / QueueCleared        503 + Retry-After: 1
     QueueTimeout                    503 + Retry-After: 1
     ShuttingDown                    503 + Retry-After: 5
+    ConnectionLimitReached          503 + Retry-After, outcome "queue_timeout" (server at its limit)
     DatabaseUnavailable             503 + Retry-After (nothing was sent)
     psycopg.OperationalError with `retriable` (never sent, or rolled back)   503 + Retry-After
     QueryTimeout                    504, outcome "unknown", no Retry-After (it may have committed)
@@ -36,7 +37,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from actors.database import DatabaseNotConfigured, DatabaseUnavailable, QueryTimeout
+from actors.database import (
+    ConnectionLimitReached,
+    DatabaseNotConfigured,
+    DatabaseUnavailable,
+    QueryTimeout,
+)
 from actors.errors import (
     ActorCrashed,
     CircuitOpen,
@@ -190,6 +196,9 @@ def _refusal(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, A
             return 503, "Server busy: the request was not admitted in time", _retry(1), "queue_timeout", {}
         case ShuttingDown():
             return 503, "The service is shutting down", _retry(5), "shutting_down", {}
+        case ConnectionLimitReached():  # backpressure, like a queue that did not admit in time
+            return 503, "Server busy: the database is at its connection limit", \
+                _retry(exc.retry_after_s), "queue_timeout", {}
         case DatabaseUnavailable():
             return 503, "Database unavailable", _retry(exc.retry_after_s), "error", {}
         case DatabaseNotConfigured():

@@ -99,6 +99,7 @@ class Admitted(Message):
     conn: Any = None                 # an idle pooled connection, if one was asked for and free
     connect: bool = False            # none idle: the caller may open one (counted as open)
     unavailable_s: float = 0.0       # connecting is backing off: retry after this long
+    limited: bool = False            # ... because the server refused: it is at its connection limit
 
 
 class Release(Message):
@@ -108,6 +109,7 @@ class Release(Message):
     conn: Any = None                 # returned to the idle pool
     discarded: bool = False          # the holder's connection was closed (or never opened)
     connect_failed: bool = False     # opening a connection failed: back off
+    connect_limited: bool = False    # ... refused by the server's connection limit (53300)
 
 
 class Withdraw(Message):

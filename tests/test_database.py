@@ -285,3 +285,36 @@ async def test_database_reference_service_start_up_leaves_one_pooled_connection(
             status, _ = await svc.send("GET", "/api/animals", None, {})
             assert status in (200, 401)
         assert await backends(database_url, cfg.database.application_name) == 1
+
+
+async def test_database_server_at_its_connection_limit_is_backpressure_not_a_breaker_failure(database_url):
+    """Another client takes every free connection of the server. The lazy pool holds one
+    connection; callers that would need a new one are refused before any SQL was sent
+    (`ConnectionLimitReached`: retriable, a `Refused`), the breaker stays CLOSED, and the
+    connection the pool holds keeps serving."""
+    from actors.database import ConnectionLimitReached
+    from actors.faults import exhausted_connections
+
+    cfg = Config(database_url=database_url, database=DatabaseConfig(application_name="triage-limit-test"))
+    outcomes: list[str] = []
+
+    async def call() -> None:
+        try:
+            await mon.db.fetchval("select pg_sleep(0.05)")
+            outcomes.append("ok")
+        except ConnectionLimitReached as exc:
+            assert exc.retriable is True and exc.retry_after_s > 0
+            outcomes.append("limited")
+
+    with trio.fail_after(30):
+        async with open_monitoring(cfg) as mon:
+            assert await mon.db.fetchval("select 1") == 1   # the pool holds one connection
+            async with exhausted_connections(database_url):
+                for _ in range(3):
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(8):
+                            nursery.start_soon(call)
+                assert mon.breakers["database"].state == "closed"
+                assert "limited" in outcomes and "ok" in outcomes
+            assert await mon.db.fetchval("select 2") == 2
+            assert mon.breakers["database"].state == "closed"
