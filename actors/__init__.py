@@ -4,14 +4,14 @@
     from messages.config import Config, Priority
 
 The public names are loaded on first use (PEP 562), so `messages` can import
-`actors.errors` without pulling in the whole system.
+`messages.errors` without pulling in the whole system.
 """
 
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from actors.errors import (
+from messages.errors import (
     ActorCrashed,
     CircuitOpen,
     ConfigError,

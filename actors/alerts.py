@@ -24,8 +24,8 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
-from actors.actor import Emit, Send
 from actors.hysteresis import Track, advance, deadline
+from actors.runtime.actor import Emit, Send
 from messages.commands import GetSnapshot, Tick
 from messages.config import AlertRule, AlertsConfig
 from messages.health import SEVERITY_RANK, Alert

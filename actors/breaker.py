@@ -34,8 +34,7 @@ import math
 import msgspec
 from msgspec.structs import replace
 
-from actors.actor import Emit, Send
-from actors.errors import CircuitOpen, ConfigError
+from actors.runtime.actor import Emit, Send
 from messages.commands import (
     Configure,
     Done,
@@ -49,6 +48,7 @@ from messages.commands import (
     Tick,
 )
 from messages.config import BreakerConfig, check_breaker_config
+from messages.errors import CircuitOpen, ConfigError
 from messages.events import BreakerTransition
 from messages.snapshots import BreakerSnapshot
 

@@ -29,12 +29,12 @@ import trio
 from loguru import logger
 from msgspec.structs import replace
 
-from actors.errors import ConfigError
+from actors.http.app import create_app, hypercorn_config
 from actors.logs import Redactor, setup_logging, std_logger
-from actors.service import DemoService
 from actors.system import open_monitoring
-from actors.web import create_app, hypercorn_config
+from examples.vet_tracker.service import DemoService
 from messages.config import Config
+from messages.errors import ConfigError
 from messages.http_config import HttpConfig, LogConfig
 
 log = logger.bind(actor="serve")

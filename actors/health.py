@@ -1,6 +1,6 @@
 """Health: every actor's latest state folded into one `HealthReport`.
 
-Theory of operation. Actors publish their state as values (`Published`); the
+Theory of operation. Actors publish their state as values (`AsyncValue`); the
 health actor reads those values — it never asks an actor, never waits on the
 admission queue or the database — and `evaluate()` (pure) turns them into a
 report. The shell re-evaluates when something changes (a breaker transition,
@@ -277,12 +277,12 @@ class HealthActor:
 
     def __init__(self, config: Config, sources: Sources, bus: Any, on_sample: Callable[[Any], None],
                  wall: Callable[[float], float], started_at: float) -> None:
-        from actors.mailbox import Published
+        from actors.runtime.mailbox import AsyncValue
 
         self.config, self.sources, self.bus = config, sources, bus
         self.on_sample, self.wall, self.started_at = on_sample, wall, started_at
         self.state = HealthState()
-        self.report = Published(self.evaluate(started_at))
+        self.report = AsyncValue(self.evaluate(started_at))
         self.restarts = 0
 
     def inputs(self) -> HealthInputs:

@@ -12,11 +12,11 @@ import math
 
 import msgspec
 
-from actors.actor import Send
-from actors.errors import TriageError
-from actors.ratelimit_core import LimiterTable, PolicySpec, RateDecision
+from actors.limiter_core import LimiterTable, PolicySpec, RateDecision
+from actors.runtime.actor import Send
 from messages.commands import Check, Done, GetSnapshot, ResetKeys, Tick
 from messages.config import Config
+from messages.errors import TriageError
 from messages.snapshots import LimiterSnapshot, PolicyStats
 
 LimiterIn = Check | ResetKeys | GetSnapshot | Tick

@@ -79,7 +79,7 @@ from collections import deque
 
 from ddsketch import LogCollapsingLowestDenseDDSketch as Sketch
 
-from actors.actor import Send
+from actors.runtime.actor import Send
 from messages.commands import GetSnapshot, Tick
 from messages.metrics import (
     Count,

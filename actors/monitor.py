@@ -16,9 +16,6 @@ import trio
 from loguru import logger
 from psycopg.conninfo import conninfo_to_dict
 
-from actors.actor import Cell, supervise
-from actors.errors import ConfigError
-from actors.mailbox import Mailbox, Published, ask, tell_quietly
 from actors.monitor_core import (  # noqa: F401  (re-exported: the monitor's public names)
     CHECKS,
     COUNT_SQL,
@@ -34,7 +31,9 @@ from actors.monitor_core import (  # noqa: F401  (re-exported: the monitor's pub
     step,
     usage_percentage,
 )
-from actors.pgconn import PgConnection
+from actors.pg.connection import PgConnection
+from actors.runtime.actor import SupervisedActor, supervise
+from actors.runtime.mailbox import AsyncValue, Mailbox, ask, tell_quietly
 from messages.config import Config
 from messages.database import (
     CheckNow,
@@ -47,6 +46,7 @@ from messages.database import (
     ThresholdViolated,
     ViolationsObserved,
 )
+from messages.errors import ConfigError
 from messages.events import ActorRestarted
 
 log = logger.bind(actor="monitor")
@@ -59,7 +59,7 @@ _SETTINGS_SQL = (
     " + coalesce(current_setting('reserved_connections', true)::int, 0)")
 
 
-class Hidden:
+class Secret:
     """A DSN, and the strings derived from it, that show up in no repr, traceback or log."""
 
     __slots__ = ("value", "secrets")
@@ -86,7 +86,7 @@ def secrets_of(dsn: str) -> tuple[str, ...]:
     return tuple(sorted(out, key=len, reverse=True))
 
 
-def describe(exc: BaseException, dsn: Hidden, timeout_s: float) -> str:
+def describe(exc: BaseException, dsn: Secret, timeout_s: float) -> str:
     """'ClassName: message' on one line, secrets scrubbed."""
     if isinstance(exc, trio.TooSlowError):
         return f"TooSlowError: no answer within {timeout_s:g}s"
@@ -103,7 +103,7 @@ def wall_clock() -> str:
 class Prober:
     """Owns the monitor's one connection; reconnects when it is broken."""
 
-    def __init__(self, dsn: Hidden, timeout_s: float) -> None:
+    def __init__(self, dsn: Secret, timeout_s: float) -> None:
         self._dsn, self._timeout_s = dsn, timeout_s
         self._conn: PgConnection | None = None
         self._settings: tuple[int, int] | None = None
@@ -186,24 +186,24 @@ class DatabaseMonitor:
                                          thresholds=config.thresholds,
                                          connection_scope=config.health.connection_scope)
         self._supervisor = config.supervisor
-        self._dsn, self._emit = Hidden(dsn), emit
+        self._dsn, self._emit = Secret(dsn), emit
         self._inbox = Mailbox("monitor", 64)
         self._subs: list[_Subscription] = []
         self._probes: trio.MemorySendChannel | None = None
         self._nursery: trio.Nursery | None = None
         self.callbacks_skipped = 0      # an async callback still running when the next probe came
         # Run after each probe, one at a time: the breakers' trial through the pool (set by the
-        # system, see `actors.pool_probe`), so an idle service recovers without traffic.
+        # system, see `actors.pg.pool_probe`), so an idle service recovers without traffic.
         self.pool_probe: Callable[[], Awaitable[None]] | None = None
         self._pool_probing = False
-        self.metrics = Published(initial_metrics(config.thresholds, config.health.connection_scope))
+        self.metrics = AsyncValue(initial_metrics(config.thresholds, config.health.connection_scope))
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Probe and judge until cancelled; leaves no task and no connection behind."""
         if self._nursery is not None or self._inbox.closed:
             raise RuntimeError("DatabaseMonitor.run() can be called only once")
         state = MonitorState.initial(self._settings, now=trio.current_time())
-        cell = Cell(MonitorCore(), state, self._inbox, self._route, publish=self._publish)
+        cell = SupervisedActor(MonitorCore(), state, self._inbox, self._route, publish=self._publish)
         send, receive = trio.open_memory_channel[ProbeRequested](4)
         async with send, receive, trio.open_nursery() as nursery:
             self._probes, self._nursery = send, nursery
@@ -279,7 +279,7 @@ class DatabaseMonitor:
         if state.metrics is not self.metrics.value:
             self.metrics.set(state.metrics)
 
-    def _on_restart(self, cell: Cell, exc: BaseException) -> None:
+    def _on_restart(self, cell: SupervisedActor, exc: BaseException) -> None:
         self._emit(ActorRestarted(actor=cell.name, restarts=cell.restarts,
                                   error=type(exc).__name__, at=trio.current_time()))
 

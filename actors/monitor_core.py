@@ -42,7 +42,7 @@ import math
 import msgspec
 from msgspec.structs import replace
 
-from actors.actor import Emit, Send
+from actors.runtime.actor import Emit, Send
 from messages.commands import GetSnapshot, Tick
 from messages.config import Thresholds
 from messages.database import (

@@ -33,14 +33,7 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
-from actors.actor import Send
-from actors.errors import (
-    InvalidArgument,
-    InvalidArgumentType,
-    QueueCleared,
-    QueueFull,
-    QueueTimeout,
-)
+from actors.runtime.actor import Send
 from messages.commands import (
     Admit,
     Admitted,
@@ -55,6 +48,13 @@ from messages.commands import (
     Withdraw,
 )
 from messages.config import Priority, QueueConfig
+from messages.errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    QueueCleared,
+    QueueFull,
+    QueueTimeout,
+)
 from messages.snapshots import PoolSnapshot, QueueSnapshot
 
 N_PRIORITIES = len(Priority)
@@ -73,7 +73,7 @@ def check_priority(priority: object) -> int:
 
 
 class CloseIdle(msgspec.Struct, frozen=True, kw_only=True):
-    """From the idle reaper (`actors.pool_idle`): connections unused for too long go.
+    """From the idle reaper (`actors.pg.pool_idle`): connections unused for too long go.
 
     `tokens`: offered slots whose connection the reaper has taken off the offer list and
     closed (their slots come free). `conns`: idle connections in the core's own list; the

@@ -32,17 +32,17 @@ from actors import breaker as breaker_mod
 from actors import limiter as limiter_mod
 from actors import metrics as metrics_mod
 from actors import scheduler as scheduler_mod
-from actors.actor import Cell, supervise
-from actors.bus import EventBus
-from actors.database import Database
-from actors.errors import ConfigError
-from actors.handles import BreakerHandle, QueueHandle
+from actors.guard import BreakerHandle, QueueHandle
+from actors.handle import Monitoring
 from actors.health import METRICS_PERIOD_S, HealthActor, Sources
-from actors.mailbox import Mailbox, Published
-from actors.monitoring import Monitoring
-from actors.pool_idle import run_reaper
+from actors.pg.database import Database
+from actors.pg.pool_idle import run_reaper
+from actors.runtime.actor import SupervisedActor, supervise
+from actors.runtime.bus import EventBus
+from actors.runtime.mailbox import AsyncValue, Mailbox
 from messages.commands import Replenish, Successes, Taken
 from messages.config import Config
+from messages.errors import ConfigError
 from messages.events import ActorRestarted, BreakerTransition
 from messages.metrics import Count, Observations
 from messages.snapshots import ActorStatus
@@ -73,18 +73,18 @@ class _Wiring:
         self.config, self.nursery = config, nursery
         self.now = trio.current_time()
         self.bus = EventBus()
-        self.cells: dict[str, Cell] = {}
+        self.cells: dict[str, SupervisedActor] = {}
         offset = time.time() - self.now
         self.wall: Callable[[float], float] = lambda now: now + offset
         self.injector: Any = None
 
-    def on_restart(self, cell: Cell, exc: BaseException) -> None:
+    def on_restart(self, cell: SupervisedActor, exc: BaseException) -> None:
         self.bus.emit(ActorRestarted(actor=cell.name, restarts=cell.restarts,
                                      error=type(exc).__name__, at=trio.current_time()))
 
     async def start(self, name: str, core: Any, state: Any, inbox: Mailbox,
-                    publish: Callable[[Any, float], None] | None = None) -> Cell:
-        cell = Cell(core, state, inbox, self.bus.emit, publish)
+                    publish: Callable[[Any, float], None] | None = None) -> SupervisedActor:
+        cell = SupervisedActor(core, state, inbox, self.bus.emit, publish)
         self.cells[name] = cell
         await self.nursery.start(supervise, cell, self.config.supervisor, self.on_restart)
         return cell
@@ -98,17 +98,17 @@ class _Wiring:
     async def breakers(self) -> dict[str, BreakerHandle]:
         handles = {}
         for tier, tcfg in self.config.tiers.items():
-            inbox = Mailbox(f"breaker.{tier}", INBOX_SIZE, tally_msg=_successes)
+            inbox = Mailbox(f"breaker.{tier}", INBOX_SIZE, count_msg=_successes)
             state = breaker_mod.BreakerState.initial(tier, tcfg, now=self.now,
                                                      enabled=self.config.circuit_breaker_enabled)
-            published = Published(state)
+            published = AsyncValue(state)
             await self.start(f"breaker.{tier}", breaker_mod.BreakerCore(tier), state, inbox,
                              publish=_publish_state(published))
             handles[tier] = BreakerHandle(tier, inbox, published, _resolve(tcfg.ignore_exceptions))
         return handles
 
     async def scheduler(self) -> QueueHandle:
-        inbox = Mailbox("scheduler", INBOX_SIZE, tally_msg=_taken)
+        inbox = Mailbox("scheduler", INBOX_SIZE, count_msg=_taken)
         state = replace(scheduler_mod.SchedulerState.initial(self.config.queue), offer=True)
         cell = await self.start("scheduler", scheduler_mod.SchedulerCore(), state, inbox)
         inbox.put(Replenish())
@@ -116,9 +116,9 @@ class _Wiring:
         await self.nursery.start(run_reaper, cell, inbox, q.min_idle, q.max_idle_s)
         return QueueHandle(inbox, self.config.queue.request_timeout_s, cell)
 
-    async def metrics(self) -> tuple[Mailbox, Published]:
+    async def metrics(self) -> tuple[Mailbox, AsyncValue]:
         inbox = Mailbox("metrics", METRICS_INBOX_SIZE, batch_msg=_observations)
-        published = Published(None)
+        published = AsyncValue(None)
         state = metrics_mod.MetricsState.initial(now=self.now)
         await self.start("metrics", metrics_mod.MetricsCore(), state, inbox,
                          publish=_every(METRICS_PERIOD_S, lambda s, now: published.set(
@@ -154,9 +154,9 @@ class _Wiring:
                                       behind_pooler=self.config.database.behind_pooler)
         return proxied_dsn(dsn, proxy)
 
-    async def alerts(self) -> tuple[Mailbox, Published]:
+    async def alerts(self) -> tuple[Mailbox, AsyncValue]:
         inbox = Mailbox("alerts", INBOX_SIZE)
-        published = Published(())
+        published = AsyncValue(())
         state = alerts_mod.AlertState.initial(self.config.alerts, self.now, self.wall)
 
         def publish(s: alerts_mod.AlertState, now: float) -> None:
@@ -168,7 +168,7 @@ class _Wiring:
         return inbox, published
 
     async def health(self, mon: Monitoring, monitor: Any, alerts_inbox: Mailbox,
-                     alerts: Published, metrics: Published) -> HealthActor:
+                     alerts: AsyncValue, metrics: AsyncValue) -> HealthActor:
         cells = self.cells
         sources = Sources(
             breakers=lambda: {t: cells[f"breaker.{t}"].state for t in self.config.tiers},
@@ -197,7 +197,7 @@ async def _keep_running(actor: HealthActor) -> None:
             await trio.sleep(min(0.1 * 2 ** actor.restarts, 5.0))
 
 
-def _publish_state(published: Published) -> Callable[[Any, float], None]:
+def _publish_state(published: AsyncValue) -> Callable[[Any, float], None]:
     """Breaker state as a value, re-published only when a caller's fast path could care."""
     def publish(state: breaker_mod.BreakerState, now: float) -> None:
         v = published.value
@@ -221,7 +221,7 @@ def _every(period_s: float, fn: Callable[[Any, float], None]) -> Callable[[Any, 
 def _count_activations(metrics: Mailbox) -> Callable[[Any], None]:
     def tap(event: Any) -> None:
         if type(event) is BreakerTransition and event.to_state == "open":
-            metrics.put_lazy(Count(what="breaker_activation", label=event.tier, at=event.at))
+            metrics.tell_lazy(Count(what="breaker_activation", label=event.tier, at=event.at))
     return tap
 
 
@@ -239,7 +239,7 @@ def _successes(n: int) -> Successes:
 
 async def _serve_embedded(data_dir: str | None, *,
                           task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    from actors.embedded import open_embedded
+    from actors.pg.embedded import open_embedded
 
     async with open_embedded(data_dir) as embedded:
         task_status.started(embedded.dsn)
@@ -259,7 +259,7 @@ def _with_instance_name(config: Config) -> Config:
     return replace(config, database=replace(config.database, application_name=name[:63]))
 
 
-def _close_pool(cell: Cell) -> None:
+def _close_pool(cell: SupervisedActor) -> None:
     """Idle pooled connections close with the system (those in untaken offers too); held ones
     close when their holder is done."""
     conns = list(cell.state.pool.idle) + [lease.conn for _, lease in cell.offers]
@@ -273,7 +273,7 @@ async def run_monitoring(config: Config | None = None, *,
                          task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Start the whole system in the caller's nursery; `task_status.started(Monitoring)`."""
     config = _with_instance_name(config or Config())
-    cells: dict[str, Cell] = {}
+    cells: dict[str, SupervisedActor] = {}
     try:
         async with trio.open_nursery() as nursery:
             w = _Wiring(config, nursery)
@@ -287,7 +287,7 @@ async def run_monitoring(config: Config | None = None, *,
             dsn, monitor = await w.database()
             mon.db = Database(mon, config, dsn, monitor)
             if monitor is not None:  # HALF_OPEN breakers get their trial from the monitor's probe
-                from actors.pool_probe import PoolProbe
+                from actors.pg.pool_probe import PoolProbe
 
                 monitor.pool_probe = PoolProbe(mon.db, breakers, config.tiers, monitor.probe_timeout_s).run
             await nursery.start(mon.db.watchdog.run)
@@ -297,7 +297,7 @@ async def run_monitoring(config: Config | None = None, *,
             mon.health_report = health.report
             mon._extra_actors = lambda: {"health": ActorStatus(
                 name="health", restarts=health.restarts, last_restart_at=None, running=True)}
-            from actors.sinks import start_sinks
+            from actors.sinks.webhook import start_sinks
 
             await start_sinks(config, mon, nursery)
             try:

@@ -1,6 +1,6 @@
 """What callers ask actors, and the replies they get.
 
-A `reply` field holds the one-shot `actors.mailbox.Reply` of a parked caller;
+A `reply` field holds the one-shot `actors.runtime.mailbox.Reply` of a parked caller;
 the pure cores treat it as an opaque token and only ever hand it back in a
 `Send` effect.
 """

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from actors.errors import ConfigError
+from messages.errors import ConfigError
 
 TIERS = ("database", "critical", "analytics", "batch")
 POLICIES = ("general", "auth", "recording", "heavy", "upload")
@@ -51,7 +51,7 @@ class BreakerConfig(_Frozen):
     half_open_max_calls: int = 1
     success_threshold: int = 1
     # The tier guards database work: in HALF_OPEN the monitor's probe through the pool is a
-    # trial call for it, so it recovers without traffic (see `actors.pool_probe`).
+    # trial call for it, so it recovers without traffic (see `actors.pg.pool_probe`).
     guards_database: bool = True
     # Dotted names of exception classes that do not count as failures.
     ignore_exceptions: tuple[str, ...] = ()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from messages.base import Message
-from messages.snapshots import BreakerState
+from messages.snapshots import BreakerPhase
 
 
 class BreakerTransition(Message):
     tier: str
-    from_state: BreakerState
-    to_state: BreakerState
+    from_state: BreakerPhase
+    to_state: BreakerPhase
     reason: str
     at: float
     epoch: int

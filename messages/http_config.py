@@ -36,7 +36,7 @@ from typing import Literal
 
 import msgspec
 
-from actors.errors import ConfigError
+from messages.errors import ConfigError
 
 MIN_TOKEN_BYTES = 32
 DEMO_IN_PRODUCTION = ("the demo users have published passwords: refusing to seed them with "

@@ -6,12 +6,12 @@ from typing import Literal
 
 from messages.base import Message
 
-BreakerState = Literal["closed", "open", "half_open"]
+BreakerPhase = Literal["closed", "open", "half_open"]
 
 
 class BreakerSnapshot(Message):
     tier: str
-    state: BreakerState
+    state: BreakerPhase
     enabled: bool
     forced: bool                 # held open by force_open() until reset()
     epoch: int                   # changes on every transition

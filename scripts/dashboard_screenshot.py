@@ -20,8 +20,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.faults import Down  # noqa: E402
-from actors.harness import open_service  # noqa: E402
-from actors.load import Phase, Scenario, run  # noqa: E402
+from actors.tools.load import Phase, Scenario, run  # noqa: E402
+from examples.vet_tracker.harness import open_service  # noqa: E402
 from messages.config import BreakerConfig, Config, FaultsConfig, serving_database_url  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -26,7 +26,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.load import SCENARIOS, check_loopback, exit_status, run, summary, verdicts  # noqa: E402
+from actors.tools.load import SCENARIOS, check_loopback, exit_status, run, summary, verdicts  # noqa: E402
 
 
 def print_summary(s: dict) -> None:
@@ -83,7 +83,7 @@ async def main(args: argparse.Namespace) -> int:
             for name in names:
                 results.append(await run_one(name, args.speed, send))
     else:
-        from actors.harness import open_service
+        from examples.vet_tracker.harness import open_service
         from messages.config import Config, DatabaseConfig, FaultsConfig, serving_database_url
 
         url = serving_database_url()

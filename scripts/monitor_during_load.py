@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from actors.load import check_loopback  # noqa: E402
+from actors.tools.load import check_loopback  # noqa: E402
 
 COLOURS = {"healthy": "green", "degraded": "yellow", "unhealthy": "red",
            "CLOSED": "green", "HALF_OPEN": "yellow", "OPEN": "red"}

@@ -23,9 +23,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.harness import open_service  # noqa: E402
-from actors.load import Phase, Scenario, per_second, run, summary  # noqa: E402
-from actors.scenario import Observer, check, config_for, load, run_steps  # noqa: E402
+from actors.tools.load import Phase, Scenario, per_second, run, summary  # noqa: E402
+from actors.tools.scenario import Observer, check, config_for, load, run_steps  # noqa: E402
+from examples.vet_tracker.harness import open_service  # noqa: E402
 from messages.config import serving_database_url  # noqa: E402
 
 

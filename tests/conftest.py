@@ -1,6 +1,6 @@
 """Shared fixtures and hooks: which real PostgreSQL the tests use; skips are loud.
 
-`database_url` follows the test rule (`actors.embedded.testing_database`):
+`database_url` follows the test rule (`actors.pg.embedded.testing_database`):
 `TEST_DATABASE_URL` if set; the machine's PostgreSQL at
 postgresql://postgres@127.0.0.1:5432/test if it answers within 2 s; else an
 embedded server (pgserver) started once for the session.
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.embedded import testing_database
+from actors.pg.embedded import testing_database
 
 INSTALL_CHROMIUM = ("Debian's chromium is not installed (scripts/test installs it when run as root "
                     "with apt-get; otherwise: sudo apt-get install chromium)")

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pg_raw import measure, to_thread_worker, trio_native_worker  # noqa: E402
 
 from actors import open_monitoring  # noqa: E402
-from actors.embedded import serving_database  # noqa: E402
-from actors.pgconn import PgConnection  # noqa: E402
+from actors.pg.connection import PgConnection  # noqa: E402
+from actors.pg.embedded import serving_database  # noqa: E402
 from messages.config import Config, DatabaseConfig, QueueConfig  # noqa: E402
 
 

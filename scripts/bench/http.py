@@ -39,7 +39,7 @@ import trio  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from actors.embedded import serving_database  # noqa: E402
+from actors.pg.embedded import serving_database  # noqa: E402
 
 REQUEST = b"GET /api/health HTTP/1.1\r\nhost: bench\r\n\r\n"
 
@@ -52,7 +52,7 @@ async def serve_bare() -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from actors.web import hypercorn_config
+    from actors.http.app import hypercorn_config
     from messages.http_config import HttpConfig
 
     body = b'{"status":"healthy","timestamp":"2024-01-01T12:00:00.000Z"}'
@@ -68,7 +68,7 @@ async def serve_triage(database_url: str | None) -> None:
     import hypercorn.trio
 
     from actors import open_monitoring
-    from actors.web import create_app, hypercorn_config
+    from actors.http.app import create_app, hypercorn_config
     from messages.config import Config
     from messages.http_config import HttpConfig
 

@@ -27,7 +27,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from actors import open_monitoring  # noqa: E402
-from actors.ratelimit_core import LimiterTable, PolicySpec  # noqa: E402
+from actors.limiter_core import LimiterTable, PolicySpec  # noqa: E402
 from messages.config import Config  # noqa: E402
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from actors.ratelimit_core import LimiterTable, PolicySpec  # noqa: E402
+from actors.limiter_core import LimiterTable, PolicySpec  # noqa: E402
 
 SPEC = {
     "general": PolicySpec(limit=100, window_s=60.0),

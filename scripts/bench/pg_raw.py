@@ -4,7 +4,7 @@
 
 Without --dsn: DATABASE_URL if set, else an embedded PostgreSQL (the serving rule).
 
-(a) N trio tasks, each driving its own ``actors.pgconn.PgConnection``;
+(a) N trio tasks, each driving its own ``actors.pg.connection.PgConnection``;
 (b) N trio tasks, each calling a sync ``psycopg.Connection`` through
     ``trio.to_thread.run_sync``.
 The two alternate each round (so drift in machine load hits both); the
@@ -22,8 +22,8 @@ import psycopg
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from actors.embedded import serving_database  # noqa: E402
-from actors.pgconn import PgConnection  # noqa: E402
+from actors.pg.connection import PgConnection  # noqa: E402
+from actors.pg.embedded import serving_database  # noqa: E402
 
 
 async def count_for(seconds: float, workers: list) -> int:

@@ -1,0 +1,211 @@
+"""`Monitoring`: the one handle a host gets from `open_monitoring` / `run_monitoring`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+from loguru import logger
+from msgspec.structs import replace
+
+from actors.limiter_core import RateDecision, check_cost
+from actors.runtime.actor import SupervisedActor
+from actors.runtime.mailbox import AsyncValue, Mailbox, ask
+from messages.commands import (
+    Check,
+    GetSnapshot,
+    ResetKeys,
+)
+from messages.config import Config, Priority
+from messages.errors import (
+    CircuitOpen,
+    InvalidArgumentType,
+    RateLimited,
+    ShuttingDown,
+    UnknownTier,
+)
+from messages.events import MaintenanceChanged
+from messages.health import SEVERITY_RANK, Alert, HealthReport
+from messages.metrics import Count, GetMetrics
+from messages.snapshots import ActorStatus, SystemSnapshot
+
+if TYPE_CHECKING:
+    from actors.pg.database import Database
+
+from actors.guard import BreakerHandle, FaultsDisabled, QueueHandle, _Guard
+from actors.runtime.bus import EventBus
+
+T = TypeVar("T")
+
+
+class Monitoring:
+    """The handle a host gets from `open_monitoring` / `run_monitoring`."""
+
+    def __init__(self, config: Config, breakers: dict[str, BreakerHandle], queue: QueueHandle,
+                 limiter_inbox: Mailbox, metrics_inbox: Mailbox, cells: dict[str, SupervisedActor],
+                 bus: EventBus) -> None:
+        self.config, self.breakers, self.queue = config, breakers, queue
+        self._limiter, self._metrics = limiter_inbox, metrics_inbox
+        self._cells, self._bus = cells, bus
+        self.closed = False
+        self.in_maintenance = False
+        self.db: Database            # set by the wiring (raises DatabaseNotConfigured without one)
+        self.health_report: AsyncValue  # the health actor's latest HealthReport
+        self.metrics_snapshot: AsyncValue  # the metrics actor's latest MetricsSnapshot (or None)
+        self._extra_actors: Callable[[], dict[str, ActorStatus]] = dict
+        self.injector: Any = None        # a FaultInjector when config.faults.enabled
+
+    def _breaker(self, tier: str) -> BreakerHandle:
+        if self.closed:
+            raise ShuttingDown()
+        try:
+            return self.breakers[tier]
+        except KeyError:
+            raise UnknownTier(tier, tuple(self.breakers)) from None
+
+    def guard(self, *, priority: int = Priority.NORMAL, tier: str = "database",
+              timeout_s: float | None = None) -> _Guard:
+        """Breaker + admission slot for a block; an exception leaving the block is the outcome.
+
+        `timeout_s` bounds the wait for a slot (default: the queue's request timeout). A bad
+        `priority` or `timeout_s` raises TypeError / ValueError here. Entering is a checkpoint;
+        a failure leaving the block has been applied by the breaker when it propagates.
+        """
+        return _Guard(self._breaker(tier), self.queue, self._metrics, priority, timeout_s)
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any, priority: int = Priority.NORMAL,
+                  tier: str = "database", fallback: Callable[[], Any] | None = None,
+                  timeout_s: float | None = None) -> T:
+        """Run `await fn(*args)` under the tier's breaker and an admission slot.
+
+        When the breaker refuses and `fallback` is given, returns `fallback()` (awaited if it
+        returns an awaitable) instead of raising `CircuitOpen`.
+        """
+        guard = _Guard(self._breaker(tier), self.queue, self._metrics, priority, timeout_s)
+        try:
+            await guard.__aenter__()
+        except CircuitOpen:
+            if fallback is None:
+                raise
+            value = fallback()
+            return await value if inspect.isawaitable(value) else value
+        try:
+            result = await fn(*args)
+        except BaseException as exc:
+            await guard.__aexit__(type(exc), exc, None)
+            raise
+        await guard.__aexit__(None, None, None)
+        return result
+
+    async def check_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:
+        """One decision for (policy, key); consumes `cost` when allowed.
+
+        `cost` is an int >= 1 (else TypeError / ValueError). A cost above the policy's limit
+        can never be allowed: a refusal with `retry_after_s=inf`, `reason="cost_exceeds_limit"`.
+        """
+        if self.closed:
+            raise ShuttingDown()
+        if not isinstance(policy, str):
+            raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
+        if cost != 1 or type(cost) is not int:
+            check_cost(cost)
+        decision = await ask(self._limiter, lambda r: Check(reply=r, policy=policy, key=str(key), cost=cost))
+        if not decision.allowed:
+            self._metrics.tell_lazy(Count(what="rate_limit_violation", label=policy,
+                                         at=trio.current_time()))
+        return decision
+
+    async def enforce_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:
+        """`check_rate`, raising `RateLimited` (with the decision) when refused."""
+        decision = await self.check_rate(policy, key, cost)
+        if not decision.allowed:
+            raise RateLimited(policy, str(key), decision.retry_after_s, decision)
+        return decision
+
+    async def reset_rate(self, policy: str | None = None, key: str | None = None) -> None:
+        """Forget quotas: all, one policy's, one key's (in every policy), or one (policy, key)."""
+        for name, value in (("policy", policy), ("key", key)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentType(f"{name} must be a str or None, got {value!r}")
+        await ask(self._limiter, lambda r: ResetKeys(reply=r, policy=policy, key=key))
+
+    def events(self, buffer: int = 256):
+        """`async with mon.events() as ch: async for event in ch` — transitions and restarts."""
+        return self._bus.subscribe(buffer)
+
+    def actors(self) -> dict[str, ActorStatus]:
+        return {**{name: ActorStatus(name=name, restarts=c.restarts, last_restart_at=c.last_restart_at,
+                                     running=c.running)
+                   for name, c in self._cells.items()}, **self._extra_actors()}
+
+    # --- health, metrics, alerts ------------------------------------------------------------
+
+    async def health(self, detailed: bool = False) -> dict[str, Any]:
+        """The spec's /api/health body: basic, or with `detailed=True` the full report.
+
+        Answers from the health actor's latest report: never waits on the queue or the database.
+        """
+        report: HealthReport = self.health_report.value
+        await trio.lowlevel.checkpoint()
+        return report.detailed() if detailed else report.basic()
+
+    def observe_request(self, route: str, status: int, duration_s: float, outcome: str = "ok",
+                        tier: str | None = None) -> None:
+        """Record one finished HTTP request (the HTTP edge calls this)."""
+        self._metrics.tell_batched(("http", route, tier, outcome, status, duration_s, None))
+
+    async def metrics(self, routes: bool = True) -> Any:
+        """A fresh MetricsSnapshot (percentiles, rates); `routes=False` leaves per-route series out."""
+        if self.closed:
+            raise ShuttingDown()
+        return await ask(self._metrics, lambda r: GetMetrics(reply=r, routes=routes))
+
+    def subscribe(self, min_severity: str = "info", buffer: int = 64):
+        """`async with mon.subscribe(min_severity="warning") as alerts: async for alert in alerts`.
+
+        A slow subscriber loses alerts (counted in `alerts.dropped`), never stalls the system.
+        """
+        if min_severity not in SEVERITY_RANK:
+            raise ValueError(f"min_severity must be one of {', '.join(SEVERITY_RANK)}")
+        floor = SEVERITY_RANK[min_severity]
+        return self._bus.subscribe(buffer, lambda e: type(e) is Alert and SEVERITY_RANK[e.severity] >= floor)
+
+    # --- fault injection (config.faults.enabled) ---------------------------------------------
+
+    def _faults(self) -> Any:
+        if self.injector is None:
+            raise FaultsDisabled()
+        return self.injector
+
+    async def inject(self, fault: Any) -> None:
+        """Apply a fault (`actors.faults`: Down(), Latency(latency_ms=…), TerminateBackends()…)."""
+        await self._faults().inject(fault)
+
+    async def remove_fault(self, kind: str) -> None:
+        self._faults().remove(kind)
+        await trio.lowlevel.checkpoint()
+
+    async def clear_faults(self) -> None:
+        self._faults().clear()
+        await trio.lowlevel.checkpoint()
+
+    async def maintenance(self, on: bool) -> None:
+        """Maintenance mode: health reports degraded; the HTTP edge answers 503 outside health."""
+        self.in_maintenance = bool(on)
+        logger.bind(actor="system").warning("Maintenance mode {state}", state="on" if on else "off")
+        self._bus.emit(MaintenanceChanged(on=bool(on)))
+        await trio.lowlevel.checkpoint()
+
+    async def snapshot(self) -> SystemSnapshot:
+        """Every actor's state, each asked for its own."""
+        if self.closed:
+            raise ShuttingDown()
+        actors = self.actors()
+        breakers = {tier: replace(await b.snapshot(), restarts=actors[f"breaker.{tier}"].restarts)
+                    for tier, b in self.breakers.items()}
+        queue = replace(await self.queue.snapshot(), restarts=actors["scheduler"].restarts)
+        limiter = replace(await ask(self._limiter, lambda r: GetSnapshot(reply=r)),
+                          restarts=actors["limiter"].restarts)
+        return SystemSnapshot(breakers=breakers, queue=queue, limiter=limiter, actors=actors)

@@ -1,0 +1,122 @@
+"""Operator routes: reset or open a breaker, clear the queue, maintenance mode.
+
+Every route needs ``Authorization: Bearer <ADMIN_TOKEN>`` (HEALTH_TOKEN when
+ADMIN_TOKEN is unset): 401 without a token, 403 with a wrong one, 403 for
+everyone when neither is configured (admin disabled). Bodies are JSON, and so
+are the answers. Each action is logged (WARNING) without the token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from loguru import logger
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from actors.http.auth import Access
+from actors.http.problems import WebError, problem
+
+log = logger.bind(actor="admin")
+
+
+class MaintenanceIn(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(data), status_code=status, media_type="application/json",
+                    headers={"cache-control": "no-store", **(headers or {})})
+
+
+async def read_json(request: Request, kind: Any) -> Any:
+    """The body decoded as `kind`: 400 if it is not JSON, 422 naming the field if it does not fit
+    or if a string holds a NUL character (PostgreSQL's text cannot store one)."""
+    body = await request.body()
+    try:
+        decoded = msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise WebError(f"Invalid request body: {exc}", 422) from None
+    except msgspec.DecodeError:
+        raise WebError("Request body is not valid JSON", 400) from None
+    if b"\\u0000" in body:  # the only way JSON can carry a NUL; rare, so the walk is rare too
+        where = _nul_at(msgspec.json.decode(body), "$")
+        if where is not None:
+            raise WebError(f"Invalid request body: a NUL character (\\u0000) is not allowed - at `{where}`",
+                           422, field=where)
+    return decoded
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (or key) holding a NUL, or None."""
+    if isinstance(value, str):
+        return path if "\0" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+        if isinstance(key, str) and "\0" in key:
+            return inner
+        found = _nul_at(item, inner)
+        if found is not None:
+            return found
+    return None
+
+
+class Admin:
+    def __init__(self, mon: Any, access: Access) -> None:
+        self.mon, self.access = mon, access
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/admin/breakers/{tier}/reset", self.guarded(self.reset), methods=["POST"]),
+            Route("/api/admin/breakers/{tier}/open", self.guarded(self.force_open), methods=["POST"]),
+            Route("/api/admin/queue/clear", self.guarded(self.clear_queue), methods=["POST"]),
+            Route("/api/admin/maintenance", self.guarded(self.maintenance), methods=["POST"]),
+        ]
+
+    def guarded(self, handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            refused = self.access.admin(request.scope)
+            if refused == 401:
+                return problem(401, "Admin routes need Authorization: Bearer <ADMIN_TOKEN>",
+                               headers={"www-authenticate": 'Bearer realm="triage-admin"'})
+            if refused == 403:
+                detail = ("Admin is disabled: set ADMIN_TOKEN or HEALTH_TOKEN" if not self.access.admin_enabled
+                          else "Invalid admin token")
+                return problem(403, detail)
+            return await handler(request)
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    def _breaker(self, request: Request) -> Any:
+        tier = request.path_params["tier"]
+        breaker = self.mon.breakers.get(tier)
+        if breaker is None:
+            raise WebError(f"Unknown tier {tier!r}; known: {', '.join(self.mon.breakers)}", 404)
+        return breaker
+
+    async def reset(self, request: Request) -> Response:
+        breaker = self._breaker(request)
+        await breaker.reset()
+        log.warning("Admin: Circuit breaker {tier} reset", tier=breaker.tier)
+        return json_response({"tier": breaker.tier, "state": breaker.state})
+
+    async def force_open(self, request: Request) -> Response:
+        breaker = self._breaker(request)
+        await breaker.force_open()
+        log.warning("Admin: Circuit breaker {tier} forced open", tier=breaker.tier)
+        return json_response({"tier": breaker.tier, "state": breaker.state, "forced": True})
+
+    async def clear_queue(self, request: Request) -> Response:
+        before = (await self.mon.queue.snapshot()).cleared
+        await self.mon.queue.clear()
+        cleared = (await self.mon.queue.snapshot()).cleared - before
+        log.warning("Admin: Queue cleared ({cleared} waiting request(s) answered)", cleared=cleared)
+        return json_response({"cleared": cleared})
+
+    async def maintenance(self, request: Request) -> Response:
+        wanted = await read_json(request, MaintenanceIn)
+        await self.mon.maintenance(wanted.enabled)
+        return json_response({"maintenance": self.mon.in_maintenance})

@@ -1,0 +1,204 @@
+"""The HTTP edge: a Starlette app over the `Monitoring` handle, served by hypercorn's trio worker.
+
+    async with open_monitoring(Config.from_env()) as mon:
+        app = create_app(mon, http, service=DemoService(mon, http))
+        await hypercorn.trio.serve(app, hypercorn_config(http),
+                                   shutdown_trigger=app.shutdown_trigger(stop.wait))
+
+Layers, outside in: `Edge` (maintenance, body cap and deadline, graceful
+drain, catch-all 500, request metrics) -> `RateLimitMiddleware` (policy per
+route, key per user or client) -> Starlette routing -> handlers.
+
+Routes of the edge itself: ``GET /api/health`` (``?detailed=true``),
+``GET /metrics``, ``GET /api/alerts/stream`` and the admin routes
+(`actors.http.admin`). Health answers from the health actor's latest report:
+it never waits on the admission queue or the database. In production
+(``NODE_ENV=production``) health shows only status and timestamp, and
+metrics and the alert stream answer 403, unless the request carries a
+health/admin bearer token or comes from an allow-listed network.
+
+Graceful shutdown. Pass the host's trigger through `app.shutdown_trigger`:
+when it fires, alert streams end, requests in flight get `grace_s` to
+finish (then a 503), and hypercorn stops accepting, closes idle keep-alive
+connections and waits `grace_s + 1` before cancelling what is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import hypercorn.config
+import msgspec
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from actors.http import dashboard
+from actors.http.admin import Admin
+from actors.http.auth import Access, Sessions
+from actors.http.edge import EdgeMiddleware
+from actors.http.problems import exchange, handled_errors, problem
+from actors.http.prometheus import TriageCollector, new_registry
+from actors.http.ratelimit import RateLimitMiddleware
+from actors.http.sse import HEADERS, chunk, until_disconnect
+from actors.runtime.mailbox import AsyncValue
+from messages.http_config import HttpConfig
+
+__all__ = ["TriageApp", "create_app", "hypercorn_config"]
+
+NO_STORE = {"cache-control": "no-store"}
+_TRUE = ("1", "true", "yes", "on")
+
+
+class TriageApp:
+    """The ASGI app. `edge.in_flight`, `sse_clients` (a `AsyncValue` int) for tests and metrics."""
+
+    def __init__(self, mon: Any, http: HttpConfig, service: Any = None,
+                 routes: Sequence[BaseRoute] = ()) -> None:
+        self.mon, self.http = mon, http
+        self.service = service
+        self.access = Access(http, production=mon.config.environment == "production")
+        self.sessions: Sessions = getattr(service, "sessions", None) or Sessions(http.session_secret,
+                                                                                  http.session_ttl_s)
+        self.sse_clients = AsyncValue(0)
+        self._collector = TriageCollector(mon, extra=lambda: {"in_flight_requests": self.edge.in_flight,
+                                                              "sse_clients": self.sse_clients.value})
+        self._registry = new_registry(self._collector)
+        own = [Route("/api/health", self.health, methods=["GET"]),
+               Route("/metrics", self.metrics, methods=["GET"]),
+               Route("/api/alerts/stream", self.alerts, methods=["GET"]),
+               *Admin(mon, self.access).routes(),
+               *dashboard.routes(mon, allowed=self._dashboard_allowed, cookie_for=self._dashboard_cookie,
+                                 degraded_code=http.degraded_status_code)]
+        table = service.table() if service is not None else []
+        starlette = Starlette(routes=[*own, *(r.route for r in table), *routes],
+                              exception_handlers=handled_errors(),
+                              lifespan=service.lifespan if service is not None else None)
+        limited = RateLimitMiddleware(
+            starlette, mon,
+            route_policies={f"{r.method} {r.path}": r.policy for r in table},
+            exempt_paths=("/api/health", "/metrics", "/dashboard", "/dashboard/*", "/api/dashboard/*"),
+            trusted_proxies=http.trusted_proxies, user_key=self.sessions.user_key)
+        self.edge = EdgeMiddleware(limited, mon, max_body_bytes=http.max_body_bytes, body_timeout_s=http.body_timeout_s,
+                         grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table})
+
+    def _dashboard_allowed(self, request: Request) -> bool:
+        return self.access.sees_details(request.scope) or \
+            self.sessions.viewer(request.cookies.get(dashboard.COOKIE))
+
+    def _dashboard_cookie(self, request: Request, token: str) -> tuple[str, bool, int] | None:
+        """`?token=<health token>`: a viewer session for the cookie (the token itself never is)."""
+        if not self.access.token_sees_details(token.encode()):
+            return None
+        return self.sessions.issue_viewer(), self.access.https(request.scope), int(self.sessions.ttl_s)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.edge(scope, receive, send)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def shutdown_trigger(self, trigger: Callable[[], Awaitable[Any]] | None = None
+                         ) -> Callable[[], Awaitable[None]]:
+        """Hypercorn's `shutdown_trigger`: waits for `trigger` (default: forever), then drains."""
+        async def wait() -> None:
+            await (trigger or trio.sleep_forever)()
+            self.begin_drain()
+        return wait
+
+    def begin_drain(self) -> None:
+        self.edge.begin_drain()
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        exchange(request).outcome = "health"  # its 503 reports the status: in no error rate
+        report = self.mon.health_report.value
+        detailed = bool(request.scope["query_string"]) and \
+            request.query_params.get("detailed", "").lower() in _TRUE
+        if not self.access.sees_details(request.scope):
+            body = report.minimal()
+        else:
+            body = report.detailed() if detailed else report.basic()
+        return Response(msgspec.json.encode(body), status_code=report.http_status(self.http.degraded_status_code),
+                        media_type="application/json", headers=NO_STORE)
+
+    async def metrics(self, request: Request) -> Response:
+        if not self.access.sees_details(request.scope):
+            return problem(403, "Metrics need a health or admin bearer token, or an allow-listed network")
+        body, content_type = await self._collector.render(self._registry, request.headers.get("accept"))
+        return Response(body, headers={**NO_STORE, "content-type": content_type})
+
+    async def alerts(self, request: Request) -> Response:
+        if not self.access.sees_details(request.scope):
+            return problem(403, "The alert stream needs a health or admin bearer token, "
+                                "or an allow-listed network")
+        if self.edge.draining:
+            return problem(503, "The service is shutting down", headers={"retry-after": "5"})
+        severity = request.query_params.get("severity", "info")
+        try:
+            subscription = self.mon.subscribe(severity)
+        except ValueError as exc:
+            return problem(422, str(exc))
+        exchange(request).stream = True
+        return _AlertStream(self, subscription)  # type: ignore[return-value]
+
+
+class _AlertStream:
+    """Server-sent events: the alerts firing now, then each new one; a comment when idle.
+
+    Ends when the client disconnects (the subscription goes with it) or the edge drains.
+    """
+
+    def __init__(self, app: TriageApp, subscription: Any) -> None:
+        self.app, self.subscription = app, subscription
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        clients = self.app.sse_clients
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        clients.set(clients.value + 1)
+        try:
+            async with self.subscription as alerts, trio.open_nursery() as nursery:
+                nursery.start_soon(until_disconnect, receive, nursery.cancel_scope)
+                await self._pump(alerts, send)
+        finally:
+            clients.set(clients.value - 1)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, alerts: Any, send: Any) -> None:
+        await chunk(send, b"retry: 5000\n: connected\n\n")
+        for alert in self.app.mon.health_report.value.alerts:
+            await chunk(send, _sse(alert))
+        while True:
+            alert = None
+            with trio.move_on_after(self.app.http.sse_heartbeat_s):
+                alert = await alerts.receive()
+            await chunk(send, _sse(alert) if alert is not None else b": heartbeat\n\n")
+
+
+
+
+def _sse(alert: Any) -> bytes:
+    data = msgspec.json.encode(alert)
+    return b"event: alert\nid: %s\ndata: %s\n\n" % (alert.id.encode(), data)
+
+
+def create_app(mon: Any, http: HttpConfig | None = None, *, service: Any = None,
+               routes: Iterable[BaseRoute] = ()) -> TriageApp:
+    """The ASGI app for `mon`: the edge's routes, `service`'s routes (if any), then `routes`."""
+    return TriageApp(mon, http or HttpConfig(), service, tuple(routes))
+
+
+def hypercorn_config(http: HttpConfig, **overrides: Any) -> hypercorn.config.Config:
+    """Hypercorn settings for the edge: bind, no Server header, drain window."""
+    hc = hypercorn.config.Config()
+    host = f"[{http.host}]" if ":" in http.host and not http.host.startswith("[") else http.host
+    hc.bind = [f"{host}:{http.port}"]
+    hc.include_server_header = False     # no server name or version on the wire
+    hc.graceful_timeout = http.grace_s + 1.0  # the edge answers at grace_s; this is the backstop
+    hc.accesslog = None
+    for key, value in overrides.items():
+        setattr(hc, key, value)
+    return hc

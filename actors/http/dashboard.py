@@ -1,0 +1,194 @@
+"""The live dashboard at /dashboard: one page, its vendored assets, and a snapshot stream.
+
+Theory of operation. The page (static/dashboard.html + .js + .css, with uPlot
+vendored beside it — no build step, no CDN) opens one server-sent-event stream,
+`/api/dashboard/stream`, and redraws from it. The stream sends a `snapshot`
+event at most every `DASHBOARD_PERIOD_S` (two a second): the health actor's
+latest report, breaker states, queue depth per priority, limiter statistics,
+database usage, and P50/P95/P99 with request and error rates from the metrics
+actor; plus an `alert` event for every alert as it happens. Reading snapshots
+costs the actors nothing but a published value (the metrics actor is asked
+without per-route series). The browser keeps the history for the charts.
+
+Access is the detailed health report's: open in development; in production a
+bearer token, the `triage_token` cookie, or an allow-listed network. A browser
+cannot send a bearer header on navigation, so `/dashboard?token=…` sets the
+cookie to a signed session id (HttpOnly, SameSite=Strict, Path=/, Secure over
+HTTPS) and redirects to the bare URL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from importlib import resources
+from typing import Any
+
+import msgspec
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from actors import breaker as breaker_mod
+from actors import limiter as limiter_mod
+from actors import scheduler as scheduler_mod
+from actors.http.sse import HEADERS, chunk, until_disconnect
+from messages.events import BreakerTransition
+from messages.health import Alert, camel
+
+DASHBOARD_PERIOD_S = 0.5
+METRICS_EVERY_S = 1.0
+TRANSITIONS_KEPT = 50
+ASSETS = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+    "uPlot.LICENSE": "text/plain; charset=utf-8",
+}
+COOKIE = "triage_token"
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("actors.http").joinpath("static", name).read_bytes()
+
+
+class History:
+    """Recent breaker transitions, for the activation list (kept by a bus tap)."""
+
+    def __init__(self, wall_offset: float) -> None:
+        self.items: deque[dict] = deque(maxlen=TRANSITIONS_KEPT)
+        self.offset = wall_offset
+
+    def tap(self, event: Any) -> None:
+        if type(event) is BreakerTransition:
+            self.items.append({"tier": event.tier, "fromState": event.from_state, "toState": event.to_state,
+                               "reason": event.reason, "wall": event.at + self.offset})
+
+
+def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int) -> dict:
+    """Everything the page draws, as one JSON-ready dict."""
+    report = mon.health_report.value
+    now = trio.current_time()
+    cells = mon._cells
+    breakers = {}
+    for tier in mon.breakers:
+        b = breaker_mod.snapshot(cells[f"breaker.{tier}"].state, now)
+        breakers[tier] = {"state": b.state.upper(), "failures": b.failures_in_window,
+                          "threshold": b.failure_threshold, "timeInState": round(b.time_in_state_s, 1),
+                          "openings": b.openings, "rejections": b.rejections}
+    queue = scheduler_mod.snapshot(cells["scheduler"].state, now, idle_offers=len(cells["scheduler"].offers))
+    limiter = limiter_mod.snapshot(cells["limiter"].state, now)
+    w = metrics.overall.windows["1m"] if metrics is not None else None
+    details = report.detailed()
+    return {
+        "t": time.time(), "status": report.status, "httpStatus": report.http_status(degraded_code),
+        "uptime": report.uptime_ms, "components": details["components"],
+        "degradation": details["degradation"], "actors": details["components"]["actors"],
+        "database": details["metrics"]["database"],
+        "queue": {"depth": queue.depth, "inFlight": queue.in_flight, "maxConcurrent": queue.max_concurrent,
+                  "depthByPriority": queue.depth_by_priority},
+        "breakers": breakers,
+        "limiter": camel(msgspec.to_builtins(limiter)),
+        "latency": None if w is None else {"p50": w.latency.p50, "p95": w.latency.p95, "p99": w.latency.p99},
+        "traffic": None if w is None else {"ratePerSecond": round(w.rate_per_s, 3),
+                                           "errorRate": w.error_rate, "requests": w.requests},
+        "transitions": list(history.items),
+    }
+
+
+class DashboardStream:
+    """ASGI app: SSE of snapshots (at most every DASHBOARD_PERIOD_S) and alerts."""
+
+    def __init__(self, mon: Any, history: History, degraded_code: int) -> None:
+        self.mon, self.history, self.degraded_code = mon, history, degraded_code
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("triage") is not None:  # a stream, not a request: no latency; ends at drain
+            scope["triage"].stream = True
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        try:
+            async with self.mon.subscribe("info", buffer=64) as alerts, trio.open_nursery() as nursery:
+                nursery.start_soon(until_disconnect, receive, nursery.cancel_scope)
+                nursery.start_soon(self._alerts, alerts, send)
+                await self._snapshots(send)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client went away mid-write
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _snapshots(self, send: Any) -> None:
+        await chunk(send, b"retry: 1000\n\n")
+        for alert in self.mon.health_report.value.alerts:
+            await chunk(send, _event("alert", alert))
+        metrics, fetched = None, -1e9
+        while True:
+            if trio.current_time() - fetched >= METRICS_EVERY_S:
+                metrics, fetched = await self.mon.metrics(routes=False), trio.current_time()
+            snap = build_snapshot(self.mon, metrics, self.history, self.degraded_code)
+            await chunk(send, b"event: snapshot\ndata: " + msgspec.json.encode(snap) + b"\n\n")
+            await trio.sleep(DASHBOARD_PERIOD_S)
+
+    async def _alerts(self, alerts: Any, send: Any) -> None:
+        async for alert in alerts:
+            await chunk(send, _event("alert", alert))
+
+
+def _event(kind: str, alert: Alert) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), msgspec.json.encode(alert))
+
+
+
+
+def routes(mon: Any, *, allowed: Any, degraded_code: int = 206, wall_offset: float | None = None,
+           cookie_for: Any = None) -> list[Route]:
+    """`allowed(request) -> bool` is the detailed-health access rule (token, cookie, network);
+    `cookie_for(request, token) -> (value, secure, max_age) | None` turns a ``?token=`` into the
+    cookie to set (a signed session id, never the token itself), None to set none."""
+    offset = time.time() - trio.current_time() if wall_offset is None else wall_offset
+    history = History(offset)
+    mon._bus.taps.append(history.tap)
+    stream = DashboardStream(mon, history, degraded_code)
+
+    def denied() -> Response:
+        return JSONResponse({"type": "about:blank", "title": "Unauthorized", "status": 401,
+                             "detail": "the dashboard needs the health token"}, status_code=401,
+                            headers={"www-authenticate": "Bearer", "cache-control": "no-store"})
+
+    async def page(request: Request) -> Response:
+        token = request.query_params.get("token")
+        if token is not None:
+            response = RedirectResponse("/dashboard", status_code=303)
+            cookie = cookie_for(request, token) if cookie_for is not None else None
+            if cookie is not None:
+                value, secure, max_age = cookie
+                response.set_cookie(COOKIE, value, max_age=max_age, httponly=True, samesite="strict",
+                                    path="/", secure=secure)
+            return response
+        if not allowed(request):
+            return denied()
+        return Response(_asset("dashboard.html"), media_type="text/html; charset=utf-8",
+                        headers={"cache-control": "no-store"})
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in ASSETS:
+            return JSONResponse({"title": "Not Found", "status": 404, "detail": "No such asset"}, status_code=404)
+        return Response(_asset(name), media_type=ASSETS[name], headers={"cache-control": "max-age=3600"})
+
+    return [Route("/dashboard", page, methods=["GET"]),
+            Route("/dashboard/static/{name}", asset, methods=["GET"]),
+            Route("/api/dashboard/stream", _Guarded(stream, allowed, denied), methods=["GET"])]
+
+
+class _Guarded:
+    """An ASGI app behind the access rule (a class, so Starlette routes it as raw ASGI)."""
+
+    def __init__(self, app: Any, allowed: Any, denied: Any) -> None:
+        self.app, self.allowed, self.denied = app, allowed, denied
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if not self.allowed(Request(scope)):
+            await self.denied()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

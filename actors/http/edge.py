@@ -1,0 +1,213 @@
+"""The outermost ASGI layer: one definite answer per request, whatever happens inside.
+
+Theory of operation. `Edge` wraps the whole app (rate limiting, routing,
+handlers). For each HTTP request it
+
+1. answers 503 + ``Retry-After`` itself in maintenance mode, except on the
+   operational routes (health, metrics, the alert stream, admin);
+2. answers 400 and closes the connection when a request has both
+   ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.1: request
+   smuggling); answers 413 itself when ``Content-Length`` is over the cap, without
+   reading a byte of the body; otherwise hands the app a `receive` that counts
+   body bytes (`BodyTooLarge` past the cap, for chunked bodies) and enforces
+   one deadline for the whole body (`BodyTimeout` -> 408), so a client
+   trickling bytes cannot hold a handler;
+3. runs the app inside a cancel scope it keeps until the request ends. At
+   shutdown (`begin_drain`) every scope gets the deadline ``now + grace``
+   (streams end at once): a request that finishes in time is answered
+   normally, one that does not is cancelled and answered 503 here, a
+   streaming response is ended cleanly;
+4. turns an exception that escaped everything into a 500 problem body (never
+   a traceback) carrying a request id, logged once with that id;
+5. records the request with `mon.observe_request(route template, status,
+   duration, outcome, tier)` -- except a stream (SSE): it is not a request,
+   and its duration would pass for latency.
+
+Handlers tell the edge the outcome and tier of their request through the
+per-request `RequestState` at ``scope["triage"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+from loguru import logger
+from starlette.requests import ClientDisconnect
+
+from actors.http.problems import BodyTimeout, BodyTooLarge, RequestState, log_500, send_problem
+
+log = logger.bind(actor="web")
+
+MAINTENANCE_RETRY_AFTER_S = 60
+OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/", "/dashboard", "/api/dashboard/")
+
+
+# -- the edge -----------------------------------------------------------------------------
+
+class EdgeMiddleware:
+    """See the module doc. `route_tiers` maps "METHOD /template" to a breaker tier."""
+
+    def __init__(self, app: Any, mon: Any, *, max_body_bytes: int, body_timeout_s: float,
+                 grace_s: float, route_tiers: Mapping[str, str] | None = None) -> None:
+        self.app, self.mon = app, mon
+        self.max_body_bytes, self.body_timeout_s, self.grace_s = max_body_bytes, body_timeout_s, grace_s
+        self.route_tiers = dict(route_tiers or {})
+        self.draining = False
+        self._drain_deadline = math.inf
+        self._inflight: dict[trio.CancelScope, RequestState] = {}
+
+    def begin_drain(self) -> None:
+        """Stop streams now; give every other request in flight `grace_s` to finish."""
+        if self.draining:
+            return
+        self.draining = True
+        self._drain_deadline = trio.current_time() + self.grace_s
+        for scope, ex in list(self._inflight.items()):
+            if ex.stream:
+                scope.cancel()
+            else:
+                scope.deadline = min(scope.deadline, self._drain_deadline)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = trio.current_time()
+        ex = scope["triage"] = RequestState()
+        reply = _Reply(send)
+        try:
+            await self._handle(scope, receive, reply, ex, t0)
+        finally:
+            self._observe(scope, reply, ex, trio.current_time() - t0)
+
+    async def _handle(self, scope: dict, receive: Any, reply: _Reply, ex: RequestState, t0: float) -> None:
+        if self.mon.in_maintenance and not scope["path"].startswith(OPERATIONAL):
+            ex.outcome = "ok"
+            return await send_problem(reply, 503, "The service is in maintenance mode; retry later",
+                                      [(b"retry-after", b"%d" % MAINTENANCE_RETRY_AFTER_S)])
+        length, chunked = _body_headers(scope)
+        if length is not None and chunked:  # RFC 9112 §6.1: a smuggling attempt; framing is ambiguous
+            await _drain(_BodyReader(receive, self.max_body_bytes, t0 + self.body_timeout_s).receive)
+            return await send_problem(reply, 400, "Both Content-Length and Transfer-Encoding",
+                                      [(b"connection", b"close")])
+        if length is not None and length > self.max_body_bytes:
+            return await send_problem(reply, 413, f"Request body over {self.max_body_bytes} bytes",
+                                      [(b"connection", b"close")], limit=self.max_body_bytes)
+        if length == -1:
+            return await send_problem(reply, 400, "Invalid Content-Length", [(b"connection", b"close")])
+        if length or chunked:
+            receive = _BodyReader(receive, self.max_body_bytes, t0 + self.body_timeout_s).receive
+        with trio.CancelScope(deadline=self._drain_deadline) as cancel_scope:
+            self._inflight[cancel_scope] = ex
+            try:
+                await self.app(scope, receive, reply)
+            except ClientDisconnect:
+                ex.outcome = "cancelled"
+            except Exception as exc:
+                await self._crashed(scope, reply, ex, exc)
+            finally:
+                del self._inflight[cancel_scope]
+        if cancel_scope.cancelled_caught:
+            await self._cut_off(reply, ex)
+
+    async def _crashed(self, scope: dict, reply: _Reply, ex: RequestState, exc: Exception) -> None:
+        ex.outcome = "error"
+        if not ex.logged:  # the app's error handler may have logged (and answered) it already
+            log_500(scope, ex, exc)
+        if not reply.started:
+            await send_problem(reply, 500, "Internal error", [(b"x-request-id", ex.request_id.encode())],
+                               requestId=ex.request_id)
+
+    async def _cut_off(self, reply: _Reply, ex: RequestState) -> None:
+        """The grace period ended (or a stream was stopped) with the request unfinished."""
+        ex.outcome = "shutting_down"
+        if not reply.started:
+            await send_problem(reply, 503, "The service is shutting down", [(b"connection", b"close")])
+        elif not reply.finished and reply.chunked:
+            await reply({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _observe(self, scope: dict, reply: _Reply, ex: RequestState, duration_s: float) -> None:
+        if ex.stream:
+            return  # a stream is not a request: its duration is how long the client stayed
+        route = f"{scope.get('method', 'GET')} {_template(scope)}"
+        status = reply.status or 499  # nothing sent: the client went away
+        outcome = ex.outcome or ("rate_limited" if status == 429 else "error" if status >= 500 else "ok")
+        tier = ex.tier or self.route_tiers.get(route)
+        self.mon.observe_request(route, status, duration_s, outcome, tier)
+
+
+def _template(scope: dict) -> str:
+    route = scope.get("route")
+    return getattr(route, "path", None) or "<unmatched>"
+
+
+def _body_headers(scope: dict) -> tuple[int | None, bool]:
+    """(Content-Length or None, -1 if invalid; chunked?)."""
+    length: int | None = None
+    chunked = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        elif name == b"transfer-encoding":
+            chunked = True  # any coding: the body's length is not Content-Length
+    return length, chunked
+
+
+class _Reply:
+    """`send`, remembering what was sent."""
+
+    __slots__ = ("_send", "status", "started", "finished", "chunked")
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self.status: int | None = None
+        self.started = self.finished = False
+        self.chunked = True
+
+    async def __call__(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started, self.status = True, message["status"]
+            self.chunked = not any(k.lower() == b"content-length" for k, _ in message.get("headers", ()))
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+
+class _BodyReader:
+    """`receive` with a byte cap and one deadline for the whole body."""
+
+    __slots__ = ("_receive", "_cap", "_deadline", "_seen", "_done")
+
+    def __init__(self, receive: Any, cap: int, deadline: float) -> None:
+        self._receive, self._cap, self._deadline = receive, cap, deadline
+        self._seen, self._done = 0, False
+
+    async def receive(self) -> dict:
+        if self._done:
+            return await self._receive()
+        with trio.move_on_at(self._deadline):
+            message = await self._receive()
+            if message["type"] == "http.request":
+                self._seen += len(message.get("body", b""))
+                if self._seen > self._cap:
+                    raise BodyTooLarge(f"Request body over {self._cap} bytes", limit=self._cap)
+                self._done = not message.get("more_body", False)
+            return message
+        raise BodyTimeout("The request body did not arrive in time")
+
+
+async def _drain(receive: Any) -> None:
+    """Read a refused request's body to its end (bounded by the body cap and deadline) before
+    answering: hypercorn's reader then waits for our answer instead of parsing the pipelined
+    bytes behind it and closing the socket while the answer is being written."""
+    with contextlib.suppress(Exception):
+        while (await receive()).get("more_body"):
+            pass

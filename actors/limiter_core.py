@@ -1,0 +1,442 @@
+"""Rate limiter: the pure core (no I/O, no trio, no clock reads).
+
+Algorithm: GCRA (generic cell rate algorithm, the "virtual scheduling" form of a
+leaky bucket). A policy is `limit` requests per `window_s` seconds with a burst of
+`limit`. Its emission interval is ``T = window_s / limit``. The whole state of a key
+is one number, its theoretical arrival time TAT. A request of cost ``c`` at ``now``:
+
+    tat = max(TAT, now)
+    allowed  iff  tat + c*T - now <= limit*T        (= window_s)
+    if allowed: TAT = tat + c*T                     (a refusal changes nothing)
+
+so a fresh key can make exactly `limit` requests at one instant, then one more
+every T, and has its full quota back `window_s` after a burst. Over any interval
+of length D at most ``limit + floor(D / T)`` cost units are allowed.
+
+Why GCRA: one float per key (a fixed-window counter needs a count and a window
+start and lets 2x the limit through at a window edge; a sliding log needs `limit`
+timestamps per key), exact burst and rate, O(1) per decision, and every number a
+client wants (remaining, reset, retry-after) follows from TAT without more state.
+
+Time. ``now`` (seconds, monotonic) is the only clock. It is quantised to whole
+microseconds on entry and all arithmetic is done on integral microsecond values
+held in floats, which is exact below 2**53 us (285 years), so bursts and the
+"one more every T" step are exact (0.6 s is not a binary fraction; 600000 us is).
+T is rounded *up* to whole microseconds when window_s/limit is not a whole number
+of microseconds: the effective window is then ``limit * T`` (longer than window_s
+by less than `limit` microseconds), never shorter. The five spec policies are
+exact. ``now`` is expected to be non-decreasing; a step backwards is tolerated (it
+is treated as an earlier request) but the guarantees below assume monotonic time.
+
+Idle keys. When ``TAT <= now`` the key is indistinguishable from a key never
+seen: ``max(TAT, now) == now`` in every formula. Dropping such a key therefore
+changes no later decision (for non-decreasing ``now``), which is what `expire()`
+does and what lets the table forget keys freely.
+
+The key table (memory). One dict for all policies, mapping ``prefix + key`` to
+TAT (a float, microseconds), where ``prefix`` is a single character naming the
+policy (``chr(i)`` for the i-th policy). Per key that is one str (the key plus one
+character: 61 bytes for "user:123456"), one float (24 bytes) and a share of the
+dict (a 16-byte entry and a 4-byte index per slot of a str-keyed dict: 31-38 bytes
+per key when compact, up to 64 before a rebuild, see below). Measured with
+tracemalloc (scripts/bench/limiter_core.py, keys "user:<i>"): 122 B/key at 100k
+keys and 116 at 1M freshly filled; 123 and 148 in the steady state of a full table
+under churn. Rejected alternatives: a dict per policy needs a second structure
+for one LRU order across policies; ``(policy, key)`` tuples cost 56 bytes more
+per key; an int TAT costs 8 more (ints are 28-32 bytes, floats 24); ``hash(key)``
+ints instead of strings save ~30 bytes of key but turn the dict into a general
+one (24-byte entries: 10-20 bytes more per key), and two keys with equal hashes
+would share one quota, so the exact string is kept.
+
+Eviction. The dict's insertion order is the LRU order: every check, allowed or
+not, pops the key and re-inserts it at the end (a refused client is an active one;
+evicting it would hand it a fresh quota). At most `max_keys` keys are stored; a
+new key arriving at a full table evicts the least-recently-used keys from the
+front, ``max(1, max_keys // 256)`` at a time. CPython finds the front of a dict by
+scanning past the deleted slots there, one by one from the start, and they pile
+up until the dict is next resized; evicting one key at a time therefore costs
+O(evictions so far) per eviction (measured: 31 us per check at 100k keys against
+1.5 us in batches). Evicting a key that is not idle loses its state (its owner
+gets a fresh quota), the price of bounded memory. `peek()` does not refresh a key.
+
+Compaction. CPython never shrinks a dict, and when a dict whose slots are used up
+by deleted entries (LRU pops, evictions, expiry) needs room, it re-allocates for
+3 x len: 77 bytes per key for the dict alone at 100k keys. Every
+``max(1024, len // 64)`` checks, and on every `expire()`, the table compares
+``sys.getsizeof`` of its dict (O(1)) with `_DICT_MAX_BYTES_PER_KEY` (64) per key
+and, above it, rebuilds the dict: an O(len) copy that CPython sizes for
+1.5 x len, about 7 ms for 100k keys and 160 ms for 1M (a pause of the same order
+as CPython's own resize). That also returns the memory of expired keys.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+from itertools import islice
+
+import msgspec
+
+from messages.errors import InvalidArgument, InvalidArgumentType, TriageError
+
+__all__ = ["LimiterTable", "PolicySpec", "RateDecision", "UnknownPolicy", "check_cost"]
+
+_US = 1_000_000  # microseconds per second
+# Largest effective window (limit * T, microseconds): keeps TAT arithmetic exact in floats.
+_MAX_WINDOW_US = 2**50
+# Rebuild the key dict when it holds more than this many bytes per live key (see module doc).
+_DICT_MAX_BYTES_PER_KEY = 64
+_DICT_SLACK_BYTES = 16_384  # small dicts: don't rebuild for a few kilobytes
+_MAINTAIN_MIN_OPS = 1024
+_ALL: frozenset[str] = frozenset({"\x00every key: rate limiting is disabled"})  # a sentinel
+_floor = math.floor
+
+
+class RateDecision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The answer to one check (or peek). Instants are on the caller's ``now`` clock and,
+    like every duration here, exact to the microsecond (``now`` is rounded to one)."""
+
+    allowed: bool
+    policy: str
+    limit: int
+    remaining: int  # 0..limit, requests still allowed right now after this decision
+    reset_at: float  # instant when the quota is fully restored
+    reset_after_s: float  # reset_at - now, >= 0
+    retry_after_s: float  # 0 when allowed; else seconds until a request of this cost is allowed
+    # Why a refusal can never turn into an allowance: "cost_exceeds_limit" (retry_after_s = inf).
+    reason: str | None = None
+
+
+class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
+    """`limit` requests per `window_s` seconds, burst = limit."""
+
+    limit: int
+    window_s: float
+
+    def __post_init__(self) -> None:
+        if type(self.limit) is not int:
+            raise TypeError(f"limit must be an int, got {self.limit!r}")
+        if self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if isinstance(self.window_s, bool) or not isinstance(self.window_s, int | float):
+            raise TypeError(f"window_s must be a number of seconds, got {self.window_s!r}")
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ValueError(f"window_s must be a finite number > 0, got {self.window_s!r}")
+        if round(self.window_s * _US) < 1:
+            raise ValueError(f"window_s must be at least 1 microsecond, got {self.window_s!r}")
+        if _interval_us(self) * self.limit > _MAX_WINDOW_US:
+            raise ValueError(f"limit={self.limit} per window_s={self.window_s!r} is too large")
+
+
+class UnknownPolicy(TriageError, KeyError):
+    """A check named a policy the table was not built with."""
+
+    def __init__(self, policy: str, known: Iterable[str] = ()) -> None:
+        self.policy = policy
+        self.known = tuple(known)
+        super().__init__(
+            f"unknown rate-limit policy {policy!r}; known: {', '.join(self.known) or '(none)'}"
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+def _interval_us(spec: PolicySpec) -> int:
+    """Emission interval T in whole microseconds (rounded up, never zero)."""
+    return max(1, -(-round(spec.window_s * _US) // spec.limit))
+
+
+class _Rate:
+    """A PolicySpec turned into microsecond constants (floats holding integers)."""
+
+    __slots__ = ("limit", "interval", "window", "spec")
+
+    def __init__(self, spec: PolicySpec) -> None:
+        if not isinstance(spec, PolicySpec):
+            raise TypeError(f"expected a PolicySpec, got {spec!r}")
+        t = _interval_us(spec)
+        self.spec = spec
+        self.limit = spec.limit
+        self.interval = float(t)  # T
+        self.window = float(t * spec.limit)  # limit * T: the effective window (burst tolerance + T)
+
+
+class _Policy(_Rate):
+    __slots__ = ("name", "prefix", "overrides", "allowed", "rejected", "exempted", "keys")
+
+    def __init__(self, name: str, prefix: str, spec: PolicySpec, overrides: dict | None) -> None:
+        super().__init__(spec)
+        self.name = name
+        self.prefix = prefix
+        self.overrides = overrides  # key -> _Rate, or None when the policy has none
+        self.allowed = 0
+        self.rejected = 0
+        self.exempted = 0
+        self.keys = 0
+
+
+class LimiterTable:
+    """Per (policy, key) GCRA quotas in a bounded LRU table. Not thread-safe; one owner."""
+
+    def __init__(
+        self,
+        policies: dict[str, PolicySpec],
+        *,
+        max_keys: int = 100_000,
+        overrides: dict[str, dict[str, PolicySpec]] | None = None,
+        exempt: frozenset[str] = frozenset(),
+        enabled: bool = True,
+    ) -> None:
+        if type(max_keys) is not int or max_keys < 1:
+            raise ValueError(f"max_keys must be an int >= 1, got {max_keys!r}")
+        overrides = overrides or {}
+        for name in overrides:
+            if name not in policies:
+                raise UnknownPolicy(name, tuple(policies))
+        self._policies: dict[str, _Policy] = {}
+        self._by_prefix: dict[str, _Policy] = {}
+        for i, (name, spec) in enumerate(policies.items()):
+            if not isinstance(name, str):
+                raise TypeError(f"policy names must be str, got {name!r}")
+            own = overrides.get(name)
+            ov = {k: _Rate(s) for k, s in own.items()} if own else None
+            p = _Policy(name, chr(i), spec, ov)
+            self._policies[name] = p
+            self._by_prefix[p.prefix] = p
+        self._max_keys = max_keys
+        self._evict_batch = max(1, max_keys // 256)
+        self._exempt = frozenset(exempt)
+        self._enabled = bool(enabled)
+        # One attribute test on the hot path: None, or _ALL (disabled), or the exempt keys.
+        self._bypass = _ALL if not self._enabled else (self._exempt or None)
+        self._tat: dict[str, float] = {}
+        self._evictions = 0
+        self._expired = 0
+        self._compactions = 0
+        self._tick = _MAINTAIN_MIN_OPS
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def check(self, policy: str, key: str, now: float, cost: int = 1) -> RateDecision:
+        """Decide one request of `cost` units for `key` under `policy` at `now`, and record it."""
+        try:
+            p = self._policies[policy]
+        except KeyError:
+            raise UnknownPolicy(policy, tuple(self._policies)) from None
+        r = p if p.overrides is None else p.overrides.get(key, p)
+        if cost != 1:
+            check_cost(cost)
+        bypass = self._bypass
+        if bypass is not None and (bypass is _ALL or key in bypass):
+            return self._free_pass(p, r, key, now)
+        if cost > r.limit:
+            return self._beyond_limit(p, key, now)
+        self._tick -= 1
+        if self._tick <= 0:
+            self._maintain()
+        nu = _floor(now * 1e6 + 0.5)  # whole microseconds
+        k = p.prefix + key
+        d = self._tat
+        tat = d.pop(k, None)  # pop + re-insert: the dict's order is the LRU order
+        if tat is None:
+            if len(d) >= self._max_keys:
+                self._evict()
+            p.keys += 1
+            tat = nu
+        elif tat < nu:
+            tat = nu  # idle: same as a fresh key
+        new = tat + cost * r.interval
+        window = r.window
+        if new - nu <= window:
+            d[k] = new
+            p.allowed += 1
+            return RateDecision(
+                allowed=True,
+                policy=policy,
+                limit=r.limit,
+                remaining=int((nu + window - new) // r.interval),
+                reset_at=new / 1e6,
+                reset_after_s=(new - nu) / 1e6,
+                retry_after_s=0.0,
+            )
+        # Refused: TAT is unchanged (and > now, as cost <= limit); the key still counts as used.
+        d[k] = tat
+        p.rejected += 1
+        left = nu + window - tat  # < 0 only if `now` went backwards
+        return RateDecision(
+            allowed=False,
+            policy=policy,
+            limit=r.limit,
+            remaining=int(left // r.interval) if left > 0 else 0,
+            reset_at=tat / 1e6,
+            reset_after_s=(tat - nu) / 1e6,
+            retry_after_s=(new - window - nu) / 1e6,
+        )
+
+    def peek(self, policy: str, key: str, now: float) -> RateDecision:
+        """The state of `key` as a cost-1 check would see it, consuming nothing.
+
+        `allowed` says whether a cost-1 check would pass now, `remaining` how many would,
+        `retry_after_s` when the next one would. Nothing is recorded: no quota, no stats,
+        no LRU position, no new key.
+        """
+        try:
+            p = self._policies[policy]
+        except KeyError:
+            raise UnknownPolicy(policy, tuple(self._policies)) from None
+        r = p if p.overrides is None else p.overrides.get(key, p)
+        bypass = self._bypass
+        if bypass is not None and (bypass is _ALL or key in bypass):
+            return _pass(policy, r.limit, now)
+        nu = _floor(now * 1e6 + 0.5)
+        tat = self._tat.get(p.prefix + key)
+        if tat is None or tat < nu:
+            tat = nu
+        new = tat + r.interval
+        window = r.window
+        allowed = new - nu <= window
+        left = nu + window - tat
+        return RateDecision(
+            allowed=allowed,
+            policy=policy,
+            limit=r.limit,
+            remaining=int(left // r.interval) if left > 0 else 0,
+            reset_at=tat / 1e6,
+            reset_after_s=(tat - nu) / 1e6,
+            retry_after_s=0.0 if allowed else (new - window - nu) / 1e6,
+        )
+
+    def _beyond_limit(self, p: _Policy, key: str, now: float) -> RateDecision:
+        """A cost above the limit can never be allowed: a refusal that says so, consuming nothing."""
+        p.rejected += 1
+        seen = self.peek(p.name, key, now)
+        return msgspec.structs.replace(seen, allowed=False, retry_after_s=math.inf,
+                                       reason="cost_exceeds_limit")
+
+    def _free_pass(self, p: _Policy, r: _Rate, key: str, now: float) -> RateDecision:
+        p.allowed += 1
+        if key in self._exempt:
+            p.exempted += 1
+        return _pass(p.name, r.limit, now)
+
+    # -- table maintenance -------------------------------------------------------------------
+
+    def reset(self, policy: str | None = None, key: str | None = None) -> None:
+        """Forget quota state: everything, one policy's keys, one key in every policy, or one
+        (policy, key). Counters in `stats()` are cumulative and are not reset."""
+        if policy is not None and policy not in self._policies:
+            raise UnknownPolicy(policy, tuple(self._policies))
+        d = self._tat
+        if key is not None:
+            pols = [self._policies[policy]] if policy is not None else self._policies.values()
+            for p in pols:
+                if d.pop(p.prefix + key, None) is not None:
+                    p.keys -= 1
+                    self._tick -= 1
+        elif policy is not None:
+            p = self._policies[policy]
+            prefix = p.prefix
+            self._tat = {k: v for k, v in d.items() if k[0] != prefix}
+            p.keys = 0
+        else:
+            self._tat = {}
+            for p in self._policies.values():
+                p.keys = 0
+
+    def expire(self, now: float, budget: int = 1000) -> int:
+        """Drop idle keys (TAT <= now) among the `budget` least-recently-used ones; return how
+        many were dropped.
+
+        Dropping an idle key never changes a later decision (see the module doc), so this can
+        run at any time. It looks at no more than `budget` keys per call (plus a C-level skip
+        over deleted dict slots at the front, ~1 ns each), so it can run often in small
+        slices. Keys are examined in LRU order: a key last used more than its window ago is
+        idle, so the oldest keys go first; an active key at the front stays where it is (it
+        is not rotated, which would falsify the LRU order) and goes idle within its window.
+        Each call is also the table's maintenance point (see "Compaction" in the module doc).
+        """
+        if budget < 1:
+            return 0
+        nu = _floor(now * 1e6 + 0.5)
+        d = self._tat
+        idle = [k for k, tat in islice(d.items(), budget) if tat <= nu]
+        by_prefix = self._by_prefix
+        for k in idle:
+            del d[k]
+            by_prefix[k[0]].keys -= 1
+        self._expired += len(idle)
+        self._maintain()  # O(1) unless the dict needs a rebuild (amortised O(1) per key)
+        return len(idle)
+
+    def _evict(self) -> None:
+        """Make room for a new key: drop the least-recently-used batch from the front."""
+        d = self._tat
+        victims = list(islice(d, self._evict_batch))
+        by_prefix = self._by_prefix
+        for k in victims:
+            del d[k]
+            by_prefix[k[0]].keys -= 1
+        self._evictions += len(victims)
+        self._tick -= len(victims)
+
+    def _maintain(self) -> None:
+        """Rebuild the key dict if deleted slots and slack cost more than the per-key bound."""
+        d = self._tat
+        n = len(d)
+        size = sys.getsizeof(d)
+        if size > _DICT_MAX_BYTES_PER_KEY * n + _DICT_SLACK_BYTES:
+            new = dict(d)  # CPython sizes a copy of a dict with holes for 1.5 x len
+            if sys.getsizeof(new) >= size:  # a hole-free dict is cloned as is: re-insert instead
+                new = {k: v for k, v in d.items()}
+            self._tat = new
+            self._compactions += 1
+        self._tick = max(_MAINTAIN_MIN_OPS, n >> 6)
+
+    def __len__(self) -> int:
+        """Number of (policy, key) states held."""
+        return len(self._tat)
+
+    def stats(self) -> dict:
+        """Counters: per policy allowed / rejected (violations) / exempt / keys; table totals."""
+        return {
+            "enabled": self._enabled,
+            "keys": len(self._tat),
+            "max_keys": self._max_keys,
+            "evictions": self._evictions,
+            "expired": self._expired,
+            "compactions": self._compactions,
+            "policies": {
+                name: {
+                    "limit": p.limit,
+                    "window_s": float(p.spec.window_s),
+                    "allowed": p.allowed,
+                    "rejected": p.rejected,
+                    "exempt": p.exempted,
+                    "keys": p.keys,
+                }
+                for name, p in self._policies.items()
+            },
+        }
+
+
+def _pass(policy: str, limit: int, now: float) -> RateDecision:
+    """Exempt key or limiting disabled: allowed, nothing consumed."""
+    return RateDecision(
+        allowed=True,
+        policy=policy,
+        limit=limit,
+        remaining=limit,
+        reset_at=now,
+        reset_after_s=0.0,
+        retry_after_s=0.0,
+    )
+
+
+def check_cost(cost: object) -> None:
+    """A cost is a whole number of units >= 1 (above the limit is a refusal, not an error)."""
+    if type(cost) is not int:
+        raise InvalidArgumentType(f"cost must be an int, got {cost!r}")
+    if cost < 1:
+        raise InvalidArgument(f"cost must be >= 1, got {cost}")

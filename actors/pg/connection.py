@@ -1,0 +1,431 @@
+"""A trio-native PostgreSQL connection on top of psycopg's libpq wrapper.
+
+Theory of operation
+-------------------
+psycopg's async API only runs on asyncio and its sync API blocks the thread,
+so this module drives libpq directly, non-blocking, from the calling trio
+task. No threads are involved in a query.
+
+* Connect: host names are resolved with trio's resolver and handed to libpq as
+  numeric ``hostaddr`` (libpq's own getaddrinfo would block the event loop);
+  then ``PGconn.connect_start`` + ``connect_poll``, waiting on the socket with
+  ``trio.lowlevel.wait_readable/wait_writable``. The live ``PGconn`` is
+  wrapped in a ``psycopg.Connection`` only so that psycopg's adapters,
+  transformers and row factories have the context they expect; we never run
+  a query through it.
+* Query: parameters are bound server-side by psycopg's own machinery, exactly
+  as ``psycopg.Cursor`` does, and sent with ``send_query_params``; a query
+  without parameters goes over the simple protocol (``send_query``), so it
+  may hold several statements. Then flush, and collect results with
+  ``consume_input``/``is_busy``/``get_result``. Rows are loaded by a
+  ``psycopg.adapt.Transformer``, so types round-trip as they do in psycopg.
+* Errors: a failed result raises psycopg's class for its SQLSTATE with
+  ``.diag`` populated; its message is the server's primary message only
+  (DETAIL can echo parameter values). Losing the connection raises
+  ``ConnectionLost`` and leaves ``broken = True``.
+* Cancellation: if the calling task is cancelled mid-query, a cancel request is
+  sent over libpq's non-blocking ``PGcancelConn``, and the connection is
+  drained back to idle under a short shielded deadline, or closed.
+
+One query at a time per connection; the pool owns concurrency.
+
+psycopg internals used (each isolated in one function in `actors.pg.psycopg_bridge` and pinned by a
+``test_pgconn_internals_*`` test): ``psycopg._queries.PostgresQuery`` for
+placeholder conversion, the ``psycopg.Connection(pgconn)`` constructor, the
+``info=`` argument of psycopg's exceptions, and the cursor attributes that
+row factories read (``pgresult``, ``_encoding``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import trio
+from loguru import logger
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
+
+from actors.pg.psycopg_bridge import (  # noqa: F401  (tests reach the glue through this module)
+    _ACTIVE,
+    _BAD,
+    _CANCEL_RETRY_S,
+    _COPY_STATES,
+    _DONE_STATES,
+    _FATAL_ERROR,
+    _HAS_CANCEL_CONN,
+    _IDLE,
+    _MESSAGE_PRIMARY,
+    _OK,
+    _POLL_OK,
+    _POLL_READING,
+    _POLL_WRITING,
+    _SQLSTATE,
+    _TUPLES_OK,
+    QueryResult,
+    _addresses,
+    _bind_server_side,
+    _collect_fatal,
+    _connect_error,
+    _connect_pgconn,
+    _conninfo_params,
+    _error_class,
+    _error_from_result,
+    _load_result,
+    _query_bytes,
+    _redact_quoted,
+    _resolve_hosts,
+    _ResultCursor,
+    _scrub,
+    _to_ms,
+    _wrap_pgconn,
+)
+
+__all__ = ["ConnectionLost", "PgConnection", "QueryResult"]
+
+class ConnectionLost(psycopg.OperationalError):
+    """The connection died; the ``PgConnection`` is now ``broken``.
+
+    ``statement_sent`` tells a pool whether retrying elsewhere is safe:
+
+    * ``False``: the statement never fully reached the server (the connection
+      was found dead before or while sending it). The server cannot have run
+      or committed it, so a retry on another connection is safe, unless the
+      caller was inside an explicit transaction, which the server has rolled
+      back anyway.
+    * ``True``: the whole statement was sent; it may or may not have run and
+      committed. The outcome is unknown.
+
+    When the server said why before closing (e.g. 57P01 admin shutdown from
+    ``pg_terminate_backend``), ``sqlstate`` and ``diag`` carry it and
+    ``__cause__`` is psycopg's own exception for that SQLSTATE.
+    """
+
+    # Default True (the conservative answer) so unpickling, which calls the
+    # class with only the message, still works.
+    def __init__(self, *args: Any, statement_sent: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.statement_sent = statement_sent
+
+
+class PgConnection:
+    """One PostgreSQL connection driven by the calling trio task.
+
+    Create with ``await PgConnection.connect(dsn)``; not safe for concurrent
+    use by several tasks (a second concurrent ``execute`` raises
+    ``psycopg.InterfaceError``).
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], *, cancel_timeout_s: float) -> None:
+        # Private: use connect().
+        self._conn = conn
+        self._pgconn = conn.pgconn
+        self._sock = self._pgconn.socket  # libpq keeps this fd for the connection's life
+        self._cancel_timeout_s = cancel_timeout_s
+        self._broken = False
+        self._busy = False
+        # FATAL messages the server sent while we were idle (it is about to
+        # close, e.g. pg_terminate_backend, idle_session_timeout, shutdown).
+        self._goodbyes: list[tuple[str | None, str | None]] = []  # (sqlstate, message)
+        conn.add_notice_handler(partial(_collect_fatal, self._goodbyes))
+        self._flushed = False
+        self.backend_pid: int = self._pgconn.backend_pid
+        self.created_at: float = trio.current_time()
+        self.last_used_at: float = self.created_at
+
+    # ---- lifecycle -------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        connect_timeout_s: float = 10.0,
+        statement_timeout_s: float | None = None,
+        application_name: str = "triage",
+        cancel_timeout_s: float = 1.0,
+    ) -> PgConnection:
+        """Open a connection without blocking the trio thread.
+
+        ``application_name`` overrides one given in the DSN. Errors are
+        ``psycopg.OperationalError`` (``psycopg.errors.ConnectionTimeout`` on
+        timeout) and never contain the DSN or the password.
+        ``cancel_timeout_s`` bounds the clean-up after a cancelled query.
+        """
+        timeout_ms = None if statement_timeout_s is None else _to_ms(statement_timeout_s)
+        params, secrets = _conninfo_params(dsn, application_name)
+        with trio.move_on_after(connect_timeout_s):
+            params = await _resolve_hosts(params, secrets)
+            pgconn = await _connect_pgconn(make_conninfo("", **params).encode(), secrets)
+            conn = cls(_wrap_pgconn(pgconn), cancel_timeout_s=cancel_timeout_s)
+            try:
+                if timeout_ms is not None:
+                    await conn.execute(f"SET statement_timeout = {timeout_ms}")
+            except BaseException:
+                conn.close_now()
+                raise
+            return conn
+        raise psycopg.errors.ConnectionTimeout("connection timeout")
+
+    async def close(self) -> None:
+        """Close; if another task has a query in flight, cancel it on the server first.
+
+        That task then gets ``ConnectionLost`` (``statement_sent=True``).
+        """
+        in_flight = self._busy and self._flushed and not self.broken
+        self._broken = True  # from now on, whatever the query task receives is moot
+        if in_flight:
+            with trio.move_on_after(self._cancel_timeout_s, shield=True):
+                try:
+                    await self._send_cancel_request()
+                except (psycopg.Error, OSError):
+                    pass  # closing anyway; statement_timeout is the backstop
+        self.close_now()
+        await trio.lowlevel.checkpoint()
+
+    def close_now(self) -> None:
+        """Close immediately without waiting for anything. Idempotent."""
+        self._broken = True
+        if self._pgconn.status != _BAD:
+            # Wake any task waiting on the socket (it gets ConnectionLost)
+            # before libpq closes the fd and the number can be reused.
+            try:
+                trio.lowlevel.notify_closing(self._sock)
+            except RuntimeError:
+                pass  # not inside trio.run: nobody can be waiting
+        self._conn.close()
+
+    async def __aenter__(self) -> PgConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---- state -----------------------------------------------------------
+
+    @property
+    def broken(self) -> bool:
+        """True once the connection is unusable (lost, abandoned or closed)."""
+        return self._broken or self._pgconn.status != _OK
+
+    @property
+    def in_transaction(self) -> bool:
+        """libpq transaction status is not IDLE (in a block, failed block, or busy)."""
+        return self._pgconn.transaction_status != _IDLE
+
+    def __repr__(self) -> str:
+        state = (
+            "broken"
+            if self.broken
+            else pq.TransactionStatus(self._pgconn.transaction_status).name.lower()
+        )
+        return f"<PgConnection backend_pid={self.backend_pid} {state}>"
+
+    # ---- queries -----------------------------------------------------------
+
+    async def execute(
+        self,
+        query: str | bytes | psycopg.sql.Composable,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        row_factory: Callable[[Any], Callable[[Sequence[Any]], Any]] | None = None,
+    ) -> QueryResult:
+        """Run one query (``%s`` / ``%(name)s`` placeholders) and return its result.
+
+        With ``params=None`` the text is sent as is over the simple protocol,
+        so several ``;``-separated statements are allowed and ``%`` needs no
+        escaping (as in psycopg).
+        """
+        self._check_usable()
+        self._busy = True
+        try:
+            self._send(query, params)
+            results = await self._roundtrip()
+        finally:
+            self._busy = False
+            self.last_used_at = trio.current_time()
+        return self._build_result(results, row_factory)
+
+    def _check_usable(self) -> None:
+        if self._busy:
+            raise psycopg.InterfaceError("another query is already running on this connection")
+        if self.broken:
+            raise ConnectionLost("the connection is closed", statement_sent=False)
+
+    def _send(self, query: Any, params: Any) -> None:
+        """Bind and hand the query to libpq, not yet flushed.
+
+        Bind errors (wrong parameter count, unadaptable value) are raised
+        before anything touches the connection.
+        """
+        self._flushed = False
+        values: Sequence[Any] = ()
+        if params is None:
+            sql = _query_bytes(self._conn, query)
+        else:
+            sql, values, types, formats = _bind_server_side(self._conn, query, params)
+        self._check_alive()
+        try:
+            if values:
+                self._pgconn.send_query_params(sql, values, types, formats)
+            else:
+                self._pgconn.send_query(sql)  # simple protocol: allows several statements
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc, statement_sent=False) from exc
+
+    def _check_alive(self) -> None:
+        """Notice a connection the server dropped while we were idle, before sending.
+
+        That failure is then safely retriable (``statement_sent=False``)
+        instead of "outcome unknown". Costs one non-blocking recv.
+        """
+        try:
+            self._pgconn.consume_input()  # EOF raises here
+            self._pgconn.is_busy()  # parses what was read: runs the notice handler
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc, statement_sent=False) from exc
+        if self._goodbyes:
+            raise self._lost_before_send(self._goodbyes[0])
+
+    async def _roundtrip(self) -> list[pq.abc.PGresult]:
+        try:
+            await self._flush()
+            self._flushed = True
+            return await self._fetch_results()
+        except trio.Cancelled:
+            await self._abandon_query()
+            raise
+        except (psycopg.OperationalError, trio.ClosedResourceError, OSError) as exc:
+            raise self._lost(exc, statement_sent=self._flushed) from exc
+        except BaseException:
+            self.close_now()  # e.g. KeyboardInterrupt: protocol state unknown
+            raise
+
+    async def _flush(self) -> None:
+        pgconn = self._pgconn
+        while pgconn.flush():  # 1 = output left over, the socket buffer is full
+            # Read whatever arrived meanwhile, so a server that is writing to
+            # us can't block us both.
+            pgconn.consume_input()
+            await trio.lowlevel.wait_writable(self._sock)
+
+    async def _fetch_results(self) -> list[pq.abc.PGresult]:
+        """Collect results until libpq reports the end of the query cycle."""
+        pgconn = self._pgconn
+        results: list[pq.abc.PGresult] = []
+        while True:
+            try:
+                while pgconn.is_busy():
+                    await trio.lowlevel.wait_readable(self._sock)
+                    pgconn.consume_input()
+            except psycopg.OperationalError:
+                # The server often says why (e.g. 57P01) and then closes:
+                # keep its error rather than libpq's "connection closed".
+                if any(r.status == _FATAL_ERROR for r in results):
+                    return results
+                raise
+            result = pgconn.get_result()
+            if result is None:
+                return results
+            results.append(result)
+            if result.status in _COPY_STATES:
+                return results  # libpq would hand out COPY results forever
+
+    def _build_result(
+        self, results: list[pq.abc.PGresult], row_factory: Callable[[Any], Any] | None
+    ) -> QueryResult:
+        encoding = self._conn.info.encoding  # "utf-8" once the connection is gone
+        failed = next((r for r in results if r.status == _FATAL_ERROR), None)
+        if self.broken or self._pgconn.status != _OK:
+            raise self._lost_after_result(failed, encoding)
+        if failed is not None:
+            raise _error_from_result(failed, encoding)
+        if not results:
+            raise psycopg.InternalError("the server returned no result")
+        last = results[-1]
+        if last.status in _COPY_STATES:
+            self.close_now()  # mid-COPY: no cheap way back to idle
+            raise psycopg.NotSupportedError("COPY is not supported by PgConnection")
+        if last.status not in _DONE_STATES:
+            raise psycopg.InternalError(
+                f"unexpected result status {pq.ExecStatus(last.status).name}"
+            )
+        return _load_result(self._conn, last, encoding, row_factory)
+
+    # ---- failure handling ------------------------------------------------------
+
+    def _lost(self, exc: BaseException, *, statement_sent: bool) -> ConnectionLost:
+        self.close_now()
+        logger.debug("Database connection lost (backend {})", self.backend_pid)
+        if isinstance(exc, psycopg.Error):
+            message = str(exc).strip() or "connection lost"
+        else:
+            message = "the connection was closed while a query was in progress"
+        return ConnectionLost(message, statement_sent=statement_sent)
+
+    def _lost_before_send(self, goodbye: tuple[str | None, str | None]) -> ConnectionLost:
+        sqlstate, message = goodbye
+        lost = self._lost(
+            psycopg.OperationalError(message or "the server closed the connection"),
+            statement_sent=False,
+        )
+        lost.sqlstate = sqlstate
+        return lost
+
+    def _lost_after_result(self, failed: pq.abc.PGresult | None, encoding: str) -> ConnectionLost:
+        self.close_now()
+        logger.debug("Database connection lost (backend {})", self.backend_pid)
+        if failed is None:
+            return ConnectionLost("server closed the connection unexpectedly")
+        lost = _error_from_result(failed, encoding, cls=ConnectionLost)
+        lost.__cause__ = _error_from_result(failed, encoding)
+        return lost
+
+    async def _abandon_query(self) -> None:
+        """The caller was cancelled mid-query: stop the server and get back to idle, or close.
+
+        Runs shielded and bounded by ``cancel_timeout_s``.
+        """
+        if not self._flushed:
+            # Half-sent message: the server can't run it, but the protocol is
+            # out of step; dropping the connection is the clean way out.
+            self.close_now()
+            return
+        with trio.move_on_after(self._cancel_timeout_s, shield=True):
+            try:
+                while True:
+                    await self._send_cancel_request()
+                    with trio.move_on_after(_CANCEL_RETRY_S):
+                        await self._fetch_results()  # discard: usually 57014
+                        break
+            except (psycopg.Error, trio.ClosedResourceError, OSError):
+                pass
+        status = self._pgconn.transaction_status
+        if self._pgconn.status != _OK or status == _ACTIVE:
+            logger.debug(
+                "Database query could not be cancelled in time (backend {})", self.backend_pid
+            )
+            self.close_now()
+
+    async def _send_cancel_request(self) -> None:
+        if not _HAS_CANCEL_CONN:
+            cancel = self._pgconn.get_cancel()
+            await trio.to_thread.run_sync(cancel.cancel, abandon_on_cancel=True)
+            return
+        cancel = self._pgconn.cancel_conn()
+        try:
+            cancel.start()
+            while (status := cancel.poll()) != _POLL_OK:
+                if status == _POLL_READING:
+                    await trio.lowlevel.wait_readable(cancel.socket)
+                elif status == _POLL_WRITING:
+                    await trio.lowlevel.wait_writable(cancel.socket)
+                else:
+                    raise psycopg.OperationalError(
+                        f"cancel request failed: {cancel.get_error_message().strip()}"
+                    )
+        finally:
+            cancel.finish()

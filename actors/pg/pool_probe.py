@@ -1,0 +1,116 @@
+"""Recovery without traffic: the monitor's probe, run through the pool, is the breakers' trial.
+
+Theory of operation. A breaker leaves HALF_OPEN only on the outcome of a trial call. A
+service that gets no traffic makes none, so it would stay HALF_OPEN (and health 206)
+forever. After each monitor probe, `PoolProbe.run` asks every breaker of a tier that
+guards database work (`guards_database`, all four by default) that is not CLOSED for a
+trial permit; if it got any, it runs `SELECT 1` *through the pool* — a pooled connection
+from the admission queue, replaced by a fresh one if it is dead, connecting even while
+the pool backs off (`probe=True`) — and reports that one outcome to each of them. So a
+close means the pool works, not only the monitor's own connection; a failure re-opens
+(a fresh recovery timer). An idle service is CLOSED within `recovery_timeout_s` plus one
+probe interval (times `success_threshold` if that is more than 1).
+
+Probes are not callers' calls: they do not show in the per-tier call metrics. Without
+any breaker to try (the usual case) a probe costs nothing: no slot, no connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from loguru import logger
+
+from actors.pg.connection import ConnectionLost
+from messages.config import Priority
+from messages.errors import CircuitOpen, Refused, breaker_verdict
+
+log = logger.bind(actor="monitor")
+
+
+class PoolProbe:
+    def __init__(self, db: Any, breakers: dict[str, Any], tiers: dict[str, Any], timeout_s: float) -> None:
+        self._db, self._timeout_s = db, timeout_s
+        self._breakers = [breakers[t] for t, cfg in tiers.items() if cfg.guards_database and t in breakers]
+        self.runs = 0
+
+    async def _trials(self) -> list[tuple[Any, int]]:
+        """A trial permit from every guarding breaker that is not CLOSED and will give one."""
+        trials = []
+        for breaker in self._breakers:
+            if breaker.state == "closed":
+                continue
+            try:
+                trial, epoch = await breaker.permit()
+            except CircuitOpen:  # still within its recovery timeout, or its trials are taken
+                continue
+            except Refused:  # shutting down
+                return trials
+            if trial:
+                trials.append((breaker, epoch))
+        return trials
+
+    async def run(self) -> None:
+        """One probe: trial permits, one pooled `SELECT 1`, the outcome to every trial."""
+        if not self._db.configured:
+            return
+        trials = await self._trials()
+        if not trials:
+            return
+        self.runs += 1
+        t0 = trio.current_time()
+        exc_out: BaseException | None = None
+        try:
+            await self._select_1()
+        except BaseException as exc:
+            exc_out = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            duration = trio.current_time() - t0
+            for breaker, epoch in trials:
+                await breaker.report(_verdict(exc_out, breaker.ignore), True, epoch, duration)
+        if exc_out is not None:
+            log.info("Database pool probe failed: {error}", error=type(exc_out).__name__)
+
+    async def _select_1(self) -> None:
+        from actors.pg.database import _Lease
+
+        lease = _Lease(self._db, None)
+        # Waiting for a slot is bounded by the queue (QueueTimeout: no verdict); the rest,
+        # connecting and the query, by the probe timeout (TooSlowError: a failure).
+        lease.token, admitted = await self._db._queue.admit(
+            Priority.CRITICAL, self._timeout_s, conn=True, probe=True)
+        try:
+            with trio.fail_after(self._timeout_s):
+                conn = await lease._connection(admitted)
+                try:
+                    await conn.execute("SELECT 1")
+                except ConnectionLost as exc:
+                    if exc.statement_sent:
+                        raise
+                    conn = await lease.reconnect()  # a pooled connection that died idle
+                    await conn.execute("SELECT 1")
+        finally:
+            _give_back(lease)
+
+
+def _give_back(lease: Any) -> None:
+    conn, lease.conn = lease.conn, None
+    keep = conn is not None and not conn.broken and not conn.in_transaction
+    if conn is not None and not keep:
+        conn.close_now()
+    sent = lease.db._queue.release(lease.token, conn=conn if keep else None,
+                                   discarded=lease.counted and not keep,
+                                   connect_failed=lease.connect_failed,
+                                   connect_limited=lease.connect_limited)
+    if not sent and conn is not None:
+        conn.close_now()
+
+
+def _verdict(exc: BaseException | None, ignore: tuple) -> str:
+    """A probe refused by the queue (full, timed out, shutting down) is no verdict on the database."""
+    if isinstance(exc, Refused):
+        return "abandoned"
+    return breaker_verdict(exc, ignore)

@@ -1,0 +1,282 @@
+"""psycopg glue for `actors.pg.connection`: everything here depends on psycopg's behaviour.
+
+Binding parameters, loading results, building psycopg's own exceptions from a failed
+result, and connecting non-blocking (host names resolved by trio, the DSN and password
+scrubbed from every message). The psycopg internals used are each isolated in one
+function here and pinned by a `test_pgconn_internals_*` test.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+import psycopg
+import psycopg.errors
+import trio
+from psycopg import pq
+from psycopg.adapt import Transformer
+from psycopg.conninfo import conninfo_to_dict
+
+_OK = pq.ConnStatus.OK
+_BAD = pq.ConnStatus.BAD
+_POLL_OK = pq.PollingStatus.OK
+_POLL_READING = pq.PollingStatus.READING
+_POLL_WRITING = pq.PollingStatus.WRITING
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+_COPY_STATES = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
+_DONE_STATES = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
+_IDLE = pq.TransactionStatus.IDLE
+_ACTIVE = pq.TransactionStatus.ACTIVE
+_SQLSTATE = pq.DiagnosticField.SQLSTATE
+_MESSAGE_PRIMARY = pq.DiagnosticField.MESSAGE_PRIMARY
+
+# PQcancelCreate (non-blocking cancel) exists from libpq 17; older libpqs only
+# have the blocking PQcancel, which we then run in a thread.
+_HAS_CANCEL_CONN = pq.version() >= 170000
+
+# After a cancel request, how long to wait for the server to answer before
+# sending another one (a cancel that lands before the query starts is ignored).
+_CANCEL_RETRY_S = 0.25
+
+
+class QueryResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The last result of a query (a multi-statement string yields the last)."""
+
+    rows: list[Any]
+    status: str  # command tag: "SELECT 1", "UPDATE 3", "BEGIN"
+    rowcount: int  # rows affected/returned; -1 when the command has no count
+    columns: list[str]
+
+
+# ---- psycopg glue: everything here depends on psycopg's behaviour ---------------
+
+
+def _collect_fatal(
+    sink: list[tuple[str | None, str | None]], diag: psycopg.errors.Diagnostic
+) -> None:
+    # libpq hands a server error that arrives while idle to the notice
+    # processor, and psycopg on to us. Copy the fields now: the Diagnostic
+    # is only valid during this call.
+    if diag.severity_nonlocalized in ("FATAL", "PANIC"):
+        sink.append((diag.sqlstate, diag.message_primary))
+
+
+def _wrap_pgconn(pgconn: pq.abc.PGconn) -> psycopg.Connection[Any]:
+    """A ``psycopg.Connection`` around a live PGconn: the adaptation context.
+
+    psycopg's adapters, transformers and ``Column`` expect a connection (for
+    encoding, DateStyle, TimeZone, server version). The constructor taking a
+    PGconn is what ``Connection.connect`` itself uses, but it is not a
+    documented entry point: guarded by test_pgconn_internals_*.
+    """
+    return psycopg.Connection(pgconn)
+
+
+def _bind_server_side(
+    conn: psycopg.Connection[Any], query: Any, params: Sequence[Any] | dict[str, Any]
+) -> tuple[bytes, Sequence[Any], Sequence[int], Sequence[pq.Format]]:
+    """Convert ``%s`` / ``%(name)s`` to ``$n`` and dump the values, as ``psycopg.Cursor`` does.
+
+    Server-side binding keeps psycopg's types (a float stays float8; with
+    client-side quoting ``1.5`` becomes numeric) and keeps values out of the
+    SQL text the server shows in pg_stat_activity and its logs.
+    INTERNAL: ``psycopg._queries.PostgresQuery`` is psycopg's own converter
+    (there is no public one). Guarded by test_pgconn_internals_*.
+    """
+    from psycopg._queries import PostgresQuery
+
+    pgq = PostgresQuery(Transformer(conn))
+    pgq.convert(query, params)
+    return pgq.query, pgq.params or (), pgq.types, pgq.formats or ()
+
+
+def _query_bytes(conn: psycopg.Connection[Any], query: Any) -> bytes:
+    if isinstance(query, str):
+        return query.encode(conn.info.encoding)
+    if isinstance(query, bytes):
+        return query
+    return query.as_bytes(conn)  # psycopg.sql.Composable
+
+
+def _error_from_result(
+    result: pq.abc.PGresult, encoding: str, cls: type[psycopg.Error] | None = None
+) -> Any:
+    """psycopg's exception for a failed result, with ``.diag``/``.sqlstate``.
+
+    The message is the primary message only: DETAIL and CONTEXT may quote
+    parameter values, and messages end up in logs (they stay in ``.diag``).
+    ``info=`` is how psycopg attaches the result (not documented):
+    guarded by test_pgconn_internals_*.
+    """
+    sqlstate = (result.error_field(_SQLSTATE) or b"").decode("ascii", "replace")
+    primary = result.error_field(_MESSAGE_PRIMARY)
+    if primary is not None:
+        message = primary.decode(encoding, "replace")
+    else:
+        message = result.get_error_message(encoding).strip()
+    return (cls or _error_class(sqlstate))(message, info=result, encoding=encoding)
+
+
+def _error_class(sqlstate: str) -> type[psycopg.Error]:
+    """The class for a SQLSTATE, else the class of its category (e.g. 22xxx -> 22000)."""
+    for code in (sqlstate, sqlstate[:2] + "000"):
+        try:
+            return psycopg.errors.lookup(code)
+        except KeyError:
+            pass
+    return psycopg.DatabaseError
+
+
+class _ResultCursor:
+    """The slice of a psycopg cursor that row factories and ``Column`` read.
+
+    psycopg 3.3's ``dict_row``/``namedtuple_row``/``class_row`` read
+    ``pgresult`` and ``_encoding``; ``Column`` also reads ``adapters``.
+    Guarded by the row-factory tests.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], result: pq.abc.PGresult, encoding: str):
+        self.connection = conn
+        self.adapters = conn.adapters
+        self.pgresult = result
+        self._encoding = encoding
+
+    @property
+    def description(self) -> list[psycopg.Column]:
+        return [psycopg.Column(self, i) for i in range(self.pgresult.nfields)]  # type: ignore[arg-type]
+
+
+def _load_result(
+    conn: psycopg.Connection[Any],
+    result: pq.abc.PGresult,
+    encoding: str,
+    row_factory: Callable[[Any], Any] | None,
+) -> QueryResult:
+    status = (result.command_status or b"").decode(encoding, "replace")
+    rowcount = result.command_tuples
+    if result.status != _TUPLES_OK:
+        return QueryResult(
+            rows=[], status=status, rowcount=-1 if rowcount is None else rowcount, columns=[]
+        )
+    tx = Transformer(conn)
+    tx.set_pgresult(result)
+    # tuple itself (not an equivalent function) hits psycopg's C fast path.
+    make_row = tuple if row_factory is None else row_factory(_ResultCursor(conn, result, encoding))
+    rows = tx.load_rows(0, result.ntuples, make_row)
+    columns = [(result.fname(i) or b"").decode(encoding, "replace") for i in range(result.nfields)]
+    return QueryResult(rows=rows, status=status, rowcount=result.ntuples, columns=columns)
+
+
+# ---- connecting ------------------------------------------------------------------
+
+
+def _conninfo_params(dsn: str, application_name: str) -> tuple[dict[str, Any], list[str]]:
+    """Parse the DSN; return its parameters and the strings never to show anyone."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        # libpq quotes the offending fragment, which may be the password.
+        failure = psycopg.OperationalError(f"invalid connection string: {_redact_quoted(str(exc))}")
+    else:
+        params["application_name"] = application_name
+        password = str(params.get("password") or "")
+        secrets = [s for s in (dsn, password, quote(password), quote(password, safe="")) if s]
+        return params, secrets
+    raise failure  # outside the except block: no __context__ holding the DSN
+
+
+def _redact_quoted(message: str) -> str:
+    parts = message.split('"')
+    return '"'.join(p if i % 2 == 0 else "***" for i, p in enumerate(parts)).strip()
+
+
+def _scrub(message: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        message = message.replace(secret, "***")
+    return message
+
+
+async def _resolve_hosts(params: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+    """Resolve host names with trio and pass libpq numeric ``hostaddr``s.
+
+    libpq resolves names with a blocking getaddrinfo inside connect_start /
+    connect_poll, which would stall every task. ``host`` stays, for TLS
+    verification and messages. Every address of every host is kept, in
+    order, so libpq still fails over between them.
+    """
+    if params.get("hostaddr"):
+        return params
+    hosts = str(params.get("host") or os.environ.get("PGHOST", "")).split(",")
+    if any(not h or h.startswith(("/", "@")) for h in hosts):
+        return params  # Unix-domain sockets: nothing to resolve
+    ports = str(params.get("port") or "").split(",")
+    port_per_host = len(hosts) > 1 and len(ports) == len(hosts)
+    out_hosts, out_addrs, out_ports = [], [], []
+    for i, host in enumerate(hosts):
+        for addr in await _addresses(host):
+            out_hosts.append(host)
+            out_addrs.append(addr)
+            out_ports.append(ports[i] if port_per_host else "")
+    if not out_addrs:
+        message = f'could not translate host name "{",".join(hosts)}" to address'
+        raise psycopg.OperationalError(_scrub(message, secrets))
+    resolved = {**params, "host": ",".join(out_hosts), "hostaddr": ",".join(out_addrs)}
+    if port_per_host:
+        resolved["port"] = ",".join(out_ports)
+    return resolved
+
+
+async def _addresses(host: str) -> list[str]:
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    try:
+        infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def _connect_pgconn(conninfo: bytes, secrets: list[str]) -> pq.abc.PGconn:
+    """libpq's non-blocking connect, waiting on the socket with trio."""
+    pgconn = pq.PGconn.connect_start(conninfo)
+    try:
+        while True:
+            if pgconn.status == _BAD:
+                raise _connect_error(pgconn, secrets)
+            status = pgconn.connect_poll()
+            if status == _POLL_OK:
+                break
+            # libpq may switch sockets between attempts: re-read it each time.
+            if status == _POLL_READING:
+                await trio.lowlevel.wait_readable(pgconn.socket)
+            elif status == _POLL_WRITING:
+                await trio.lowlevel.wait_writable(pgconn.socket)
+            else:
+                raise _connect_error(pgconn, secrets)
+    except BaseException:
+        pgconn.finish()
+        raise
+    pgconn.nonblocking = 1  # so send/flush never block the trio thread
+    return pgconn
+
+
+def _connect_error(pgconn: pq.abc.PGconn, secrets: list[str]) -> psycopg.OperationalError:
+    # Never attach pgconn (it exposes .password) to the exception.
+    message = _scrub(pgconn.get_error_message("utf-8").strip(), secrets)
+    return psycopg.OperationalError(f"connection failed: {message}")
+
+
+def _to_ms(seconds: float) -> int:
+    if seconds < 0:
+        raise ValueError("statement_timeout_s must be >= 0")
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0

@@ -1,0 +1,320 @@
+"""`mon.db` against a real PostgreSQL: guards, pool, transactions, cancellation, failures.
+
+Real time with short explicit timeouts (MockClock cannot drive real sockets).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import psycopg
+import psycopg.errors
+import pytest
+import trio
+from psycopg.rows import dict_row
+
+from actors import CircuitOpen, open_monitoring
+from actors.pg.connection import ConnectionLost, PgConnection
+from actors.pg.database import DatabaseNotConfigured, QueryTimeout
+from messages.config import Config, DatabaseConfig, Priority, QueueConfig
+
+
+def config_for(url: str, **db) -> Config:
+    app = db.pop("application_name", f"triage-test-{uuid.uuid4().hex[:8]}")
+    return Config(database_url=url, database=DatabaseConfig(application_name=app, **db))
+
+
+async def backends(url: str, app: str, state: str | None = None) -> int:
+    async with await PgConnection.connect(url) as conn:
+        sql = "select count(*) from pg_stat_activity where application_name = %s"
+        params: list = [app]
+        if state:
+            sql += " and state = %s"
+            params.append(state)
+        return (await conn.execute(sql, params)).rows[0][0]
+
+
+@pytest.fixture
+async def table(database_url):
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    async with await PgConnection.connect(database_url) as conn:
+        await conn.execute(f"create table {name} (id int primary key, note text, qty int not null default 0)")
+    yield name
+    async with await PgConnection.connect(database_url) as conn:
+        await conn.execute(f"drop table if exists {name}")
+
+
+async def test_db_fetch_variants_and_types_round_trip(database_url):
+    async with open_monitoring(config_for(database_url)) as mon:
+        values = [42, 1.5, Decimal("12.345"), "tëxt", b"\x00\x01", True, None, dt.date(2024, 1, 2),
+                  dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), uuid.UUID(int=7), [1, 2, 3]]
+        row = await mon.db.fetchrow("select " + ", ".join(["%s"] * len(values)), values)
+        assert list(row) == values
+        assert await mon.db.fetchval("select %(a)s::int + %(b)s::int", {"a": 2, "b": 3}) == 5
+        rows = await mon.db.fetch("select g as n from generate_series(1, 3) g", row_factory=dict_row)
+        assert rows == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert await mon.db.fetchrow("select 1 where false") is None
+        assert await mon.db.execute("select 1") == "SELECT 1"
+        snap = await mon.snapshot()
+        assert snap.breakers["database"].successes == 5 and snap.queue.in_flight == 0
+
+
+async def test_db_caller_errors_are_psycopg_classes_and_do_not_trip(database_url, table):
+    async with open_monitoring(config_for(database_url)) as mon:
+        await mon.db.execute(f"insert into {table} (id) values (1)")
+        with pytest.raises(psycopg.errors.UniqueViolation) as info:
+            await mon.db.execute(f"insert into {table} (id) values (1)")
+        assert info.value.sqlstate == "23505"
+        for _ in range(10):
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                await mon.db.fetch("select * from no_such_table_here")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await mon.db.fetchval("select 1/0")
+        snap = (await mon.snapshot()).breakers["database"]
+        assert (snap.state, snap.failures, snap.ignored) == ("closed", 0, 12)
+        assert await mon.db.fetchval(f"select count(*) from {table}") == 1
+
+
+async def test_db_transaction_commits_and_rolls_back(database_url, table):
+    async with open_monitoring(config_for(database_url)) as mon:
+        async with mon.db.transaction(priority=Priority.CRITICAL, tier="critical") as tx:
+            await tx.execute(f"insert into {table} (id, qty) values (1, 10)")
+            await tx.execute(f"update {table} set qty = qty - 1 where id = 1")
+            assert await tx.fetchval(f"select qty from {table} where id = 1") == 9
+        with pytest.raises(RuntimeError):
+            async with mon.db.transaction() as tx:
+                await tx.execute(f"insert into {table} (id) values (2)")
+                raise RuntimeError("the caller changed its mind")
+        with trio.move_on_after(0.2):
+            async with mon.db.transaction() as tx:
+                await tx.execute(f"insert into {table} (id) values (3)")
+                await trio.sleep_forever()
+        assert await mon.db.fetch(f"select id, qty from {table} order by id") == [(1, 9)]
+        snap = await mon.snapshot()
+        assert snap.queue.in_flight == 0
+
+
+async def test_db_timeout_cancels_query_and_frees_backend(database_url):
+    cfg = config_for(database_url)
+    app = cfg.database.application_name
+    async with open_monitoring(cfg) as mon:
+        with pytest.raises(QueryTimeout) as info:
+            await mon.db.fetchval("select pg_sleep(60)", timeout_s=0.5)
+        assert info.value.retriable is False
+        with trio.fail_after(2):
+            while await backends(database_url, app, "active"):
+                await trio.sleep(0.05)
+        assert await mon.db.fetchval("select 7") == 7
+
+
+async def test_db_terminated_backend_gives_one_error_then_recovers(database_url):
+    cfg = config_for(database_url)
+    app = cfg.database.application_name
+    async with open_monitoring(cfg) as mon:
+        assert await mon.db.fetchval("select 1") == 1
+
+        async def killer():
+            async with await PgConnection.connect(database_url) as conn:
+                with trio.fail_after(5):
+                    while not await backends(database_url, app, "active"):
+                        await trio.sleep(0.02)
+                await conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                                   "where application_name = %s and state = 'active'", [app])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(killer)
+            with pytest.raises(psycopg.OperationalError) as info:
+                await mon.db.fetchval("select pg_sleep(10)")
+        assert isinstance(info.value, ConnectionLost)
+        assert info.value.retriable is False  # the statement had been sent: outcome unknown
+        assert await mon.db.fetchval("select 2") == 2
+
+
+async def test_db_idle_connection_killed_is_retried_transparently(database_url):
+    cfg = config_for(database_url)
+    app = cfg.database.application_name
+    async with open_monitoring(cfg) as mon:
+        assert await mon.db.fetchval("select 1") == 1
+        async with await PgConnection.connect(database_url) as conn:
+            await conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                               "where application_name = %s", [app])
+        with trio.fail_after(5):
+            while await backends(database_url, app):
+                await trio.sleep(0.02)
+        assert await mon.db.fetchval("select 3") == 3
+
+
+async def test_db_hundred_callers_never_exceed_pool_size(database_url):
+    cfg = config_for(database_url)
+    app = cfg.database.application_name
+    seen: list[int] = []
+    async with open_monitoring(cfg) as mon:
+        async def caller(i: int):
+            assert await mon.db.fetchval("select %s::int from pg_sleep(0.02)", [i]) == i
+
+        async def watch(stop: trio.Event):
+            while not stop.is_set():
+                seen.append(await backends(database_url, app))
+                await trio.sleep(0.01)
+
+        stop = trio.Event()
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(watch, stop)
+            async with trio.open_nursery() as nursery:
+                for i in range(100):
+                    nursery.start_soon(caller, i)
+            stop.set()
+        snap = await mon.snapshot()
+    assert max(seen) <= 8 and max(seen) >= 2
+    assert snap.queue.admitted == 100 and snap.queue.in_flight == 0
+
+
+async def test_db_down_opens_breaker_after_threshold(database_url):
+    cfg = Config(database_url="postgresql://postgres@127.0.0.1:1/test",
+                 queue=QueueConfig(max_concurrent=2))
+    async with open_monitoring(cfg) as mon:
+        errors = []
+        for _ in range(5):
+            with pytest.raises(psycopg.OperationalError) as info:
+                await mon.db.fetchval("select 1")
+            errors.append(info.value)
+        assert all(getattr(e, "retriable", False) for e in errors)
+        await mon.breakers["database"].wait_state("open")
+        with pytest.raises(CircuitOpen):
+            await mon.db.fetchval("select 1")
+
+
+async def test_db_not_configured_is_a_clear_error():
+    async with open_monitoring(Config()) as mon:
+        with pytest.raises(DatabaseNotConfigured, match="DATABASE_URL"):
+            await mon.db.fetchval("select 1")
+
+
+async def test_db_canary_password_never_emitted(database_url):
+    """Connect and query failures with a password in the DSN: it appears in no error, log
+    line, snapshot, health report or event."""
+    import io
+
+    import msgspec
+    from loguru import logger
+
+    canary = "CANARY-pw-7f3a9"
+    sink = io.StringIO()
+    handler = logger.add(sink, level="DEBUG", serialize=True, diagnose=False)
+    logger.enable("actors")
+    emitted: list[str] = []
+    try:
+        cfg = Config(database_url=f"postgresql://postgres:{canary}@127.0.0.1:1/test", health_check_interval_s=0.2)
+        async with open_monitoring(cfg) as mon, mon.events(1024) as events:
+            for _ in range(8):
+                try:
+                    await mon.db.fetchval("select %s::text", [canary])
+                except Exception as exc:
+                    emitted += [str(exc), repr(exc), str(exc.__cause__), str(exc.__context__)]
+            await mon.health_report.wait_value(lambda r: r.status == "unhealthy")
+            emitted.append(msgspec.json.encode(await mon.snapshot()).decode())
+            emitted.append(msgspec.json.encode(await mon.health(detailed=True)).decode())
+            emitted.append(msgspec.json.encode(await mon.db.metrics()).decode())
+            emitted.append(repr(mon.config))
+            while True:
+                try:
+                    emitted.append(msgspec.json.encode(events.receive_nowait()).decode())
+                except trio.WouldBlock:
+                    break
+    finally:
+        logger.remove(handler)
+        logger.disable("actors")
+    emitted.append(sink.getvalue())
+    assert len(emitted) > 10 and sink.getvalue()
+    assert not [e for e in emitted if canary in e]
+
+
+# --- an idle pool keeps min_idle connections (issue #10 item 13, pool part) ------------------
+
+async def test_database_sequential_calls_reuse_one_connection(database_url):
+    """One caller at a time needs one connection: ten calls in a row must not open eight."""
+    cfg = config_for(database_url)
+    async with open_monitoring(cfg) as mon:
+        for _ in range(10):
+            assert await mon.db.fetchval("select 1") == 1
+        assert await backends(database_url, cfg.database.application_name) == 1
+
+
+async def test_database_after_a_burst_the_idle_pool_shrinks_to_min_idle(database_url):
+    cfg = config_for(database_url)
+    cfg = Config(database_url=database_url, database=cfg.database,
+                 queue=QueueConfig(max_concurrent=8, min_idle=1, max_idle_s=0.5))
+    app = cfg.database.application_name
+    async with open_monitoring(cfg) as mon:
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(mon.db.fetchval, "select pg_sleep(0.1)")
+        assert await backends(database_url, app) == 8
+        with trio.fail_after(3.0):
+            while await backends(database_url, app) > 1:
+                await trio.sleep(0.1)
+        await trio.sleep(0.7)  # and the last one is kept: min_idle
+        assert await backends(database_url, app) == 1
+        assert await mon.db.fetchval("select 2") == 2  # the pool still works, and grows again
+        snap = await mon.queue.snapshot()
+        assert snap.pool.idle_closed == 7
+
+
+async def test_database_min_idle_zero_closes_every_idle_connection(database_url):
+    cfg = config_for(database_url)
+    cfg = Config(database_url=database_url, database=cfg.database,
+                 queue=QueueConfig(min_idle=0, max_idle_s=0.3))
+    async with open_monitoring(cfg) as mon:
+        assert await mon.db.fetchval("select 1") == 1
+        with trio.fail_after(3.0):
+            while await backends(database_url, cfg.database.application_name) > 0:
+                await trio.sleep(0.1)
+        assert await mon.db.fetchval("select 1") == 1
+
+
+async def test_database_reference_service_start_up_leaves_one_pooled_connection(database_url):
+    """Schema and seed at start-up, then a few requests one after another: one connection, not
+    a full pool (8 pooled + the monitor's of the spec's 10 read as 90 %: degraded)."""
+    from examples.vet_tracker.harness import open_service
+
+    cfg = config_for(database_url)
+    async with open_service(cfg) as svc:
+        for _ in range(5):
+            status, _ = await svc.send("GET", "/api/animals", None, {})
+            assert status in (200, 401)
+        assert await backends(database_url, cfg.database.application_name) == 1
+
+
+async def test_database_server_at_its_connection_limit_is_backpressure_not_a_breaker_failure(database_url):
+    """Another client takes every free connection of the server. The lazy pool holds one
+    connection; callers that would need a new one are refused before any SQL was sent
+    (`ConnectionLimitReached`: retriable, a `Refused`), the breaker stays CLOSED, and the
+    connection the pool holds keeps serving."""
+    from actors.faults import exhausted_connections
+    from actors.pg.database import ConnectionLimitReached
+
+    cfg = Config(database_url=database_url, database=DatabaseConfig(application_name="triage-limit-test"))
+    outcomes: list[str] = []
+
+    async def call() -> None:
+        try:
+            await mon.db.fetchval("select pg_sleep(0.05)")
+            outcomes.append("ok")
+        except ConnectionLimitReached as exc:
+            assert exc.retriable is True and exc.retry_after_s > 0
+            outcomes.append("limited")
+
+    with trio.fail_after(30):
+        async with open_monitoring(cfg) as mon:
+            assert await mon.db.fetchval("select 1") == 1   # the pool holds one connection
+            async with exhausted_connections(database_url):
+                for _ in range(3):
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(8):
+                            nursery.start_soon(call)
+                assert mon.breakers["database"].state == "closed"
+                assert "limited" in outcomes and "ok" in outcomes
+            assert await mon.db.fetchval("select 2") == 2
+            assert mon.breakers["database"].state == "closed"
