@@ -1,20 +1,35 @@
 """Triage: a resilience and monitoring kernel for trio services on PostgreSQL.
 
-    from actors import open_monitoring
-    from messages.config import Config, Priority
+    from actors import Config, Priority, open_monitoring
 
-The public names are loaded on first use (PEP 562), so `messages` can import
-`messages.errors` without pulling in the whole system.
+This module is the whole public API, in one import: the entry points, the handle, the
+configuration, every error a caller can meet, and the snapshot and event values a caller
+reads. Names live in small private modules and are re-exported here; their `__module__`
+is rewritten to `actors` (trio's `fixup_module_metadata`), so a traceback says
+`actors.CircuitOpen`, the name to catch, not where it happens to be defined.
 """
-
-from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from actors.guard import FaultsDisabled
+from actors.handle import Monitoring
+from actors.limiter_core import UnknownPolicy
+from actors.pg.connection import ConnectionLost
+from actors.pg.database import (
+    ConnectionLimitReached,
+    DatabaseNotConfigured,
+    DatabaseUnavailable,
+    QueryTimeout,
+)
+from actors.system import FaultWiring, open_monitoring, run_monitoring
+from messages.config import Config, Priority
+from messages.database import DatabaseDown, DatabaseMetrics, DatabaseUp, ThresholdCleared, ThresholdViolated
 from messages.errors import (
     ActorCrashed,
     CircuitOpen,
     ConfigError,
+    InvalidArgument,
+    InvalidArgumentType,
     QueueCleared,
     QueueFull,
     QueueTimeout,
@@ -24,26 +39,51 @@ from messages.errors import (
     TriageError,
     UnknownTier,
 )
-
-if TYPE_CHECKING:
-    from actors.system import Monitoring, open_monitoring, run_monitoring
+from messages.events import ActorRestarted, BreakerTransition, MaintenanceChanged
+from messages.health import Alert, Degradation, HealthReport
+from messages.metrics import MetricsSnapshot, Percentiles, WindowStats
+from messages.snapshots import (
+    ActorStatus,
+    BreakerSnapshot,
+    LimiterSnapshot,
+    PolicyStats,
+    PoolSnapshot,
+    QueueSnapshot,
+    SystemSnapshot,
+)
 
 # A library stays quiet unless its host opts in: logger.enable("actors").
 logger.disable("actors")
 
-_LAZY = {"Monitoring", "open_monitoring", "run_monitoring"}
+ERRORS = (
+    ActorCrashed, CircuitOpen, ConfigError, ConnectionLimitReached, ConnectionLost,
+    DatabaseNotConfigured, DatabaseUnavailable, FaultsDisabled, InvalidArgument,
+    InvalidArgumentType, QueryTimeout, QueueCleared, QueueFull, QueueTimeout, RateLimited,
+    Refused, ShuttingDown, TriageError, UnknownPolicy, UnknownTier,
+)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from actors import system
+def _fixup_module_metadata(classes: tuple[type, ...]) -> None:
+    """Each error reads as its public name (`actors.CircuitOpen`) in tracebacks and reprs."""
+    for cls in classes:
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
 
-        return getattr(system, name)
-    raise AttributeError(f"module 'actors' has no attribute {name!r}")
 
+_fixup_module_metadata(ERRORS)
 
 __all__ = [
-    "ActorCrashed", "CircuitOpen", "ConfigError", "Monitoring", "QueueCleared", "QueueFull",
-    "QueueTimeout", "RateLimited", "Refused", "ShuttingDown", "TriageError", "UnknownTier",
-    "open_monitoring", "run_monitoring",
+    # entry points, the handle, configuration
+    "Config", "FaultWiring", "Monitoring", "Priority", "open_monitoring", "run_monitoring",
+    # errors
+    "ActorCrashed", "CircuitOpen", "ConfigError", "ConnectionLimitReached", "ConnectionLost",
+    "DatabaseNotConfigured", "DatabaseUnavailable", "FaultsDisabled", "InvalidArgument",
+    "InvalidArgumentType", "QueryTimeout", "QueueCleared", "QueueFull", "QueueTimeout",
+    "RateLimited", "Refused", "ShuttingDown", "TriageError", "UnknownPolicy", "UnknownTier",
+    # snapshots and events
+    "ActorRestarted", "ActorStatus", "Alert", "BreakerSnapshot", "BreakerTransition",
+    "DatabaseDown", "DatabaseMetrics", "DatabaseUp", "Degradation", "HealthReport",
+    "LimiterSnapshot", "MaintenanceChanged", "MetricsSnapshot", "Percentiles", "PolicyStats",
+    "PoolSnapshot", "QueueSnapshot", "SystemSnapshot", "ThresholdCleared", "ThresholdViolated",
+    "WindowStats",
 ]

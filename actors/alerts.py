@@ -17,6 +17,7 @@ a report, not a condition: it is never active.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable
 from typing import Any
@@ -91,9 +92,12 @@ def _message(rule: str, label: str | None, r: AlertRule, state: str = "firing") 
                                            clear_pct=r.clear_threshold * 100)
 
 
-def _alert(s: AlertState, alert_id: str, t: Track, state: str, now: float) -> Alert:
-    from actors.health import iso
+def iso(wall: float) -> str:
+    """A wall-clock instant as people read it: ISO 8601, milliseconds, UTC."""
+    return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+
+def _alert(s: AlertState, alert_id: str, t: Track, state: str, now: float) -> Alert:
     rule, label = _rule_of(alert_id)
     r = s.cfg.rules[rule]
     return Alert(id=alert_id, rule=rule, severity=r.severity, state=state,
@@ -135,8 +139,6 @@ def _evaluate(s: AlertState, now: float) -> tuple[AlertState, list]:
 def _summary(s: AlertState, now: float) -> tuple[AlertState, list]:
     if now < s.next_summary_at:
         return s, []
-    from actors.health import iso
-
     stamp = iso(s.wall(now))
     parts = ", ".join(f"{k}={v}" for k, v in s.summary.items()) or "no traffic yet"
     alert = Alert(id=SUMMARY, rule=SUMMARY, severity="info", state="firing", message=f"Trends: {parts}",

@@ -30,7 +30,6 @@ healthy otherwise.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +38,9 @@ import msgspec
 from actors import breaker as breaker_mod
 from actors import health_rules
 from actors import scheduler as scheduler_mod
+from actors.alerts import Sample, iso
 from actors.hysteresis import Track
+from actors.runtime.mailbox import AsyncValue
 from messages.config import Config
 from messages.health import Alert, Degradation, HealthReport
 from messages.snapshots import ActorStatus
@@ -63,10 +64,6 @@ class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
     alerts: tuple[Alert, ...] = ()
     started_at: float = 0.0
     idle_offers: int = 0                     # the scheduler's offered slots not yet taken
-
-
-def iso(wall: float) -> str:
-    return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _breaker_reasons(inputs: HealthInputs, now: float) -> list[Degradation]:
@@ -277,8 +274,6 @@ class HealthActor:
 
     def __init__(self, config: Config, sources: Sources, bus: Any, on_sample: Callable[[Any], None],
                  wall: Callable[[float], float], started_at: float) -> None:
-        from actors.runtime.mailbox import AsyncValue
-
         self.config, self.sources, self.bus = config, sources, bus
         self.on_sample, self.wall, self.started_at = on_sample, wall, started_at
         self.state = HealthState()
@@ -302,8 +297,6 @@ class HealthActor:
     def refresh(self, now: float) -> HealthReport:
         """Evaluate, publish, log a status change, and feed the alert rules."""
         from loguru import logger
-
-        from actors.alerts import Sample
 
         inputs = self.inputs()
         self.state, report = judge(self.state, inputs, self.config, now, self.wall)

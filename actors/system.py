@@ -19,8 +19,9 @@ import itertools
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -35,11 +36,15 @@ from actors import scheduler as scheduler_mod
 from actors.guard import BreakerHandle, QueueHandle
 from actors.handle import Monitoring
 from actors.health import METRICS_PERIOD_S, HealthActor, Sources
+from actors.monitor import DatabaseMonitor
 from actors.pg.database import Database
+from actors.pg.embedded import open_embedded
 from actors.pg.pool_idle import run_reaper
+from actors.pg.pool_probe import PoolProbe
 from actors.runtime.actor import SupervisedActor, supervise
 from actors.runtime.bus import EventBus
 from actors.runtime.mailbox import AsyncValue, Mailbox
+from actors.sinks.webhook import start_sinks
 from messages.commands import Replenish, Successes, Taken
 from messages.config import Config
 from messages.errors import ConfigError
@@ -52,7 +57,17 @@ METRICS_INBOX_SIZE = 4096
 
 log = logger.bind(actor="system")
 
-__all__ = ["Monitoring", "open_monitoring", "run_monitoring"]
+__all__ = ["FaultWiring", "Monitoring", "open_monitoring", "run_monitoring"]
+
+# (dsn, config, nursery) -> (the DSN the pool and the monitor use, the injector `mon.inject` uses)
+FaultWiring = Callable[[str, Config, trio.Nursery], Awaitable[tuple[str, Any]]]
+FAULT_LAYER = "actors.faults"
+
+
+async def _fault_layer(dsn: str, config: Config, nursery: trio.Nursery) -> tuple[str, Any]:
+    """Fault injection sits above the kernel: it is loaded by name, only when it is switched on
+    and the host did not hand one in, so the kernel never imports tooling."""
+    return await importlib.import_module(FAULT_LAYER).wire_faults(dsn, config, nursery)
 
 
 def _resolve(dotted: tuple[str, ...]) -> tuple[type[BaseException], ...]:
@@ -69,8 +84,9 @@ def _resolve(dotted: tuple[str, ...]) -> tuple[type[BaseException], ...]:
 class _Wiring:
     """What run_monitoring builds, kept together so each step is a short method."""
 
-    def __init__(self, config: Config, nursery: trio.Nursery) -> None:
+    def __init__(self, config: Config, nursery: trio.Nursery, faults: FaultWiring | None) -> None:
         self.config, self.nursery = config, nursery
+        self.faults = faults or _fault_layer
         self.now = trio.current_time()
         self.bus = EventBus()
         self.cells: dict[str, SupervisedActor] = {}
@@ -136,23 +152,11 @@ class _Wiring:
         if not dsn:
             return None, None
         if self.config.faults.enabled:
-            dsn = await self._fault_proxy(dsn)
-        from actors.monitor import DatabaseMonitor
-
+            dsn, self.injector = await self.faults(dsn, self.config, self.nursery)
         monitor = DatabaseMonitor(self.config, dsn, self.bus.emit,
                                   probe_timeout_s=self.config.database.probe_timeout_s)
         await self.nursery.start(monitor.run)
         return dsn, monitor
-
-    async def _fault_proxy(self, dsn: str) -> str:
-        """Route the pool and the monitor through a fault proxy; faults are injected there."""
-        from actors.faults import FaultInjector, FaultProxy, proxied_dsn
-
-        proxy = FaultProxy.for_dsn(dsn)
-        await self.nursery.start(proxy.run)
-        self.injector = FaultInjector(proxy, dsn, self.config.database.application_name, self.nursery,
-                                      behind_pooler=self.config.database.behind_pooler)
-        return proxied_dsn(dsn, proxy)
 
     async def alerts(self) -> tuple[Mailbox, AsyncValue]:
         inbox = Mailbox("alerts", INBOX_SIZE)
@@ -239,8 +243,6 @@ def _successes(n: int) -> Successes:
 
 async def _serve_embedded(data_dir: str | None, *,
                           task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    from actors.pg.embedded import open_embedded
-
     async with open_embedded(data_dir) as embedded:
         task_status.started(embedded.dsn)
         await trio.sleep_forever()
@@ -269,14 +271,17 @@ def _close_pool(cell: SupervisedActor) -> None:
             conn.close_now()
 
 
-async def run_monitoring(config: Config | None = None, *,
+async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | None = None,
                          task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    """Start the whole system in the caller's nursery; `task_status.started(Monitoring)`."""
+    """Start the whole system in the caller's nursery; `task_status.started(Monitoring)`.
+
+    `faults` wires fault injection in when `config.faults.enabled` (default: the fault layer's
+    `actors.faults.wire_faults`, loaded then by name)."""
     config = _with_instance_name(config or Config())
     cells: dict[str, SupervisedActor] = {}
     try:
         async with trio.open_nursery() as nursery:
-            w = _Wiring(config, nursery)
+            w = _Wiring(config, nursery, faults)
             cells = w.cells
             limiter = await w.limiter()
             breakers = await w.breakers()
@@ -287,8 +292,6 @@ async def run_monitoring(config: Config | None = None, *,
             dsn, monitor = await w.database()
             mon.db = Database(mon, config, dsn, monitor)
             if monitor is not None:  # HALF_OPEN breakers get their trial from the monitor's probe
-                from actors.pg.pool_probe import PoolProbe
-
                 monitor.pool_probe = PoolProbe(mon.db, breakers, config.tiers, monitor.probe_timeout_s).run
             await nursery.start(mon.db.watchdog.run)
             mon.injector = w.injector
@@ -297,8 +300,6 @@ async def run_monitoring(config: Config | None = None, *,
             mon.health_report = health.report
             mon._extra_actors = lambda: {"health": ActorStatus(
                 name="health", restarts=health.restarts, last_restart_at=None, running=True)}
-            from actors.sinks.webhook import start_sinks
-
             await start_sinks(config, mon, nursery)
             try:
                 task_status.started(mon)
@@ -330,12 +331,13 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 @asynccontextmanager
-async def open_monitoring(config: Config | None = None) -> AsyncIterator[Monitoring]:
+async def open_monitoring(config: Config | None = None, *,
+                          faults: FaultWiring | None = None) -> AsyncIterator[Monitoring]:
     """`async with open_monitoring(Config.from_env()) as mon:` — one nursery, one handle."""
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            mon = await nursery.start(run_monitoring, config)
+            mon = await nursery.start(partial(run_monitoring, config, faults=faults))
             try:
                 yield mon
             except BaseException as exc:  # re-raised below, outside the nursery's group

@@ -48,6 +48,8 @@ from typing import Any
 import trio
 from loguru import logger
 
+from messages.config import serving_database_url
+
 log = logger.bind(actor="embedded")
 
 _import_lock = threading.Lock()
@@ -150,8 +152,6 @@ def _embedded_dsn() -> Iterator[str]:
 @contextmanager
 def serving_database(environ: Mapping[str, str] | None = None) -> Iterator[str]:
     """The serving rule, for a script that needs a DSN: DATABASE_URL, else an embedded server."""
-    from messages.config import serving_database_url
-
     url = serving_database_url(environ)
     if url:
         yield url

@@ -23,6 +23,7 @@ import trio
 from loguru import logger
 
 from actors.pg.connection import ConnectionLost
+from actors.pg.database import _Lease
 from messages.config import Priority
 from messages.errors import CircuitOpen, Refused, breaker_verdict
 
@@ -75,8 +76,6 @@ class PoolProbe:
             log.info("Database pool probe failed: {error}", error=type(exc_out).__name__)
 
     async def _select_1(self) -> None:
-        from actors.pg.database import _Lease
-
         lease = _Lease(self._db, None)
         # Waiting for a slot is bounded by the queue (QueueTimeout: no verdict); the rest,
         # connecting and the query, by the probe timeout (TooSlowError: a failure).
