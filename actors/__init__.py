@@ -23,7 +23,13 @@ from actors.pg.database import (
 )
 from actors.system import FaultWiring, open_monitoring, run_monitoring
 from messages.config import Config, Priority
-from messages.database import DatabaseDown, DatabaseMetrics, DatabaseUp, ThresholdCleared, ThresholdViolated
+from messages.database import (
+    DatabaseDown,
+    DatabaseMetrics,
+    DatabaseUp,
+    ThresholdCleared,
+    ThresholdViolated,
+)
 from messages.errors import (
     ActorCrashed,
     CircuitOpen,

@@ -1,13 +1,23 @@
-"""`triage serve`: the reference service behind the monitoring kernel, on hypercorn's trio worker.
+"""`triage serve`: a service behind the monitoring kernel, on hypercorn's trio worker.
 
-    triage serve [--host HOST] [--port PORT] [--config FILE.toml]
+    triage serve [--app MODULE:FACTORY] [--host HOST] [--port PORT] [--config FILE.toml]
+
+`--app` names the service: a factory `FACTORY(mon, http) -> ASGI app`, called with the
+running `Monitoring` handle and the edge's `HttpConfig`, normally returning
+`actors.http.app.create_app(mon, http, service=...)`. The default,
+`examples.vet_tracker.app:create`, is the reference service, which runs from a checkout
+only (it is not in the wheel); installed from a wheel, pass `--app`.
 
 Configuration comes from the environment (`Config.from_env`, `HttpConfig.from_env`,
 `LogConfig.from_env`); `--config` names the kernel's TOML file (as `TRIAGE_CONFIG`
 does), `--host` / `--port` override `HOST` / `PORT`. `DATABASE_URL` is checked first (a bad one is
 an error naming the variable, never showing its value). Without it an embedded
-PostgreSQL is started for the run -- for development and tests only: with
-`NODE_ENV=production`, no `DATABASE_URL` is a start-up error.
+PostgreSQL is started for the run (serve asks for it, as `TRIAGE_EMBEDDED_DB=1` would) --
+for development and tests only: with `NODE_ENV=production`, no `DATABASE_URL` is a
+start-up error.
+
+The HTTP edge (the `http` extra: starlette, hypercorn, prometheus_client) is imported when
+`serve` runs, so `triage --help` works with the kernel alone.
 
 SIGINT (Ctrl-C) or SIGTERM: stop accepting, give requests in flight
 `SHUTDOWN_GRACE_PERIOD` to finish, answer the rest 503, stop. A second signal
@@ -18,33 +28,39 @@ anything else (logged, redacted).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import hypercorn.trio
 import trio
 from loguru import logger
 from msgspec.structs import replace
 
-from actors.http.app import create_app, hypercorn_config
 from actors.logs import Redactor, setup_logging, std_logger
 from actors.system import open_monitoring
-from examples.vet_tracker.service import DemoService
 from messages.config import Config
 from messages.errors import ConfigError
 from messages.http_config import HttpConfig, LogConfig
 
 log = logger.bind(actor="serve")
 
+REFERENCE_APP = "examples.vet_tracker.app:create"
+AppFactory = Callable[..., Any]  # (mon: Monitoring, http: HttpConfig) -> ASGI app
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triage", description="Triage: resilience and monitoring for "
                                 "trio services on PostgreSQL")
     commands = p.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the reference service over HTTP")
+    serve = commands.add_parser("serve", help="serve a service (default: the reference service) "
+                                "over HTTP")
+    serve.add_argument("--app", metavar="MODULE:FACTORY", default=REFERENCE_APP,
+                       help="factory(mon, http) -> ASGI app (default: %(default)s, the reference "
+                       "service, from a checkout only)")
     serve.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: PORT or 3000; 0 picks a free one)")
     serve.add_argument("--config", metavar="FILE", help="TOML file for the kernel (as TRIAGE_CONFIG)")
@@ -55,7 +71,7 @@ def load(args: argparse.Namespace, environ: dict[str, str]) -> tuple[Config, Htt
     env = dict(environ)
     if args.config:
         env["TRIAGE_CONFIG"] = args.config
-    config = Config.from_env(env)
+    config = Config.from_env(env, embedded=True)  # development: the embedded server by default
     http, logs = HttpConfig.from_env(env, base=config.http), LogConfig.from_env(env)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
@@ -66,16 +82,40 @@ def load(args: argparse.Namespace, environ: dict[str, str]) -> tuple[Config, Htt
     return config, http, logs
 
 
-async def serve(config: Config, http: HttpConfig, *,
+def app_factory(spec: str) -> AppFactory:
+    """`module:factory` imported; ConfigError (naming `--app`) if it can't be."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError("--app", spec, "expected MODULE:FACTORY")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        why = f"cannot import {module!r} ({exc})"
+        if spec == REFERENCE_APP and (exc.name or "").split(".")[0] == "examples":
+            why = ("the reference service runs from a checkout only (it is not in the wheel); "
+                   "pass --app MODULE:FACTORY, a factory(mon, http) returning your ASGI app")
+        raise ConfigError("--app", spec, why) from None
+    except AttributeError:
+        raise ConfigError("--app", spec, f"{module!r} has no attribute {name!r}") from None
+    return factory
+
+
+async def serve(config: Config, http: HttpConfig, factory: AppFactory, *,
                 task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    """Monitoring, the reference service and the HTTP server until SIGINT/SIGTERM."""
+    """Monitoring, the service and the HTTP server until SIGINT/SIGTERM."""
+    import hypercorn.trio  # the `http` extra: only `serve` needs it, not `triage --help`
+
+    from actors.http.app import hypercorn_config
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, trio.CancelScope() as everything:
         async with open_monitoring(config) as mon, trio.open_nursery() as nursery:
-            app = create_app(mon, http, service=DemoService(mon, http))
+            app = factory(mon, http)
             stop = trio.Event()
             nursery.start_soon(_on_signals, signals, stop, everything, http.grace_s)
             hc = hypercorn_config(http, errorlog=std_logger("hypercorn.error"))
-            await hypercorn.trio.serve(app, hc, shutdown_trigger=app.shutdown_trigger(stop.wait),
+            # the edge's app drains its requests in flight itself; a bare ASGI app just stops
+            drain = getattr(app, "shutdown_trigger", None)
+            await hypercorn.trio.serve(app, hc, shutdown_trigger=drain(stop.wait) if drain else stop.wait,
                                        task_status=task_status)
             nursery.cancel_scope.cancel()
     log.info("Stopped")
@@ -97,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         config, http, logs = load(args, dict(os.environ))
+        factory = app_factory(args.app)
     except ConfigError as exc:
         print(f"triage: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -106,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              environment=config.environment, host=http.host, port=http.port,
              database="DATABASE_URL" if config.database_url else "embedded PostgreSQL")
     try:
-        trio.run(serve, config, http)
+        trio.run(serve, config, http, factory)
     except ConfigError as exc:  # found while starting (e.g. the embedded server in production)
         print(f"triage: configuration error: {exc}", file=sys.stderr)
         return 2

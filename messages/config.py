@@ -3,7 +3,8 @@
 `Config()` alone is the spec (production-monitoring.md) exactly. `Config.from_env()`
 reads the spec's environment variables (milliseconds where the spec uses
 milliseconds) and an optional TOML file named by `TRIAGE_CONFIG` for everything
-else. Every bad value raises `ConfigError` naming the variable or field and why.
+else; it needs `DATABASE_URL` unless the embedded server is asked for
+(`TRIAGE_EMBEDDED_DB=1`). Every bad value raises `ConfigError` naming the variable or field and why.
 """
 
 from __future__ import annotations
@@ -248,8 +249,13 @@ class Config(_Frozen):
         validate(self)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
-        """The spec's variables from `environ` (default `os.environ`) over `TRIAGE_CONFIG`."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, embedded: bool = False) -> Config:
+        """The spec's variables from `environ` (default `os.environ`) over `TRIAGE_CONFIG`.
+
+        A database is required: `DATABASE_URL` (or `database_url` in the file), or the embedded
+        PostgreSQL asked for by `TRIAGE_EMBEDDED_DB=1` (`database.embedded`). `embedded=True`
+        makes the embedded server the default when nothing names one (`triage serve` in
+        development). In production the URL is required whatever asks for embedded."""
         env = os.environ if environ is None else environ
         serving_database_url(env)  # first: a bad URL must fail before anything could echo it
         base = _load_toml(env["TRIAGE_CONFIG"]) if env.get("TRIAGE_CONFIG") else {}
@@ -257,11 +263,15 @@ class Config(_Frozen):
         merged = _merge(base, overlay)
         database = merged.setdefault("database", {})
         if isinstance(database, dict) and "embedded" not in database:  # the serving rule
-            database["embedded"] = not merged.get("database_url")
+            database["embedded"] = embedded and not merged.get("database_url")
         config = _convert(merged)
         if config.environment == "production" and not config.database_url:
             raise ConfigError("DATABASE_URL", None, "required when NODE_ENV=production (the embedded "
                               "PostgreSQL is for development and tests: its data is lost on restart)")
+        if not config.database_url and not config.database.embedded:
+            raise ConfigError("DATABASE_URL", None, "not set: set it to postgresql://user:password@"
+                              "host:port/db, or TRIAGE_EMBEDDED_DB=1 for an embedded PostgreSQL "
+                              "(development and tests)")
         return config
 
     @classmethod
@@ -278,7 +288,8 @@ class Config(_Frozen):
 
 def serving_database_url(environ: Mapping[str, str] | None = None) -> str | None:
     """The serving rule (`triage serve`, scripts/*): `DATABASE_URL` if set, else None, meaning
-    "start the embedded PostgreSQL" (development and tests only). The URL is checked first."""
+    "start the embedded PostgreSQL" (development and tests only; `triage serve` and the
+    scripts ask for it, a host's `Config.from_env` does not). The URL is checked first."""
     env = os.environ if environ is None else environ
     url = (env.get("DATABASE_URL") or "").strip()
     if not url:

@@ -27,7 +27,6 @@ UPPER = ("actors.http", "actors.faults", "actors.tools", "examples")
 LOCAL_IMPORTS_ALLOWED = {
     # `triage --help` works without the `http` extra: serve imports the edge when it runs.
     ("actors.cli", "actors.http.app"),
-    ("actors.cli", "actors.logs"),
 }
 
 

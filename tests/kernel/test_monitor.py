@@ -485,7 +485,7 @@ async def test_monitor_connection_scope_database_and_role_exclude_other_applicat
 
 def test_monitor_connection_scope_config_from_env_and_toml():
     assert Config().health.connection_scope == "server"
-    assert Config.from_env({"TRIAGE_CONNECTION_SCOPE": "Role"}).health.connection_scope == "role"
+    assert Config.from_env({"TRIAGE_CONNECTION_SCOPE": "Role", "TRIAGE_EMBEDDED_DB": "1"}).health.connection_scope == "role"
     with pytest.raises(ConfigError, match="TRIAGE_CONNECTION_SCOPE.*expected server, database or role"):
         Config.from_env({"TRIAGE_CONNECTION_SCOPE": "cluster"})
     with pytest.raises(ConfigError, match="health.connection_scope"):

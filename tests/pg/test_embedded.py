@@ -76,7 +76,7 @@ def test_serving_rule_is_database_url_else_embedded():
 
     assert serving_database_url({}) is None
     assert serving_database_url({"DATABASE_URL": "postgresql://h/db"}) == "postgresql://h/db"
-    cfg = Config.from_env({})
+    cfg = Config.from_env({}, embedded=True)  # triage serve, scripts/serve
     assert cfg.database_url is None and cfg.database.embedded
     with serving_database({"DATABASE_URL": "postgresql://h/db"}) as url:  # nothing probed
         assert url == "postgresql://h/db"
