@@ -1,5 +1,6 @@
 # Sourced by scripts/serve, scripts/test and .ci/run: create .venv if missing and
-# install the project (editable, with dev extras) when pyproject changed; and
+# install the project (editable, with the dev extras: http + embedded + test tools) when
+# pyproject changed; and
 # `apt_tool` for the real tools the tests drive.
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -8,6 +9,8 @@ fi
 stamp=.venv/.triage-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
+  # the distribution was called `triage` before it became `trio-triage`: drop the old one
+  .venv/bin/python -m pip uninstall --quiet --yes triage >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet -e '.[dev]'
   touch "$stamp"
 fi

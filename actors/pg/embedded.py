@@ -49,6 +49,7 @@ import trio
 from loguru import logger
 
 from messages.config import serving_database_url
+from messages.errors import ConfigError
 
 log = logger.bind(actor="embedded")
 
@@ -65,7 +66,11 @@ def _pgserver() -> ModuleType:
     """
     with _import_lock, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import pgserver
+        try:
+            import pgserver  # the `embedded` extra: only a run that asks for the server needs it
+        except ImportError:
+            raise ConfigError("TRIAGE_EMBEDDED_DB", None, "the embedded PostgreSQL needs the "
+                              "embedded extra: pip install 'trio-triage[embedded]'") from None
     return pgserver
 
 
