@@ -183,3 +183,50 @@ def test_config_production_accepts_a_database_url_from_the_environment_or_the_fi
     from_env = Config.from_env({"NODE_ENV": "production", "DATABASE_URL": "postgresql://app@db/app"})
     assert from_file.database_url and not from_file.database.embedded
     assert from_env.database_url == "postgresql://app@db/app" and not from_env.database.embedded
+
+
+# --- library defaults: a host's Config.from_env needs a database; serve asks for the embedded one --
+
+
+def test_config_from_env_in_a_host_without_database_url_is_an_error_naming_it():
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({})
+    assert info.value.field == "DATABASE_URL"
+    assert "TRIAGE_EMBEDDED_DB=1" in str(info.value)
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        Config.from_env({"TRIAGE_EMBEDDED_DB": "0"}, embedded=True)  # said no: no default
+
+
+def test_config_from_env_embedded_only_when_asked_for(tmp_path):
+    assert Config.from_env({"TRIAGE_EMBEDDED_DB": "1"}).database.embedded is True
+    assert Config.from_env({}, embedded=True).database.embedded is True
+    cfg = tmp_path / "triage.toml"
+    cfg.write_text("[database]\nembedded = true\n")
+    assert Config.from_env({"TRIAGE_CONFIG": str(cfg)}).database.embedded is True
+    with_url = Config.from_env({"DATABASE_URL": "postgresql://app@db/app"}, embedded=True)
+    assert (with_url.database_url, with_url.database.embedded) == ("postgresql://app@db/app", False)
+
+
+def test_cli_serve_asks_for_the_embedded_server_in_development():
+    config, _, _ = load(parser().parse_args(["serve"]), {})
+    assert (config.database_url, config.database.embedded) == (None, True)
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("no_colon", "expected MODULE:FACTORY"),
+    ("no_such_module_xyz:create", "cannot import 'no_such_module_xyz'"),
+    ("actors.cli:no_such_factory", "has no attribute 'no_such_factory'"),
+])
+def test_cli_app_factory_bad_spec_is_a_config_error_naming_the_flag(spec, why):
+    from actors.cli import app_factory
+
+    with pytest.raises(ConfigError) as info:
+        app_factory(spec)
+    assert info.value.field == "--app" and why in str(info.value)
+
+
+def test_cli_app_factory_default_is_the_reference_service_from_a_checkout():
+    from actors.cli import REFERENCE_APP, app_factory
+    from examples.vet_tracker.app import create
+
+    assert app_factory(REFERENCE_APP) is create
