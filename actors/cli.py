@@ -83,10 +83,13 @@ def load(args: argparse.Namespace, environ: dict[str, str]) -> tuple[Config, Htt
 
 
 def app_factory(spec: str) -> AppFactory:
-    """`module:factory` imported; ConfigError (naming `--app`) if it can't be."""
+    """`module:factory` imported, from the working directory too (as uvicorn's `--app-dir .`:
+    a console script's path holds only its own directory); ConfigError naming `--app`."""
     module, _, name = spec.partition(":")
     if not module or not name:
         raise ConfigError("--app", spec, "expected MODULE:FACTORY")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         factory = getattr(importlib.import_module(module), name)
     except ImportError as exc:
