@@ -228,6 +228,23 @@ def _default_policies() -> dict[str, RatePolicy]:
 # --- alert sinks (`[sinks.*]` in TOML; ALERTMANAGER_URL, SLACK_WEBHOOK_URL, ALERT_WEBHOOK_*) ---
 
 
+class _SinkRepr:
+    """A sink's URL (Slack's holds its token), secret and header values never show in a repr."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.__struct_fields__:  # type: ignore[attr-defined]
+            value = getattr(self, name)
+            if name in ("url", "secret"):
+                value = "set" if value else None
+            elif name == "headers":
+                value = {k: "***" for k in value}
+            shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
 class SinkDelivery(_Frozen):
     """How one sink delivers: retried with back-off on 5xx, 429 and network errors."""
 
@@ -238,7 +255,7 @@ class SinkDelivery(_Frozen):
     outbox: int = 256                    # bodies waiting; beyond it the oldest is dropped (counted)
 
 
-class AlertmanagerSink(_Frozen):
+class AlertmanagerSink(_SinkRepr, _Frozen):
     url: str | None = None               # ALERTMANAGER_URL: the base, e.g. http://alertmanager:9093
     min_severity: Literal["info", "warning", "critical"] = "info"  # Alertmanager routes itself
     # Firing alerts are re-sent this often with endsAt = now + 4 x resend_s (Prometheus'
@@ -247,13 +264,13 @@ class AlertmanagerSink(_Frozen):
     delivery: SinkDelivery = SinkDelivery()
 
 
-class SlackSink(_Frozen):
+class SlackSink(_SinkRepr, _Frozen):
     url: str | None = None               # SLACK_WEBHOOK_URL (an incoming webhook: it is a secret)
     min_severity: Literal["info", "warning", "critical"] = "warning"
     delivery: SinkDelivery = SinkDelivery()
 
 
-class WebhookSink(_Frozen):
+class WebhookSink(_SinkRepr, _Frozen):
     """Alertmanager's webhook body (version 4), so receivers written for Alertmanager work."""
 
     url: str | None = None               # ALERT_WEBHOOK_URL
