@@ -93,8 +93,9 @@ def webhook_body(alert: Alert, ctx: Context) -> bytes:
 
 def slack_line(alert: Alert, ctx: Context) -> str:
     """One line a person can read: severity, rule, value vs threshold, dashboard link."""
-    state = "RESOLVED" if alert.state == "resolved" else alert.severity.upper()
-    line = (f"{ICONS[alert.severity]} [{state}] {alert.id}: {alert.message} — value {show(alert.value)}"
+    resolved = alert.state == "resolved"
+    icon, state = (":white_check_mark:", "RESOLVED") if resolved else (ICONS[alert.severity], alert.severity.upper())
+    line = (f"{icon} [{state}] {alert.id}: {alert.message} — value {show(alert.value)}"
             f" vs threshold {show(alert.threshold)} ({ctx.service} on {ctx.instance})")
     if ctx.dashboard_url:
         line += f" <{ctx.dashboard_url}|dashboard>"
