@@ -86,7 +86,9 @@ async def until(probe, done, *, timeout_s: float = 10.0):
 
 
 async def test_sinks_alertmanager_real_process_receives_and_resolves(alertmanager):
-    sinks = SinksConfig(alertmanager=AlertmanagerSink(url=alertmanager), dashboard_url=DASHBOARD, instance="test-1")
+    # endsAt = now + 4 x 0.5 s: without the re-sends Alertmanager would resolve it after 2 s
+    am = AlertmanagerSink(url=alertmanager, resend_s=0.5)
+    sinks = SinksConfig(alertmanager=am, dashboard_url=DASHBOARD, instance="test-1")
     async with open_monitoring(Config(alerts=QUIET, sinks=sinks)) as mon, httpx.AsyncClient() as client:
         async def seen():
             return await am_alerts(client, alertmanager, "breaker_activation")
@@ -97,9 +99,18 @@ async def test_sinks_alertmanager_real_process_receives_and_resolves(alertmanage
                                    "instance": "test-1", "service": "triage", "tier": "batch"}
         assert alert["annotations"]["summary"] == "Circuit breaker batch activated"
         assert (alert["generatorURL"], alert["status"]["state"]) == (DASHBOARD, "active")
+        delivery = mon.sinks["alertmanager"].delivery
+
+        async def delivered():
+            return delivery.statistics().delivered
+
+        await until(delivered, lambda n: n >= 7)  # 3 s of re-sends: past the first horizon
+        (again,) = await seen()
+        assert (again["status"]["state"], again["startsAt"], again["endsAt"] > alert["endsAt"]) == (
+            "active", alert["startsAt"], True)
         await mon.breakers["batch"].reset()
         await until(seen, lambda found: found == [])
-        assert mon.sinks["alertmanager"].delivery.statistics().delivered == 2
+        assert delivery.statistics().retries == 0
 
 
 class Recorder:
