@@ -56,6 +56,7 @@ class Monitoring:
         self.metrics_snapshot: AsyncValue  # the metrics actor's latest MetricsSnapshot (or None)
         self._extra_actors: Callable[[], dict[str, ActorStatus]] = dict
         self.injector: Any = None        # a FaultInjector when config.faults.enabled
+        self.sinks: Any = None           # actors.sinks.Sinks, set by start_sinks
 
     def _breaker(self, tier: str) -> BreakerHandle:
         if self.closed:

@@ -226,6 +226,107 @@ def _default_policies() -> dict[str, RatePolicy]:
     }
 
 
+# --- alert sinks (`[sinks.*]` in TOML; ALERTMANAGER_URL, SLACK_WEBHOOK_URL, ALERT_WEBHOOK_*) ---
+
+
+class _SinkRepr:
+    """A sink's URL (Slack's holds its token), secret and header values never show in a repr."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.__struct_fields__:  # type: ignore[attr-defined]
+            value = getattr(self, name)
+            if name in ("url", "secret"):
+                value = "set" if value else None
+            elif name == "headers":
+                value = {k: "***" for k in value}
+            shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+class SinkDelivery(_Frozen):
+    """How one sink delivers: retried with back-off on 5xx, 429 and network errors."""
+
+    timeout_s: float = 5.0
+    retries: int = 5                     # attempts after the first
+    backoff_s: float = 0.5               # doubled each retry, up to backoff_max_s
+    backoff_max_s: float = 30.0
+    outbox: int = 256                    # bodies waiting; beyond it the oldest is dropped (counted)
+
+
+class AlertmanagerSink(_SinkRepr, _Frozen):
+    url: str | None = None               # ALERTMANAGER_URL: the base, e.g. http://alertmanager:9093
+    min_severity: Literal["info", "warning", "critical"] = "info"  # Alertmanager routes itself
+    # Firing alerts are re-sent this often with endsAt = now + 4 x resend_s (Prometheus'
+    # rule: Alertmanager resolves an alert whose endsAt passed, so a dead Triage's alerts end).
+    resend_s: float = 60.0
+    delivery: SinkDelivery = SinkDelivery()
+
+
+class SlackSink(_SinkRepr, _Frozen):
+    url: str | None = None               # SLACK_WEBHOOK_URL (an incoming webhook: it is a secret)
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    delivery: SinkDelivery = SinkDelivery()
+
+
+class WebhookSink(_SinkRepr, _Frozen):
+    """Alertmanager's webhook body (version 4), so receivers written for Alertmanager work."""
+
+    url: str | None = None               # ALERT_WEBHOOK_URL
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    headers: dict[str, str] = {}         # e.g. Authorization (ALERT_WEBHOOK_AUTHORIZATION)
+    secret: str | None = None            # ALERT_WEBHOOK_SECRET: HMAC-SHA256 of the body
+    signature_header: str = "X-Triage-Signature"
+    delivery: SinkDelivery = SinkDelivery()
+
+
+class SinksConfig(_Frozen):
+    service: str = "triage"              # the `service` label (TRIAGE_SERVICE_NAME)
+    instance: str | None = None          # the `instance` label; None: the host name
+    dashboard_url: str | None = None     # generatorURL and Slack's link (TRIAGE_DASHBOARD_URL)
+    alertmanager: AlertmanagerSink = AlertmanagerSink()
+    slack: SlackSink = SlackSink()
+    webhook: WebhookSink = WebhookSink()
+
+
+SINK_ENV = {"ALERTMANAGER_URL": ("alertmanager", "url"), "SLACK_WEBHOOK_URL": ("slack", "url"),
+            "ALERT_WEBHOOK_URL": ("webhook", "url"), "ALERT_WEBHOOK_SECRET": ("webhook", "secret"),
+            "TRIAGE_SERVICE_NAME": (None, "service"), "TRIAGE_INSTANCE": (None, "instance"),
+            "TRIAGE_DASHBOARD_URL": (None, "dashboard_url")}
+
+
+def sinks_env(env: Mapping[str, str]) -> dict:
+    """The `sinks` overlay from the environment (empty values are unset)."""
+    out: dict = {}
+    for name, (sink, key) in SINK_ENV.items():
+        value = (env.get(name) or "").strip()
+        if value:
+            (out.setdefault(sink, {}) if sink else out)[key] = value
+    auth = (env.get("ALERT_WEBHOOK_AUTHORIZATION") or "").strip()
+    if auth:
+        out.setdefault("webhook", {})["headers"] = {"Authorization": auth}
+    return out
+
+
+def validate_sinks(s: SinksConfig) -> None:
+    for name in ("alertmanager", "slack", "webhook"):
+        sink = getattr(s, name)
+        field = f"sinks.{name}"
+        _require(sink.url is None or sink.url.startswith(("http://", "https://")), f"{field}.url",
+                 None, "expected an http:// or https:// URL")  # never echoed: it may hold a token
+        d = sink.delivery
+        _require(d.timeout_s > 0, f"{field}.delivery.timeout_s", d.timeout_s, "must be > 0")
+        _require(d.retries >= 0, f"{field}.delivery.retries", d.retries, "must be >= 0")
+        _require(0 < d.backoff_s <= d.backoff_max_s, f"{field}.delivery.backoff_s", d.backoff_s,
+                 "expected 0 < backoff_s <= backoff_max_s")
+        _require(d.outbox >= 1, f"{field}.delivery.outbox", d.outbox, "must be >= 1")
+    _require(s.alertmanager.resend_s > 0, "sinks.alertmanager.resend_s", s.alertmanager.resend_s, "must be > 0")
+    _require(s.dashboard_url is None or s.dashboard_url.startswith(("http://", "https://")),
+             "sinks.dashboard_url", s.dashboard_url, "expected an http:// or https:// URL")
+
+
 class Config(_Frozen):
     database_url: str | None = None
     environment: Literal["production", "development", "test"] = "development"
@@ -239,6 +340,7 @@ class Config(_Frozen):
     queue: QueueConfig = QueueConfig()
     database: DatabaseConfig = DatabaseConfig()
     alerts: AlertsConfig = AlertsConfig()
+    sinks: SinksConfig = SinksConfig()
     faults: FaultsConfig = FaultsConfig()
     # The HTTP edge's settings (`[http]` in TOML), validated by messages.http_config.HttpConfig.
     http: dict[str, Any] = {}
@@ -360,8 +462,9 @@ def _env_overlay(env: Mapping[str, str]) -> dict:
     faults = _flag(env, "TRIAGE_FAULTS")
     if faults is not None:
         out["faults"] = {"enabled": faults}
-    if env.get("ALERT_WEBHOOK_URL"):
-        out["alerts"] = {"webhook_url": env["ALERT_WEBHOOK_URL"]}
+    sinks = sinks_env(env)
+    if sinks:
+        out["sinks"] = sinks
     if env.get("TRIAGE_DATA_DIR"):
         out["database"]["embedded_data_dir"] = env["TRIAGE_DATA_DIR"]
     if env.get("NODE_ENV"):
@@ -524,6 +627,7 @@ def validate(cfg: Config) -> None:
     _require(th.max_response_time_ms > 0, "thresholds.max_response_time_ms", th.max_response_time_ms, "must be > 0")
     _require(th.max_connection_count >= 1, "thresholds.max_connection_count", th.max_connection_count, "must be >= 1")
     _validate_health(cfg.health)
+    validate_sinks(cfg.sinks)
 
 
 def _validate_health(h: HealthConfig) -> None:

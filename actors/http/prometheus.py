@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from actors.http.sink_metrics import SinkCollector
 from messages.config import Priority
 
 __all__ = ["Frame", "TriageCollector", "new_registry"]
@@ -226,4 +227,5 @@ def _actors(actors: dict[str, Any]) -> Iterator[Metric]:
 def new_registry(collector: TriageCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    registry.register(SinkCollector(collector.mon))  # the alert sinks' counters
     return registry

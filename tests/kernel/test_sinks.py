@@ -1,4 +1,4 @@
-"""Alert subscribers and the webhook sink, against a real HTTP server on loopback."""
+"""Alert subscribers and the generic webhook sink, against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from actors import open_monitoring
-from messages.config import AlertsConfig, Config
+from messages.config import AlertsConfig, Config, SinkDelivery, SinksConfig, WebhookSink
 
 
 class Receiver:
@@ -62,32 +62,37 @@ async def test_sinks_webhook_posts_firing_and_resolved_with_retries():
     receiver = Receiver(fail_first=2)
     async with trio.open_nursery() as nursery:
         url = await start_receiver(nursery, receiver)
-        cfg = Config(alerts=AlertsConfig(webhook_url=url, summary_every_s=3600.0))
+        hook = WebhookSink(url=url, delivery=SinkDelivery(backoff_s=0.01))
+        cfg = Config(alerts=AlertsConfig(summary_every_s=3600.0), sinks=SinksConfig(webhook=hook))
         async with open_monitoring(cfg) as mon:
-            mon.webhook.backoff_s = 0.01
             with trio.fail_after(10):
                 await mon.breakers["batch"].force_open()
                 await wait_for(receiver, 1)
                 await mon.breakers["batch"].reset()
                 await wait_for(receiver, 2)
-                while mon.webhook.delivered < 2:  # the sink counts once the response is back
+                while mon.sinks.statistics()[0].delivered < 2:  # counted once the response is back
                     await trio.testing.wait_all_tasks_blocked()
-            assert (mon.webhook.delivered, mon.webhook.failed) == (2, 0)
+            stats = mon.sinks.statistics()[0]
+            assert (stats.sink, stats.delivered, stats.retries, stats.dropped) == ("webhook", 2, 2, {})
         nursery.cancel_scope.cancel()
     firing, resolved = receiver.bodies
-    assert (firing["id"], firing["severity"], firing["state"]) == ("breaker_activation:batch", "warning", "firing")
-    assert (resolved["state"], resolved["resolved_at"] is not None) == ("resolved", True)
+    one = firing["alerts"][0]
+    assert (firing["version"], firing["status"], one["labels"]["alertname"], one["labels"]["tier"],
+            one["labels"]["severity"]) == ("4", "firing", "breaker_activation", "batch", "warning")
+    assert (resolved["status"], resolved["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z") == ("resolved", True)
     assert receiver.attempts == 4  # two 500s retried, then two deliveries
 
 
 async def test_sinks_webhook_gives_up_after_retries_and_counts(autojump_clock):
+    # the older [alerts] webhook_url / webhook_retries still configure the webhook sink
     cfg = Config(alerts=AlertsConfig(webhook_url="http://127.0.0.1:1/hook", webhook_retries=2,
                                      summary_every_s=3600.0))
     async with open_monitoring(cfg) as mon:
         await mon.breakers["batch"].force_open()
-        while mon.webhook.failed == 0:
+        while not mon.sinks["webhook"].delivery.statistics().dropped:
             await trio.sleep(0.5)
-        assert mon.webhook.delivered == 0 and mon.webhook.failed == 1
+        stats = mon.sinks["webhook"].delivery.statistics()
+        assert (stats.delivered, stats.retries, stats.dropped) == (0, 2, {"gave_up": 1})
 
 
 async def test_sinks_subscribe_filters_by_severity(autojump_clock):
