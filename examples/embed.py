@@ -1,6 +1,6 @@
 """Embedding Triage in a host's own trio program: its own Starlette routes, its own hypercorn.
 
-    DATABASE_URL=postgresql://... python examples/embed.py [--port 8000]
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/app python examples/embed.py --port 8000
 
 `POST /visits` records a visit (a rate check per client, then a guarded insert) and answers
 201 with its number; `GET /visits.csv` streams every visit. Routes reach the monitoring

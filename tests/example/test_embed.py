@@ -92,3 +92,9 @@ async def export_across_sigterm(client: httpx.AsyncClient, proc: trio.Process, l
             return "".join([chunk async for chunk in body])
     finally:
         await trio.to_thread.run_sync(holder.close)
+
+
+def test_embed_example_is_quoted_in_readme_exactly():
+    readme = (ROOT / "README.md").read_text()
+    code = (ROOT / "examples" / "embed.py").read_text()
+    assert f"```python\n{code}```\n" in readme
