@@ -175,7 +175,7 @@ async def test_system_full_queue_displaces_batch_for_critical(autojump_clock):
                 results[name] = await mon.run(ok, name, priority=prio)
                 finished.append(name)
             except Refused as exc:
-                results[name] = (type(exc).__name__, exc.priority, exc.displaced)
+                results[name] = (type(exc), exc.priority, exc.displaced)
 
         gate = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -187,8 +187,8 @@ async def test_system_full_queue_displaces_batch_for_critical(autojump_clock):
                 await trio.testing.wait_all_tasks_blocked()   # each arrival queued in order
             assert (await mon.queue.snapshot()).depth == 2
             gate.set()
-        assert results == {"b1": ("QueueFull", Priority.BATCH, True),
-                           "b2": ("QueueFull", Priority.BATCH, True), "n": "n", "c": "c"}
+        assert results == {"b1": (QueueFull, Priority.BATCH, True),
+                           "b2": (QueueFull, Priority.BATCH, True), "n": "n", "c": "c"}
         assert finished == ["c", "n"]
 
 
