@@ -398,6 +398,10 @@ class LimiterTable:
         """Number of (policy, key) states held."""
         return len(self._tat)
 
+    def key_dict_bytes(self) -> int:
+        """Bytes of the key dict itself (what compaction keeps near 64 a key), O(1)."""
+        return sys.getsizeof(self._tat)
+
     def stats(self) -> dict:
         """Counters: per policy allowed / rejected (violations) / exempt / keys; table totals."""
         return {

@@ -10,8 +10,8 @@ from msgspec.structs import replace
 from actors.runtime.actor import Send
 from actors.scheduler import SchedulerCore, SchedulerState, step
 from messages.commands import Admit, Admitted, Clear, Done, GetSnapshot, Release, Withdraw
-from messages.config import Priority, QueueConfig
-from messages.errors import QueueCleared, QueueFull
+from messages.config import Config, Priority, QueueConfig
+from messages.errors import ConfigError, QueueCleared, QueueFull
 
 
 class Token:
@@ -339,17 +339,12 @@ async def test_scheduler_reaper_closes_extra_idle_offers_exactly_at_max_idle_s(a
 
 
 def test_scheduler_pool_idle_config_defaults_and_validation():
-    import pytest
-
-    from messages.config import _convert
-    from messages.errors import ConfigError
-
-    q = _convert({}).queue
+    q = Config.from_toml("").queue
     assert (q.min_idle, q.max_idle_s) == (1, 60.0)
-    for queue, field in (({"min_idle": -1}, "queue.min_idle"), ({"min_idle": 9}, "queue.min_idle"),
-                         ({"max_idle_s": 0}, "queue.max_idle_s")):
+    for queue, field in (("min_idle = -1", "queue.min_idle"), ("min_idle = 9", "queue.min_idle"),
+                         ("max_idle_s = 0", "queue.max_idle_s")):
         with pytest.raises(ConfigError) as info:
-            _convert({"queue": queue})
+            Config.from_toml(f"[queue]\n{queue}\n")
         assert info.value.field == field
 
 @pytest.mark.parametrize(("priority", "error"), [(None, TypeError), ("HIGH", TypeError), (2.0, TypeError),

@@ -164,29 +164,32 @@ async def test_system_queue_timeout_at_exactly_request_timeout(autojump_clock):
 
 
 async def test_system_full_queue_displaces_batch_for_critical(autojump_clock):
+    # One slot (held), two places: b1, b2 wait; n displaces the newest BATCH (b2), then c
+    # displaces the last BATCH (b1). When the slot frees, c runs before n.
     async with open_monitoring(small_queue(max_concurrent=1, max_queue_size=2)) as mon:
         results: dict[str, object] = {}
+        finished: list[str] = []
 
         async def attempt(name: str, prio: Priority):
             try:
                 results[name] = await mon.run(ok, name, priority=prio)
+                finished.append(name)
             except Refused as exc:
-                results[name] = exc
+                results[name] = (type(exc), exc.priority, exc.displaced)
 
         gate = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(mon.run, gate.wait)
-            await trio.sleep(1)
+            await trio.testing.wait_all_tasks_blocked()
             for name, prio in [("b1", Priority.BATCH), ("b2", Priority.BATCH),
                                ("n", Priority.NORMAL), ("c", Priority.CRITICAL)]:
                 nursery.start_soon(attempt, name, prio)
-                await trio.sleep(0.01)
-            await trio.sleep(1)
+                await trio.testing.wait_all_tasks_blocked()   # each arrival queued in order
+            assert (await mon.queue.snapshot()).depth == 2
             gate.set()
-        assert isinstance(results["b2"], QueueFull) and results["b2"].displaced
-        assert isinstance(results["n"], QueueFull) and not results["n"].displaced \
-            or isinstance(results["b1"], QueueFull)
-        assert results["c"] == "c"
+        assert results == {"b1": (QueueFull, Priority.BATCH, True),
+                           "b2": (QueueFull, Priority.BATCH, True), "n": "n", "c": "c"}
+        assert finished == ["c", "n"]
 
 
 async def test_system_queue_clear_answers_waiters(autojump_clock):
