@@ -147,8 +147,12 @@ async def serve(cell: SupervisedActor, *, task_status: trio.TaskStatus = trio.TA
             now = trio.current_time()
             if not batch:
                 _handle_guarded(cell, _TICK, now)
-            while batch:
-                _handle_guarded(cell, batch.popleft(), now)
+            try:
+                while batch:
+                    _handle_guarded(cell, batch.popleft(), now)
+            except BaseException:
+                inbox.put_back(batch)  # the rest of the batch is handled after the restart
+                raise
             if cell.publish is not None:
                 cell.publish(cell.state, now)
     finally:

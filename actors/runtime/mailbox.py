@@ -178,6 +178,11 @@ class Mailbox:
         self._wake_senders()
         return batch
 
+    def put_back(self, batch: deque) -> None:
+        """Return what a crashed batch did not handle to the head of the queue, in order, so
+        the restarted actor answers it (or `close()` hands it over to be answered)."""
+        self._queue.extendleft(reversed(batch))
+
     def _wake_senders(self) -> None:
         while self._senders:
             reschedule(self._senders.popleft())

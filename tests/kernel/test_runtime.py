@@ -303,8 +303,6 @@ async def test_supervise_intensity_exceeded_fails_loudly(nursery, autojump_clock
     assert (cell.restarts, cell.inbox.closed) == (3, True)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime bug: serve() drops the rest of a batch when one "
-                   "message crashes the core, so an ask queued behind it is never answered")
 async def test_supervise_crash_mid_batch_still_answers_the_rest(autojump_clock):
     cell, _ = counter_cell()
     answers: list = []
