@@ -175,9 +175,10 @@ class _Rate:
         self.spec = spec
         self.limit = spec.limit
         self.interval = float(t)  # T
-        self.window = float(t * spec.limit)  # limit * T: the effective window (burst tolerance + T)
         # A key's override keeps its policy's algorithm (`algorithm`), whatever its own spec says.
         self.sliding = (algorithm or spec.algorithm) == "sliding_window"
+        # GCRA: limit * T, the effective window (burst tolerance + T); a log: the window itself.
+        self.window = float(round(spec.window_s * _US) if self.sliding else t * spec.limit)
 
 
 class _Policy(_Rate):
