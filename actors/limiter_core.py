@@ -113,8 +113,8 @@ class RateDecision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reset_after_s: float  # reset_at - now, >= 0
     # Instant when more quota is available (the next unit back: the draft's `t`); now when
     # nothing is used. GCRA: a unit every T; sliding window: the oldest counted unit leaves.
+    # (No `more_after_s` beside it: one field less to build per decision on the hot path.)
     more_at: float
-    more_after_s: float  # more_at - now, >= 0
     retry_after_s: float  # 0 when allowed; else seconds until a request of this cost is allowed
     # Why a refusal can never turn into an allowance: "cost_exceeds_limit" (retry_after_s = inf).
     reason: str | None = None
@@ -285,7 +285,6 @@ class LimiterTable:
                 reset_at=new / 1e6,
                 reset_after_s=(new - nu) / 1e6,
                 more_at=more / 1e6,
-                more_after_s=(more - nu) / 1e6,
                 retry_after_s=0.0,
             )
         # Refused: TAT is unchanged (and > now, as cost <= limit); the key still counts as used.
@@ -302,7 +301,6 @@ class LimiterTable:
             reset_at=tat / 1e6,
             reset_after_s=(tat - nu) / 1e6,
             more_at=more / 1e6,
-            more_after_s=(more - nu) / 1e6,
             retry_after_s=(new - window - nu) / 1e6,
         )
 
@@ -352,7 +350,6 @@ class LimiterTable:
             reset_at=tat / 1e6,
             reset_after_s=(tat - nu) / 1e6,
             more_at=more / 1e6,
-            more_after_s=(more - nu) / 1e6,
             retry_after_s=0.0 if allowed else (new - window - nu) / 1e6,
         )
 
@@ -480,7 +477,6 @@ def _pass(policy: str, limit: int, now: float) -> RateDecision:
         reset_at=now,
         reset_after_s=0.0,
         more_at=now,
-        more_after_s=0.0,
         retry_after_s=0.0,
     )
 
@@ -495,7 +491,6 @@ def _from_log(policy: str, limit: int, nu: float, out: LogDecision) -> RateDecis
         reset_at=reset / 1e6,
         reset_after_s=(reset - nu) / 1e6,
         more_at=more / 1e6,
-        more_after_s=(more - nu) / 1e6,
         retry_after_s=(retry - nu) / 1e6,
     )
 

@@ -195,11 +195,11 @@ QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded
 
 
 def rate_headers(d: RateDecision, window_s: float, reset_after_s: float, wall_now: float,
-                 more_after_s: float | None = None) -> Headers:
+                 more_after_s: float) -> Headers:
     """The header fields for decision `d`; `reset_after_s` (quota full) and `more_after_s`
-    (more quota: the draft's ``t``; default `d.more_after_s`) count from the response instant."""
+    (more quota: the draft's ``t``) count from the response instant."""
     reset_after_s = max(0.0, reset_after_s)
-    more = max(0, math.ceil(d.more_after_s if more_after_s is None else more_after_s))
+    more = max(0, math.ceil(more_after_s))
     name = _sf_string(d.policy)
     window = max(1, math.ceil(window_s))
     out = [

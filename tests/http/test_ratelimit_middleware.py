@@ -23,7 +23,13 @@ import trio
 from loguru import logger
 
 from actors import open_monitoring
-from actors.http.ratelimit import QUOTA_EXCEEDED, RateLimitMiddleware, RefusalSummary, _Routes, client_key
+from actors.http.ratelimit import (
+    QUOTA_EXCEEDED,
+    RateLimitMiddleware,
+    RefusalSummary,
+    _Routes,
+    client_key,
+)
 from actors.limiter_core import RateDecision
 from messages.config import Config, LimiterConfig, RatePolicy
 from messages.errors import ConfigError
@@ -380,8 +386,8 @@ def test_rate_headers_refusal_retry_after_is_at_least_one_second():
     from actors.http.ratelimit import rate_headers
 
     d = RateDecision(allowed=False, policy="auth", limit=5, remaining=0, reset_at=0.0,
-                     reset_after_s=0.2, more_at=0.0, more_after_s=0.2, retry_after_s=0.2)
-    headers = dict(rate_headers(d, 900.0, 0.2, 1000.5))
+                     reset_after_s=0.2, more_at=0.2, retry_after_s=0.2)
+    headers = dict(rate_headers(d, 900.0, 0.2, 1000.5, 0.2))
     assert headers[b"retry-after"] == b"1"
     assert headers[b"x-ratelimit-reset"] == b"1001"
     assert headers[b"ratelimit"] == b'"auth";r=0;t=1'

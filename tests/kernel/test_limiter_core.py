@@ -140,7 +140,7 @@ def test_check_cost_above_limit_is_a_refusal_that_says_so_and_consumes_nothing()
     t = new_table()
     d = t.check("auth", "k", T0, cost=6)
     assert d == RateDecision(allowed=False, policy="auth", limit=5, remaining=5, reset_at=T0,
-                             reset_after_s=0.0, more_at=T0, more_after_s=0.0, retry_after_s=math.inf,
+                             reset_after_s=0.0, more_at=T0, retry_after_s=math.inf,
                              reason="cost_exceeds_limit")
     assert len(t) == 0
     assert t.stats()["policies"]["auth"]["rejected"] == 1
@@ -197,7 +197,7 @@ def test_peek_fresh_key_reports_full_quota_and_stores_nothing():
     t = new_table()
     d = t.peek("general", "k", T0)
     assert d == RateDecision(allowed=True, policy="general", limit=100, remaining=100,
-                             reset_at=T0, reset_after_s=0.0, more_at=T0, more_after_s=0.0,
+                             reset_at=T0, reset_after_s=0.0, more_at=T0,
                              retry_after_s=0.0)
     assert len(t) == 0
     assert t.stats()["policies"]["general"]["allowed"] == 0
@@ -464,7 +464,7 @@ class Model:
         now = (round(T0 * 1_000_000) + t) / 1e6
         if not self.enabled or key in self.exempt:
             return RateDecision(allowed=True, policy=policy, limit=limit, remaining=limit,
-                                reset_at=now, reset_after_s=0.0, more_at=now, more_after_s=0.0,
+                                reset_at=now, reset_after_s=0.0, more_at=now,
                                 retry_after_s=0.0)
         allowed = level + cost <= limit
         if consume:
@@ -487,7 +487,6 @@ class Model:
             reset_at=(round(T0 * 1_000_000) + t + int(reset_us)) / 1e6,
             reset_after_s=int(reset_us) / 1e6,
             more_at=(round(T0 * 1_000_000) + t + int(more_us)) / 1e6,
-            more_after_s=int(more_us) / 1e6,
             retry_after_s=0.0 if allowed else int((level + cost - limit) * interval) / 1e6,
         )
 

@@ -51,7 +51,7 @@ def test_sliding_window_never_admits_more_than_limit_in_any_window(limit, window
             log += [now] * cost
             admitted.append((now, cost))
         assert d.remaining == limit - len(log)
-        assert d.more_after_s == (round((log[0] + window_us - now)) / 1e6 if log else 0.0)
+        assert d.more_at == at(log[0] + window_us if log else now)
     assert most_in_any_window(admitted, window_us) <= limit
 
 
@@ -69,12 +69,12 @@ def test_sliding_window_t_is_when_the_oldest_counted_request_leaves():
     t = table(5, 900.0)
     t.check("p", "k", at(0))
     d = t.check("p", "k", at(100_000_000))  # 2 of 5, the first 100 s ago
-    assert (d.remaining, d.more_after_s, d.reset_after_s) == (3, 800.0, 900.0)
+    assert (d.remaining, d.more_at, d.reset_after_s) == (3, at(900_000_000), 900.0)
     for _ in range(3):
         t.check("p", "k", at(100_000_000))
     refused = t.check("p", "k", at(100_000_000))
     assert (refused.allowed, refused.remaining) == (False, 0)
-    assert refused.retry_after_s == refused.more_after_s == 800.0
+    assert (refused.retry_after_s, refused.more_at) == (800.0, at(900_000_000))
     again = t.check("p", "k", at(900_000_000))  # the first one has left: exactly one more
     assert (again.allowed, again.remaining) == (True, 0)
     assert not t.check("p", "k", at(900_000_000)).allowed
@@ -84,7 +84,7 @@ def test_gcra_t_is_the_next_unit_back_not_the_full_restore():
     t = table(5, 900.0, "gcra")
     t.check("p", "k", at(0))
     d = t.check("p", "k", at(0))
-    assert (d.remaining, d.more_after_s, d.reset_after_s) == (3, 180.0, 360.0)
+    assert (d.remaining, d.more_at, d.reset_after_s) == (3, at(180_000_000), 360.0)
 
 
 def test_sliding_window_cost_needs_that_many_free_slots():
@@ -94,7 +94,7 @@ def test_sliding_window_cost_needs_that_many_free_slots():
     refused = t.check("p", "k", at(2_000_000), cost=4)
     assert not refused.allowed
     assert refused.retry_after_s == 9.0  # the 4th oldest unit (admitted at +1 s) leaves at +11 s
-    assert refused.more_after_s == 8.0  # but the first three are back at +10 s
+    assert refused.more_at == at(10_000_000)  # but the first three are back at +10 s
     assert t.check("p", "k", at(10_000_000), cost=3).allowed
 
 
@@ -125,7 +125,7 @@ def test_sliding_window_time_going_backwards_keeps_the_log_ordered():
     t.check("p", "k", at(5_000_000))
     t.check("p", "k", at(1_000_000))  # an earlier instant: leaves earlier, stays in order
     d = t.check("p", "k", at(5_000_000))
-    assert (d.remaining, d.more_after_s) == (0, 6.0)
+    assert (d.remaining, d.more_at) == (0, at(11_000_000))
     assert t.check("p", "k", at(11_000_000)).remaining == 0  # the +1 s unit left; one slot, used
 
 
