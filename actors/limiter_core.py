@@ -20,7 +20,7 @@ of length D at most ``limit + floor(D / T)`` cost units are allowed.
 
 Why GCRA: one float per key (a fixed-window counter needs a count and a window
 start and lets 2x the limit through at a window edge; a sliding log needs `limit`
-timestamps per key), exact burst and rate, O(1) per decision, and every number a
+timestamps per key: offered as `sliding_window`, for small limits), exact burst and rate, O(1) per decision, and every number a
 client wants (remaining, reset, retry-after) follows from TAT without more state.
 
 Time. ``now`` (seconds, monotonic) is the only clock. It is quantised to whole
@@ -46,7 +46,9 @@ dict (a 16-byte entry and a 4-byte index per slot of a str-keyed dict: 31-38 byt
 per key when compact, up to 64 before a rebuild, see below). Measured with
 tracemalloc (scripts/bench/limiter_core.py, keys "user:<i>"): 122 B/key at 100k
 keys and 116 at 1M freshly filled; 123 and 148 in the steady state of a full table
-under churn. Rejected alternatives: a dict per policy needs a second structure
+under churn. A sliding-window key holds its log instead of a float: a bytearray of
+8 * limit bytes (32 + 8 * limit bytes more than a float; see `actors.sliding_window`).
+Rejected alternatives: a dict per policy needs a second structure
 for one LRU order across policies; ``(policy, key)`` tuples cost 56 bytes more
 per key; an int TAT costs 8 more (ints are 28-32 bytes, floats 24); ``hash(key)``
 ints instead of strings save ~30 bytes of key but turn the dict into a general
