@@ -409,7 +409,7 @@ class LimiterTable:
         nu = _floor(now * 1e6 + 0.5)
         d = self._tat
         idle = [k for k, v in islice(d.items(), budget)
-                if (v <= nu if type(v) is float else log_idle(v, nu))]
+                if (log_idle(v, nu) if type(v) is bytearray else v <= nu)]
         by_prefix = self._by_prefix
         for k in idle:
             del d[k]
