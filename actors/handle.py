@@ -16,6 +16,7 @@ from actors.runtime.mailbox import AsyncValue, Mailbox, ask
 from messages.commands import (
     Check,
     GetSnapshot,
+    PeekRate,
     ResetKeys,
 )
 from messages.config import Config, Priority
@@ -117,6 +118,15 @@ class Monitoring:
             self._metrics.tell_lazy(Count(what="rate_limit_violation", label=policy,
                                          at=trio.current_time()))
         return decision
+
+    async def peek_rate(self, policy: str, key: str) -> RateDecision:
+        """The decision a cost-1 `check_rate` would get now, spending no quota (like `limits`'
+        `test()`): nothing is recorded, no violation is counted, the key's LRU place stays."""
+        if self.closed:
+            raise ShuttingDown()
+        if not isinstance(policy, str):
+            raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
+        return await ask(self._limiter, lambda r: PeekRate(reply=r, policy=policy, key=str(key)))
 
     async def enforce_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:
         """`check_rate`, raising `RateLimited` (with the decision) when refused."""

@@ -1,4 +1,4 @@
-"""Rate limiter actor: the GCRA table of `ratelimit_core` behind a mailbox.
+"""Rate limiter actor: the key table of `limiter_core` (GCRA or sliding window) behind a mailbox.
 
 The key table is the one part of an actor's state that is mutated in place:
 it may hold a million keys, and copying it per decision is out of the
@@ -14,14 +14,14 @@ import msgspec
 
 from actors.limiter_core import LimiterTable, PolicySpec, RateDecision
 from actors.runtime.actor import Send
-from messages.commands import Check, Done, GetSnapshot, ResetKeys, Tick
+from messages.commands import Check, Done, GetSnapshot, PeekRate, ResetKeys, Tick
 from messages.config import Config
 from messages.errors import TriageError
 from messages.snapshots import LimiterSnapshot, PolicyStats
 
-LimiterIn = Check | ResetKeys | GetSnapshot | Tick
+LimiterIn = Check | PeekRate | ResetKeys | GetSnapshot | Tick
 
-# Idle keys carry no information under GCRA; sweeping them in small slices, at most every
+# Idle keys carry no information (GCRA or window); sweeping them in small slices, at most every
 # EXPIRE_EVERY_S while checks arrive, keeps memory low without a pause.
 EXPIRE_EVERY_S = 5.0
 EXPIRE_BUDGET = 2000
@@ -35,7 +35,8 @@ class LimiterState(msgspec.Struct, kw_only=True):
 
     @classmethod
     def initial(cls, config: Config, now: float) -> LimiterState:
-        policies = {n: PolicySpec(limit=p.limit, window_s=p.window_s) for n, p in config.policies.items()}
+        policies = {n: PolicySpec(limit=p.limit, window_s=p.window_s, algorithm=p.resolved_algorithm())
+                    for n, p in config.policies.items()}
         overrides = {pol: {k: PolicySpec(limit=v.limit, window_s=v.window_s) for k, v in keys.items()}
                      for pol, keys in config.limiter.overrides.items()}
         table = LimiterTable(policies, max_keys=config.limiter.max_keys, overrides=overrides,
@@ -68,6 +69,12 @@ def step(s: LimiterState, msg: LimiterIn, now: float) -> tuple[LimiterState, lis
             try:
                 decision = s.table.check(msg.policy, msg.key, now, msg.cost)
             except (TriageError, KeyError, ValueError) as exc:  # a malformed check
+                return s, [Send(msg.reply, exc)]
+            return s, [Send(msg.reply, decision)]
+        case PeekRate():
+            try:
+                decision = s.table.peek(msg.policy, msg.key, now)
+            except (TriageError, KeyError) as exc:  # an unknown policy
                 return s, [Send(msg.reply, exc)]
             return s, [Send(msg.reply, decision)]
         case Tick():

@@ -1,5 +1,10 @@
 """Rate limiter: the pure core (no I/O, no trio, no clock reads).
 
+Two algorithms, chosen per policy (`PolicySpec.algorithm`): ``"gcra"`` below, and
+``"sliding_window"``, an exact log of the admitted units (`actors.sliding_window`): at
+most `limit` in any window, at 8 bytes a unit of the limit, so meant for small limits.
+Both share the key table, its LRU order, eviction, expiry and compaction described here.
+
 Algorithm: GCRA (generic cell rate algorithm, the "virtual scheduling" form of a
 leaky bucket). A policy is `limit` requests per `window_s` seconds with a burst of
 `limit`. Its emission interval is ``T = window_s / limit``. The whole state of a key
@@ -15,7 +20,7 @@ of length D at most ``limit + floor(D / T)`` cost units are allowed.
 
 Why GCRA: one float per key (a fixed-window counter needs a count and a window
 start and lets 2x the limit through at a window edge; a sliding log needs `limit`
-timestamps per key), exact burst and rate, O(1) per decision, and every number a
+timestamps per key: offered as `sliding_window`, for small limits), exact burst and rate, O(1) per decision, and every number a
 client wants (remaining, reset, retry-after) follows from TAT without more state.
 
 Time. ``now`` (seconds, monotonic) is the only clock. It is quantised to whole
@@ -41,7 +46,9 @@ dict (a 16-byte entry and a 4-byte index per slot of a str-keyed dict: 31-38 byt
 per key when compact, up to 64 before a rebuild, see below). Measured with
 tracemalloc (scripts/bench/limiter_core.py, keys "user:<i>"): 122 B/key at 100k
 keys and 116 at 1M freshly filled; 123 and 148 in the steady state of a full table
-under churn. Rejected alternatives: a dict per policy needs a second structure
+under churn. A sliding-window key holds its log instead of a float: a bytearray of
+8 * limit bytes (32 + 8 * limit bytes more than a float; see `actors.sliding_window`).
+Rejected alternatives: a dict per policy needs a second structure
 for one LRU order across policies; ``(policy, key)`` tuples cost 56 bytes more
 per key; an int TAT costs 8 more (ints are 28-32 bytes, floats 24); ``hash(key)``
 ints instead of strings save ~30 bytes of key but turn the dict into a general
@@ -78,9 +85,12 @@ from itertools import islice
 
 import msgspec
 
+from actors.sliding_window import LogDecision, fresh_log, log_idle, log_peek, log_take
 from messages.errors import InvalidArgument, InvalidArgumentType, TriageError
 
-__all__ = ["LimiterTable", "PolicySpec", "RateDecision", "UnknownPolicy", "check_cost"]
+__all__ = ["ALGORITHMS", "LimiterTable", "PolicySpec", "RateDecision", "UnknownPolicy", "check_cost"]
+
+ALGORITHMS = ("gcra", "sliding_window")
 
 _US = 1_000_000  # microseconds per second
 # Largest effective window (limit * T, microseconds): keeps TAT arithmetic exact in floats.
@@ -103,16 +113,21 @@ class RateDecision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     remaining: int  # 0..limit, requests still allowed right now after this decision
     reset_at: float  # instant when the quota is fully restored
     reset_after_s: float  # reset_at - now, >= 0
+    # Instant when more quota is available (the next unit back: the draft's `t`); now when
+    # nothing is used. GCRA: a unit every T; sliding window: the oldest counted unit leaves.
+    # (No `more_after_s` beside it: one field less to build per decision on the hot path.)
+    more_at: float
     retry_after_s: float  # 0 when allowed; else seconds until a request of this cost is allowed
     # Why a refusal can never turn into an allowance: "cost_exceeds_limit" (retry_after_s = inf).
     reason: str | None = None
 
 
 class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
-    """`limit` requests per `window_s` seconds, burst = limit."""
+    """`limit` requests per `window_s` seconds: GCRA with burst = limit, or an exact window."""
 
     limit: int
     window_s: float
+    algorithm: str = "gcra"
 
     def __post_init__(self) -> None:
         if type(self.limit) is not int:
@@ -125,6 +140,8 @@ class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"window_s must be a finite number > 0, got {self.window_s!r}")
         if round(self.window_s * _US) < 1:
             raise ValueError(f"window_s must be at least 1 microsecond, got {self.window_s!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if _interval_us(self) * self.limit > _MAX_WINDOW_US:
             raise ValueError(f"limit={self.limit} per window_s={self.window_s!r} is too large")
 
@@ -151,16 +168,19 @@ def _interval_us(spec: PolicySpec) -> int:
 class _Rate:
     """A PolicySpec turned into microsecond constants (floats holding integers)."""
 
-    __slots__ = ("limit", "interval", "window", "spec")
+    __slots__ = ("limit", "interval", "window", "spec", "sliding")
 
-    def __init__(self, spec: PolicySpec) -> None:
+    def __init__(self, spec: PolicySpec, algorithm: str | None = None) -> None:
         if not isinstance(spec, PolicySpec):
             raise TypeError(f"expected a PolicySpec, got {spec!r}")
         t = _interval_us(spec)
         self.spec = spec
         self.limit = spec.limit
         self.interval = float(t)  # T
-        self.window = float(t * spec.limit)  # limit * T: the effective window (burst tolerance + T)
+        # A key's override keeps its policy's algorithm (`algorithm`), whatever its own spec says.
+        self.sliding = (algorithm or spec.algorithm) == "sliding_window"
+        # GCRA: limit * T, the effective window (burst tolerance + T); a log: the window itself.
+        self.window = float(round(spec.window_s * _US) if self.sliding else t * spec.limit)
 
 
 class _Policy(_Rate):
@@ -201,7 +221,7 @@ class LimiterTable:
             if not isinstance(name, str):
                 raise TypeError(f"policy names must be str, got {name!r}")
             own = overrides.get(name)
-            ov = {k: _Rate(s) for k, s in own.items()} if own else None
+            ov = {k: _Rate(s, spec.algorithm) for k, s in own.items()} if own else None
             p = _Policy(name, chr(i), spec, ov)
             self._policies[name] = p
             self._by_prefix[p.prefix] = p
@@ -211,7 +231,7 @@ class LimiterTable:
         self._enabled = bool(enabled)
         # One attribute test on the hot path: None, or _ALL (disabled), or the exempt keys.
         self._bypass = _ALL if not self._enabled else (self._exempt or None)
-        self._tat: dict[str, float] = {}
+        self._tat: dict[str, float | bytearray] = {}  # GCRA: TAT; sliding window: its log
         self._evictions = 0
         self._expired = 0
         self._compactions = 0
@@ -244,36 +264,58 @@ class LimiterTable:
             if len(d) >= self._max_keys:
                 self._evict()
             p.keys += 1
+            if r.sliding:
+                return self._take_log(p, r, k, fresh_log(r.limit), nu, cost)
             tat = nu
+        elif r.sliding:
+            return self._take_log(p, r, k, tat, nu, cost)
         elif tat < nu:
             tat = nu  # idle: same as a fresh key
         new = tat + cost * r.interval
         window = r.window
+        interval = r.interval
         if new - nu <= window:
             d[k] = new
             p.allowed += 1
+            left = int((nu + window - new) // interval)
+            more = new - window + (left + 1) * interval  # when `left` next grows by one
             return RateDecision(
                 allowed=True,
                 policy=policy,
                 limit=r.limit,
-                remaining=int((nu + window - new) // r.interval),
+                remaining=left,
                 reset_at=new / 1e6,
                 reset_after_s=(new - nu) / 1e6,
+                more_at=more / 1e6,
                 retry_after_s=0.0,
             )
         # Refused: TAT is unchanged (and > now, as cost <= limit); the key still counts as used.
         d[k] = tat
         p.rejected += 1
         left = nu + window - tat  # < 0 only if `now` went backwards
+        units = int(left // interval) if left > 0 else 0
+        more = tat - window + (units + 1) * interval
         return RateDecision(
             allowed=False,
             policy=policy,
             limit=r.limit,
-            remaining=int(left // r.interval) if left > 0 else 0,
+            remaining=units,
             reset_at=tat / 1e6,
             reset_after_s=(tat - nu) / 1e6,
+            more_at=more / 1e6,
             retry_after_s=(new - window - nu) / 1e6,
         )
+
+    def _take_log(self, p: _Policy, r: _Rate, k: str, log: bytearray, nu: float,
+                  cost: int) -> RateDecision:
+        """A sliding-window check: `log` is re-inserted (LRU end) whether allowed or not."""
+        self._tat[k] = log  # type: ignore[assignment]
+        out = log_take(log, nu, r.window, cost)
+        if out[0]:
+            p.allowed += 1
+        else:
+            p.rejected += 1
+        return _from_log(p.name, r.limit, nu, out)
 
     def peek(self, policy: str, key: str, now: float) -> RateDecision:
         """The state of `key` as a cost-1 check would see it, consuming nothing.
@@ -292,19 +334,24 @@ class LimiterTable:
             return _pass(policy, r.limit, now)
         nu = _floor(now * 1e6 + 0.5)
         tat = self._tat.get(p.prefix + key)
+        if r.sliding:
+            return _from_log(policy, r.limit, nu, log_peek(tat, nu, r.limit))  # type: ignore[arg-type]
         if tat is None or tat < nu:
             tat = nu
         new = tat + r.interval
         window = r.window
         allowed = new - nu <= window
         left = nu + window - tat
+        units = int(left // r.interval) if left > 0 else 0
+        more = nu if units >= r.limit else tat - window + (units + 1) * r.interval
         return RateDecision(
             allowed=allowed,
             policy=policy,
             limit=r.limit,
-            remaining=int(left // r.interval) if left > 0 else 0,
+            remaining=units,
             reset_at=tat / 1e6,
             reset_after_s=(tat - nu) / 1e6,
+            more_at=more / 1e6,
             retry_after_s=0.0 if allowed else (new - window - nu) / 1e6,
         )
 
@@ -361,7 +408,8 @@ class LimiterTable:
             return 0
         nu = _floor(now * 1e6 + 0.5)
         d = self._tat
-        idle = [k for k, tat in islice(d.items(), budget) if tat <= nu]
+        idle = [k for k, v in islice(d.items(), budget)
+                if (log_idle(v, nu) if type(v) is bytearray else v <= nu)]
         by_prefix = self._by_prefix
         for k in idle:
             del d[k]
@@ -434,7 +482,22 @@ def _pass(policy: str, limit: int, now: float) -> RateDecision:
         remaining=limit,
         reset_at=now,
         reset_after_s=0.0,
+        more_at=now,
         retry_after_s=0.0,
+    )
+
+
+def _from_log(policy: str, limit: int, nu: float, out: LogDecision) -> RateDecision:
+    allowed, remaining, more, reset, retry = out
+    return RateDecision(
+        allowed=allowed,
+        policy=policy,
+        limit=limit,
+        remaining=remaining,
+        reset_at=reset / 1e6,
+        reset_after_s=(reset - nu) / 1e6,
+        more_at=more / 1e6,
+        retry_after_s=(retry - nu) / 1e6,
     )
 
 

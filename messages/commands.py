@@ -150,6 +150,13 @@ class Check(Message):
     cost: int = 1
 
 
+class PeekRate(Message):
+    """What a cost-1 `Check` would answer now, spending nothing (`mon.peek_rate`)."""
+    reply: Any
+    policy: str
+    key: str
+
+
 class ResetKeys(Message):
     reply: Any = None
     policy: str | None = None

@@ -58,9 +58,21 @@ class BreakerConfig(_Frozen):
     ignore_exceptions: tuple[str, ...] = ()
 
 
+# A policy without `algorithm` is an exact sliding window up to this many requests (the log
+# costs 8 bytes a request per key), GCRA above it (one float per key).
+SLIDING_WINDOW_DEFAULT_MAX = 64
+RATE_ALGORITHMS = ("sliding_window", "gcra")
+
+
 class RatePolicy(_Frozen):
     limit: int
     window_s: float
+    algorithm: str | None = None  # "sliding_window" | "gcra"; None: by `limit` (see above)
+
+    def resolved_algorithm(self) -> str:
+        if self.algorithm is not None:
+            return self.algorithm
+        return "sliding_window" if self.limit <= SLIDING_WINDOW_DEFAULT_MAX else "gcra"
 
 
 class LimiterConfig(_Frozen):
@@ -610,6 +622,8 @@ def validate(cfg: Config) -> None:
     for name, pol in cfg.policies.items():
         _require(pol.limit >= 1, f"policies.{name}.limit", pol.limit, "must be >= 1")
         _require(pol.window_s > 0, f"policies.{name}.window_s", pol.window_s, "must be > 0")
+        _require(pol.algorithm is None or pol.algorithm in RATE_ALGORITHMS, f"policies.{name}.algorithm",
+                 pol.algorithm, f"expected one of {', '.join(RATE_ALGORITHMS)}")
     q = cfg.queue
     _require(q.max_concurrent >= 1, "queue.max_concurrent", q.max_concurrent, "must be >= 1")
     _require(q.max_queue_size >= 0, "queue.max_queue_size", q.max_queue_size, "must be >= 0")

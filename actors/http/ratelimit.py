@@ -26,13 +26,20 @@ inventing one does not buy a fresh quota.
 Header fields. The spec's ``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``
 (epoch seconds, rounded up) on every limited response, plus
 ``X-RateLimit-Retry-After`` and ``Retry-After`` (seconds, rounded up, >= 1) on
-a refusal; and the IETF fields of draft-ietf-httpapi-ratelimit-headers-11
-(field syntax unchanged since -08): ``RateLimit-Policy: "auth";q=5;w=900`` and
-``RateLimit: "auth";r=4;t=180``. ``t`` is the time until the quota is fully
-restored, except on a refusal, where ``r=0`` holds exactly until the next
-request is allowed, so ``t`` equals ``Retry-After`` (the draft: Retry-After
-should not point before the end of the effective window). A header field the
-app set itself is left alone, not duplicated.
+a refusal; and the IETF fields of draft-ietf-httpapi-ratelimit-headers (field
+syntax unchanged since -08): ``RateLimit-Policy: "auth";q=5;w=900`` and
+``RateLimit: "auth";r=3;t=…``. ``t`` follows -10 (issue #149 of the draft,
+"reset parameter clarity"): the seconds "until additional quota ... is made
+available", not until the quota is full, because "when implementing sliding
+window algorithms, more quota may become available before the full window
+period expires". So ``t`` is `RateDecision.more_at`: under a sliding window the
+instant the oldest counted request leaves the window, under GCRA the instant the
+next unit comes back (every window/limit); ``t=0`` with the whole quota left.
+``X-RateLimit-Reset`` keeps the spec's meaning, the instant the quota is full.
+On a refusal of cost 1 ``t`` equals ``Retry-After``. A 429 carries the draft's
+problem type ``https://iana.org/assignments/http-problem-types#quota-exceeded``
+with ``violated-policies``. A header field the app set itself is left alone,
+not duplicated.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from loguru import logger
 from actors.limiter_core import RateDecision
 from messages.errors import ActorCrashed, ConfigError, ShuttingDown
 
-__all__ = ["RateLimitMiddleware", "RefusalSummary", "client_key", "rate_headers"]
+__all__ = ["QUOTA_EXCEEDED", "RateLimitMiddleware", "RefusalSummary", "client_key", "rate_headers"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -184,9 +191,15 @@ def _parse_pattern(pattern: str, field: str) -> tuple[str | None, str]:
 
 # -- header fields and bodies (pure) ----------------------------------------------------------
 
-def rate_headers(d: RateDecision, window_s: float, reset_after_s: float, wall_now: float) -> Headers:
-    """The header fields for decision `d`; `reset_after_s` counts from the response instant."""
+QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+
+
+def rate_headers(d: RateDecision, window_s: float, reset_after_s: float, wall_now: float,
+                 more_after_s: float) -> Headers:
+    """The header fields for decision `d`; `reset_after_s` (quota full) and `more_after_s`
+    (more quota: the draft's ``t``) count from the response instant."""
     reset_after_s = max(0.0, reset_after_s)
+    more = max(0, math.ceil(more_after_s))
     name = _sf_string(d.policy)
     window = max(1, math.ceil(window_s))
     out = [
@@ -195,11 +208,9 @@ def rate_headers(d: RateDecision, window_s: float, reset_after_s: float, wall_no
         (b"x-ratelimit-reset", b"%d" % math.ceil(wall_now + reset_after_s)),
         (b"ratelimit-policy", b"%s;q=%d;w=%d" % (name, d.limit, window)),
     ]
-    if d.allowed:
-        out.append((b"ratelimit", b"%s;r=%d;t=%d" % (name, d.remaining, math.ceil(reset_after_s))))
-    else:
+    out.append((b"ratelimit", b"%s;r=%d;t=%d" % (name, d.remaining, more)))
+    if not d.allowed:
         retry = retry_after(d)
-        out.append((b"ratelimit", b"%s;r=0;t=%d" % (name, retry or math.ceil(reset_after_s))))
         if retry is not None:  # a cost above the limit: retrying never helps, so no hint
             out += [(b"x-ratelimit-retry-after", b"%d" % retry), (b"retry-after", b"%d" % retry)]
     return out
@@ -215,8 +226,9 @@ def _sf_string(text: str) -> bytes:
     return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
 
 
-def _problem(status: int, title: str, detail: str, **extra: Any) -> tuple[Headers, bytes]:
-    body = msgspec.json.encode({"type": "about:blank", "title": title, "status": status,
+def _problem(status: int, title: str, detail: str, type_: str = "about:blank",
+             **extra: Any) -> tuple[Headers, bytes]:
+    body = msgspec.json.encode({"type": type_, "title": title, "status": status,
                                 "detail": detail, **extra})
     headers = [(b"content-type", b"application/problem+json"),
                (b"content-length", b"%d" % len(body)),
@@ -330,8 +342,9 @@ class RateLimitMiddleware:
     def _sender(self, send: Any, decision: RateDecision, window_s: float) -> Any:
         async def send_with_rate_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
-                reset_after = decision.reset_at - trio.current_time()
-                extra = rate_headers(decision, window_s, reset_after, time.time())
+                now = trio.current_time()
+                extra = rate_headers(decision, window_s, decision.reset_at - now, time.time(),
+                                     decision.more_at - now)
                 message = {**message, "headers": _merge_headers(message.get("headers", ()), extra)}
             await send(message)
         return send_with_rate_headers
@@ -340,7 +353,8 @@ class RateLimitMiddleware:
         retry = retry_after(d)
         detail = (f"Rate limit exceeded for policy {policy!r}; retry after {retry} s" if retry is not None
                   else f"Request cost exceeds the limit of policy {policy!r}: it can never be allowed")
-        headers, body = _problem(429, "Too Many Requests", detail, policy=policy, retry_after=retry)
+        headers, body = _problem(429, "Too Many Requests", detail, QUOTA_EXCEEDED, policy=policy,
+                                 retry_after=retry, **{"violated-policies": [policy]})
         now = trio.current_time()
         refusals = self._summary.note(policy, now)
         if refusals is not None:
@@ -351,7 +365,8 @@ class RateLimitMiddleware:
                 self._on_refusal(policy, key, d)
             except Exception:
                 log.exception("on_refusal hook failed", policy=policy)
-        await _answer(send, 429, headers + rate_headers(d, window_s, d.reset_at - now, time.time()), body)
+        extra = rate_headers(d, window_s, d.reset_at - now, time.time(), d.more_at - now)
+        await _answer(send, 429, headers + extra, body)
 
     def _window(self, policy: str, key: str) -> float:
         per_key = self._override_windows.get(policy)

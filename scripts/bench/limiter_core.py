@@ -13,6 +13,10 @@ strings (the table stores ``prefix + key``, its own string), and the TAT floats.
 checks of new keys (each evicting) interleaved with n touches of live keys (each
 moving its key to the LRU end), plus the periodic `expire()` the limiter actor
 runs: the steady state of a busy table, with deleted slots and dict rebuilds.
+
+Sliding-window policies (`algorithm="sliding_window"`, a log of `limit` doubles per key) are
+measured beside GCRA: decisions/s for the default small policies, and bytes per key for
+both algorithms at the same limit, with the issue's bound (window <= GCRA + 8*limit + 40).
 """
 
 from __future__ import annotations
@@ -176,6 +180,59 @@ def decisions(n_keys: int, ops: int, rounds: int) -> dict[str, float]:
     return out
 
 
+def window_decisions(n_keys: int, ops: int, rounds: int) -> dict[str, float]:
+    """Sliding-window checks: auth-like (5 / 900 s) and recording-like (30 / 60 s) keys."""
+    out: dict[str, float] = {}
+    for limit, window in ((5, 900.0), (30, 60.0)):
+        spec = {"w": PolicySpec(limit=limit, window_s=window, algorithm="sliding_window")}
+        table = LimiterTable(spec, max_keys=n_keys)
+        for i in range(n_keys):
+            table.check("w", f"user:{i}", T0)
+        rnd = random.Random(3)
+        live = [f"user:{rnd.randrange(n_keys)}" for _ in range(ops)]
+        clock = [T0]
+
+        def touch(table=table, live=live, clock=clock, step=window / limit):
+            check = table.check
+            clock[0] += step
+            now = clock[0]
+            for k in live:
+                check("w", k, now)
+            return len(live)
+
+        def refused(table=table, clock=clock):
+            check = table.check
+            now = clock[0]
+            for _ in range(ops):
+                check("w", "attacker", now)
+            return ops
+
+        out[f"window {limit}/{window:g}s: check, existing keys"] = timed(touch, rounds)
+        out[f"window {limit}/{window:g}s: check, one key, refused"] = timed(refused, rounds)
+    return out
+
+
+def window_bytes_per_key(n: int) -> list[tuple[int, float, float]]:
+    """(limit, GCRA B/key, window B/key) for tables of n keys, same keys, same limit."""
+    rows = []
+    for limit in (5, 10, 30, 64):
+        got = []
+        for algorithm in ("gcra", "sliding_window"):
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            table = LimiterTable({"p": PolicySpec(limit=limit, window_s=60.0, algorithm=algorithm)},
+                                 max_keys=n)
+            for i in range(n):
+                table.check("p", f"user:{i}", T0)
+            gc.collect()
+            got.append((tracemalloc.get_traced_memory()[0] - base) / len(table))
+            tracemalloc.stop()
+            del table
+        rows.append((limit, got[0], got[1]))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs, 3 rounds")
@@ -187,8 +244,13 @@ def main() -> None:
     for n in (100_000, 1_000_000):
         for name, rate in decisions(n, ops, rounds).items():
             print(f"  {n:>9,} keys  {name:<44} {rate:>12,.0f} /s  ({1e9 / rate:,.0f} ns)")
+    for name, rate in window_decisions(100_000, ops, rounds).items():
+        print(f"  {100_000:>9,} keys  {name:<44} {rate:>12,.0f} /s  ({1e9 / rate:,.0f} ns)")
     if args.no_memory:
         return
+    for limit, gcra, window in window_bytes_per_key(100_000):
+        print(f"    100,000 keys  bytes/key limit {limit:>2}: gcra {gcra:.1f}, sliding_window {window:.1f}"
+              f" (+{window - gcra:.1f}; bound +{8 * limit + 40})")
     for n in (100_000, 1_000_000):
         mem_rounds = 1 if args.quick and n > 100_000 else 3
         b = bytes_per_key(n, mem_rounds)

@@ -1,7 +1,8 @@
 """The rate-limiting ASGI edge: a real hypercorn (trio worker) on loopback, a real httpx client.
 
 Real sockets, so real time (no autojump clock); nothing here waits on a clock:
-the auth policy (5 per 900 s, one more every 180 s) does not move within a test.
+the auth policy (5 per 900 s: a sliding window by default, one more every 180 s
+under GCRA) does not move within a test.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import trio
 from loguru import logger
 
 from actors import open_monitoring
-from actors.http.ratelimit import RateLimitMiddleware, RefusalSummary, _Routes, client_key
+from actors.http.ratelimit import (
+    QUOTA_EXCEEDED,
+    RateLimitMiddleware,
+    RefusalSummary,
+    _Routes,
+    client_key,
+)
 from actors.limiter_core import RateDecision
 from messages.config import Config, LimiterConfig, RatePolicy
 from messages.errors import ConfigError
@@ -63,6 +70,19 @@ async def serving(config: Config | None = None, **middleware: Any) -> AsyncItera
             shutdown.set()
 
 
+GCRA_AUTH = Config(policies={**Config().policies,
+                             "auth": RatePolicy(limit=5, window_s=900.0, algorithm="gcra")})
+
+
+def sf_ratelimit(response: httpx.Response, field: str = "ratelimit") -> list[tuple[str, dict]]:
+    """The RateLimit / RateLimit-Policy field as an RFC 9651 List, read by `http_sfv` (a dev
+    dependency; skips the rest of a test where it is not installed)."""
+    sfv = pytest.importorskip("http_sfv")
+    parsed = sfv.List()
+    parsed.parse(response.headers[field].encode("ascii"))
+    return [(item.value, dict(item.params)) for item in parsed]
+
+
 def problem(response: httpx.Response) -> dict:
     assert response.headers["content-type"] == "application/problem+json"
     return json.loads(response.content)
@@ -93,27 +113,56 @@ async def test_middleware_auth_policy_five_allowed_then_refused_with_all_header_
             assert r.headers["x-app"] == "kept"
             assert r.headers["x-ratelimit-limit"] == "5"
             assert r.headers["x-ratelimit-remaining"] == str(4 - i)
-            assert abs(int(r.headers["x-ratelimit-reset"]) - (sent_at + 180 * (i + 1))) <= 1
+            assert abs(int(r.headers["x-ratelimit-reset"]) - (sent_at + 900)) <= 1
             assert r.headers["ratelimit-policy"] == '"auth";q=5;w=900'
-            assert r.headers["ratelimit"] == f'"auth";r={4 - i};t={180 * (i + 1)}'
+            # sliding window: more quota when the oldest counted request leaves, 900 s on
+            assert r.headers["ratelimit"] == f'"auth";r={4 - i};t=900'
             assert "retry-after" not in r.headers and "x-ratelimit-retry-after" not in r.headers
 
         sent_at = time.time()
         r = await client.post(LOGIN)
         assert r.status_code == 429
         assert "x-app" not in r.headers  # the app was not called
-        assert r.headers["retry-after"] == "180"
-        assert r.headers["x-ratelimit-retry-after"] == "180"
+        assert r.headers["retry-after"] == "900"
+        assert r.headers["x-ratelimit-retry-after"] == "900"
         assert r.headers["x-ratelimit-limit"] == "5"
         assert r.headers["x-ratelimit-remaining"] == "0"
         assert abs(int(r.headers["x-ratelimit-reset"]) - (sent_at + 900)) <= 1
         assert r.headers["ratelimit-policy"] == '"auth";q=5;w=900'
-        assert r.headers["ratelimit"] == '"auth";r=0;t=180'
+        assert r.headers["ratelimit"] == '"auth";r=0;t=900'
         assert problem(r) == {
-            "type": "about:blank", "title": "Too Many Requests", "status": 429,
-            "detail": "Rate limit exceeded for policy 'auth'; retry after 180 s",
-            "policy": "auth", "retry_after": 180,
+            "type": QUOTA_EXCEEDED, "title": "Too Many Requests", "status": 429,
+            "detail": "Rate limit exceeded for policy 'auth'; retry after 900 s",
+            "policy": "auth", "retry_after": 900, "violated-policies": ["auth"],
         }
+
+
+async def test_middleware_gcra_auth_t_is_the_next_unit_not_the_full_restore():
+    # The issue's measurement: after 2 of 5, GCRA gives a unit back in 180 s (full at 360 s).
+    async with serving(GCRA_AUTH, route_policies=AUTH_ROUTES) as client:
+        await client.post(LOGIN)
+        sent_at = time.time()
+        r = await client.post(LOGIN)
+        assert r.headers["ratelimit"] == '"auth";r=3;t=180'  # and, parsed as structured fields:
+        assert sf_ratelimit(r) == [("auth", {"r": 3, "t": 180})]
+        assert sf_ratelimit(r, "ratelimit-policy") == [("auth", {"q": 5, "w": 900})]
+        assert abs(int(r.headers["x-ratelimit-reset"]) - (sent_at + 360)) <= 1  # quota full
+        for _ in range(3):
+            await client.post(LOGIN)
+        refused = await client.post(LOGIN)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "180"
+    assert problem(refused)["type"] == QUOTA_EXCEEDED
+    assert sf_ratelimit(refused) == [("auth", {"r": 0, "t": 180})]
+
+
+async def test_middleware_sliding_window_t_parsed_by_a_structured_field_parser():
+    async with serving(route_policies=AUTH_ROUTES) as client:
+        first = await client.post(LOGIN)
+        second = await client.post(LOGIN)
+    assert sf_ratelimit(first) == [("auth", {"r": 4, "t": 900})]
+    assert sf_ratelimit(second) == [("auth", {"r": 3, "t": 900})]  # the oldest leaves at +900
+    assert sf_ratelimit(second, "ratelimit-policy") == [("auth", {"q": 5, "w": 900})]
 
 
 async def test_middleware_forwarded_for_without_trusted_proxy_is_ignored():
@@ -178,7 +227,11 @@ async def test_middleware_cost_consumes_several_units():
     async with serving(route_policies=AUTH_ROUTES, cost=lambda scope: 2) as client:
         r = await client.post(LOGIN)
     assert r.headers["x-ratelimit-remaining"] == "3"
-    assert r.headers["ratelimit"] == '"auth";r=3;t=360'
+    assert r.headers["ratelimit"] == '"auth";r=3;t=900'  # sliding window: both units leave at +900
+    async with serving(GCRA_AUTH, route_policies=AUTH_ROUTES, cost=lambda scope: 2) as client:
+        r = await client.post(LOGIN)
+    assert r.headers["x-ratelimit-remaining"] == "3"
+    assert r.headers["ratelimit"] == '"auth";r=3;t=180'  # GCRA: one unit back every 180 s
 
 
 async def test_middleware_cost_above_limit_is_429_saying_it_never_passes():
@@ -335,8 +388,8 @@ def test_rate_headers_refusal_retry_after_is_at_least_one_second():
     from actors.http.ratelimit import rate_headers
 
     d = RateDecision(allowed=False, policy="auth", limit=5, remaining=0, reset_at=0.0,
-                     reset_after_s=0.2, retry_after_s=0.2)
-    headers = dict(rate_headers(d, 900.0, 0.2, 1000.5))
+                     reset_after_s=0.2, more_at=0.2, retry_after_s=0.2)
+    headers = dict(rate_headers(d, 900.0, 0.2, 1000.5, 0.2))
     assert headers[b"retry-after"] == b"1"
     assert headers[b"x-ratelimit-reset"] == b"1001"
     assert headers[b"ratelimit"] == b'"auth";r=0;t=1'

@@ -139,7 +139,8 @@ def test_check_cost_above_limit_is_a_refusal_that_says_so_and_consumes_nothing()
     t = new_table()
     d = t.check("auth", "k", T0, cost=6)
     assert d == RateDecision(allowed=False, policy="auth", limit=5, remaining=5, reset_at=T0,
-                             reset_after_s=0.0, retry_after_s=math.inf, reason="cost_exceeds_limit")
+                             reset_after_s=0.0, more_at=T0, retry_after_s=math.inf,
+                             reason="cost_exceeds_limit")
     assert len(t) == 0
     assert t.stats()["policies"]["auth"]["rejected"] == 1
     assert t.check("auth", "k", T0, cost=5).remaining == 0
@@ -195,7 +196,8 @@ def test_peek_fresh_key_reports_full_quota_and_stores_nothing():
     t = new_table()
     d = t.peek("general", "k", T0)
     assert d == RateDecision(allowed=True, policy="general", limit=100, remaining=100,
-                             reset_at=T0, reset_after_s=0.0, retry_after_s=0.0)
+                             reset_at=T0, reset_after_s=0.0, more_at=T0,
+                             retry_after_s=0.0)
     assert len(t) == 0
     assert t.stats()["policies"]["general"]["allowed"] == 0
 
@@ -461,7 +463,8 @@ class Model:
         now = (round(T0 * 1_000_000) + t) / 1e6
         if not self.enabled or key in self.exempt:
             return RateDecision(allowed=True, policy=policy, limit=limit, remaining=limit,
-                                reset_at=now, reset_after_s=0.0, retry_after_s=0.0)
+                                reset_at=now, reset_after_s=0.0, more_at=now,
+                                retry_after_s=0.0)
         allowed = level + cost <= limit
         if consume:
             if (policy, key) in self.lru:
@@ -474,11 +477,15 @@ class Model:
             self.lru[(policy, key)] = (level, t)
         reset_us = level * interval
         assert reset_us.denominator == 1
+        # the next unit back: when `remaining` (floor(limit - level)) next grows by one
+        more_us = 0 if level == 0 else (level - math.ceil(level) + 1) * interval
+        assert Fraction(more_us).denominator == 1
         return RateDecision(
             allowed=allowed, policy=policy, limit=limit,
             remaining=math.floor(limit - level),
             reset_at=(round(T0 * 1_000_000) + t + int(reset_us)) / 1e6,
             reset_after_s=int(reset_us) / 1e6,
+            more_at=(round(T0 * 1_000_000) + t + int(more_us)) / 1e6,
             retry_after_s=0.0 if allowed else int((level + cost - limit) * interval) / 1e6,
         )
 
