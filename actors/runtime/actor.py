@@ -153,7 +153,7 @@ async def serve(cell: SupervisedActor, *, task_status: trio.TaskStatus = trio.TA
 def shut_down(cell: SupervisedActor) -> None:
     """Answer every ask still owed with ShuttingDown and close the inbox. Never blocks.
 
-    Tells still in the inbox (a Release carrying a pooled connection, say) are handled
+    Tells still in the inbox (one that gives a resource back, say) are handled
     as usual first, so what they hand back is not lost.
     """
     now = trio.current_time()
