@@ -111,9 +111,9 @@ def drop_idle(pool: Pool, conns: tuple, tokens: int) -> tuple[Pool, tuple]:
     return replace(pool, idle=idle, opened=max(pool.opened - n, 0), idle_closed=pool.idle_closed + n), gone
 
 
-def pool_snapshot(p: Pool, unopened: int = 0) -> PoolSnapshot:
-    """`unopened`: offered slots with leave to open a connection they have not used yet."""
-    return PoolSnapshot(idle=len(p.idle), opened=max(p.opened - unopened, 0), connects=p.connects,
+def pool_snapshot(p: Pool) -> PoolSnapshot:
+    """The core's view: `opened` includes offered slots' leave to open (see `corrected`)."""
+    return PoolSnapshot(idle=len(p.idle), opened=p.opened, connects=p.connects,
                         connect_failures=p.connect_failures, discarded=p.discarded, reused=p.reused,
                         backoff_s=p.backoff_s, idle_closed=p.idle_closed)
 

@@ -23,7 +23,6 @@ from actors.pg.pool import (
     corrected,
     give_back,
     lease,
-    pool_snapshot,
     undo_lease,
 )
 from actors.pg.pool_idle import reap
@@ -70,12 +69,6 @@ def test_pool_give_back_and_undo_lease_restore_the_accounting():
     assert undo_lease(pool, Admitted(waited_s=0.0, **got)) == Pool(idle=(conn,), opened=1)
 
 
-def test_pool_snapshot_counts_only_connections_that_exist():
-    """An idle pool of 8 offered slots and one connection reports 1 opened, not 8."""
-    snap = pool_snapshot(Pool(idle=(), opened=8), unopened=7)
-    assert snap.opened == 1
-
-
 # --- the offer list ------------------------------------------------------------------------
 
 def offered(max_concurrent: int = 2) -> tuple[SchedulerCore, SchedulerState, Offers]:
@@ -93,7 +86,7 @@ def test_pool_offers_fill_free_slots_and_are_corrected_out_of_the_snapshot():
     state, effects = core.step(state, GetSnapshot(reply=None), 0.0)
     raw = effects[0].value
     assert (raw.in_flight, raw.free, raw.pool.opened) == (2, 0, 2)
-    seen = corrected(raw, offers.counts())
+    seen = corrected(raw, offers.counts())  # an idle pool of offered slots has no connection yet
     assert (seen.in_flight, seen.free, seen.pool.opened) == (0, 2, 0)
 
 
