@@ -1,4 +1,7 @@
-"""What callers hold for each actor: breaker and queue handles, and the guard around a call.
+"""What callers hold for each actor: breaker and queue handles, and the one guard around a call.
+
+`Guard` is the only path of a guarded call — `mon.run`, `mon.guard` and `mon.db` alike:
+breaker permit, admission (with a pooled connection for mon.db), outcome, metrics.
 
 Handles only read published values and talk to actors through their mailboxes;
 they own no state of their own beyond wiring.
@@ -282,19 +285,15 @@ class Guards:
                  closed: Any) -> None:
         self.breakers, self.queue, self._metrics, self._closed = breakers, queue, metrics, closed
 
-    def breaker(self, tier: str) -> BreakerHandle:
-        if self._closed():
-            raise ShuttingDown()
-        try:
-            return self.breakers[tier]
-        except KeyError:
-            raise UnknownTier(tier, tuple(self.breakers)) from None
-
     def __call__(self, tier: str, priority: int, timeout_s: float | None, *,
                  conn: bool = False) -> Guard:
         """A guard for one call; `conn`: the slot comes with a pooled connection (mon.db)."""
-        return Guard(self.breaker(tier), self.queue, self._metrics, priority, timeout_s,
-                     conn=conn, checkpoint=not conn)
+        if self._closed():
+            raise ShuttingDown()
+        breaker = self.breakers.get(tier)
+        if breaker is None:
+            raise UnknownTier(tier, tuple(self.breakers))
+        return Guard(breaker, self.queue, self._metrics, priority, timeout_s, conn=conn, checkpoint=not conn)
 
 
 def check_timeout(timeout_s: object) -> float | None:

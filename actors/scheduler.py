@@ -20,6 +20,9 @@ Leaving. A waiter whose caller was cancelled or whose deadline passed sends
 `Withdraw`; a holder sends `Release`. If a slot is handed to a caller that has
 just gone, the shell feeds the core a `Withdraw` for it (`undelivered`), and
 the slot moves on to the next waiter: it can neither leak nor be granted twice.
+Connections. A holder that asks for one gets it with its slot; the pool itself — what a
+holder runs on, and the slots offered ahead of demand — lives in `actors.pg.pool`.
+
 Timeouts. Each waiter carries its deadline; the shell wakes the core with a
 `Tick` at the earliest one, and the core answers `QueueTimeout` — exactly at
 the deadline, so MockClock tests can assert it to the tick.
@@ -107,7 +110,7 @@ class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
     # only costs a Tick, so removals need not recompute it.
     next_deadline: float = math.inf
     pool: Pool = Pool()
-    # Offer free slots ahead of demand (see `Offer`): off in the pure-core tests' default.
+    # Offer free slots ahead of demand (see `actors.pg.pool`): off in the pure-core tests' default.
     offer: bool = False
     admitted: int = 0
     rejected: int = 0
