@@ -172,7 +172,7 @@ class OfferCounts(msgspec.Struct, frozen=True, kw_only=True):
 def corrected(snap: QueueSnapshot, offers: OfferCounts) -> QueueSnapshot:
     """A snapshot the core made, as callers see it: untaken offers are free slots, and
     connections they have not opened do not exist."""
-    if not offers.idle:
+    if not offers.idle and not offers.unopened:
         return snap
     pool = snap.pool
     if pool is not None and offers.unopened:
@@ -184,14 +184,17 @@ class Offers:
     """Pre-granted slots an uncontended caller takes without a round trip (LIFO).
 
     `state` is the scheduler's state as of its last step (the scheduler's core keeps it
-    current), read to decide whether a slot may go straight back on the list.
+    current), read to decide whether a slot may go straight back on the list. `lent_unopened`:
+    offers with leave to open a connection, taken by callers that want none (`mon.run`):
+    no connection exists for them either.
     """
 
-    __slots__ = ("entries", "inbox", "state")
+    __slots__ = ("entries", "inbox", "state", "lent_unopened")
 
     def __init__(self, inbox: Mailbox, state: Any) -> None:
         self.entries: deque = deque()
         self.inbox, self.state = inbox, state
+        self.lent_unopened = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -201,12 +204,16 @@ class Offers:
         token, granted = self.entries.pop()  # LIFO: the warmest connection, so idle ones age out
         if not (conn and granted.unavailable_s):
             self.inbox.tell_count()
+            if granted.connect and not conn:
+                self.lent_unopened += 1
             return token, granted
         tell_quietly(self.inbox, Reclaim(token=token, lease=granted))
         return None
 
     def put_back(self, token: Any, conn: Any, granted: Admitted | None) -> bool:
         """While nobody waits, a clean slot goes straight back on the list (True)."""
+        if granted is not None and granted.connect and conn is None:
+            self.lent_unopened -= 1  # returned as it came (a caller that wanted no connection)
         s = self.state
         # While the pool backs off connecting, a working connection must reach the core: it is
         # the news that the database answers again (else callers keep getting DatabaseUnavailable).
@@ -230,10 +237,10 @@ class Offers:
 
     def counts(self) -> OfferCounts:
         entries = self.entries
-        if not entries:
+        if not entries and not self.lent_unopened:
             return OfferCounts()
         unopened = sum(1 for _, g in entries if g.conn is None and g.connect)
-        return OfferCounts(idle=len(entries), unopened=unopened)
+        return OfferCounts(idle=len(entries), unopened=unopened + self.lent_unopened)
 
     def close(self) -> None:
         """The system has stopped: idle connections close (those in untaken offers too);

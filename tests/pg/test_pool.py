@@ -90,6 +90,16 @@ def test_pool_offers_fill_free_slots_and_are_corrected_out_of_the_snapshot():
     assert (seen.in_flight, seen.free, seen.pool.opened) == (0, 2, 0)
 
 
+def test_pool_offer_taken_by_a_caller_wanting_no_connection_opens_none():
+    """`mon.run` takes an offered slot whose lease says "open one": it opens none, so the
+    pool must not report that connection while the caller holds the slot."""
+    core, state, offers = offered(2)
+    token, granted = offers.take(conn=False)
+    assert granted.connect and offers.counts() == OfferCounts(idle=1, unopened=2)
+    assert offers.put_back(token, None, granted)
+    assert offers.counts() == OfferCounts(idle=2, unopened=2) and offers.lent_unopened == 0
+
+
 def test_pool_offer_put_back_only_while_nobody_waits_and_not_during_back_off():
     core, state, offers = offered(1)
     token, granted = offers.take(conn=True)
