@@ -1,4 +1,7 @@
-"""What callers hold for each actor: breaker and queue handles, and the guard around a call.
+"""What callers hold for each actor: breaker and queue handles, and the one guard around a call.
+
+`Guard` is the only path of a guarded call — `mon.run`, `mon.guard` and `mon.db` alike:
+breaker permit, admission (with a pooled connection for mon.db), outcome, metrics.
 
 Handles only read published values and talk to actors through their mailboxes;
 they own no state of their own beyond wiring.
@@ -12,9 +15,9 @@ from typing import Any
 
 import trio
 
-from actors.runtime.actor import SupervisedActor
+from actors.pg.pool import ConnectionLease, Offers, corrected
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
-from actors.scheduler import adjust, check_priority
+from actors.scheduler import check_priority
 from messages.commands import (
     Admit,
     Admitted,
@@ -24,7 +27,6 @@ from messages.commands import (
     GetSnapshot,
     Outcome,
     Permit,
-    Reclaim,
     Release,
     Reset,
     Withdraw,
@@ -40,6 +42,7 @@ from messages.errors import (
     RateLimited,
     ShuttingDown,
     TriageError,
+    UnknownTier,
     breaker_verdict,
 )
 from messages.snapshots import BreakerSnapshot, QueueSnapshot
@@ -139,9 +142,9 @@ class BreakerHandle:
 class QueueHandle:
     """The admission queue as a caller sees it."""
 
-    def __init__(self, inbox: Mailbox, timeout_s: float, cell: SupervisedActor | None = None) -> None:
-        self._inbox, self.timeout_s, self._cell = inbox, timeout_s, cell
-        self._offers: Any = cell.offers if cell is not None else ()
+    def __init__(self, inbox: Mailbox, timeout_s: float, offers: Offers | None = None) -> None:
+        self._inbox, self.timeout_s, self.offers = inbox, timeout_s, offers
+        self._entries: Any = offers.entries if offers is not None else ()
 
     async def admit(self, priority: int, timeout_s: float | None = None,
                     conn: bool = False, probe: bool = False, now: float | None = None
@@ -151,13 +154,10 @@ class QueueHandle:
         Raises QueueFull, QueueTimeout (after `timeout_s`, default the queue's request
         timeout), QueueCleared or ShuttingDown. `now`: the caller's clock reading, if it has one.
         """
-        offers = self._offers
-        if offers and not probe:  # a slot offered in advance: held at once, no round trip
-            token, lease = offers.pop()  # LIFO: the warmest connection, so idle ones can age out
-            if not (conn and lease.unavailable_s):
-                self._inbox.tell_count()
-                return token, lease
-            tell_quietly(self._inbox, Reclaim(token=token, lease=lease))  # stale back-off: ask
+        if self._entries and not probe:  # a slot offered in advance: held at once, no round trip
+            taken = self.offers.take(conn)
+            if taken is not None:
+                return taken
         if now is None:
             now = trio.current_time()
         reply = Reply()
@@ -178,19 +178,11 @@ class QueueHandle:
         """Give the slot back (with the pooled connection, if any). False once shut down.
 
         `lease`: what the holder got, returned as is when it used no connection. While nobody
-        waits, a clean slot goes straight back on the offer list (see `scheduler.Offer`).
+        waits, a clean slot goes straight back on the offer list (see `actors.pg.pool.Offers`).
         """
-        cell = self._cell
-        # While the pool backs off connecting, a working connection must reach the core: it is
-        # the news that the database answers again (else callers keep getting DatabaseUnavailable).
-        if (cell is not None and not discarded and not self._inbox.closed and cell.state.depth == 0
-                and not (conn is not None and cell.state.pool.backoff_s)):
-            if conn is not None:
-                self._offers.append((token, Admitted(waited_s=0.0, conn=conn)))
-                return True
-            if lease is not None and not lease.unavailable_s:  # untouched: offered again as it came
-                self._offers.append((token, lease))
-                return True
+        offers = self.offers
+        if offers is not None and not discarded and offers.put_back(token, conn, lease):
+            return True
         if lease is not None and conn is None and not discarded:
             conn, discarded = lease.conn, lease.connect  # unused: the lease goes back as it came
         return tell_quietly(self._inbox, Release(reply=token, conn=conn, discarded=discarded,
@@ -202,7 +194,8 @@ class QueueHandle:
         await ask(self._inbox, lambda r: Clear(reply=r))
 
     async def snapshot(self) -> QueueSnapshot:
-        return adjust(await ask(self._inbox, lambda r: GetSnapshot(reply=r)), len(self._offers))
+        snap = await ask(self._inbox, lambda r: GetSnapshot(reply=r))
+        return corrected(snap, self.offers.counts()) if self.offers is not None else snap
 
 
 def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: float,
@@ -211,21 +204,35 @@ def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: flo
     metrics.tell_batched(("call", None, tier, outcome_name(exc), None, now - t0, waited_s))
 
 
-class _Guard:
-    """`async with mon.guard(...)`: breaker permit + admission slot around a block."""
+class Guard:
+    """The one guard around every guarded call: `mon.run`, `async with mon.guard(...)`, `mon.db`.
 
-    __slots__ = ("_breaker", "_queue", "_metrics", "_priority", "_timeout_s", "_trial", "_epoch",
-                 "_token", "_t0", "_waited", "_lease")
+    Breaker permit, then an admission slot (with a pooled connection when `conn`), then the
+    outcome: the slot goes back, the metrics hear how the call ended, and the breaker its
+    verdict — a failure applied before the caller gets control back. `checkpoint`: entering is
+    a trio checkpoint (mon.db's calls are one anyway: every query waits on its socket).
+    """
+
+    __slots__ = ("_breaker", "_queue", "_metrics", "_priority", "_timeout_s", "_conn", "_checkpoint",
+                 "_trial", "_epoch", "_token", "_t0", "_waited", "_lease")
 
     def __init__(self, breaker: BreakerHandle, queue: QueueHandle, metrics: Mailbox, priority: int,
-                 timeout_s: float | None) -> None:
+                 timeout_s: float | None, *, conn: bool = False, checkpoint: bool = True) -> None:
         self._breaker, self._queue, self._metrics = breaker, queue, metrics
         self._priority, self._timeout_s = check_priority(priority), check_timeout(timeout_s)
+        self._conn, self._checkpoint, self._token = conn, checkpoint, None
 
-    async def __aenter__(self) -> _Guard:
-        # A checkpoint before anything is taken: a cancelled caller takes no slot and runs
-        # nothing, and a loop of guarded calls that never await still lets other tasks run.
-        await trio.lowlevel.checkpoint()
+    @property
+    def entered(self) -> bool:
+        """Whether a slot is held (so `exit` is owed)."""
+        return self._token is not None
+
+    async def enter(self) -> Admitted:
+        """Permit + slot, or the refusal (observed, and a trial permit handed back)."""
+        if self._checkpoint:
+            # A cancelled caller takes no slot and runs nothing, and a loop of guarded calls
+            # that never await still lets other tasks run.
+            await trio.lowlevel.checkpoint()
         t0 = trio.current_time()
         breaker = self._breaker
         v = breaker._view.value
@@ -237,22 +244,56 @@ class _Guard:
             except BaseException as exc:
                 observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None)
                 raise
-        try:
-            self._token, admitted = await self._queue.admit(self._priority, self._timeout_s, now=t0)
+        try:  # a trial that wants a connection may connect while the pool backs off
+            token, admitted = await self._queue.admit(self._priority, self._timeout_s, conn=self._conn,
+                                                      probe=self._conn and self._trial, now=t0)
         except BaseException as exc:
             if self._trial:
-                await self._breaker.report("abandoned", True, self._epoch, 0.0)
-            observe_call(self._metrics, self._breaker.tier, exc, t0, trio.current_time(), None)
+                await breaker.report("abandoned", True, self._epoch, 0.0)
+            observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None)
             raise
-        self._t0, self._waited, self._lease = t0, admitted.waited_s, admitted
+        self._token, self._t0, self._waited, self._lease = token, t0, admitted.waited_s, admitted
+        return admitted
+
+    async def exit(self, exc: BaseException | None, held: ConnectionLease | None = None) -> None:
+        """The slot back (with `held`'s connection), then the outcome to metrics and breaker."""
+        now = trio.current_time()
+        token, self._token = self._token, None
+        if held is None:
+            self._queue.release(token, lease=self._lease)
+        else:
+            held.give_back(self._queue, token)
+        breaker = self._breaker
+        observe_call(self._metrics, breaker.tier, exc, self._t0, now, self._waited)
+        await breaker.report(breaker_verdict(exc, breaker.ignore), self._trial, self._epoch,
+                             now - self._t0 - self._waited)
+
+    async def __aenter__(self) -> Guard:
+        await self.enter()
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        now = trio.current_time()
-        self._queue.release(self._token, lease=self._lease)
-        observe_call(self._metrics, self._breaker.tier, exc, self._t0, now, self._waited)
-        await self._breaker.report(breaker_verdict(exc, self._breaker.ignore), self._trial, self._epoch,
-                                   now - self._t0 - self._waited)
+        await self.exit(exc)
+
+
+class Guards:
+    """Makes the guard for a tier: the one place `mon.run`, `mon.guard` and `mon.db` get theirs."""
+
+    __slots__ = ("breakers", "queue", "_metrics", "_closed")
+
+    def __init__(self, breakers: dict[str, BreakerHandle], queue: QueueHandle, metrics: Mailbox,
+                 closed: Any) -> None:
+        self.breakers, self.queue, self._metrics, self._closed = breakers, queue, metrics, closed
+
+    def __call__(self, tier: str, priority: int, timeout_s: float | None, *,
+                 conn: bool = False) -> Guard:
+        """A guard for one call; `conn`: the slot comes with a pooled connection (mon.db)."""
+        if self._closed():
+            raise ShuttingDown()
+        breaker = self.breakers.get(tier)
+        if breaker is None:
+            raise UnknownTier(tier, tuple(self.breakers))
+        return Guard(breaker, self.queue, self._metrics, priority, timeout_s, conn=conn, checkpoint=not conn)
 
 
 def check_timeout(timeout_s: object) -> float | None:

@@ -25,7 +25,6 @@ from messages.errors import (
     InvalidArgumentType,
     RateLimited,
     ShuttingDown,
-    UnknownTier,
 )
 from messages.events import MaintenanceChanged
 from messages.health import SEVERITY_RANK, Alert, HealthReport
@@ -35,7 +34,7 @@ from messages.snapshots import ActorStatus, SystemSnapshot
 if TYPE_CHECKING:
     from actors.pg.database import Database
 
-from actors.guard import BreakerHandle, FaultsDisabled, QueueHandle, _Guard
+from actors.guard import BreakerHandle, FaultsDisabled, Guard, Guards, QueueHandle
 from actors.runtime.bus import EventBus
 
 T = TypeVar("T")
@@ -51,6 +50,8 @@ class Monitoring:
         self._limiter, self._metrics = limiter_inbox, metrics_inbox
         self._cells, self._bus = cells, bus
         self.closed = False
+        # The one maker of guards: mon.run, mon.guard and mon.db (see actors.guard.Guard).
+        self.guards = Guards(breakers, queue, metrics_inbox, lambda: self.closed)
         self.in_maintenance = False
         self.db: Database            # set by the wiring (raises DatabaseNotConfigured without one)
         self.health_report: AsyncValue  # the health actor's latest HealthReport
@@ -59,23 +60,15 @@ class Monitoring:
         self.injector: Any = None        # a FaultInjector when config.faults.enabled
         self.sinks: Any = None           # actors.sinks.Sinks, set by start_sinks
 
-    def _breaker(self, tier: str) -> BreakerHandle:
-        if self.closed:
-            raise ShuttingDown()
-        try:
-            return self.breakers[tier]
-        except KeyError:
-            raise UnknownTier(tier, tuple(self.breakers)) from None
-
     def guard(self, *, priority: int = Priority.NORMAL, tier: str = "database",
-              timeout_s: float | None = None) -> _Guard:
+              timeout_s: float | None = None) -> Guard:
         """Breaker + admission slot for a block; an exception leaving the block is the outcome.
 
         `timeout_s` bounds the wait for a slot (default: the queue's request timeout). A bad
         `priority` or `timeout_s` raises TypeError / ValueError here. Entering is a checkpoint;
         a failure leaving the block has been applied by the breaker when it propagates.
         """
-        return _Guard(self._breaker(tier), self.queue, self._metrics, priority, timeout_s)
+        return self.guards(tier, priority, timeout_s)
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any, priority: int = Priority.NORMAL,
                   tier: str = "database", fallback: Callable[[], Any] | None = None,
@@ -85,9 +78,9 @@ class Monitoring:
         When the breaker refuses and `fallback` is given, returns `fallback()` (awaited if it
         returns an awaitable) instead of raising `CircuitOpen`.
         """
-        guard = _Guard(self._breaker(tier), self.queue, self._metrics, priority, timeout_s)
+        guard = self.guards(tier, priority, timeout_s)
         try:
-            await guard.__aenter__()
+            await guard.enter()
         except CircuitOpen:
             if fallback is None:
                 raise
@@ -96,9 +89,9 @@ class Monitoring:
         try:
             result = await fn(*args)
         except BaseException as exc:
-            await guard.__aexit__(type(exc), exc, None)
+            await guard.exit(exc)
             raise
-        await guard.__aexit__(None, None, None)
+        await guard.exit(None)
         return result
 
     async def check_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:

@@ -40,6 +40,7 @@ from actors import health_rules
 from actors import scheduler as scheduler_mod
 from actors.alerts import Sample, iso
 from actors.hysteresis import Track
+from actors.pg.pool import OfferCounts, corrected
 from actors.runtime.mailbox import AsyncValue
 from messages.config import Config
 from messages.health import Alert, Degradation, HealthReport
@@ -63,7 +64,7 @@ class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
     maintenance: bool = False
     alerts: tuple[Alert, ...] = ()
     started_at: float = 0.0
-    idle_offers: int = 0                     # the scheduler's offered slots not yet taken
+    offers: OfferCounts = OfferCounts()      # the pool's offered slots not yet taken
 
 
 def _breaker_reasons(inputs: HealthInputs, now: float) -> list[Degradation]:
@@ -163,7 +164,7 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
     found = reasons(inputs, cfg, now, rules, lims)
     status = _status(found)
     breakers = {t: breaker_mod.snapshot(s, now) for t, s in inputs.breakers.items()}
-    queue = scheduler_mod.snapshot(inputs.queue, now, idle_offers=inputs.idle_offers)
+    queue = corrected(scheduler_mod.snapshot(inputs.queue, now), inputs.offers)
     db_status = ("not_configured" if inputs.database is None else
                  "unknown" if inputs.database.checked_at is None else _component_status(found, "database"))
     components = {
@@ -228,7 +229,7 @@ class Sources(msgspec.Struct, frozen=True, kw_only=True):
 
     breakers: Callable[[], dict[str, Any]]
     queue: Callable[[], Any]
-    idle_offers: Callable[[], int]
+    offers: Callable[[], OfferCounts]
     database: Callable[[], Any]
     metrics: Callable[[], Any]
     limiter: Callable[[], Any]
@@ -282,7 +283,7 @@ class HealthActor:
 
     def inputs(self) -> HealthInputs:
         src = self.sources
-        return HealthInputs(breakers=src.breakers(), queue=src.queue(), idle_offers=src.idle_offers(),
+        return HealthInputs(breakers=src.breakers(), queue=src.queue(), offers=src.offers(),
                             database=src.database(),
                             metrics=src.metrics(), limiter=src.limiter(), actors=src.actors(),
                             maintenance=src.maintenance(), alerts=src.alerts(), started_at=self.started_at)

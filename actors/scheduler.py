@@ -20,6 +20,9 @@ Leaving. A waiter whose caller was cancelled or whose deadline passed sends
 `Withdraw`; a holder sends `Release`. If a slot is handed to a caller that has
 just gone, the shell feeds the core a `Withdraw` for it (`undelivered`), and
 the slot moves on to the next waiter: it can neither leak nor be granted twice.
+Connections. A holder that asks for one gets it with its slot; the pool itself — what a
+holder runs on, and the slots offered ahead of demand — lives in `actors.pg.pool`.
+
 Timeouts. Each waiter carries its deadline; the shell wakes the core with a
 `Tick` at the earliest one, and the core answers `QueueTimeout` — exactly at
 the deadline, so MockClock tests can assert it to the tick.
@@ -33,6 +36,19 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
+from actors.pg.pool import (
+    CloseConns,
+    CloseIdle,
+    Offer,
+    Offers,
+    Pool,
+    Token,
+    drop_idle,
+    give_back,
+    lease,
+    pool_snapshot,
+    undo_lease,
+)
 from actors.runtime.actor import Send
 from messages.commands import (
     Admit,
@@ -55,7 +71,7 @@ from messages.errors import (
     QueueFull,
     QueueTimeout,
 )
-from messages.snapshots import PoolSnapshot, QueueSnapshot
+from messages.snapshots import QueueSnapshot
 
 N_PRIORITIES = len(Priority)
 _NAMES = ", ".join(f"{p.name}={p.value}" for p in Priority)
@@ -72,18 +88,6 @@ def check_priority(priority: object) -> int:
     return priority
 
 
-class CloseIdle(msgspec.Struct, frozen=True, kw_only=True):
-    """From the idle reaper (`actors.pg.pool_idle`): connections unused for too long go.
-
-    `tokens`: offered slots whose connection the reaper has taken off the offer list and
-    closed (their slots come free). `conns`: idle connections in the core's own list; the
-    core closes those it still has (an effect), so one just leased out is never closed.
-    """
-
-    tokens: tuple = ()
-    conns: tuple = ()
-
-
 SchedulerIn = (Admit | Release | Withdraw | Clear | Reclaim | Replenish | Taken | GetSnapshot | Tick
                | CloseIdle)
 
@@ -96,30 +100,6 @@ class Waiter(msgspec.Struct, frozen=True, array_like=True):
     probe: bool = False
 
 
-class Pool(msgspec.Struct, frozen=True, kw_only=True):
-    """The database connections that go with the slots (at most one per slot holder).
-
-    `opened` counts connections that exist or are being opened: idle ones, ones held
-    with a slot, and ones a holder was told to open. It never exceeds max_concurrent,
-    because a connection is only opened by a slot holder when none is idle.
-    """
-
-    idle: tuple = ()                 # LIFO: the warmest connection goes out first
-    opened: int = 0
-    retry_at: float = -math.inf      # connecting backs off after a failure until then
-    backoff_s: float = 0.0
-    limited: bool = False            # the back-off is the server's connection limit, not an outage
-    connects: int = 0
-    connect_failures: int = 0
-    discarded: int = 0
-    reused: int = 0
-    idle_closed: int = 0             # closed after max_idle_s beyond min_idle
-
-
-CONNECT_BACKOFF_MIN_S = 0.25
-CONNECT_BACKOFF_MAX_S = 10.0
-
-
 class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
     cfg: QueueConfig
     holders: frozenset = frozenset()
@@ -130,7 +110,7 @@ class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
     # only costs a Tick, so removals need not recompute it.
     next_deadline: float = math.inf
     pool: Pool = Pool()
-    # Offer free slots ahead of demand (see `Offer`): off in the pure-core tests' default.
+    # Offer free slots ahead of demand (see `actors.pg.pool`): off in the pure-core tests' default.
     offer: bool = False
     admitted: int = 0
     rejected: int = 0
@@ -152,34 +132,6 @@ class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
         return self.cfg.max_concurrent - len(self.holders)
 
 
-class Token:
-    """Identity of an offered slot (a holder that no caller has asked for yet)."""
-
-    __slots__ = ()
-
-
-class Offer:
-    """Effect: put a pre-granted slot where an uncontended caller can take it without asking.
-
-    While nobody waits, every free slot is granted in advance to a `Token` and placed in the
-    shell's offer list; a caller that finds one there holds that slot at once (no round trip,
-    counted by a `Taken` tally). When it is done and still nobody waits, it puts the slot —
-    with its healthy pooled connection — straight back on the list; otherwise it releases it
-    as usual and the core hands it to the next waiter. An arrival that must ask while offers
-    remain first takes one back (`Reclaim`), so offered slots never sit idle while someone
-    waits. Offered slots are holders, so the invariants are unchanged; only the snapshot
-    counts the untaken ones as free.
-    """
-
-    __slots__ = ("token", "lease")
-
-    def __init__(self, token: Token, lease: Admitted) -> None:
-        self.token, self.lease = token, lease
-
-    def perform(self, cell: Any, now: float) -> None:
-        cell.offers.append((self.token, self.lease))
-
-
 def _offer(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
     if not s.offer or s.depth:
         return s, []
@@ -198,15 +150,9 @@ def _reclaim(s: SchedulerState, msg: Reclaim, now: float) -> tuple[SchedulerStat
         return s, []
     release = Release(reply=msg.token, conn=msg.lease.conn, discarded=msg.lease.connect)
     if release.conn is not None or release.discarded:
-        s = replace(s, pool=_undo_lease(s.pool, msg.lease))
+        s = replace(s, pool=undo_lease(s.pool, msg.lease))
     s = replace(s, holders=s.holders - {msg.token})
     return _hand_over(s, now)
-
-
-def _undo_lease(pool: Pool, lease: Admitted) -> Pool:
-    if lease.conn is not None:
-        return replace(pool, idle=pool.idle + (lease.conn,), reused=pool.reused - 1)
-    return replace(pool, opened=pool.opened - 1, connects=pool.connects - 1)
 
 
 def _with_queue(s: SchedulerState, prio: int, queue: tuple, depth_delta: int, **changes) -> SchedulerState:
@@ -214,41 +160,15 @@ def _with_queue(s: SchedulerState, prio: int, queue: tuple, depth_delta: int, **
     return replace(s, waiting=waiting, depth=s.depth + depth_delta, **changes)
 
 
-def _lease(pool: Pool, now: float, probe: bool = False) -> tuple[Pool, dict]:
-    """What a slot holder that wants a connection gets: an idle one, leave to open one, or a wait.
-
-    A breaker's trial call (`probe`) may connect while connecting backs off: finding out
-    whether the database is back is its whole purpose.
-    """
-    if pool.idle:
-        return replace(pool, idle=pool.idle[:-1], reused=pool.reused + 1), {"conn": pool.idle[-1]}
-    if now < pool.retry_at and not probe:
-        return pool, {"unavailable_s": pool.retry_at - now, "limited": pool.limited}
-    return replace(pool, opened=pool.opened + 1, connects=pool.connects + 1), {"connect": True}
-
-
 def _grant(s: SchedulerState, reply: Any, since: float, now: float,
            wants_conn: bool = False, probe: bool = False) -> tuple[SchedulerState, Send]:
-    lease: dict = {}
     if wants_conn:
-        pool, lease = _lease(s.pool, now, probe)
+        pool, granted = lease(s.pool, now, probe)
         s = replace(s, pool=pool)
+    else:
+        granted = {}
     s = replace(s, holders=s.holders | {reply}, admitted=s.admitted + 1)
-    return s, Send(reply, Admitted(waited_s=max(now - since, 0.0), **lease))
-
-
-def _give_back(pool: Pool, msg: Release, now: float) -> Pool:
-    if msg.conn is not None:  # a working connection: the database answers, stop backing off
-        return replace(pool, idle=pool.idle + (msg.conn,), backoff_s=0.0, retry_at=-math.inf,
-                       limited=False)
-    if not msg.discarded:
-        return pool
-    pool = replace(pool, opened=max(pool.opened - 1, 0), discarded=pool.discarded + 1)
-    if msg.connect_failed:
-        backoff = min(max(pool.backoff_s * 2, CONNECT_BACKOFF_MIN_S), CONNECT_BACKOFF_MAX_S)
-        pool = replace(pool, backoff_s=backoff, retry_at=now + backoff, limited=msg.connect_limited,
-                       connect_failures=pool.connect_failures + 1)
-    return pool
+    return s, Send(reply, Admitted(waited_s=max(now - since, 0.0), **granted))
 
 
 def _admit(s: SchedulerState, msg: Admit, now: float) -> tuple[SchedulerState, list]:
@@ -292,7 +212,7 @@ def _release(s: SchedulerState, msg: Release | Withdraw, now: float) -> tuple[Sc
     if msg.reply not in s.holders:
         return s, []
     if type(msg) is Release and (msg.conn is not None or msg.discarded):
-        s = replace(s, pool=_give_back(s.pool, msg, now))
+        s = replace(s, pool=give_back(s.pool, msg, now))
     s, effects = _hand_over(replace(s, holders=s.holders - {msg.reply}), now)
     s, offers = _offer(s, now)
     return s, effects + offers
@@ -323,25 +243,9 @@ def _expire(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
     return s, effects
 
 
-class CloseConns:
-    """Effect: close connections the core has just let go of."""
-
-    __slots__ = ("conns",)
-
-    def __init__(self, conns: tuple) -> None:
-        self.conns = conns
-
-    def perform(self, cell: Any, now: float) -> None:
-        for conn in self.conns:
-            conn.close_now()
-
-
 def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> tuple[SchedulerState, list]:
-    gone = tuple(c for c in s.pool.idle if any(c is x for x in msg.conns))
-    idle = tuple(c for c in s.pool.idle if not any(c is x for x in gone))
     tokens = {t for t in msg.tokens if t in s.holders}
-    n = len(gone) + len(tokens)
-    pool = replace(s.pool, idle=idle, opened=max(s.pool.opened - n, 0), idle_closed=s.pool.idle_closed + n)
+    pool, gone = drop_idle(s.pool, msg.conns, len(tokens))
     s, effects = _hand_over(replace(s, pool=pool, holders=s.holders - tokens), now)
     s, offers = _offer(s, now)
     return s, ([CloseConns(gone)] if gone else []) + effects + offers
@@ -354,22 +258,16 @@ def _clear(s: SchedulerState, msg: Clear) -> tuple[SchedulerState, list]:
     return s, [*effects, Send(msg.reply, Done())]
 
 
-def snapshot(s: SchedulerState, now: float, restarts: int = 0, idle_offers: int = 0) -> QueueSnapshot:
-    """`idle_offers`: offered slots nobody has taken yet (the shell knows): reported as free."""
+def snapshot(s: SchedulerState, now: float, restarts: int = 0) -> QueueSnapshot:
+    """The core's view: untaken offers count as held (`actors.pg.pool.corrected` frees them)."""
     oldest = min((q[0].at for q in s.waiting if q), default=now)
     return QueueSnapshot(
         max_concurrent=s.cfg.max_concurrent, max_queue_size=s.cfg.max_queue_size,
-        in_flight=s.in_flight - idle_offers, free=s.free + idle_offers, depth=s.depth,
+        in_flight=s.in_flight, free=s.free, depth=s.depth,
         depth_by_priority={Priority(p).name: len(q) for p, q in enumerate(s.waiting)},
         oldest_wait_s=max(now - oldest, 0.0), admitted=s.admitted, rejected=s.rejected,
         displaced=s.displaced, timed_out=s.timed_out, cancelled=s.cancelled,
         cleared=s.cleared, pool=pool_snapshot(s.pool), restarts=restarts)
-
-
-def pool_snapshot(p: Pool) -> PoolSnapshot:
-    return PoolSnapshot(idle=len(p.idle), opened=p.opened, connects=p.connects,
-                        connect_failures=p.connect_failures, discarded=p.discarded, reused=p.reused,
-                        backoff_s=p.backoff_s, idle_closed=p.idle_closed)
 
 
 def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
@@ -398,25 +296,46 @@ def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerStat
     raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
 
 
-def adjust(snap: QueueSnapshot, idle_offers: int) -> QueueSnapshot:
-    """A snapshot the core made, corrected for the offers still waiting to be taken."""
-    return replace(snap, in_flight=snap.in_flight - idle_offers, free=snap.free + idle_offers)
-
-
 class SchedulerCore:
+    """The scheduler's core as its shell runs it, with the pool's offer list beside it.
+
+    Offers are shell state (callers take them without a message), so this is where the pure
+    `step` meets them: an arrival that must ask first takes one unused offer back, and the
+    slots the core offers go onto the list. The generic actor shell knows nothing of this.
+    """
+
     name = "scheduler"
-    step = staticmethod(step)
 
-    @staticmethod
-    def pre_step(cell: Any, msg: Any) -> list:
-        """Before an arrival must ask, take one unused offer back, so it can be granted.
+    def __init__(self, offers: Offers) -> None:
+        self.offers = offers
 
-        The most recently offered (LIFO, as callers take them): its connection is the warmest.
-        """
-        if type(msg) is Admit and cell.offers:
-            token, lease = cell.offers.pop()
-            return [Reclaim(token=token, lease=lease)]
-        return []
+    def step(self, s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
+        first: list = []
+        reclaim = self.offers.reclaim_for(msg)
+        try:
+            if reclaim is not None:
+                s, first = step(s, reclaim, now)
+            s, effects = step(s, msg, now)
+        except BaseException:
+            if reclaim is not None:  # the state stays as it was, so the offer does too
+                self.offers.entries.append((reclaim.token, reclaim.lease))
+            raise
+        if first:
+            effects = first + effects
+        if effects:
+            effects = self._offer(effects)
+        self.offers.state = s
+        return s, effects
+
+    def _offer(self, effects: list) -> list:
+        """Offers go on the list; every other effect goes to the shell."""
+        entries, rest = self.offers.entries, []
+        for effect in effects:
+            if type(effect) is Offer:
+                entries.append((effect.token, effect.lease))
+            else:
+                rest.append(effect)
+        return rest
 
     @staticmethod
     def wakeup(s: SchedulerState) -> float:

@@ -39,6 +39,7 @@ from actors.health import METRICS_PERIOD_S, HealthActor, Sources
 from actors.monitor import DatabaseMonitor
 from actors.pg.database import Database
 from actors.pg.embedded import open_embedded
+from actors.pg.pool import Offers
 from actors.pg.pool_idle import run_reaper
 from actors.pg.pool_probe import PoolProbe
 from actors.runtime.actor import SupervisedActor, supervise
@@ -93,6 +94,7 @@ class _Wiring:
         offset = time.time() - self.now
         self.wall: Callable[[float], float] = lambda now: now + offset
         self.injector: Any = None
+        self.offers: Offers | None = None
 
     def on_restart(self, cell: SupervisedActor, exc: BaseException) -> None:
         self.bus.emit(ActorRestarted(actor=cell.name, restarts=cell.restarts,
@@ -126,11 +128,12 @@ class _Wiring:
     async def scheduler(self) -> QueueHandle:
         inbox = Mailbox("scheduler", INBOX_SIZE, count_msg=_taken)
         state = replace(scheduler_mod.SchedulerState.initial(self.config.queue), offer=True)
-        cell = await self.start("scheduler", scheduler_mod.SchedulerCore(), state, inbox)
+        self.offers = Offers(inbox, state)  # the pool's offered slots, beside the scheduler
+        await self.start("scheduler", scheduler_mod.SchedulerCore(self.offers), state, inbox)
         inbox.put(Replenish())
         q = self.config.queue  # an idle pool shrinks to min_idle connections
-        await self.nursery.start(run_reaper, cell, inbox, q.min_idle, q.max_idle_s)
-        return QueueHandle(inbox, self.config.queue.request_timeout_s, cell)
+        await self.nursery.start(run_reaper, self.offers, q.min_idle, q.max_idle_s)
+        return QueueHandle(inbox, self.config.queue.request_timeout_s, self.offers)
 
     async def metrics(self) -> tuple[Mailbox, AsyncValue]:
         inbox = Mailbox("metrics", METRICS_INBOX_SIZE, batch_msg=_observations)
@@ -177,7 +180,7 @@ class _Wiring:
         sources = Sources(
             breakers=lambda: {t: cells[f"breaker.{t}"].state for t in self.config.tiers},
             queue=lambda: cells["scheduler"].state,
-            idle_offers=lambda: len(cells["scheduler"].offers),
+            offers=self.offers.counts,
             database=(lambda: monitor.metrics.value) if monitor is not None else (lambda: None),
             metrics=lambda: metrics.value,
             limiter=lambda: limiter_mod.snapshot(cells["limiter"].state, trio.current_time()),
@@ -261,16 +264,6 @@ def _with_instance_name(config: Config) -> Config:
     return replace(config, database=replace(config.database, application_name=name[:63]))
 
 
-def _close_pool(cell: SupervisedActor) -> None:
-    """Idle pooled connections close with the system (those in untaken offers too); held ones
-    close when their holder is done."""
-    conns = list(cell.state.pool.idle) + [lease.conn for _, lease in cell.offers]
-    cell.offers.clear()
-    for conn in conns:
-        if conn is not None:
-            conn.close_now()
-
-
 async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | None = None,
                          task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Start the whole system in the caller's nursery; `task_status.started(Monitoring)`.
@@ -278,11 +271,10 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
     `faults` wires fault injection in when `config.faults.enabled` (default: the fault layer's
     `actors.faults.wire_faults`, loaded then by name)."""
     config = _with_instance_name(config or Config())
-    cells: dict[str, SupervisedActor] = {}
+    w: _Wiring | None = None
     try:
         async with trio.open_nursery() as nursery:
             w = _Wiring(config, nursery, faults)
-            cells = w.cells
             limiter = await w.limiter()
             breakers = await w.breakers()
             queue = await w.scheduler()
@@ -290,7 +282,7 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
             mon = Monitoring(config, breakers, queue, limiter, metrics_inbox, w.cells, w.bus)
             mon.metrics_snapshot = metrics
             dsn, monitor = await w.database()
-            mon.db = Database(mon, config, dsn, monitor)
+            mon.db = Database(mon.guards, config, dsn, monitor)
             if monitor is not None:  # HALF_OPEN breakers get their trial from the monitor's probe
                 monitor.pool_probe = PoolProbe(mon.db, breakers, config.tiers, monitor.probe_timeout_s).run
             await nursery.start(mon.db.watchdog.run)
@@ -313,8 +305,8 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
             raise single from None
         raise
     finally:
-        if "scheduler" in cells:  # every actor has stopped: the pool's idle connections close
-            _close_pool(cells["scheduler"])
+        if w is not None and w.offers is not None:  # every actor has stopped: the pool closes
+            w.offers.close()
         log.debug("monitoring stopped")
 
 

@@ -34,6 +34,7 @@ from actors import breaker as breaker_mod
 from actors import limiter as limiter_mod
 from actors import scheduler as scheduler_mod
 from actors.http.sse import HEADERS, chunk, until_disconnect
+from actors.pg.pool import corrected
 from messages.events import BreakerTransition
 from messages.health import Alert, camel
 
@@ -78,7 +79,7 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
         breakers[tier] = {"state": b.state.upper(), "failures": b.failures_in_window,
                           "threshold": b.failure_threshold, "timeInState": round(b.time_in_state_s, 1),
                           "openings": b.openings, "rejections": b.rejections}
-    queue = scheduler_mod.snapshot(cells["scheduler"].state, now, idle_offers=len(cells["scheduler"].offers))
+    queue = corrected(scheduler_mod.snapshot(cells["scheduler"].state, now), mon.queue.offers.counts())
     limiter = limiter_mod.snapshot(cells["limiter"].state, now)
     w = metrics.overall.windows["1m"] if metrics is not None else None
     details = report.detailed()

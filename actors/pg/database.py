@@ -1,9 +1,10 @@
 """`mon.db`: guarded PostgreSQL queries, trio-native, on pooled connections.
 
-Theory of operation. Every call passes the tier's breaker, then asks the
-admission queue for a slot *and* a pooled connection in one round trip (the
-pool lives with the slots: one connection per slot at most, so the database
-never sees more than `max_concurrent` of our backends). The query runs on a
+Theory of operation. Every call goes through the one guard `mon.run` and
+`mon.guard` use (`actors.guard.Guard`: breaker permit, admission, outcome,
+metrics), asking for a slot *and* a pooled connection in one grant (the pool,
+`actors.pg.pool`, gives at most one connection per slot, so the database never
+sees more than `max_concurrent` of our backends). The query runs on a
 `PgConnection` driven from the calling task; the connection goes back to the
 pool with the slot, or is discarded if it broke, is inside a transaction it
 should not be, or has outlived `max_lifetime_s`.
@@ -31,12 +32,20 @@ from typing import Any
 import psycopg
 import trio
 
-from actors.guard import observe_call
+from actors.guard import Guard, Guards
 from actors.pg.connection import ConnectionLost, PgConnection, QueryResult
-from actors.scheduler import CONNECT_BACKOFF_MIN_S, check_priority
-from messages.commands import Admitted
+from actors.pg.errors import (
+    ConnectionLimitReached,
+    DatabaseNotConfigured,
+    DatabaseUnavailable,
+    QueryTimeout,
+    connection_limit_reached,
+)
+from actors.pg.pool import ConnectionLease, Connections
 from messages.config import Config, Priority
-from messages.errors import Refused, TriageError, breaker_verdict
+
+__all__ = ["ConnectionLimitReached", "Database", "DatabaseNotConfigured", "DatabaseUnavailable",
+           "QueryTimeout", "Transaction", "connection_limit_reached"]
 
 Params = Sequence[Any] | dict[str, Any] | None
 
@@ -44,139 +53,10 @@ Params = Sequence[Any] | dict[str, Any] | None
 ROLLBACK_TIMEOUT_S = 2.0
 
 
-class DatabaseUnavailable(TriageError, psycopg.OperationalError):
-    """No connection could be had: connecting is backing off after a failure."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        self.retry_after_s = retry_after_s
-        self.retriable = True
-        super().__init__(f"Database unavailable: connecting is backing off; retry after {retry_after_s:.2f}s")
-
-
-class ConnectionLimitReached(Refused, psycopg.OperationalError):
-    """The server refused a new connection: it is at its connection limit (SQLSTATE 53300, or a
-    pooler's "no more connections allowed"). Backpressure, not an outage: nothing was sent,
-    retrying later is safe, and it is no verdict on the tier's breaker."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        self.retry_after_s = retry_after_s
-        self.retriable = True
-        super().__init__(f"Database at its connection limit; retry after {retry_after_s:.2f}s")
-
-
-_LIMIT_WORDS = ("too many clients", "remaining connection slots are reserved",
-                "no more connections allowed", "too many connections")
-
-
-def connection_limit_reached(exc: BaseException) -> bool:
-    """Whether a failed connect was the server's (or a pooler's) connection limit."""
-    if getattr(exc, "sqlstate", None) == "53300":
-        return True
-    return isinstance(exc, psycopg.OperationalError) and any(w in str(exc).lower() for w in _LIMIT_WORDS)
-
-
-class DatabaseNotConfigured(TriageError):
-    def __init__(self) -> None:
-        super().__init__("no database configured: set DATABASE_URL (or enable the embedded database)")
-
-
-class QueryTimeout(TriageError):
-    """The statement was sent and did not finish within `timeout_s`; its outcome is unknown."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s, self.retriable = timeout_s, False
-        super().__init__(f"Database query timed out after {timeout_s:g}s; cancel requested")
-
-
 def _mark(exc: BaseException, retriable: bool) -> None:
     if isinstance(exc, Exception) and not hasattr(exc, "retriable"):
         with contextlib.suppress(AttributeError):
             exc.retriable = retriable  # type: ignore[attr-defined]
-
-
-class _Lease:
-    """One slot + one connection for the length of a call or a transaction."""
-
-    __slots__ = ("db", "token", "conn", "connect_failed", "connect_limited", "t0", "waited", "trial",
-                 "epoch", "breaker", "counted")
-
-    def __init__(self, db: Database, breaker: Any) -> None:
-        self.db, self.breaker = db, breaker
-        self.conn: PgConnection | None = None
-        self.connect_failed = self.connect_limited = False
-        self.counted = False
-
-    async def acquire(self, priority: int, queue_timeout_s: float | None) -> PgConnection:
-        check_priority(priority)
-        self.t0 = trio.current_time()
-        try:
-            self.trial, self.epoch = await self.breaker.permit()
-        except BaseException as exc:
-            observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, trio.current_time(), None)
-            raise
-        try:
-            self.token, admitted = await self.db._queue.admit(priority, queue_timeout_s, conn=True,
-                                                              probe=self.trial, now=self.t0)
-        except BaseException as exc:
-            if self.trial:
-                await self.breaker.report("abandoned", True, self.epoch, 0.0)
-            observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, trio.current_time(), None)
-            raise
-        self.waited = admitted.waited_s
-        return await self._connection(admitted)
-
-    async def _connection(self, admitted: Admitted) -> PgConnection:
-        # The pool counts a connection for this slot when it gave one or leave to open one.
-        self.counted = admitted.conn is not None or admitted.connect
-        if admitted.unavailable_s:
-            if admitted.limited:
-                raise ConnectionLimitReached(admitted.unavailable_s)
-            raise DatabaseUnavailable(admitted.unavailable_s)
-        conn = admitted.conn
-        if conn is not None and (conn.broken or trio.current_time() - conn.created_at > self.db.max_lifetime_s):
-            conn.close_now()
-            conn = None
-        if conn is None:
-            conn = await self._open()
-        self.conn = conn
-        return conn
-
-    async def _open(self) -> PgConnection:
-        try:
-            conn = await self.db._connect()
-        except BaseException as exc:
-            self.connect_failed = isinstance(exc, Exception)
-            if connection_limit_reached(exc):
-                self.connect_limited = True
-                raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
-            _mark(exc, True)
-            raise
-        return conn
-
-    async def reconnect(self) -> PgConnection:
-        """The connection was found dead before the statement went out: a fresh one."""
-        if self.conn is not None:
-            self.conn.close_now()
-            self.conn = None
-        self.conn = await self._open()
-        return self.conn
-
-    async def release(self, exc: BaseException | None) -> None:
-        conn, self.conn = self.conn, None
-        keep = conn is not None and not conn.broken and not conn.in_transaction
-        if conn is not None and not keep:
-            conn.close_now()
-        sent = self.db._queue.release(self.token, conn=conn if keep else None,
-                                      discarded=self.counted and not keep,
-                                      connect_failed=self.connect_failed,
-                                      connect_limited=self.connect_limited)
-        if not sent and conn is not None:
-            conn.close_now()  # the system has shut down: nobody to give it back to
-        now = trio.current_time()
-        observe_call(self.db._mon._metrics, self.breaker.tier, exc, self.t0, now, self.waited)
-        # A failure is applied before the caller gets control back (shielded, bounded).
-        await self.breaker.report(breaker_verdict(exc, self.breaker.ignore), self.trial, self.epoch,
-                                  now - self.t0 - self.waited)
 
 
 class Watchdog:
@@ -243,8 +123,8 @@ class Transaction:
 class Database:
     """Guarded queries: `await mon.db.fetch(...)`, `async with mon.db.transaction() as tx`."""
 
-    def __init__(self, mon: Any, config: Config, dsn: str | None, monitor: Any = None) -> None:
-        self._mon, self._queue, self._dsn = mon, mon.queue, dsn
+    def __init__(self, guards: Guards, config: Config, dsn: str | None, monitor: Any = None) -> None:
+        self._guards, self.queue, self._dsn = guards, guards.queue, dsn
         db = config.database
         self.connect_timeout_s = db.connect_timeout_s
         self.statement_timeout_s = db.statement_timeout_s or config.queue.request_timeout_s
@@ -253,6 +133,7 @@ class Database:
         self.max_lifetime_s = db.max_lifetime_s
         self.application_name = db.application_name
         self.monitor = monitor
+        self.connections = Connections(self._connect, db.max_lifetime_s)
 
     @property
     def configured(self) -> bool:
@@ -265,26 +146,31 @@ class Database:
             self._dsn, connect_timeout_s=self.connect_timeout_s,
             statement_timeout_s=self.statement_timeout_s, application_name=self.application_name)
 
+    def _guarded(self, tier: str, priority: int) -> tuple[Guard, ConnectionLease]:
+        """The one guard (breaker, slot, outcome, metrics) plus the slot's pooled connection."""
+        return self._guards(tier, priority, None, conn=True), self.connections.lease()
+
     async def _run(self, query: str, params: Params, priority: int, tier: str,
                    timeout_s: float | None, row_factory: Any) -> QueryResult:
-        lease = _Lease(self, self._mon._breaker(tier))
+        guard = held = None
         exc_out: BaseException | None = None
         try:
-            conn = await lease.acquire(priority, None)
+            guard, held = self._guarded(tier, priority)
+            conn = await held.take(await guard.enter())
             try:
                 return await self._execute(conn, query, params, row_factory, timeout_s)
             except ConnectionLost as exc:
                 if exc.statement_sent:
                     raise
-                conn = await lease.reconnect()  # it died while idle: nothing was sent, try once more
+                conn = await held.reconnect()  # it died while idle: nothing was sent, try once more
                 return await self._execute(conn, query, params, row_factory, timeout_s)
         except BaseException as exc:
             exc_out = exc
             _mark(exc, _retriable(exc))
             raise
         finally:
-            if hasattr(lease, "token"):
-                await lease.release(exc_out)
+            if guard is not None and guard.entered:
+                await guard.exit(exc_out, held)
 
     async def _execute(self, conn: PgConnection, query: str, params: Params, row_factory: Any,
                        timeout_s: float | None) -> QueryResult:
@@ -331,17 +217,18 @@ class Database:
 
         `timeout_s` bounds the whole block (the statements and the COMMIT).
         """
-        lease = _Lease(self, self._mon._breaker(tier))
+        guard = held = None
         exc_out: BaseException | None = None
         try:
-            conn = await lease.acquire(priority, None)
+            guard, held = self._guarded(tier, priority)
+            conn = await held.take(await guard.enter())
             with _deadline(timeout_s) as scope:
                 try:
                     await self._execute(conn, "BEGIN", None, None, None)
                 except ConnectionLost as exc:
                     if exc.statement_sent:
                         raise
-                    conn = await lease.reconnect()
+                    conn = await held.reconnect()
                     await self._execute(conn, "BEGIN", None, None, None)
                 try:
                     yield Transaction(self, conn)
@@ -359,8 +246,8 @@ class Database:
             _mark(exc, _retriable(exc))
             raise
         finally:
-            if hasattr(lease, "token"):
-                await lease.release(exc_out)
+            if guard is not None and guard.entered:
+                await guard.exit(exc_out, held)
 
     async def metrics(self) -> Any:
         """The spec's ConnectionMetrics from the latest probe (probes now if there was none)."""

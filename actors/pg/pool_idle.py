@@ -7,14 +7,14 @@ keeps the `min_idle` most recently used idle connections and closes every other 
 it has been unused for `max_idle_s` (defaults 1 and 60 s).
 
 Idle connections live in two places: the offer list (pre-granted slots, see
-`scheduler.Offer`) and the core's own idle list (rarely non-empty). The decision is pure
+`actors.pg.pool.Offers`) and the core's own idle list (rarely non-empty). The decision is pure
 (`idle_to_close(idle, min_idle, max_idle_s, now)`); the shell (`reap`) takes the chosen
 offers off the list and closes them at once — nobody else can reach them then — and asks
 the core to drop the chosen idle ones (`CloseIdle`), which it closes only if they are
 still idle. It wakes exactly when the next connection is due, or `max_idle_s` from now
 (any connection that becomes idle later is due no earlier than that).
 
-Offers are taken LIFO (`QueueHandle.admit`), so light traffic keeps reusing the warmest
+Offers are taken LIFO (`Offers.take`), so light traffic keeps reusing the warmest
 connection and the others age out instead of being used in turn.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import trio
 
+from actors.pg.pool import CloseIdle, Offers
 from actors.runtime.mailbox import tell_quietly
-from actors.scheduler import CloseIdle
 
 
 def idle_to_close(idle: list[tuple[Any, float]], min_idle: int, max_idle_s: float,
@@ -38,11 +38,12 @@ def idle_to_close(idle: list[tuple[Any, float]], min_idle: int, max_idle_s: floa
     return close, min(due, now + max_idle_s)
 
 
-def reap(cell: Any, inbox: Any, min_idle: int, max_idle_s: float, now: float) -> float:
+def reap(offers: Offers, min_idle: int, max_idle_s: float, now: float) -> float:
     """Close what is due; returns the next instant to look again."""
-    offered = {id(lease.conn): (token, lease) for token, lease in cell.offers if lease.conn is not None}
-    candidates = [(lease.conn, lease.conn.last_used_at) for _, lease in offered.values()]
-    candidates += [(conn, conn.last_used_at) for conn in cell.state.pool.idle]
+    entries = offers.entries
+    offered = {id(g.conn): (token, g) for token, g in entries if g.conn is not None}
+    candidates = [(g.conn, g.conn.last_used_at) for _, g in offered.values()]
+    candidates += [(conn, conn.last_used_at) for conn in offers.state.pool.idle]
     close, wake = idle_to_close(candidates, min_idle, max_idle_s, now)
     tokens, conns = [], []
     for conn in close:
@@ -50,16 +51,16 @@ def reap(cell: Any, inbox: Any, min_idle: int, max_idle_s: float, now: float) ->
         if entry is None:
             conns.append(conn)
             continue
-        cell.offers.remove(entry)
+        entries.remove(entry)
         conn.close_now()
         tokens.append(entry[0])
     if tokens or conns:
-        tell_quietly(inbox, CloseIdle(tokens=tuple(tokens), conns=tuple(conns)))
+        tell_quietly(offers.inbox, CloseIdle(tokens=tuple(tokens), conns=tuple(conns)))
     return wake
 
 
-async def run_reaper(cell: Any, inbox: Any, min_idle: int, max_idle_s: float, *,
+async def run_reaper(offers: Offers, min_idle: int, max_idle_s: float, *,
                      task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     task_status.started()
-    while not inbox.closed:
-        await trio.sleep_until(reap(cell, inbox, min_idle, max_idle_s, trio.current_time()))
+    while not offers.inbox.closed:
+        await trio.sleep_until(reap(offers, min_idle, max_idle_s, trio.current_time()))

@@ -23,7 +23,6 @@ import trio
 from loguru import logger
 
 from actors.pg.connection import ConnectionLost
-from actors.pg.database import _Lease
 from messages.config import Priority
 from messages.errors import CircuitOpen, Refused, breaker_verdict
 
@@ -76,36 +75,23 @@ class PoolProbe:
             log.info("Database pool probe failed: {error}", error=type(exc_out).__name__)
 
     async def _select_1(self) -> None:
-        lease = _Lease(self._db, None)
+        db = self._db
+        held = db.connections.lease()
         # Waiting for a slot is bounded by the queue (QueueTimeout: no verdict); the rest,
         # connecting and the query, by the probe timeout (TooSlowError: a failure).
-        lease.token, admitted = await self._db._queue.admit(
-            Priority.CRITICAL, self._timeout_s, conn=True, probe=True)
+        token, admitted = await db.queue.admit(Priority.CRITICAL, self._timeout_s, conn=True, probe=True)
         try:
             with trio.fail_after(self._timeout_s):
-                conn = await lease._connection(admitted)
+                conn = await held.take(admitted)
                 try:
                     await conn.execute("SELECT 1")
                 except ConnectionLost as exc:
                     if exc.statement_sent:
                         raise
-                    conn = await lease.reconnect()  # a pooled connection that died idle
+                    conn = await held.reconnect()  # a pooled connection that died idle
                     await conn.execute("SELECT 1")
         finally:
-            _give_back(lease)
-
-
-def _give_back(lease: Any) -> None:
-    conn, lease.conn = lease.conn, None
-    keep = conn is not None and not conn.broken and not conn.in_transaction
-    if conn is not None and not keep:
-        conn.close_now()
-    sent = lease.db._queue.release(lease.token, conn=conn if keep else None,
-                                   discarded=lease.counted and not keep,
-                                   connect_failed=lease.connect_failed,
-                                   connect_limited=lease.connect_limited)
-    if not sent and conn is not None:
-        conn.close_now()
+            held.give_back(db.queue, token)  # the one release path, as for mon.db
 
 
 def _verdict(exc: BaseException | None, ignore: tuple) -> str:

@@ -89,7 +89,6 @@ class SupervisedActor:
         self.restarts = 0
         self.last_restart_at: float | None = None
         self.running = False
-        self.offers: deque = deque()  # the scheduler's offered slots (see scheduler.Offer)
 
     @property
     def name(self) -> str:
@@ -112,10 +111,6 @@ def _perform(cell: SupervisedActor, effects: list, now: float) -> None:
 def _handle(cell: SupervisedActor, msg: Any, now: float) -> None:
     if type(msg) is Crash:
         raise RuntimeError(f"injected crash in actor {cell.name!r}")
-    pre_step = getattr(cell.core, "pre_step", None)
-    if pre_step is not None:
-        for first in pre_step(cell, msg):
-            _handle(cell, first, now)
     state, effects = cell.core.step(cell.state, msg, now)
     cell.state = state
     _perform(cell, effects, now)
@@ -162,7 +157,7 @@ async def serve(cell: SupervisedActor, *, task_status: trio.TaskStatus = trio.TA
 def shut_down(cell: SupervisedActor) -> None:
     """Answer every ask still owed with ShuttingDown and close the inbox. Never blocks.
 
-    Tells still in the inbox (a Release carrying a pooled connection, say) are handled
+    Tells still in the inbox (one that gives a resource back, say) are handled
     as usual first, so what they hand back is not lost.
     """
     now = trio.current_time()

@@ -302,3 +302,34 @@ async def test_guard_db_bad_priority_is_an_error_to_the_caller(database_url):
                     pytest.fail("a bad priority must not start a transaction")
             assert await mon.db.fetchval("select 1", priority=Priority.LOW) == 1
             assert (await mon.queue.snapshot()).in_flight == 0
+
+
+# --- one guard: mon.run, mon.guard and mon.db (issue #11, point 2) -----------------------------
+
+
+async def test_guard_guards_name_the_tier_and_refuse_once_closed(autojump_clock):
+    from actors import ShuttingDown, UnknownTier
+    from actors.guard import Guard
+
+    async with open_monitoring(Config()) as mon:
+        assert type(mon.guard()) is Guard and type(mon.guards("database", Priority.NORMAL, None)) is Guard
+        with pytest.raises(UnknownTier):
+            mon.guards("nope", Priority.NORMAL, None)
+    with pytest.raises(ShuttingDown):
+        mon.guards("database", Priority.NORMAL, None, conn=True)
+
+
+def test_guard_no_module_reaches_into_another_objects_privates():
+    """The handle's breaker lookup, the metrics mailbox and a breaker's published view are
+    the guard's business (actors/guard.py); the generic runtime knows nothing of offers."""
+    from pathlib import Path
+
+    import actors
+
+    root = Path(actors.__file__).parent
+    reaches = {"mon._breaker", "_mon._", "._view", "._queue.admit", "._queue.release"}
+    found = [(str(p.relative_to(root)), r) for p in root.rglob("*.py") if p.name != "guard.py"
+             for r in reaches if r in p.read_text()]
+    assert found == []
+    runtime = " ".join(p.read_text().lower() for p in (root / "runtime").rglob("*.py"))
+    assert "offers" not in runtime and "pre_step" not in runtime and "pool" not in runtime

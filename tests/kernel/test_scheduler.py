@@ -189,8 +189,8 @@ def test_scheduler_random_sequences_conserve_slots(max_concurrent, max_queue_siz
 
 # --- offers: slots granted ahead of demand, taken without a round trip ------------------------
 
-from actors.scheduler import Offer  # noqa: E402
-from actors.scheduler import Token as Slot  # noqa: E402
+from actors.pg.pool import Offer  # noqa: E402
+from actors.pg.pool import Token as Slot  # noqa: E402
 from messages.commands import Reclaim, Replenish, Taken  # noqa: E402
 
 
@@ -294,7 +294,7 @@ def test_scheduler_idle_to_close_keeps_min_idle_most_recent_and_closes_the_rest_
 
 
 def test_scheduler_close_idle_frees_offered_slots_and_closes_only_still_idle_conns():
-    from actors.scheduler import CloseConns, CloseIdle, Offer
+    from actors.pg.pool import CloseConns, CloseIdle, Offer
 
     s = replace(new(max_concurrent=2), offer=True)
     held, idle_conn, gone = Token("held"), FakeConn(0.0), FakeConn(0.0)
@@ -312,27 +312,26 @@ def test_scheduler_close_idle_frees_offered_slots_and_closes_only_still_idle_con
 
 
 async def test_scheduler_reaper_closes_extra_idle_offers_exactly_at_max_idle_s(autojump_clock):
-    import collections
     import types
 
     import trio
 
+    from actors.pg.pool import CloseIdle, Offers
     from actors.pg.pool_idle import run_reaper
-    from actors.scheduler import CloseIdle
 
     sent: list = []
     inbox = types.SimpleNamespace(closed=False, put=sent.append)
     conns = [FakeConn(0.0), FakeConn(1.0), FakeConn(2.0)]
-    cell = types.SimpleNamespace(state=new(max_concurrent=3), offers=collections.deque(
-        (Token(str(i)), Admitted(waited_s=0.0, conn=c)) for i, c in enumerate(conns)))
+    offers = Offers(inbox, new(max_concurrent=3))
+    offers.entries.extend((Token(str(i)), Admitted(waited_s=0.0, conn=c)) for i, c in enumerate(conns))
     async with trio.open_nursery() as nursery:
-        await nursery.start(run_reaper, cell, inbox, 1, 10.0)
+        await nursery.start(run_reaper, offers, 1, 10.0)
         await trio.sleep_until(10.0 - 1e-6)
         assert not any(c.closed for c in conns)
         await trio.sleep_until(11.0 + 1e-6)
         assert [c.closed for c in conns] == [True, True, False]
         assert [len(m.tokens) for m in sent if isinstance(m, CloseIdle)] == [1, 1]
-        assert [lease.conn for _, lease in cell.offers] == [conns[2]]
+        assert [lease.conn for _, lease in offers.entries] == [conns[2]]
         await trio.sleep(100.0)
         assert not conns[2].closed  # min_idle = 1: the warmest stays however long it idles
         nursery.cancel_scope.cancel()

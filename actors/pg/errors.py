@@ -1,0 +1,54 @@
+"""The errors `mon.db` and the pool raise beyond psycopg's own.
+
+Each carries `retriable`: True when no statement reached the server.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from messages.errors import Refused, TriageError
+
+
+class DatabaseUnavailable(TriageError, psycopg.OperationalError):
+    """No connection could be had: connecting is backing off after a failure."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        self.retriable = True
+        super().__init__(f"Database unavailable: connecting is backing off; retry after {retry_after_s:.2f}s")
+
+
+class ConnectionLimitReached(Refused, psycopg.OperationalError):
+    """The server refused a new connection: it is at its connection limit (SQLSTATE 53300, or a
+    pooler's "no more connections allowed"). Backpressure, not an outage: nothing was sent,
+    retrying later is safe, and it is no verdict on the tier's breaker."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        self.retriable = True
+        super().__init__(f"Database at its connection limit; retry after {retry_after_s:.2f}s")
+
+
+_LIMIT_WORDS = ("too many clients", "remaining connection slots are reserved",
+                "no more connections allowed", "too many connections")
+
+
+def connection_limit_reached(exc: BaseException) -> bool:
+    """Whether a failed connect was the server's (or a pooler's) connection limit."""
+    if getattr(exc, "sqlstate", None) == "53300":
+        return True
+    return isinstance(exc, psycopg.OperationalError) and any(w in str(exc).lower() for w in _LIMIT_WORDS)
+
+
+class DatabaseNotConfigured(TriageError):
+    def __init__(self) -> None:
+        super().__init__("no database configured: set DATABASE_URL (or enable the embedded database)")
+
+
+class QueryTimeout(TriageError):
+    """The statement was sent and did not finish within `timeout_s`; its outcome is unknown."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s, self.retriable = timeout_s, False
+        super().__init__(f"Database query timed out after {timeout_s:g}s; cancel requested")
