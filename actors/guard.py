@@ -31,17 +31,13 @@ from messages.commands import (
 )
 from messages.config import check_breaker_field
 from messages.errors import (
-    CircuitOpen,
     InvalidArgument,
     InvalidArgumentType,
-    QueueCleared,
-    QueueFull,
-    QueueTimeout,
-    RateLimited,
     ShuttingDown,
     TriageError,
     breaker_verdict,
 )
+from messages.outcome import outcome_of
 from messages.snapshots import BreakerSnapshot, QueueSnapshot
 
 # How long a failing caller waits for its breaker to take the failure in: normally one task
@@ -49,22 +45,10 @@ from messages.snapshots import BreakerSnapshot, QueueSnapshot
 FAILURE_REPORT_TIMEOUT_S = 1.0
 _PHASES = ("closed", "open", "half_open")
 
-_OUTCOMES = {CircuitOpen: "circuit_open", QueueFull: "queue_full", QueueTimeout: "queue_timeout",
-             QueueCleared: "queue_full", ShuttingDown: "shutting_down", RateLimited: "rate_limited"}
-
 
 class FaultsDisabled(TriageError):
     def __init__(self) -> None:
         super().__init__("fault injection is off: set TRIAGE_FAULTS=1 (config faults.enabled)")
-
-
-def outcome_name(exc: BaseException | None) -> str:
-    """How a call ended, in the metrics' words."""
-    if exc is None:
-        return "ok"
-    if not isinstance(exc, Exception):
-        return "cancelled"
-    return _OUTCOMES.get(type(exc), "error")
 
 
 class BreakerHandle:
@@ -208,7 +192,7 @@ class QueueHandle:
 def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: float,
                  now: float, waited_s: float | None) -> None:
     """Tell the metrics actor how a guarded call ended (lazily: it reads its mail in batches)."""
-    metrics.tell_batched(("call", None, tier, outcome_name(exc), None, now - t0, waited_s))
+    metrics.tell_batched(("call", None, tier, outcome_of(exc), None, now - t0, waited_s))
 
 
 class _Guard:

@@ -152,9 +152,11 @@ class Monitoring:
         return report.detailed() if detailed else report.basic()
 
     def observe_request(self, route: str, status: int, duration_s: float, outcome: str = "ok",
-                        tier: str | None = None) -> None:
-        """Record one finished HTTP request (the HTTP edge calls this)."""
-        self._metrics.tell_batched(("http", route, tier, outcome, status, duration_s, None))
+                        tier: str | None = None, rated: bool = True) -> None:
+        """Record one finished HTTP request (the HTTP edge calls this).
+
+        `rated=False` leaves it out of the error rates (still a request: rate, latency)."""
+        self._metrics.tell_batched(("http", route, tier, outcome, status, duration_s, None, rated))
 
     async def metrics(self, routes: bool = True) -> Any:
         """A fresh MetricsSnapshot (percentiles, rates); `routes=False` leaves per-route series out."""

@@ -114,7 +114,7 @@ class TriageApp:
     # -- routes -----------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        exchange(request).outcome = "health"  # its 503 reports the status: in no error rate
+        exchange(request).rated = False  # its 503 reports the status, it is no failure: in no error rate
         report = self.mon.health_report.value
         detailed = bool(request.scope["query_string"]) and \
             request.query_params.get("detailed", "").lower() in _TRUE

@@ -112,7 +112,7 @@ async def test_middleware_auth_policy_five_allowed_then_refused_with_all_header_
         assert problem(r) == {
             "type": "about:blank", "title": "Too Many Requests", "status": 429,
             "detail": "Rate limit exceeded for policy 'auth'; retry after 180 s",
-            "policy": "auth", "retry_after": 180,
+            "policy": "auth", "retry_after": 180, "outcome": "rate_limited",
         }
 
 
