@@ -54,7 +54,6 @@ class Monitoring:
         self.db: Database            # set by the wiring (raises DatabaseNotConfigured without one)
         self.health_report: AsyncValue  # the health actor's latest HealthReport
         self.metrics_snapshot: AsyncValue  # the metrics actor's latest MetricsSnapshot (or None)
-        self._extra_actors: Callable[[], dict[str, ActorStatus]] = dict
         self.injector: Any = None        # a FaultInjector when config.faults.enabled
 
     def _breaker(self, tier: str) -> BreakerHandle:
@@ -136,9 +135,9 @@ class Monitoring:
         return self._bus.subscribe(buffer)
 
     def actors(self) -> dict[str, ActorStatus]:
-        return {**{name: ActorStatus(name=name, restarts=c.restarts, last_restart_at=c.last_restart_at,
-                                     running=c.running)
-                   for name, c in self._cells.items()}, **self._extra_actors()}
+        """Every supervised actor (health too): restarts, last restart, whether it runs."""
+        return {name: ActorStatus(name=name, restarts=c.restarts, last_restart_at=c.last_restart_at,
+                                  running=c.running) for name, c in self._cells.items()}
 
     # --- health, metrics, alerts ------------------------------------------------------------
 

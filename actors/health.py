@@ -3,7 +3,8 @@
 Theory of operation. Actors publish their state as values (`AsyncValue`); the
 health actor reads those values — it never asks an actor, never waits on the
 admission queue or the database — and `evaluate()` (pure) turns them into a
-report. The shell re-evaluates when something changes (a breaker transition,
+report. The actor (`HealthCore`, under the supervisor like every other actor, restarted
+from its last state) re-evaluates when something changes (a breaker transition,
 a database probe, an alert, maintenance) and at least every `EVAL_EVERY_S`, so
 the time-based rules (staleness, recent restarts) hold without any event.
 
@@ -30,18 +31,25 @@ healthy otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import math
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from loguru import logger
+from msgspec.structs import replace
 
 from actors import breaker as breaker_mod
 from actors import health_rules
 from actors import scheduler as scheduler_mod
+from actors.alerts import Sample
 from actors.hysteresis import Track
+from messages.commands import Tick
 from messages.config import Config
-from messages.health import Alert, Degradation, HealthReport
+from messages.errors import ShuttingDown
+from messages.health import Alert, Changed, Degradation, HealthReport
 from messages.snapshots import ActorStatus
 
 RESTART_WINDOW_S = 300.0
@@ -272,65 +280,82 @@ def signals(report: HealthReport, inputs: HealthInputs,
     return values, summary
 
 
-class HealthActor:
-    """Re-evaluates on every event and at least every EVAL_EVERY_S; publishes the report."""
+class HealthActorState(msgspec.Struct, frozen=True, kw_only=True):
+    """What survives a restart: the held rules, the last report, and whether an event is unread."""
 
-    def __init__(self, config: Config, sources: Sources, bus: Any, on_sample: Callable[[Any], None],
+    judged: HealthState = HealthState()
+    report: HealthReport
+    dirty: bool = False
+
+
+class _Judged:
+    """Effect of one evaluation: log a status change, feed the alert rules."""
+
+    __slots__ = ("previous", "report", "sample", "to_alerts")
+
+    def __init__(self, previous: str, report: HealthReport, sample: Sample,
+                 to_alerts: Callable[[Any], None]) -> None:
+        self.previous, self.report, self.sample, self.to_alerts = previous, report, sample, to_alerts
+
+    def perform(self, cell: Any, now: float) -> None:
+        report = self.report
+        if report.status != self.previous:
+            why = "; ".join(d.reason for d in report.degradation) or "all checks pass"
+            logger.bind(actor="health").log("WARNING" if report.status != "healthy" else "INFO",
+                                            "Health {previous} -> {status}: {why}",
+                                            previous=self.previous, status=report.status, why=why)
+        with contextlib.suppress(ShuttingDown):  # the alerts actor has stopped first
+            self.to_alerts(self.sample)
+
+
+class HealthCore:
+    """The health actor's core, run by the same shell and supervisor as every other actor.
+
+    An event (`Changed`, from a bus tap) only marks the state dirty; the wake-up is then
+    immediate, so a burst of events costs one evaluation. Otherwise it re-evaluates every
+    EVAL_EVERY_S, or when a held rule changes phase by itself (so `for` is exact). `step`
+    reads the other actors' published values (`Sources`) and folds them with `judge` (pure).
+    """
+
+    name = "health"
+
+    def __init__(self, config: Config, sources: Sources, to_alerts: Callable[[Any], None],
                  wall: Callable[[float], float], started_at: float) -> None:
-        from actors.runtime.mailbox import AsyncValue
-
-        self.config, self.sources, self.bus = config, sources, bus
-        self.on_sample, self.wall, self.started_at = on_sample, wall, started_at
-        self.state = HealthState()
-        self.report = AsyncValue(self.evaluate(started_at))
-        self.restarts = 0
+        self.config, self.sources, self.to_alerts = config, sources, to_alerts
+        self.wall, self.started_at = wall, started_at
 
     def inputs(self) -> HealthInputs:
         src = self.sources
         return HealthInputs(breakers=src.breakers(), queue=src.queue(), idle_offers=src.idle_offers(),
-                            database=src.database(),
-                            metrics=src.metrics(), limiter=src.limiter(), actors=src.actors(),
-                            maintenance=src.maintenance(), alerts=src.alerts(), started_at=self.started_at)
+                            database=src.database(), metrics=src.metrics(), limiter=src.limiter(),
+                            actors=src.actors(), maintenance=src.maintenance(), alerts=src.alerts(),
+                            started_at=self.started_at)
 
-    def evaluate(self, now: float) -> HealthReport:
-        return evaluate(self.inputs(), self.config, now, self.wall, self.state.rules)
+    def initial(self, now: float) -> HealthActorState:
+        return HealthActorState(report=evaluate(self.inputs(), self.config, now, self.wall))
 
-    def wakeup(self) -> float:
-        """When a held rule changes phase by itself: evaluate then, so `for` is exact."""
-        return health_rules.wakeup(self.state.rules, health_rules.limits(self.config))
+    def step(self, s: HealthActorState, msg: Any, now: float) -> tuple[HealthActorState, list]:
+        match msg:
+            case Changed():
+                return replace(s, dirty=True), []
+            case Tick():
+                inputs = self.inputs()
+                judged, report = judge(s.judged, inputs, self.config, now, self.wall)
+                values, summary = signals(report, inputs, self.config.health.min_requests)
+                return HealthActorState(judged=judged, report=report), \
+                    [_Judged(s.report.status, report, Sample(values, summary), self.to_alerts)]
+        raise TypeError(f"health cannot handle {type(msg).__name__}")
 
-    def refresh(self, now: float) -> HealthReport:
-        """Evaluate, publish, log a status change, and feed the alert rules."""
-        from loguru import logger
+    def wakeup(self, s: HealthActorState) -> float:
+        if s.dirty:
+            return -math.inf
+        return min(s.report.at + EVAL_EVERY_S,
+                   health_rules.wakeup(s.judged.rules, health_rules.limits(self.config)))
 
-        from actors.alerts import Sample
+    @staticmethod
+    def parked(s: HealthActorState) -> tuple:
+        return ()
 
-        inputs = self.inputs()
-        self.state, report = judge(self.state, inputs, self.config, now, self.wall)
-        previous = self.report.value.status
-        self.report.set(report)
-        if report.status != previous:
-            why = "; ".join(d.reason for d in report.degradation) or "all checks pass"
-            logger.bind(actor="health").log("WARNING" if report.status != "healthy" else "INFO",
-                                            "Health {previous} -> {status}: {why}",
-                                            previous=previous, status=report.status, why=why)
-        values, summary = signals(report, inputs, self.config.health.min_requests)
-        self.on_sample(Sample(values, summary))
-        return report
-
-    async def run(self, *, task_status: Any = None) -> None:
-        import trio
-
-        async with self.bus.subscribe(64) as events:
-            if task_status is not None:
-                task_status.started()
-            while True:
-                now = trio.current_time()
-                self.refresh(now)
-                with trio.move_on_at(min(now + EVAL_EVERY_S, self.wakeup())):
-                    await events.receive()
-                    while True:  # one evaluation for a burst of events
-                        try:
-                            events.receive_nowait()
-                        except trio.WouldBlock:
-                            break
+    @staticmethod
+    def undelivered(reply: object, value: object) -> None:
+        return None

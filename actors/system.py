@@ -34,20 +34,21 @@ from actors import metrics as metrics_mod
 from actors import scheduler as scheduler_mod
 from actors.guard import BreakerHandle, QueueHandle
 from actors.handle import Monitoring
-from actors.health import METRICS_PERIOD_S, HealthActor, Sources
+from actors.health import METRICS_PERIOD_S, HealthActorState, HealthCore, Sources
 from actors.pg.database import Database
 from actors.pg.pool_idle import run_reaper
 from actors.runtime.actor import SupervisedActor, supervise
 from actors.runtime.bus import EventBus
-from actors.runtime.mailbox import AsyncValue, Mailbox
+from actors.runtime.mailbox import AsyncValue, Mailbox, tell_quietly
 from messages.commands import Replenish, Successes, Taken
 from messages.config import Config
 from messages.errors import ConfigError
 from messages.events import ActorRestarted, BreakerTransition
+from messages.health import Changed
 from messages.metrics import Count, Observations
-from messages.snapshots import ActorStatus
 
 INBOX_SIZE = 1024
+_CHANGED = Changed()
 METRICS_INBOX_SIZE = 4096
 
 log = logger.bind(actor="system")
@@ -168,7 +169,7 @@ class _Wiring:
         return inbox, published
 
     async def health(self, mon: Monitoring, monitor: Any, alerts_inbox: Mailbox,
-                     alerts: AsyncValue, metrics: AsyncValue) -> HealthActor:
+                     alerts: AsyncValue, metrics: AsyncValue) -> AsyncValue:
         cells = self.cells
         sources = Sources(
             breakers=lambda: {t: cells[f"breaker.{t}"].state for t in self.config.tiers},
@@ -180,21 +181,25 @@ class _Wiring:
             actors=mon.actors,
             maintenance=lambda: mon.in_maintenance,
             alerts=lambda: alerts.value)
-        actor = HealthActor(self.config, sources, self.bus, alerts_inbox.put, self.wall, self.now)
-        self.nursery.start_soon(_keep_running, actor)
-        return actor
+        core = HealthCore(self.config, sources, alerts_inbox.put, self.wall, self.now)
+        state = core.initial(self.now)
+        published = AsyncValue(state.report)
+        inbox = Mailbox("health", INBOX_SIZE)
+        self.bus.taps.append(_changed(inbox))
+
+        def publish(s: HealthActorState, now: float) -> None:
+            if s.report is not published.value:
+                published.set(s.report)
+
+        await self.start("health", core, state, inbox, publish=publish)
+        return published
 
 
-async def _keep_running(actor: HealthActor) -> None:
-    """The health task, restarted on a crash (it holds no state but its last report)."""
-    while True:
-        try:
-            await actor.run()
-            return
-        except Exception:
-            actor.restarts += 1
-            logger.bind(actor="health").opt(exception=True).error("health actor crashed; restarting")
-            await trio.sleep(min(0.1 * 2 ** actor.restarts, 5.0))
+def _changed(health: Mailbox) -> Callable[[Any], None]:
+    """Every event may change health's inputs: tell it (it folds a burst into one evaluation)."""
+    def tap(event: Any) -> None:
+        tell_quietly(health, _CHANGED)
+    return tap
 
 
 def _publish_state(published: AsyncValue) -> Callable[[Any, float], None]:
@@ -293,10 +298,7 @@ async def run_monitoring(config: Config | None = None, *,
             await nursery.start(mon.db.watchdog.run)
             mon.injector = w.injector
             alerts_inbox, alerts = await w.alerts()
-            health = await w.health(mon, monitor, alerts_inbox, alerts, metrics)
-            mon.health_report = health.report
-            mon._extra_actors = lambda: {"health": ActorStatus(
-                name="health", restarts=health.restarts, last_restart_at=None, running=True)}
+            mon.health_report = await w.health(mon, monitor, alerts_inbox, alerts, metrics)
             from actors.sinks.webhook import start_sinks
 
             await start_sinks(config, mon, nursery)

@@ -11,6 +11,7 @@ import trio
 from msgspec.structs import replace
 
 from actors import CircuitOpen, open_monitoring
+from actors import health as health_mod
 from actors.breaker import BreakerState
 from actors.faults import Down, FaultProxy, proxied_dsn
 from actors.health import HealthInputs, HealthState, evaluate, judge
@@ -432,3 +433,27 @@ async def _read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
         assert chunk, data
         data += chunk
     return data
+
+
+async def test_health_crash_in_step_is_restarted_from_last_state_and_counted(autojump_clock, monkeypatch):
+    """Health runs under the supervisor like every other actor: a crash inside its step is
+    restarted (after the supervisor's back-off) from its last state, and counted."""
+    real, crashes = health_mod.judge, []
+
+    def judge_once_broken(*args, **kwargs):
+        if not crashes:
+            crashes.append(trio.current_time())
+            raise RuntimeError("a bug in health's step")
+        return real(*args, **kwargs)
+
+    async with open_monitoring(Config()) as mon:
+        before = await mon.health_report.wait_value(lambda r: r.status == "healthy")
+        monkeypatch.setattr(health_mod, "judge", judge_once_broken)
+        await mon.maintenance(True)  # an event: health evaluates, and crashes
+        after = await mon.health_report.wait_value(lambda r: r is not before)
+        status = mon.actors()["health"]
+    assert (len(crashes), status.restarts, status.running) == (1, 1, True)
+    assert status.last_restart_at == crashes[0]
+    reasons = [d.reason for d in after.degradation]
+    assert reasons == ["actor health restarted recently", "maintenance mode"]
+    assert after.uptime_ms > before.uptime_ms  # the same actor's clock: restarted, not re-created
