@@ -12,9 +12,11 @@ from typing import Any
 
 import trio
 
+from actors.breaker import snapshot as breaker_snapshot
 from actors.runtime.actor import SupervisedActor
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
 from actors.scheduler import adjust, check_priority
+from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import (
     Admit,
     Admitted,
@@ -62,6 +64,10 @@ class BreakerHandle:
     def state(self) -> str:
         """The state as last published (no round trip)."""
         return self._view.value.phase
+
+    def statistics(self) -> BreakerSnapshot:
+        """The breaker as last published, as a frozen value: no round trip, no checkpoint."""
+        return breaker_snapshot(self._view.value, trio.current_time())
 
     async def wait_state(self, state: str) -> None:
         if state not in _PHASES:  # a typo would wait forever
@@ -180,6 +186,10 @@ class QueueHandle:
         return tell_quietly(self._inbox, Release(reply=token, conn=conn, discarded=discarded,
                                                  connect_failed=connect_failed,
                                                  connect_limited=connect_limited))
+
+    def statistics(self) -> QueueSnapshot:
+        """The queue (and pool) as last published, offered slots counted free: no round trip."""
+        return queue_snapshot(self._cell.state, trio.current_time(), idle_offers=len(self._offers))
 
     async def clear(self) -> None:
         """Answer every waiter with QueueCleared (holders keep their slots)."""

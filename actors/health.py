@@ -1,7 +1,7 @@
 """Health: every actor's latest state folded into one `HealthReport`.
 
-Theory of operation. Actors publish their state as values (`AsyncValue`); the
-health actor reads those values — it never asks an actor, never waits on the
+Theory of operation. Actors publish their state as values; the health actor
+reads them through each handle's `statistics()` — it never asks an actor, never waits on the
 admission queue or the database — and `evaluate()` (pure) turns them into a
 report. The actor (`HealthCore`, under the supervisor like every other actor, restarted
 from its last state) re-evaluates when something changes (a breaker transition,
@@ -41,9 +41,7 @@ import msgspec
 from loguru import logger
 from msgspec.structs import replace
 
-from actors import breaker as breaker_mod
 from actors import health_rules
-from actors import scheduler as scheduler_mod
 from actors.alerts import Sample
 from actors.hysteresis import Track
 from messages.commands import Tick
@@ -61,8 +59,8 @@ METRICS_PERIOD_S = 10.0    # the metrics actor publishes at its 10 s bucket tick
 class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
     """The latest published values, as the health actor found them."""
 
-    breakers: dict[str, Any]                 # tier -> BreakerState
-    queue: Any                               # SchedulerState
+    breakers: dict[str, Any]                 # tier -> BreakerSnapshot (`BreakerHandle.statistics()`)
+    queue: Any                               # QueueSnapshot (`QueueHandle.statistics()`)
     database: Any = None                     # DatabaseMetrics, or None without a database
     metrics: Any = None                      # MetricsSnapshot, or None before the first one
     limiter: Any = None                      # LimiterSnapshot (detailed view only)
@@ -70,7 +68,6 @@ class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
     maintenance: bool = False
     alerts: tuple[Alert, ...] = ()
     started_at: float = 0.0
-    idle_offers: int = 0                     # the scheduler's offered slots not yet taken
 
 
 def iso(wall: float) -> str:
@@ -80,11 +77,11 @@ def iso(wall: float) -> str:
 def _breaker_reasons(inputs: HealthInputs, now: float) -> list[Degradation]:
     out = []
     for tier, s in inputs.breakers.items():
-        if s.phase == "open":
+        if s.state == "open":
             sev = "unhealthy" if tier == "database" else "degraded"
             out.append(Degradation(reason=f"circuit breaker {tier} is OPEN", component=f"circuitBreakers.{tier}",
                                    severity=sev, value="open", threshold="closed"))
-        elif s.phase == "half_open":
+        elif s.state == "half_open":
             out.append(Degradation(reason=f"circuit breaker {tier} is HALF_OPEN",
                                    component=f"circuitBreakers.{tier}", severity="degraded",
                                    value="half_open", threshold="closed"))
@@ -173,8 +170,7 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
     lims = health_rules.limits(cfg)
     found = reasons(inputs, cfg, now, rules, lims)
     status = _status(found)
-    breakers = {t: breaker_mod.snapshot(s, now) for t, s in inputs.breakers.items()}
-    queue = scheduler_mod.snapshot(inputs.queue, now, idle_offers=inputs.idle_offers)
+    breakers, queue = inputs.breakers, inputs.queue
     db_status = ("not_configured" if inputs.database is None else
                  "unknown" if inputs.database.checked_at is None else _component_status(found, "database"))
     components = {
@@ -239,7 +235,6 @@ class Sources(msgspec.Struct, frozen=True, kw_only=True):
 
     breakers: Callable[[], dict[str, Any]]
     queue: Callable[[], Any]
-    idle_offers: Callable[[], int]
     database: Callable[[], Any]
     metrics: Callable[[], Any]
     limiter: Callable[[], Any]
@@ -257,8 +252,8 @@ def signals(report: HealthReport, inputs: HealthInputs,
     values: dict[str, float] = {"health_unhealthy": 1.0 if report.status == "unhealthy" else 0.0,
                                 "queue_depth_high": float(inputs.queue.depth)}
     for tier, s in inputs.breakers.items():
-        values[f"breaker_activation:{tier}"] = 0.0 if s.phase == "closed" else 1.0
-        values[f"breaker_open_long:{tier}"] = 1.0 if s.phase == "open" else 0.0
+        values[f"breaker_activation:{tier}"] = 0.0 if s.state == "closed" else 1.0
+        values[f"breaker_open_long:{tier}"] = 1.0 if s.state == "open" else 0.0
     db = inputs.database
     if db is not None and db.usage_percentage is not None:
         values["db_usage_critical"] = db.usage_percentage
@@ -326,8 +321,7 @@ class HealthCore:
 
     def inputs(self) -> HealthInputs:
         src = self.sources
-        return HealthInputs(breakers=src.breakers(), queue=src.queue(), idle_offers=src.idle_offers(),
-                            database=src.database(), metrics=src.metrics(), limiter=src.limiter(),
+        return HealthInputs(breakers=src.breakers(), queue=src.queue(), database=src.database(), metrics=src.metrics(), limiter=src.limiter(),
                             actors=src.actors(), maintenance=src.maintenance(), alerts=src.alerts(),
                             started_at=self.started_at)
 

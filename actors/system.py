@@ -90,11 +90,11 @@ class _Wiring:
         await self.nursery.start(supervise, cell, self.config.supervisor, self.on_restart)
         return cell
 
-    async def limiter(self) -> Mailbox:
+    async def limiter(self) -> limiter_mod.LimiterHandle:
         inbox = Mailbox("limiter", INBOX_SIZE)
-        await self.start("limiter", limiter_mod.LimiterCore(),
-                         limiter_mod.LimiterState.initial(self.config, self.now), inbox)
-        return inbox
+        cell = await self.start("limiter", limiter_mod.LimiterCore(),
+                                limiter_mod.LimiterState.initial(self.config, self.now), inbox)
+        return limiter_mod.LimiterHandle(inbox, cell)
 
     async def breakers(self) -> dict[str, BreakerHandle]:
         handles = {}
@@ -170,14 +170,12 @@ class _Wiring:
 
     async def health(self, mon: Monitoring, monitor: Any, alerts_inbox: Mailbox,
                      alerts: AsyncValue, metrics: AsyncValue) -> AsyncValue:
-        cells = self.cells
-        sources = Sources(
-            breakers=lambda: {t: cells[f"breaker.{t}"].state for t in self.config.tiers},
-            queue=lambda: cells["scheduler"].state,
-            idle_offers=lambda: len(cells["scheduler"].offers),
+        sources = Sources(  # every handle's statistics(): the last published values, no asks
+            breakers=lambda: {t: b.statistics() for t, b in mon.breakers.items()},
+            queue=mon.queue.statistics,
             database=(lambda: monitor.metrics.value) if monitor is not None else (lambda: None),
             metrics=lambda: metrics.value,
-            limiter=lambda: limiter_mod.snapshot(cells["limiter"].state, trio.current_time()),
+            limiter=mon.limiter.statistics,
             actors=mon.actors,
             maintenance=lambda: mon.in_maintenance,
             alerts=lambda: alerts.value)

@@ -13,10 +13,12 @@ from msgspec.structs import replace
 from actors import CircuitOpen, open_monitoring
 from actors import health as health_mod
 from actors.breaker import BreakerState
+from actors.breaker import snapshot as breaker_snapshot
 from actors.faults import Down, FaultProxy, proxied_dsn
 from actors.health import HealthInputs, HealthState, evaluate, judge
 from actors.http.app import create_app, hypercorn_config
 from actors.scheduler import SchedulerState
+from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import Crash
 from messages.config import AlertRule, AlertsConfig, BreakerConfig, Config, QueueConfig, RatePolicy
 from messages.database import DatabaseMetrics
@@ -55,7 +57,14 @@ def inputs(**changes) -> HealthInputs:
     actors = {"scheduler": ActorStatus(name="scheduler", restarts=0, last_restart_at=None, running=True)}
     base = HealthInputs(breakers=breakers, queue=SchedulerState.initial(CFG.queue), database=db_metrics(),
                         metrics=metrics(), actors=actors, started_at=0.0)
-    return replace(base, **changes)
+    return published(replace(base, **changes))
+
+
+def published(i: HealthInputs) -> HealthInputs:
+    """States as the handles publish them (`statistics()`): breaker and queue snapshots."""
+    breakers = {t: breaker_snapshot(b, NOW) if isinstance(b, BreakerState) else b for t, b in i.breakers.items()}
+    queue = queue_snapshot(i.queue, NOW) if isinstance(i.queue, SchedulerState) else i.queue
+    return replace(i, breakers=breakers, queue=queue)
 
 
 def report(i: HealthInputs):
@@ -64,7 +73,7 @@ def report(i: HealthInputs):
 
 def with_breaker(tier: str, phase: str) -> dict:
     i = inputs()
-    return {**i.breakers, tier: replace(i.breakers[tier], phase=phase)}
+    return {**i.breakers, tier: replace(i.breakers[tier], state=phase)}
 
 
 def test_health_all_good_is_healthy_200():
