@@ -15,9 +15,11 @@ from typing import Any
 
 import trio
 
+from actors.breaker import snapshot as breaker_snapshot
 from actors.pg.pool import ConnectionLease, Offers, corrected
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
 from actors.scheduler import check_priority
+from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import (
     Admit,
     Admitted,
@@ -33,18 +35,14 @@ from messages.commands import (
 )
 from messages.config import check_breaker_field
 from messages.errors import (
-    CircuitOpen,
     InvalidArgument,
     InvalidArgumentType,
-    QueueCleared,
-    QueueFull,
-    QueueTimeout,
-    RateLimited,
     ShuttingDown,
     TriageError,
     UnknownTier,
     breaker_verdict,
 )
+from messages.outcome import outcome_of
 from messages.snapshots import BreakerSnapshot, QueueSnapshot
 
 # How long a failing caller waits for its breaker to take the failure in: normally one task
@@ -52,22 +50,10 @@ from messages.snapshots import BreakerSnapshot, QueueSnapshot
 FAILURE_REPORT_TIMEOUT_S = 1.0
 _PHASES = ("closed", "open", "half_open")
 
-_OUTCOMES = {CircuitOpen: "circuit_open", QueueFull: "queue_full", QueueTimeout: "queue_timeout",
-             QueueCleared: "queue_full", ShuttingDown: "shutting_down", RateLimited: "rate_limited"}
-
 
 class FaultsDisabled(TriageError):
     def __init__(self) -> None:
         super().__init__("fault injection is off: set TRIAGE_FAULTS=1 (config faults.enabled)")
-
-
-def outcome_name(exc: BaseException | None) -> str:
-    """How a call ended, in the metrics' words."""
-    if exc is None:
-        return "ok"
-    if not isinstance(exc, Exception):
-        return "cancelled"
-    return _OUTCOMES.get(type(exc), "error")
 
 
 class BreakerHandle:
@@ -81,6 +67,10 @@ class BreakerHandle:
     def state(self) -> str:
         """The state as last published (no round trip)."""
         return self._view.value.phase
+
+    def statistics(self) -> BreakerSnapshot:
+        """The breaker as last published, as a frozen value: no round trip, no checkpoint."""
+        return breaker_snapshot(self._view.value, trio.current_time())
 
     async def wait_state(self, state: str) -> None:
         if state not in _PHASES:  # a typo would wait forever
@@ -189,6 +179,11 @@ class QueueHandle:
                                                  connect_failed=connect_failed,
                                                  connect_limited=connect_limited))
 
+    def statistics(self) -> QueueSnapshot:
+        """The queue (and pool) as last published, offered slots counted free: no round trip."""
+        snap = queue_snapshot(self.offers.state, trio.current_time())
+        return corrected(snap, self.offers.counts())
+
     async def clear(self) -> None:
         """Answer every waiter with QueueCleared (holders keep their slots)."""
         await ask(self._inbox, lambda r: Clear(reply=r))
@@ -201,7 +196,7 @@ class QueueHandle:
 def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: float,
                  now: float, waited_s: float | None) -> None:
     """Tell the metrics actor how a guarded call ended (lazily: it reads its mail in batches)."""
-    metrics.tell_batched(("call", None, tier, outcome_name(exc), None, now - t0, waited_s))
+    metrics.tell_batched(("call", None, tier, outcome_of(exc), None, now - t0, waited_s))
 
 
 class Guard:

@@ -10,6 +10,7 @@ import trio
 from loguru import logger
 from msgspec.structs import replace
 
+from actors.limiter import LimiterHandle
 from actors.limiter_core import RateDecision, check_cost
 from actors.runtime.actor import SupervisedActor
 from actors.runtime.mailbox import AsyncValue, Mailbox, ask
@@ -29,7 +30,7 @@ from messages.errors import (
 from messages.events import MaintenanceChanged
 from messages.health import SEVERITY_RANK, Alert, HealthReport
 from messages.metrics import Count, GetMetrics
-from messages.snapshots import ActorStatus, SystemSnapshot
+from messages.snapshots import ActorStatus, SystemSnapshot, SystemStatistics
 
 if TYPE_CHECKING:
     from actors.pg.database import Database
@@ -44,10 +45,10 @@ class Monitoring:
     """The handle a host gets from `open_monitoring` / `run_monitoring`."""
 
     def __init__(self, config: Config, breakers: dict[str, BreakerHandle], queue: QueueHandle,
-                 limiter_inbox: Mailbox, metrics_inbox: Mailbox, cells: dict[str, SupervisedActor],
+                 limiter: LimiterHandle, metrics_inbox: Mailbox, cells: dict[str, SupervisedActor],
                  bus: EventBus) -> None:
-        self.config, self.breakers, self.queue = config, breakers, queue
-        self._limiter, self._metrics = limiter_inbox, metrics_inbox
+        self.config, self.breakers, self.queue, self.limiter = config, breakers, queue, limiter
+        self._limiter, self._metrics = limiter.inbox, metrics_inbox
         self._cells, self._bus = cells, bus
         self.closed = False
         # The one maker of guards: mon.run, mon.guard and mon.db (see actors.guard.Guard).
@@ -56,7 +57,6 @@ class Monitoring:
         self.db: Database            # set by the wiring (raises DatabaseNotConfigured without one)
         self.health_report: AsyncValue  # the health actor's latest HealthReport
         self.metrics_snapshot: AsyncValue  # the metrics actor's latest MetricsSnapshot (or None)
-        self._extra_actors: Callable[[], dict[str, ActorStatus]] = dict
         self.injector: Any = None        # a FaultInjector when config.faults.enabled
         self.sinks: Any = None           # actors.sinks.Sinks, set by start_sinks
 
@@ -140,9 +140,9 @@ class Monitoring:
         return self._bus.subscribe(buffer)
 
     def actors(self) -> dict[str, ActorStatus]:
-        return {**{name: ActorStatus(name=name, restarts=c.restarts, last_restart_at=c.last_restart_at,
-                                     running=c.running)
-                   for name, c in self._cells.items()}, **self._extra_actors()}
+        """Every supervised actor (health too): restarts, last restart, whether it runs."""
+        return {name: ActorStatus(name=name, restarts=c.restarts, last_restart_at=c.last_restart_at,
+                                  running=c.running) for name, c in self._cells.items()}
 
     # --- health, metrics, alerts ------------------------------------------------------------
 
@@ -156,9 +156,11 @@ class Monitoring:
         return report.detailed() if detailed else report.basic()
 
     def observe_request(self, route: str, status: int, duration_s: float, outcome: str = "ok",
-                        tier: str | None = None) -> None:
-        """Record one finished HTTP request (the HTTP edge calls this)."""
-        self._metrics.tell_batched(("http", route, tier, outcome, status, duration_s, None))
+                        tier: str | None = None, rated: bool = True) -> None:
+        """Record one finished HTTP request (the HTTP edge calls this).
+
+        `rated=False` leaves it out of the error rates (still a request: rate, latency)."""
+        self._metrics.tell_batched(("http", route, tier, outcome, status, duration_s, None, rated))
 
     async def metrics(self, routes: bool = True) -> Any:
         """A fresh MetricsSnapshot (percentiles, rates); `routes=False` leaves per-route series out."""
@@ -201,6 +203,18 @@ class Monitoring:
         logger.bind(actor="system").warning("Maintenance mode {state}", state="on" if on else "off")
         self._bus.emit(MaintenanceChanged(on=bool(on)))
         await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> SystemStatistics:
+        """Every handle's `statistics()` at once (trio's convention): the last published state of
+        each actor as one frozen value, with no round trip and no checkpoint. For a fresh view,
+        asked of each actor, `await mon.snapshot()`."""
+        actors = self.actors()
+        breakers = {tier: replace(b.statistics(), restarts=actors[f"breaker.{tier}"].restarts)
+                    for tier, b in self.breakers.items()}
+        return SystemStatistics(
+            breakers=breakers, queue=replace(self.queue.statistics(), restarts=actors["scheduler"].restarts),
+            limiter=replace(self.limiter.statistics(), restarts=actors["limiter"].restarts), actors=actors,
+            metrics=self.metrics_snapshot.value, health=self.health_report.value)
 
     async def snapshot(self) -> SystemSnapshot:
         """Every actor's state, each asked for its own."""

@@ -1,9 +1,10 @@
 """Health: every actor's latest state folded into one `HealthReport`.
 
-Theory of operation. Actors publish their state as values (`AsyncValue`); the
-health actor reads those values — it never asks an actor, never waits on the
+Theory of operation. Actors publish their state as values; the health actor
+reads them through each handle's `statistics()` — it never asks an actor, never waits on the
 admission queue or the database — and `evaluate()` (pure) turns them into a
-report. The shell re-evaluates when something changes (a breaker transition,
+report. The actor (`HealthCore`, under the supervisor like every other actor, restarted
+from its last state) re-evaluates when something changes (a breaker transition,
 a database probe, an alert, maintenance) and at least every `EVAL_EVERY_S`, so
 the time-based rules (staleness, recent restarts) hold without any event.
 
@@ -30,20 +31,22 @@ healthy otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from loguru import logger
+from msgspec.structs import replace
 
-from actors import breaker as breaker_mod
 from actors import health_rules
-from actors import scheduler as scheduler_mod
 from actors.alerts import Sample, iso
 from actors.hysteresis import Track
-from actors.pg.pool import OfferCounts, corrected
-from actors.runtime.mailbox import AsyncValue
+from messages.commands import Tick
 from messages.config import Config
-from messages.health import Alert, Degradation, HealthReport
+from messages.errors import ShuttingDown
+from messages.health import Alert, Changed, Degradation, HealthReport
 from messages.snapshots import ActorStatus
 
 RESTART_WINDOW_S = 300.0
@@ -55,8 +58,8 @@ METRICS_PERIOD_S = 10.0    # the metrics actor publishes at its 10 s bucket tick
 class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
     """The latest published values, as the health actor found them."""
 
-    breakers: dict[str, Any]                 # tier -> BreakerState
-    queue: Any                               # SchedulerState
+    breakers: dict[str, Any]                 # tier -> BreakerSnapshot (`BreakerHandle.statistics()`)
+    queue: Any                               # QueueSnapshot (`QueueHandle.statistics()`)
     database: Any = None                     # DatabaseMetrics, or None without a database
     metrics: Any = None                      # MetricsSnapshot, or None before the first one
     limiter: Any = None                      # LimiterSnapshot (detailed view only)
@@ -64,17 +67,16 @@ class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
     maintenance: bool = False
     alerts: tuple[Alert, ...] = ()
     started_at: float = 0.0
-    offers: OfferCounts = OfferCounts()      # the pool's offered slots not yet taken
 
 
 def _breaker_reasons(inputs: HealthInputs, now: float) -> list[Degradation]:
     out = []
     for tier, s in inputs.breakers.items():
-        if s.phase == "open":
+        if s.state == "open":
             sev = "unhealthy" if tier == "database" else "degraded"
             out.append(Degradation(reason=f"circuit breaker {tier} is OPEN", component=f"circuitBreakers.{tier}",
                                    severity=sev, value="open", threshold="closed"))
-        elif s.phase == "half_open":
+        elif s.state == "half_open":
             out.append(Degradation(reason=f"circuit breaker {tier} is HALF_OPEN",
                                    component=f"circuitBreakers.{tier}", severity="degraded",
                                    value="half_open", threshold="closed"))
@@ -163,8 +165,7 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
     lims = health_rules.limits(cfg)
     found = reasons(inputs, cfg, now, rules, lims)
     status = _status(found)
-    breakers = {t: breaker_mod.snapshot(s, now) for t, s in inputs.breakers.items()}
-    queue = corrected(scheduler_mod.snapshot(inputs.queue, now), inputs.offers)
+    breakers, queue = inputs.breakers, inputs.queue
     db_status = ("not_configured" if inputs.database is None else
                  "unknown" if inputs.database.checked_at is None else _component_status(found, "database"))
     components = {
@@ -229,7 +230,6 @@ class Sources(msgspec.Struct, frozen=True, kw_only=True):
 
     breakers: Callable[[], dict[str, Any]]
     queue: Callable[[], Any]
-    offers: Callable[[], OfferCounts]
     database: Callable[[], Any]
     metrics: Callable[[], Any]
     limiter: Callable[[], Any]
@@ -247,8 +247,8 @@ def signals(report: HealthReport, inputs: HealthInputs,
     values: dict[str, float] = {"health_unhealthy": 1.0 if report.status == "unhealthy" else 0.0,
                                 "queue_depth_high": float(inputs.queue.depth)}
     for tier, s in inputs.breakers.items():
-        values[f"breaker_activation:{tier}"] = 0.0 if s.phase == "closed" else 1.0
-        values[f"breaker_open_long:{tier}"] = 1.0 if s.phase == "open" else 0.0
+        values[f"breaker_activation:{tier}"] = 0.0 if s.state == "closed" else 1.0
+        values[f"breaker_open_long:{tier}"] = 1.0 if s.state == "open" else 0.0
     db = inputs.database
     if db is not None and db.usage_percentage is not None:
         values["db_usage_critical"] = db.usage_percentage
@@ -270,61 +270,81 @@ def signals(report: HealthReport, inputs: HealthInputs,
     return values, summary
 
 
-class HealthActor:
-    """Re-evaluates on every event and at least every EVAL_EVERY_S; publishes the report."""
+class HealthActorState(msgspec.Struct, frozen=True, kw_only=True):
+    """What survives a restart: the held rules, the last report, and whether an event is unread."""
 
-    def __init__(self, config: Config, sources: Sources, bus: Any, on_sample: Callable[[Any], None],
-                 wall: Callable[[float], float], started_at: float) -> None:
-        self.config, self.sources, self.bus = config, sources, bus
-        self.on_sample, self.wall, self.started_at = on_sample, wall, started_at
-        self.state = HealthState()
-        self.report = AsyncValue(self.evaluate(started_at))
-        self.restarts = 0
+    judged: HealthState = HealthState()
+    report: HealthReport
+    dirty: bool = False
 
-    def inputs(self) -> HealthInputs:
-        src = self.sources
-        return HealthInputs(breakers=src.breakers(), queue=src.queue(), offers=src.offers(),
-                            database=src.database(),
-                            metrics=src.metrics(), limiter=src.limiter(), actors=src.actors(),
-                            maintenance=src.maintenance(), alerts=src.alerts(), started_at=self.started_at)
 
-    def evaluate(self, now: float) -> HealthReport:
-        return evaluate(self.inputs(), self.config, now, self.wall, self.state.rules)
+class _Judged:
+    """Effect of one evaluation: log a status change, feed the alert rules."""
 
-    def wakeup(self) -> float:
-        """When a held rule changes phase by itself: evaluate then, so `for` is exact."""
-        return health_rules.wakeup(self.state.rules, health_rules.limits(self.config))
+    __slots__ = ("previous", "report", "sample", "to_alerts")
 
-    def refresh(self, now: float) -> HealthReport:
-        """Evaluate, publish, log a status change, and feed the alert rules."""
-        from loguru import logger
+    def __init__(self, previous: str, report: HealthReport, sample: Sample,
+                 to_alerts: Callable[[Any], None]) -> None:
+        self.previous, self.report, self.sample, self.to_alerts = previous, report, sample, to_alerts
 
-        inputs = self.inputs()
-        self.state, report = judge(self.state, inputs, self.config, now, self.wall)
-        previous = self.report.value.status
-        self.report.set(report)
-        if report.status != previous:
+    def perform(self, cell: Any, now: float) -> None:
+        report = self.report
+        if report.status != self.previous:
             why = "; ".join(d.reason for d in report.degradation) or "all checks pass"
             logger.bind(actor="health").log("WARNING" if report.status != "healthy" else "INFO",
                                             "Health {previous} -> {status}: {why}",
-                                            previous=previous, status=report.status, why=why)
-        values, summary = signals(report, inputs, self.config.health.min_requests)
-        self.on_sample(Sample(values, summary))
-        return report
+                                            previous=self.previous, status=report.status, why=why)
+        with contextlib.suppress(ShuttingDown):  # the alerts actor has stopped first
+            self.to_alerts(self.sample)
 
-    async def run(self, *, task_status: Any = None) -> None:
-        import trio
 
-        async with self.bus.subscribe(64) as events:
-            if task_status is not None:
-                task_status.started()
-            while True:
-                now = trio.current_time()
-                self.refresh(now)
-                with trio.move_on_at(min(now + EVAL_EVERY_S, self.wakeup())):
-                    await events.receive()
-                    while True:  # one evaluation for a burst of events
-                        try:
-                            events.receive_nowait()
-                        except trio.WouldBlock:
-                            break
+class HealthCore:
+    """The health actor's core, run by the same shell and supervisor as every other actor.
+
+    An event (`Changed`, from a bus tap) only marks the state dirty; the wake-up is then
+    immediate, so a burst of events costs one evaluation. Otherwise it re-evaluates every
+    EVAL_EVERY_S, or when a held rule changes phase by itself (so `for` is exact). `step`
+    reads the other actors' published values (`Sources`) and folds them with `judge` (pure).
+    """
+
+    name = "health"
+
+    def __init__(self, config: Config, sources: Sources, to_alerts: Callable[[Any], None],
+                 wall: Callable[[float], float], started_at: float) -> None:
+        self.config, self.sources, self.to_alerts = config, sources, to_alerts
+        self.wall, self.started_at = wall, started_at
+
+    def inputs(self) -> HealthInputs:
+        src = self.sources
+        return HealthInputs(breakers=src.breakers(), queue=src.queue(), database=src.database(), metrics=src.metrics(), limiter=src.limiter(),
+                            actors=src.actors(), maintenance=src.maintenance(), alerts=src.alerts(),
+                            started_at=self.started_at)
+
+    def initial(self, now: float) -> HealthActorState:
+        return HealthActorState(report=evaluate(self.inputs(), self.config, now, self.wall))
+
+    def step(self, s: HealthActorState, msg: Any, now: float) -> tuple[HealthActorState, list]:
+        match msg:
+            case Changed():
+                return replace(s, dirty=True), []
+            case Tick():
+                inputs = self.inputs()
+                judged, report = judge(s.judged, inputs, self.config, now, self.wall)
+                values, summary = signals(report, inputs, self.config.health.min_requests)
+                return HealthActorState(judged=judged, report=report), \
+                    [_Judged(s.report.status, report, Sample(values, summary), self.to_alerts)]
+        raise TypeError(f"health cannot handle {type(msg).__name__}")
+
+    def wakeup(self, s: HealthActorState) -> float:
+        if s.dirty:
+            return -math.inf
+        return min(s.report.at + EVAL_EVERY_S,
+                   health_rules.wakeup(s.judged.rules, health_rules.limits(self.config)))
+
+    @staticmethod
+    def parked(s: HealthActorState) -> tuple:
+        return ()
+
+    @staticmethod
+    def undelivered(reply: object, value: object) -> None:
+        return None

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 
 import msgspec
+import trio
 
 from actors.limiter_core import LimiterTable, PolicySpec, RateDecision
-from actors.runtime.actor import Send
+from actors.runtime.actor import Send, SupervisedActor
+from actors.runtime.mailbox import Mailbox
 from messages.commands import Check, Done, GetSnapshot, PeekRate, ResetKeys, Tick
 from messages.config import Config
 from messages.errors import TriageError
@@ -26,7 +28,7 @@ LimiterIn = Check | PeekRate | ResetKeys | GetSnapshot | Tick
 EXPIRE_EVERY_S = 5.0
 EXPIRE_BUDGET = 2000
 
-__all__ = ["LimiterCore", "LimiterState", "RateDecision", "step", "snapshot"]
+__all__ = ["LimiterCore", "LimiterHandle", "LimiterState", "RateDecision", "step", "snapshot"]
 
 
 class LimiterState(msgspec.Struct, kw_only=True):
@@ -106,3 +108,14 @@ class LimiterCore:
     @staticmethod
     def undelivered(reply: object, value: object) -> None:
         return None
+
+
+class LimiterHandle:
+    """The limiter as a caller sees it: its mailbox (asks go through `mon.check_rate`) and
+    `statistics()`, the table's counters as a frozen value without a round trip."""
+
+    def __init__(self, inbox: Mailbox, cell: SupervisedActor) -> None:
+        self.inbox, self._cell = inbox, cell
+
+    def statistics(self) -> LimiterSnapshot:
+        return snapshot(self._cell.state, trio.current_time())

@@ -36,9 +36,11 @@ Definitions.
   A rate-limit refusal is the client's doing, a cancellation the caller's, a
   shutdown refusal the operator's: none of them is the service failing —
   except that a 5xx answer always counts, whatever the outcome (but see below).
-- left out of the error rates: outcomes "rate_limited" (a refusal is the
-  client's doing) and "health" (health's own answer: its 503 reports the
-  status, it is not a failure), whatever the status. They are neither errors
+- left out of the error rates: outcome "rate_limited" (a refusal is the
+  client's doing) and observations with `rated=False` (health's own answers:
+  their 503 reports the status, it is not a failure), whatever the status.
+  Health's answer is a flag, not an outcome: it did end "ok", and an outcome
+  says how a call ended, not whether it should be rated. They are neither errors
   nor in the denominator (`excluded`), but they are requests (rate, latency).
 - server error (5xx): an observation with status >= 500 that is not left out.
 - latency: `duration_s` of every observation, whatever its outcome; queue
@@ -91,14 +93,15 @@ from messages.metrics import (
     SeriesStats,
     WindowStats,
 )
+from messages.outcome import Outcome
 
 MetricsIn = Observation | Observations | Count | GetSnapshot | GetMetrics | Tick
 
 RELATIVE_ACCURACY = 0.01
 BIN_LIMIT = 1024
 WINDOWS = (("1m", 10.0, 6), ("5m", 30.0, 10), ("1h", 300.0, 12))  # (name, bucket width s, buckets)
-NOT_ERRORS = frozenset({"ok", "rate_limited", "cancelled", "shutting_down", "health"})
-EXCLUDED = frozenset({"rate_limited", "health"})   # in no error rate (see the module doc)
+NOT_ERRORS = frozenset({Outcome.OK, Outcome.RATE_LIMITED, Outcome.CANCELLED, Outcome.SHUTTING_DOWN})
+EXCLUDED = frozenset({Outcome.RATE_LIMITED})   # in no error rate (see the module doc)
 OVERALL = "all"
 OTHER = "other"
 MAX_VALUE_S = 86_400.0
@@ -302,12 +305,12 @@ def _advance(s: MetricsState, now: float) -> None:
 
 
 def _observe(s: MetricsState, o: Observation) -> None:
-    _record(s, o.source, o.route, o.tier, o.outcome, o.status, o.duration_s, o.queue_wait_s)
+    _record(s, o.source, o.route, o.tier, o.outcome, o.status, o.duration_s, o.queue_wait_s, o.rated)
 
 
 def _record(s: MetricsState, source: str, route: str | None, tier: str | None, outcome: str,
-            status: int | None, duration_s: float, queue_wait_s: float | None) -> None:
-    excluded = outcome in EXCLUDED
+            status: int | None, duration_s: float, queue_wait_s: float | None, rated: bool = True) -> None:
+    excluded = not rated or outcome in EXCLUDED
     server_error = not excluded and status is not None and status >= 500
     error = server_error or outcome not in NOT_ERRORS
     verdict = (error, server_error, excluded)

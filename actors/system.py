@@ -35,7 +35,7 @@ from actors import metrics as metrics_mod
 from actors import scheduler as scheduler_mod
 from actors.guard import BreakerHandle, QueueHandle
 from actors.handle import Monitoring
-from actors.health import METRICS_PERIOD_S, HealthActor, Sources
+from actors.health import METRICS_PERIOD_S, HealthActorState, HealthCore, Sources
 from actors.monitor import DatabaseMonitor
 from actors.pg.database import Database
 from actors.pg.embedded import open_embedded
@@ -44,16 +44,17 @@ from actors.pg.pool_idle import run_reaper
 from actors.pg.pool_probe import PoolProbe
 from actors.runtime.actor import SupervisedActor, supervise
 from actors.runtime.bus import EventBus
-from actors.runtime.mailbox import AsyncValue, Mailbox
+from actors.runtime.mailbox import AsyncValue, Mailbox, tell_quietly
 from actors.sinks.webhook import start_sinks
 from messages.commands import Replenish, Successes, Taken
 from messages.config import Config
 from messages.errors import ConfigError
 from messages.events import ActorRestarted, BreakerTransition
+from messages.health import Changed
 from messages.metrics import Count, Observations
-from messages.snapshots import ActorStatus
 
 INBOX_SIZE = 1024
+_CHANGED = Changed()
 METRICS_INBOX_SIZE = 4096
 
 log = logger.bind(actor="system")
@@ -107,11 +108,11 @@ class _Wiring:
         await self.nursery.start(supervise, cell, self.config.supervisor, self.on_restart)
         return cell
 
-    async def limiter(self) -> Mailbox:
+    async def limiter(self) -> limiter_mod.LimiterHandle:
         inbox = Mailbox("limiter", INBOX_SIZE)
-        await self.start("limiter", limiter_mod.LimiterCore(),
-                         limiter_mod.LimiterState.initial(self.config, self.now), inbox)
-        return inbox
+        cell = await self.start("limiter", limiter_mod.LimiterCore(),
+                                limiter_mod.LimiterState.initial(self.config, self.now), inbox)
+        return limiter_mod.LimiterHandle(inbox, cell)
 
     async def breakers(self) -> dict[str, BreakerHandle]:
         handles = {}
@@ -175,33 +176,35 @@ class _Wiring:
         return inbox, published
 
     async def health(self, mon: Monitoring, monitor: Any, alerts_inbox: Mailbox,
-                     alerts: AsyncValue, metrics: AsyncValue) -> HealthActor:
-        cells = self.cells
-        sources = Sources(
-            breakers=lambda: {t: cells[f"breaker.{t}"].state for t in self.config.tiers},
-            queue=lambda: cells["scheduler"].state,
-            offers=self.offers.counts,
+                     alerts: AsyncValue, metrics: AsyncValue) -> AsyncValue:
+        sources = Sources(  # every handle's statistics(): the last published values, no asks
+            breakers=lambda: {t: b.statistics() for t, b in mon.breakers.items()},
+            queue=mon.queue.statistics,
             database=(lambda: monitor.metrics.value) if monitor is not None else (lambda: None),
             metrics=lambda: metrics.value,
-            limiter=lambda: limiter_mod.snapshot(cells["limiter"].state, trio.current_time()),
+            limiter=mon.limiter.statistics,
             actors=mon.actors,
             maintenance=lambda: mon.in_maintenance,
             alerts=lambda: alerts.value)
-        actor = HealthActor(self.config, sources, self.bus, alerts_inbox.put, self.wall, self.now)
-        self.nursery.start_soon(_keep_running, actor)
-        return actor
+        core = HealthCore(self.config, sources, alerts_inbox.put, self.wall, self.now)
+        state = core.initial(self.now)
+        published = AsyncValue(state.report)
+        inbox = Mailbox("health", INBOX_SIZE)
+        self.bus.taps.append(_changed(inbox))
+
+        def publish(s: HealthActorState, now: float) -> None:
+            if s.report is not published.value:
+                published.set(s.report)
+
+        await self.start("health", core, state, inbox, publish=publish)
+        return published
 
 
-async def _keep_running(actor: HealthActor) -> None:
-    """The health task, restarted on a crash (it holds no state but its last report)."""
-    while True:
-        try:
-            await actor.run()
-            return
-        except Exception:
-            actor.restarts += 1
-            logger.bind(actor="health").opt(exception=True).error("health actor crashed; restarting")
-            await trio.sleep(min(0.1 * 2 ** actor.restarts, 5.0))
+def _changed(health: Mailbox) -> Callable[[Any], None]:
+    """Every event may change health's inputs: tell it (it folds a burst into one evaluation)."""
+    def tap(event: Any) -> None:
+        tell_quietly(health, _CHANGED)
+    return tap
 
 
 def _publish_state(published: AsyncValue) -> Callable[[Any, float], None]:
@@ -288,10 +291,7 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
             await nursery.start(mon.db.watchdog.run)
             mon.injector = w.injector
             alerts_inbox, alerts = await w.alerts()
-            health = await w.health(mon, monitor, alerts_inbox, alerts, metrics)
-            mon.health_report = health.report
-            mon._extra_actors = lambda: {"health": ActorStatus(
-                name="health", restarts=health.restarts, last_restart_at=None, running=True)}
+            mon.health_report = await w.health(mon, monitor, alerts_inbox, alerts, metrics)
             await start_sinks(config, mon, nursery)
             try:
                 task_status.started(mon)

@@ -7,9 +7,13 @@ caller knows nothing was sent and a retry is safe.
 
 from __future__ import annotations
 
+from messages.outcome import Outcome
+
 
 class TriageError(Exception):
     """Base of every error Triage raises on purpose."""
+
+    outcome = Outcome.ERROR  # how a call that raised it ended (see `messages.outcome`)
 
 
 class ConfigError(TriageError):
@@ -36,6 +40,8 @@ class Refused(TriageError):
 
 
 class RateLimited(Refused):
+    outcome = Outcome.RATE_LIMITED
+
     def __init__(self, policy: str, key: str, retry_after_s: float, decision: object = None) -> None:
         self.policy, self.key, self.retry_after_s, self.decision = policy, key, retry_after_s, decision
         if retry_after_s == float("inf"):  # the request costs more than the whole quota
@@ -46,12 +52,16 @@ class RateLimited(Refused):
 
 
 class CircuitOpen(Refused):
+    outcome = Outcome.CIRCUIT_OPEN
+
     def __init__(self, tier: str, retry_after_s: float) -> None:
         self.tier, self.retry_after_s = tier, retry_after_s
         super().__init__(f"Circuit breaker {tier!r} is open; retry after {retry_after_s:.3f}s")
 
 
 class QueueFull(Refused):
+    outcome = Outcome.QUEUE_FULL
+
     def __init__(self, priority: object, depth: int, displaced: bool = False) -> None:
         self.priority, self.depth, self.displaced = priority, depth, displaced
         self.retry_after_s = 1.0
@@ -60,6 +70,8 @@ class QueueFull(Refused):
 
 
 class QueueTimeout(Refused):
+    outcome = Outcome.QUEUE_TIMEOUT
+
     def __init__(self, priority: object, waited_s: float) -> None:
         self.priority, self.waited_s = priority, waited_s
         self.retry_after_s = 1.0
@@ -67,12 +79,16 @@ class QueueTimeout(Refused):
 
 
 class QueueCleared(Refused):
+    outcome = Outcome.QUEUE_FULL
+
     def __init__(self, priority: object) -> None:
         self.priority = priority
         super().__init__(f"Queue cleared while a {_prio(priority)} request was waiting")
 
 
 class ShuttingDown(Refused):
+    outcome = Outcome.SHUTTING_DOWN
+
     def __init__(self, what: str = "monitoring") -> None:
         super().__init__(f"{what} is shutting down")
 

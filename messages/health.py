@@ -18,6 +18,10 @@ Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
+class Changed(Message):
+    """Health's inbox: something another actor publishes changed (an event on the bus)."""
+
+
 class Degradation(Message):
     """One reason the status is not healthy, with the value and threshold behind it."""
 

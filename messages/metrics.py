@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from messages.base import Message
+from messages.outcome import Outcome
 
-# The outcomes the kernel reports. `outcome` stays a plain `str` so that a new
-# outcome reaches the metrics (counted as an error) instead of failing to decode.
-# "health" is the health endpoint's own answer (its 503 reports a status; it is not a failure).
-OUTCOMES = ("ok", "error", "rate_limited", "circuit_open", "queue_full", "queue_timeout",
-            "cancelled", "shutting_down", "health")
+# The outcomes the kernel reports (`messages.outcome.Outcome`'s values). `outcome` stays a plain
+# `str` so that a new outcome reaches the metrics (counted as an error) instead of failing to decode.
+OUTCOMES = tuple(Outcome)
 
 
 class Observation(Message, kw_only=True):
@@ -27,10 +26,11 @@ class Observation(Message, kw_only=True):
     source: Literal["http", "call"]
     route: str | None            # HTTP route template, e.g. "GET /api/animals"; None for calls
     tier: str | None             # breaker tier; None for plain HTTP
-    outcome: str                 # one of OUTCOMES
+    outcome: str                 # an Outcome value
     status: int | None           # HTTP status when source == "http"
     duration_s: float
     queue_wait_s: float | None = None
+    rated: bool = True           # False: in no error rate (health's own answers)
     at: float
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from messages.base import Message
 
@@ -92,3 +92,13 @@ class SystemSnapshot(Message):
     queue: QueueSnapshot
     limiter: LimiterSnapshot
     actors: dict[str, ActorStatus]
+
+
+class SystemStatistics(SystemSnapshot):
+    """`mon.statistics()`: every handle's last published state, read without a round trip.
+
+    `metrics` is the metrics actor's periodic summary (None before the first; no per-route
+    series), `health` the health actor's latest report (a `HealthReport`)."""
+
+    metrics: Any = None
+    health: Any = None

@@ -9,8 +9,8 @@
 Without --url the service runs in-process on a loopback port, on DATABASE_URL if set, else
 on an embedded PostgreSQL (the serving rule). Arrivals are open-loop (requests start on schedule
 whether or not earlier ones finished). Prints, per scenario: throughput, P50/P95/P99,
-status-code counts, and the outcome ledger — sent = ok + rate_limited + breaker_open +
-queue_full + queue_timeout + errors — against the spec's targets (P95 < 2 s, error rate
+status-code counts, and the outcome ledger — sent = ok + rate_limited + circuit_open +
+queue_full + queue_timeout + … + error (every outcome) — against the spec's targets (P95 < 2 s, error rate
 < 1 %, 5xx < 0.5 %). Exit status 1 if a target fails or a ledger does not balance
 (so it can gate a pipeline), 2 for bad arguments.
 """
@@ -34,9 +34,8 @@ def print_summary(s: dict) -> None:
     print(f"\n=== {s['scenario']}: {s['sent']} requests, {s['throughput_per_s']} req/s")
     print(f"  latency  P50 {s['p50_ms']} ms   P95 {s['p95_ms']} ms   P99 {s['p99_ms']} ms")
     print(f"  statuses {s['statuses']}")
-    print(f"  ledger   sent {s['sent']} = ok {o['ok']} + rate_limited {o['rate_limited']} + breaker_open "
-          f"{o['breaker_open']} + queue_full {o['queue_full']} + queue_timeout {o['queue_timeout']} "
-          f"+ errors {o['errors']}   ({'balanced' if s['balanced'] else 'DOES NOT BALANCE'})")
+    terms = " + ".join(f"{k} {n}" for k, n in o.items())
+    print(f"  ledger   sent {s['sent']} = {terms}   ({'balanced' if s['balanced'] else 'DOES NOT BALANCE'})")
     print("  targets  " + "   ".join(f"{k}: {'PASS' if ok else 'FAIL'}" for k, ok in verdicts(s).items())
           + f"   (error rate {s['error_rate'] * 100:.2f} %, 5xx {s['five_xx_rate'] * 100:.2f} %)")
 

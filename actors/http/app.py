@@ -46,6 +46,7 @@ from actors.http.ratelimit import RateLimitMiddleware
 from actors.http.sse import HEADERS, chunk, until_disconnect
 from actors.runtime.mailbox import AsyncValue
 from messages.http_config import HttpConfig
+from messages.outcome import Outcome
 
 __all__ = ["TriageApp", "create_app", "hypercorn_config"]
 
@@ -114,7 +115,8 @@ class TriageApp:
     # -- routes -----------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        exchange(request).outcome = "health"  # its 503 reports the status: in no error rate
+        ex = exchange(request)  # answered (its 503 reports the status, it is no failure): in no error rate
+        ex.outcome, ex.rated = Outcome.OK, False
         report = self.mon.health_report.value
         detailed = bool(request.scope["query_string"]) and \
             request.query_params.get("detailed", "").lower() in _TRUE

@@ -30,11 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from actors import breaker as breaker_mod
-from actors import limiter as limiter_mod
-from actors import scheduler as scheduler_mod
 from actors.http.sse import HEADERS, chunk, until_disconnect
-from actors.pg.pool import corrected
 from messages.events import BreakerTransition
 from messages.health import Alert, camel
 
@@ -70,17 +66,13 @@ class History:
 
 def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int) -> dict:
     """Everything the page draws, as one JSON-ready dict."""
-    report = mon.health_report.value
-    now = trio.current_time()
-    cells = mon._cells
+    stats = mon.statistics()  # the last published state of every actor: no round trip
+    report, queue, limiter = stats.health, stats.queue, stats.limiter
     breakers = {}
-    for tier in mon.breakers:
-        b = breaker_mod.snapshot(cells[f"breaker.{tier}"].state, now)
+    for tier, b in stats.breakers.items():
         breakers[tier] = {"state": b.state.upper(), "failures": b.failures_in_window,
                           "threshold": b.failure_threshold, "timeInState": round(b.time_in_state_s, 1),
                           "openings": b.openings, "rejections": b.rejections}
-    queue = corrected(scheduler_mod.snapshot(cells["scheduler"].state, now), mon.queue.offers.counts())
-    limiter = limiter_mod.snapshot(cells["limiter"].state, now)
     w = metrics.overall.windows["1m"] if metrics is not None else None
     details = report.detailed()
     return {

@@ -39,6 +39,7 @@ from loguru import logger
 from starlette.requests import ClientDisconnect
 
 from actors.http.problems import BodyTimeout, BodyTooLarge, RequestState, log_500, send_problem
+from messages.outcome import Outcome, outcome_of
 
 log = logger.bind(actor="web")
 
@@ -89,7 +90,7 @@ class EdgeMiddleware:
 
     async def _handle(self, scope: dict, receive: Any, reply: _Reply, ex: RequestState, t0: float) -> None:
         if self.mon.in_maintenance and not scope["path"].startswith(OPERATIONAL):
-            ex.outcome = "ok"
+            ex.outcome = Outcome.OK
             return await send_problem(reply, 503, "The service is in maintenance mode; retry later",
                                       [(b"retry-after", b"%d" % MAINTENANCE_RETRY_AFTER_S)])
         length, chunked = _body_headers(scope)
@@ -109,7 +110,7 @@ class EdgeMiddleware:
             try:
                 await self.app(scope, receive, reply)
             except ClientDisconnect:
-                ex.outcome = "cancelled"
+                ex.outcome = Outcome.CANCELLED
             except Exception as exc:
                 await self._crashed(scope, reply, ex, exc)
             finally:
@@ -118,7 +119,7 @@ class EdgeMiddleware:
             await self._cut_off(reply, ex)
 
     async def _crashed(self, scope: dict, reply: _Reply, ex: RequestState, exc: Exception) -> None:
-        ex.outcome = "error"
+        ex.outcome = outcome_of(exc)
         if not ex.logged:  # the app's error handler may have logged (and answered) it already
             log_500(scope, ex, exc)
         if not reply.started:
@@ -127,7 +128,7 @@ class EdgeMiddleware:
 
     async def _cut_off(self, reply: _Reply, ex: RequestState) -> None:
         """The grace period ended (or a stream was stopped) with the request unfinished."""
-        ex.outcome = "shutting_down"
+        ex.outcome = Outcome.SHUTTING_DOWN
         if not reply.started:
             await send_problem(reply, 503, "The service is shutting down", [(b"connection", b"close")])
         elif not reply.finished and reply.chunked:
@@ -138,9 +139,10 @@ class EdgeMiddleware:
             return  # a stream is not a request: its duration is how long the client stayed
         route = f"{scope.get('method', 'GET')} {_template(scope)}"
         status = reply.status or 499  # nothing sent: the client went away
-        outcome = ex.outcome or ("rate_limited" if status == 429 else "error" if status >= 500 else "ok")
+        # No exception named it: an answer the app built itself (the rate limiter's 429 names its own).
+        outcome = ex.outcome or (Outcome.ERROR if status >= 500 else Outcome.OK)
         tier = ex.tier or self.route_tiers.get(route)
-        self.mon.observe_request(route, status, duration_s, outcome, tier)
+        self.mon.observe_request(route, status, duration_s, outcome, tier, rated=ex.rated)
 
 
 def _template(scope: dict) -> str:

@@ -3,7 +3,8 @@
 `error_response` is registered with Starlette for every expected failure, so
 a handler simply lets `CircuitOpen`, `QueueFull`, a psycopg error or its own
 `WebError` propagate. The mapping (`_classify`) is the one place that decides
-the status, the ``Retry-After`` and the outcome the metrics record. A
+the status and the ``Retry-After``; the outcome the metrics record (and a
+refusal's body carries as `outcome`) is `messages.outcome.outcome_of`'s. A
 database error's text never reaches the client: it may hold SQL, values or
 the server's host.
 
@@ -54,6 +55,7 @@ from messages.errors import (
     ShuttingDown,
     TriageError,
 )
+from messages.outcome import Outcome, outcome_of
 
 PROBLEM = "application/problem+json"
 log = logger.bind(actor="web")
@@ -61,6 +63,8 @@ log = logger.bind(actor="web")
 
 class WebError(Exception):
     """A request the app refuses on its own terms (bad input, conflict…): status + detail."""
+
+    outcome = Outcome.OK  # the client's doing, not the service failing
 
     status = 400
     title = "Bad Request"
@@ -93,10 +97,11 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 class RequestState:
     """What a handler tells the edge about its request."""
 
-    __slots__ = ("outcome", "tier", "stream", "request_id", "logged")
+    __slots__ = ("outcome", "rated", "tier", "stream", "request_id", "logged")
 
     def __init__(self) -> None:
-        self.outcome: str | None = None
+        self.outcome: Outcome | None = None
+        self.rated = True  # False: in no error rate (health's own answers, see `app.health`)
         self.tier: str | None = None
         self.stream = False
         self.request_id = secrets.token_hex(8)  # carried by a 500's body and its one log line
@@ -153,11 +158,12 @@ def error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ClientDisconnect):
         raise exc  # nobody to answer: the edge records it
     ex = exchange(request)
-    status, detail, headers, outcome, extra = _classify(exc)
+    status, detail, headers, extra = _classify(exc)
+    outcome = outcome_of(exc)
     ex.outcome = ex.outcome or outcome
     if status == 405 and isinstance(exc, HTTPException) and exc.headers:
         headers = {**headers, **exc.headers}
-    if outcome not in ("ok", "error"):  # load tools and clients can tell 503s apart
+    if outcome not in (Outcome.OK, Outcome.ERROR):  # load tools and clients can tell 503s apart
         extra = {**extra, "outcome": outcome}
     if status == 500:
         if not ex.logged:
@@ -166,63 +172,60 @@ def error_response(request: Request, exc: Exception) -> Response:
     return problem(status, detail, headers=headers, **extra)
 
 
-def _classify(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, Any]]:
+def _classify(exc: Exception) -> tuple[int, str, dict[str, str], dict[str, Any]]:
     match exc:
         case BodyTooLarge() | BodyTimeout():  # the rest of the body is not read: close
-            return exc.status, exc.detail, {"connection": "close"}, "ok", exc.extra
+            return exc.status, exc.detail, {"connection": "close"}, exc.extra
         case WebError():
-            return exc.status, exc.detail, exc.headers, "ok", exc.extra
+            return exc.status, exc.detail, exc.headers, exc.extra
         case HTTPException(status_code=404):
-            return 404, "No such route", {}, "ok", {}
+            return 404, "No such route", {}, {}
         case HTTPException(status_code=405):
-            return 405, "Method not allowed for this route", {}, "ok", {}
+            return 405, "Method not allowed for this route", {}, {}
         case HTTPException():
-            return exc.status_code, str(exc.detail), dict(exc.headers or {}), "ok", {}
+            return exc.status_code, str(exc.detail), dict(exc.headers or {}), {}
         case RateLimited():
-            return 429, f"Rate limit exceeded for policy {exc.policy!r}", _retry(exc.retry_after_s), \
-                "rate_limited", {}
+            return 429, f"Rate limit exceeded for policy {exc.policy!r}", _retry(exc.retry_after_s), {}
     return _refusal(exc) or _database(exc)
 
 
-def _refusal(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, Any]] | None:
+def _refusal(exc: Exception) -> tuple[int, str, dict[str, str], dict[str, Any]] | None:
     """Refused before any SQL was sent: 503 + Retry-After, retrying is safe."""
     match exc:
         case CircuitOpen():
-            return 503, f"Circuit breaker {exc.tier!r} is open; retry later", _retry(exc.retry_after_s), \
-                "circuit_open", {"tier": exc.tier}
+            return 503, f"Circuit breaker {exc.tier!r} is open; retry later", _retry(exc.retry_after_s), {"tier": exc.tier}
         case QueueFull() | QueueCleared():
-            return 503, "Server busy: the request queue is full", _retry(1), "queue_full", {}
+            return 503, "Server busy: the request queue is full", _retry(1), {}
         case QueueTimeout():
-            return 503, "Server busy: the request was not admitted in time", _retry(1), "queue_timeout", {}
+            return 503, "Server busy: the request was not admitted in time", _retry(1), {}
         case ShuttingDown():
-            return 503, "The service is shutting down", _retry(5), "shutting_down", {}
+            return 503, "The service is shutting down", _retry(5), {}
         case ConnectionLimitReached():  # backpressure, like a queue that did not admit in time
             return 503, "Server busy: the database is at its connection limit", \
-                _retry(exc.retry_after_s), "queue_timeout", {}
+                _retry(exc.retry_after_s), {}
         case DatabaseUnavailable():
-            return 503, "Database unavailable", _retry(exc.retry_after_s), "error", {}
+            return 503, "Database unavailable", _retry(exc.retry_after_s), {}
         case DatabaseNotConfigured():
-            return 503, "No database configured", _retry(30), "error", {}
+            return 503, "No database configured", _retry(30), {}
         case ActorCrashed() | Refused():
-            return 503, "Service temporarily unavailable", _retry(1), "error", {}
+            return 503, "Service temporarily unavailable", _retry(1), {}
     return None
 
 
-def _database(exc: Exception) -> tuple[int, str, dict[str, str], str, dict[str, Any]]:
+def _database(exc: Exception) -> tuple[int, str, dict[str, str], dict[str, Any]]:
     """After SQL was sent. `retriable` (set by `mon.db`) is True only when nothing can have been
     done (never sent, or rolled back); otherwise the write may have committed: 502/504, no
     Retry-After, outcome "unknown", so that no client is told a retry is safe."""
     match exc:
         case QueryTimeout():
-            return 504, "Database query timed out; whether it took effect is unknown", {}, "unknown", {}
+            return 504, "Database query timed out; whether it took effect is unknown", {}, {}
         case psycopg.OperationalError() if getattr(exc, "retriable", False):
-            return 503, "Database unavailable", _retry(1), "error", {}
+            return 503, "Database unavailable", _retry(1), {}
         case psycopg.OperationalError():
-            return 502, "Database connection lost; whether the request took effect is unknown", {}, \
-                "unknown", {}
+            return 502, "Database connection lost; whether the request took effect is unknown", {}, {}
         case psycopg.Error() | TriageError():  # never the SQL text or the server's message
-            return 500, "Database error", {}, "error", {}
-    return 500, "Internal error", {}, "error", {}
+            return 500, "Database error", {}, {}
+    return 500, "Internal error", {}, {}
 
 
 def handled_errors() -> dict[Any, Callable[[Request, Exception], Response]]:

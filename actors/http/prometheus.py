@@ -4,10 +4,10 @@ Theory of operation. `TriageCollector` is a custom collector on its own
 `CollectorRegistry` (never the process-global one, so two systems in one
 process do not collide and nothing else leaks into the page). Collectors are
 synchronous and the actors are not, so a scrape first `await`s a `Frame` —
-every actor's snapshot (`mon.snapshot()`, a round trip to each actor's
-mailbox, never the admission queue or the database), the health report, the
-metrics actor's latest summary and the database monitor's latest probe —
-then renders it. Counters are the actors' own lifetime counts; latency comes
+every actor's last published state (`mon.statistics()`, no round trip, never
+the admission queue or the database), the health report, a fresh metrics
+summary (`await mon.metrics()`, for the per-route series) and the database
+monitor's latest probe — then renders it. Counters are the actors' own lifetime counts; latency comes
 from the metrics actor's DDSketch windows as summary-style quantile gauges
 (no `_sum`, which the sketch does not keep).
 
@@ -57,7 +57,7 @@ class TriageCollector:
     async def capture(self) -> Frame:
         mon = self.mon
         monitor = getattr(getattr(mon, "db", None), "monitor", None)
-        return Frame(system=await mon.snapshot(), health=mon.health_report.value,
+        return Frame(system=mon.statistics(), health=mon.health_report.value,
                      metrics=await mon.metrics(),
                      database=monitor.metrics.value if monitor is not None else None,
                      maintenance=mon.in_maintenance, extra=self._extra())

@@ -56,6 +56,7 @@ from loguru import logger
 
 from actors.limiter_core import RateDecision
 from messages.errors import ActorCrashed, ConfigError, ShuttingDown
+from messages.outcome import Outcome
 
 __all__ = ["QUOTA_EXCEEDED", "RateLimitMiddleware", "RefusalSummary", "client_key", "rate_headers"]
 
@@ -323,7 +324,7 @@ class RateLimitMiddleware:
             return await _answer(send, 500, *_problem(500, "Internal Server Error", "Internal error"))
         window_s = self._window(policy, key)
         if not decision.allowed:
-            return await self._refuse(send, policy, key, decision, window_s)
+            return await self._refuse(scope, send, policy, key, decision, window_s)
         await self.app(scope, receive, self._sender(send, decision, window_s))
 
     def policy_for(self, scope: Scope) -> str | None:
@@ -349,12 +350,16 @@ class RateLimitMiddleware:
             await send(message)
         return send_with_rate_headers
 
-    async def _refuse(self, send: Any, policy: str, key: str, d: RateDecision, window_s: float) -> None:
+    async def _refuse(self, scope: Scope, send: Any, policy: str, key: str, d: RateDecision, window_s: float) -> None:
         retry = retry_after(d)
         detail = (f"Rate limit exceeded for policy {policy!r}; retry after {retry} s" if retry is not None
                   else f"Request cost exceeds the limit of policy {policy!r}: it can never be allowed")
         headers, body = _problem(429, "Too Many Requests", detail, QUOTA_EXCEEDED, policy=policy,
-                                 retry_after=retry, **{"violated-policies": [policy]})
+                                 retry_after=retry, outcome=Outcome.RATE_LIMITED,
+                                 **{"violated-policies": [policy]})
+        state = scope.get("triage")  # the edge's RequestState
+        if state is not None:  # mounted behind Triage's edge: the request's outcome, for the metrics
+            state.outcome = Outcome.RATE_LIMITED
         now = trio.current_time()
         refusals = self._summary.note(policy, now)
         if refusals is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import psycopg
 
 from messages.errors import Refused, TriageError
+from messages.outcome import Outcome
 
 
 class DatabaseUnavailable(TriageError, psycopg.OperationalError):
@@ -23,6 +24,8 @@ class ConnectionLimitReached(Refused, psycopg.OperationalError):
     """The server refused a new connection: it is at its connection limit (SQLSTATE 53300, or a
     pooler's "no more connections allowed"). Backpressure, not an outage: nothing was sent,
     retrying later is safe, and it is no verdict on the tier's breaker."""
+
+    outcome = Outcome.QUEUE_TIMEOUT  # like a queue that did not admit in time
 
     def __init__(self, retry_after_s: float) -> None:
         self.retry_after_s = retry_after_s
@@ -48,6 +51,8 @@ class DatabaseNotConfigured(TriageError):
 
 class QueryTimeout(TriageError):
     """The statement was sent and did not finish within `timeout_s`; its outcome is unknown."""
+
+    outcome = Outcome.UNKNOWN
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s, self.retriable = timeout_s, False

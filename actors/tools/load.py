@@ -6,11 +6,13 @@ its planned instant — whether or not earlier ones have finished, so a slow
 server cannot slow the load down and hide its own latency (no coordinated
 omission). Each request gets exactly one outcome:
 
-    ok | rate_limited (429) | breaker_open | queue_full | queue_timeout | errors
+    an `Outcome` value: ok | rate_limited | circuit_open | queue_full | queue_timeout
+    | shutting_down | unknown | error  (`messages.outcome`, the kernel's own words)
 
-503s are told apart by the problem body's `outcome` field (the HTTP edge sets
-it); everything else that is not 2xx, and every transport failure or client
-timeout, is an error. `sent == sum(outcomes)` is checked, not assumed.
+A refusal is told apart by the problem body's `outcome` field (Triage's edge and
+rate limiter set it, from the same `outcome_of` the metrics use); anything
+else that is not 2xx, and every transport failure or client timeout, is an
+error. `sent == sum(outcomes)` is checked, not assumed.
 
 Bounded: every scenario has a fixed duration and request count; each request has
 a client timeout; loopback only (the URL is checked).
@@ -27,7 +29,12 @@ from urllib.parse import urlsplit
 import msgspec
 import trio
 
-OUTCOMES = ("ok", "rate_limited", "breaker_open", "queue_full", "queue_timeout", "errors")
+from messages.outcome import Outcome
+
+OUTCOMES = tuple(Outcome)
+# Not the service failing: answered, or refused with a Retry-After on purpose.
+_NOT_ERRORS = (Outcome.OK, Outcome.RATE_LIMITED, Outcome.CIRCUIT_OPEN, Outcome.QUEUE_FULL,
+               Outcome.QUEUE_TIMEOUT)
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -70,7 +77,7 @@ class Sample(msgspec.Struct, frozen=True, array_like=True):
     started_at: float
     latency_s: float
     status: int
-    outcome: str
+    outcome: Outcome
     route: str
 
 
@@ -97,19 +104,14 @@ def check_loopback(url: str) -> None:
         raise ValueError(f"load tests only target loopback addresses, not {host!r}")
 
 
-def outcome_of_response(status: int, body: bytes) -> str:
+def outcome_of_response(status: int, body: bytes) -> Outcome:
+    """A 2xx is ok; otherwise the problem body's `outcome` field, else an error."""
     if 200 <= status < 300:
-        return "ok"
-    if status == 429:
-        return "rate_limited"
-    if status == 503:
-        try:
-            outcome = msgspec.json.decode(body).get("outcome", "")
-        except (msgspec.DecodeError, AttributeError):
-            outcome = ""
-        return {"circuit_open": "breaker_open", "queue_full": "queue_full",
-                "queue_timeout": "queue_timeout"}.get(outcome, "errors")
-    return "errors"
+        return Outcome.OK
+    try:
+        return Outcome(msgspec.json.decode(body).get("outcome"))
+    except (msgspec.DecodeError, AttributeError, ValueError):
+        return Outcome.ERROR
 
 
 def schedule(scenario: Scenario, speed: float = 1.0) -> list[float]:
@@ -137,13 +139,13 @@ async def run(scenario: Scenario, send: Send, *, speed: float = 1.0, timeout_s: 
     async def one(offset: float, route: tuple, user: int) -> None:
         _, method, path, body = route
         t0 = trio.current_time()
-        status, outcome = 0, "errors"
+        status, outcome = 0, Outcome.ERROR
         with trio.move_on_after(timeout_s):
             try:
                 status, payload = await send(method, path, body, {"x-forwarded-for": f"10.1.{user // 250}.{user % 250 + 1}"})
                 outcome = outcome_of_response(status, payload)
             except Exception:  # transport failure: one outcome, an error
-                status, outcome = 0, "errors"
+                status, outcome = 0, Outcome.ERROR
         ledger.record(Sample(offset, trio.current_time() - t0, status, outcome, f"{method} {path}"))
 
     async with trio.open_nursery() as outer:
@@ -176,7 +178,7 @@ def summary(ledger: Ledger, elapsed_s: float) -> dict:
     lat = [s.latency_s for s in ledger.samples if s.outcome == "ok"]
     all_lat = [s.latency_s for s in ledger.samples]
     n = max(ledger.sent, 1)
-    errors = ledger.outcomes.get("errors", 0)
+    errors = sum(n for k, n in ledger.outcomes.items() if k not in _NOT_ERRORS)
     five_xx = sum(c for code, c in ledger.statuses.items() if code.startswith("5"))
     return {
         "scenario": ledger.scenario, "sent": ledger.sent, "throughput_per_s": round(ledger.sent / elapsed_s, 1),

@@ -48,11 +48,13 @@ from actors.http.auth import Sessions, hash_password_async
 from actors.http.problems import WebError, exchange
 from actors.pg.database import DatabaseUnavailable, QueryTimeout
 from examples.vet_tracker.idempotency import write_once
+from examples.vet_tracker.routes import ROUTE_SPEC, ROUTES, RouteSpec, placed
 from examples.vet_tracker.schema import DEMO_USERS, Queries, setup
 from examples.vet_tracker.sessions import Logins
 from messages.config import Priority
 from messages.errors import CircuitOpen, ConfigError
 from messages.http_config import DEMO_IN_PRODUCTION, HttpConfig
+from messages.outcome import Outcome
 
 log = logger.bind(actor="service")
 
@@ -110,16 +112,14 @@ class DemoService:
         self.ready = trio.Event()
         self._stale: OrderedDict[tuple, Any] = OrderedDict()
 
+    routes: tuple[RouteSpec, ...] = ROUTES
+
     def table(self) -> list[ServiceRoute]:
-        rows = [("POST", "/api/auth/login", "auth", Priority.HIGH, "critical", self.logins.login),
-                ("POST", "/api/auth/logout", "general", Priority.HIGH, "critical", self.logins.logout),
-                ("GET", "/api/animals", "general", Priority.NORMAL, "database", self.animals),
-                ("GET", "/api/trpc/animals.list", "general", Priority.NORMAL, "database", self.trpc_animals),
-                ("POST", "/api/administrations", "recording", Priority.CRITICAL, "critical", self.administer),
-                ("GET", "/api/reports/adherence", "heavy", Priority.LOW, "analytics", self.adherence),
-                ("POST", "/api/inventory/import", "upload", Priority.BATCH, "batch", self.import_inventory)]
-        return [ServiceRoute(m, p, pol, prio, tier, Route(p, self._ready_first(fn), methods=[m]))
-                for m, p, pol, prio, tier, fn in rows]
+        return [ServiceRoute(r.method, r.path, r.policy, r.priority, r.tier,
+                             Route(r.path, self._ready_first(r), methods=[r.method])) for r in self.routes]
+
+    def _handler(self, name: str) -> Any:
+        return getattr(self.logins if name in ("login", "logout") else self, name)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -160,13 +160,17 @@ class DemoService:
     async def _hashes() -> list[str]:
         return [await hash_password_async(password) for _, _, password in DEMO_USERS]
 
-    def _ready_first(self, handler: Any) -> Any:
+    def _ready_first(self, spec: RouteSpec) -> Any:
+        """The endpoint: refuses until the schema is ready; puts the route's row in the scope."""
+        handler = self._handler(spec.handler)
+
         async def endpoint(request: Request) -> Response:
             if not self.ready.is_set():
                 raise WebError("The service is starting: its database schema is not ready", 503,
                                retry_after_s=5)
+            request.scope[ROUTE_SPEC] = spec
             return await handler(request)
-        endpoint.__name__ = handler.__name__
+        endpoint.__name__ = spec.handler
         return endpoint
 
     # -- routes -----------------------------------------------------------------------------
@@ -189,11 +193,11 @@ class DemoService:
         key = (query.limit, query.offset, query.owner)
         try:
             rows = await self.mon.db.fetch(self.q.animals, {"limit": query.limit, "offset": query.offset,
-                                                           "owner": query.owner}, tier="database")
+                                                           "owner": query.owner}, **placed(request))
         except (CircuitOpen, DatabaseUnavailable, QueryTimeout, psycopg.OperationalError):
             if key not in self._stale:
                 raise
-            exchange(request).outcome = "ok"  # degraded, but answered
+            exchange(request).outcome = Outcome.OK  # degraded, but answered
             return self._stale[key], True
         animals = [{"id": r[0], "name": r[1], "species": r[2], "bornOn": r[3],
                     "owner": {"id": r[4], "name": r[5]}} for r in rows]
@@ -209,7 +213,7 @@ class DemoService:
         try:
             return await write_once(self.mon.db, self.q, request, writer, given,
                                     lambda tx: self._record(tx, given, writer[0]), ttl_s=self.idempotency_ttl_s,
-                                    priority=Priority.CRITICAL, tier="critical")
+                                    **placed(request))
         except psycopg.errors.ForeignKeyViolation:
             raise WebError(f"Unknown animalId {given.animal_id}", 422) from None
 
@@ -228,7 +232,7 @@ class DemoService:
 
     async def adherence(self, request: Request) -> Response:
         days = _query(dict(request.query_params), _DaysQuery).days
-        rows = await self.mon.db.fetch(self.q.adherence, {"days": days}, priority=Priority.LOW, tier="analytics")
+        rows = await self.mon.db.fetch(self.q.adherence, {"days": days}, **placed(request))
         report = [{"animal": {"id": r[0], "name": r[1]}, "medication": {"id": r[2], "name": r[3]},
                    "expected": r[4], "given": r[5], "units": r[6], "adherencePct": r[7]} for r in rows]
         return json_response({"days": days, "rows": report})
@@ -246,7 +250,7 @@ class DemoService:
                    [x.expires_on for x in lots])
         try:
             return await write_once(self.mon.db, self.q, request, writer, lots, lambda tx: self._import(tx, columns),
-                                    ttl_s=self.idempotency_ttl_s, priority=Priority.BATCH, tier="batch")
+                                    ttl_s=self.idempotency_ttl_s, **placed(request))
         except psycopg.errors.ForeignKeyViolation:
             raise WebError("A lot names an unknown medicationId", 422) from None
         except psycopg.errors.NumericValueOutOfRange:  # a race past the check below

@@ -22,6 +22,7 @@ from actors.http.admin import json_response, read_json
 from actors.http.auth import Sessions, bearer, verify_password_async
 from actors.http.problems import WebError
 from examples.vet_tracker.idempotency import login_first
+from examples.vet_tracker.routes import placed
 from examples.vet_tracker.schema import DEMO_USERS
 from messages.config import Priority
 
@@ -66,7 +67,7 @@ class Logins:
 
     async def login(self, request: Request) -> Response:
         creds = await read_json(request, LoginIn)
-        row = await self.mon.db.fetchrow(self.q.user, (creds.username,), priority=Priority.HIGH, tier="critical")
+        row = await self.mon.db.fetchrow(self.q.user, (creds.username,), **placed(request))
         published = not self.demo_users and (creds.username, creds.password) in _PUBLISHED
         if not await verify_password_async(creds.password, row[3] if row else None) or published:
             log.info("Login failed", username_known=row is not None)
@@ -81,7 +82,7 @@ class Logins:
         if claims is None or claims.nonce in self.sessions.revoked:
             raise login_first()
         await self.mon.db.execute(self.q.revoke, (claims.nonce, claims.user, claims.expires),
-                                  priority=Priority.HIGH, tier="critical")
+                                  **placed(request))
         self._mine.add(claims.nonce)
         self.sessions.revoked.add(claims.nonce)
         log.info("Logged out", user=claims.user)

@@ -28,10 +28,12 @@ from actors.http.app import create_app, hypercorn_config
 from actors.http.auth import Sessions, hash_password, verify_password
 from actors.http.problems import _classify
 from actors.pg.database import DatabaseUnavailable, QueryTimeout
+from examples.vet_tracker.routes import ROUTES, RouteSpec
 from examples.vet_tracker.schema import Queries, setup
 from examples.vet_tracker.service import DemoService
-from messages.config import Config, DatabaseConfig, QueueConfig
+from messages.config import Config, DatabaseConfig, Priority, QueueConfig
 from messages.http_config import HttpConfig
+from messages.outcome import outcome_of
 
 ALICE = {"username": "alice", "password": "alice-demo-password"}
 
@@ -335,8 +337,8 @@ def _marked(exc: Exception, retriable: bool) -> Exception:
     (ValueError("boom"), 500, "error"),
 ])
 def test_error_mapping_each_failure_gets_status_outcome_without_server_text(exc, status, outcome):
-    got, detail, headers, got_outcome, _ = _classify(exc)
-    assert (got, got_outcome) == (status, outcome)
+    got, detail, headers, _ = _classify(exc)
+    assert (got, outcome_of(exc)) == (status, outcome)
     assert "SELEC" not in detail and "10.0.0.1" not in detail
     if status == 503:
         assert int(headers["retry-after"]) >= 1
@@ -354,3 +356,24 @@ def test_sessions_expire_and_bind_user_passwords_verify_only_when_correct():
     stored = hash_password("correct horse")
     assert verify_password("correct horse", stored) and not verify_password("wrong", stored)
     assert stored.startswith("scrypt$16384$8$1$") and "correct" not in stored
+
+
+async def test_service_route_table_is_the_only_source_of_priority_and_tier(database_url, schema, monkeypatch):
+    """Change one row of the table: the handler's guarded call follows it, nothing else to edit."""
+    moved = RouteSpec("GET", "/api/reports/adherence", "heavy", Priority.CRITICAL, "batch", "adherence")
+    monkeypatch.setattr(DemoService, "routes", tuple(moved if r.handler == "adherence" else r for r in ROUTES))
+    async with serving(Config(database_url=database_url), schema) as s:
+        real, seen = s.mon.db.fetch, []
+
+        async def spy(query, params=None, **placement):
+            seen.append(placement)
+            return await real(query, params, **placement)
+
+        monkeypatch.setattr(s.mon.db, "fetch", spy)
+        ok = await s.client.get("/api/reports/adherence", params={"days": 7})
+        await s.mon.breakers["batch"].force_open()
+        refused = await s.client.get("/api/reports/adherence", params={"days": 7})
+    assert ok.status_code == 200
+    assert seen[0] == {"priority": Priority.CRITICAL, "tier": "batch"}
+    assert (refused.status_code, problem(refused)["tier"], problem(refused)["outcome"]) == \
+        (503, "batch", "circuit_open")

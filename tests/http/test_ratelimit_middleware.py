@@ -133,7 +133,7 @@ async def test_middleware_auth_policy_five_allowed_then_refused_with_all_header_
         assert problem(r) == {
             "type": QUOTA_EXCEEDED, "title": "Too Many Requests", "status": 429,
             "detail": "Rate limit exceeded for policy 'auth'; retry after 900 s",
-            "policy": "auth", "retry_after": 900, "violated-policies": ["auth"],
+            "policy": "auth", "retry_after": 900, "violated-policies": ["auth"], "outcome": "rate_limited",
         }
 
 

@@ -11,11 +11,14 @@ import trio
 from msgspec.structs import replace
 
 from actors import CircuitOpen, open_monitoring
+from actors import health as health_mod
 from actors.breaker import BreakerState
+from actors.breaker import snapshot as breaker_snapshot
 from actors.faults import Down, FaultProxy, proxied_dsn
 from actors.health import HealthInputs, HealthState, evaluate, judge
 from actors.http.app import create_app, hypercorn_config
 from actors.scheduler import SchedulerState
+from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import Crash
 from messages.config import AlertRule, AlertsConfig, BreakerConfig, Config, QueueConfig, RatePolicy
 from messages.database import DatabaseMetrics
@@ -54,7 +57,14 @@ def inputs(**changes) -> HealthInputs:
     actors = {"scheduler": ActorStatus(name="scheduler", restarts=0, last_restart_at=None, running=True)}
     base = HealthInputs(breakers=breakers, queue=SchedulerState.initial(CFG.queue), database=db_metrics(),
                         metrics=metrics(), actors=actors, started_at=0.0)
-    return replace(base, **changes)
+    return published(replace(base, **changes))
+
+
+def published(i: HealthInputs) -> HealthInputs:
+    """States as the handles publish them (`statistics()`): breaker and queue snapshots."""
+    breakers = {t: breaker_snapshot(b, NOW) if isinstance(b, BreakerState) else b for t, b in i.breakers.items()}
+    queue = queue_snapshot(i.queue, NOW) if isinstance(i.queue, SchedulerState) else i.queue
+    return replace(i, breakers=breakers, queue=queue)
 
 
 def report(i: HealthInputs):
@@ -63,7 +73,7 @@ def report(i: HealthInputs):
 
 def with_breaker(tier: str, phase: str) -> dict:
     i = inputs()
-    return {**i.breakers, tier: replace(i.breakers[tier], phase=phase)}
+    return {**i.breakers, tier: replace(i.breakers[tier], state=phase)}
 
 
 def test_health_all_good_is_healthy_200():
@@ -432,3 +442,27 @@ async def _read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
         assert chunk, data
         data += chunk
     return data
+
+
+async def test_health_crash_in_step_is_restarted_from_last_state_and_counted(autojump_clock, monkeypatch):
+    """Health runs under the supervisor like every other actor: a crash inside its step is
+    restarted (after the supervisor's back-off) from its last state, and counted."""
+    real, crashes = health_mod.judge, []
+
+    def judge_once_broken(*args, **kwargs):
+        if not crashes:
+            crashes.append(trio.current_time())
+            raise RuntimeError("a bug in health's step")
+        return real(*args, **kwargs)
+
+    async with open_monitoring(Config()) as mon:
+        before = await mon.health_report.wait_value(lambda r: r.status == "healthy")
+        monkeypatch.setattr(health_mod, "judge", judge_once_broken)
+        await mon.maintenance(True)  # an event: health evaluates, and crashes
+        after = await mon.health_report.wait_value(lambda r: r is not before)
+        status = mon.actors()["health"]
+    assert (len(crashes), status.restarts, status.running) == (1, 1, True)
+    assert status.last_restart_at == crashes[0]
+    reasons = [d.reason for d in after.degradation]
+    assert reasons == ["actor health restarted recently", "maintenance mode"]
+    assert after.uptime_ms > before.uptime_ms  # the same actor's clock: restarted, not re-created

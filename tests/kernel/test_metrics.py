@@ -255,7 +255,7 @@ def test_error_rate_leaves_out_rate_limit_refusals_and_health_answers():
     for _ in range(30):
         s = feed(s, 2.0, outcome="rate_limited", status=429)
     for _ in range(20):
-        s = feed(s, 3.0, route="GET /api/health", outcome="health", status=503)
+        s = feed(s, 3.0, route="GET /api/health", outcome="ok", status=503, rated=False)
     w = window(snapshot(s, 3.0), "1m")
     assert (w.requests, w.excluded, w.errors, w.server_errors) == (61, 50, 1, 1)
     assert (w.error_rate, w.server_error_rate) == (1 / 11, 1 / 11)

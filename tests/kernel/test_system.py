@@ -23,6 +23,7 @@ from messages.commands import Crash
 from messages.config import Config, Priority, QueueConfig, SupervisorConfig
 from messages.errors import Refused
 from messages.events import ActorRestarted, BreakerTransition
+from messages.snapshots import SystemStatistics
 
 
 class Boom(Exception):
@@ -456,3 +457,25 @@ async def test_system_actor_refusal_is_the_reply_and_a_bug_still_crashes(autojum
         assert cell.restarts == 1
         assert await ask(inbox, lambda r: _Add(r, 2)) == 6  # restarted from its last good state
         nursery.cancel_scope.cancel()
+
+
+async def test_system_statistics_are_published_values_without_a_round_trip(autojump_clock):
+    """Each handle's statistics(): the last published state as a frozen value, no checkpoint (so
+    no ask); mon.statistics() gathers them, and agrees with an asked-for mon.snapshot()."""
+    async with open_monitoring(Config()) as mon:
+        await mon.breakers["critical"].force_open()
+        await mon.health_report.wait_value(lambda r: r.status == "degraded")
+        with trio.testing.assert_no_checkpoints():
+            stats = mon.statistics()
+            one = (mon.breakers["critical"].statistics(), mon.queue.statistics(), mon.limiter.statistics())
+        asked = await mon.snapshot()
+    assert isinstance(stats, SystemStatistics)
+    assert (stats.breakers["critical"].state, stats.breakers["database"].state) == ("open", "closed")
+    assert one == (stats.breakers["critical"], stats.queue, stats.limiter)
+    assert (stats.breakers, stats.queue, stats.limiter, stats.actors) == \
+        (asked.breakers, asked.queue, asked.limiter, asked.actors)
+    assert stats.health.status == "degraded" and stats.metrics is mon.metrics_snapshot.value
+    for value in (stats, *one):
+        assert type(value).__struct_config__.frozen
+    with pytest.raises(AttributeError):
+        stats.queue = None
