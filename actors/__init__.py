@@ -48,6 +48,7 @@ from messages.errors import (
 from messages.events import ActorRestarted, BreakerTransition, MaintenanceChanged
 from messages.health import Alert, Degradation, HealthReport
 from messages.metrics import MetricsSnapshot, Percentiles, WindowStats
+from messages.outcome import Outcome, outcome_of
 from messages.snapshots import (
     ActorStatus,
     BreakerSnapshot,
@@ -56,6 +57,7 @@ from messages.snapshots import (
     PoolSnapshot,
     QueueSnapshot,
     SystemSnapshot,
+    SystemStatistics,
 )
 
 # A library stays quiet unless its host opts in: logger.enable("actors").
@@ -81,6 +83,8 @@ _fixup_module_metadata(ERRORS)
 __all__ = [
     # entry points, the handle, configuration
     "Config", "FaultWiring", "Monitoring", "Priority", "open_monitoring", "run_monitoring",
+    # how a call ended: one vocabulary, one function
+    "Outcome", "outcome_of",
     # errors
     "ActorCrashed", "CircuitOpen", "ConfigError", "ConnectionLimitReached", "ConnectionLost",
     "DatabaseNotConfigured", "DatabaseUnavailable", "FaultsDisabled", "InvalidArgument",
@@ -90,6 +94,7 @@ __all__ = [
     "ActorRestarted", "ActorStatus", "Alert", "BreakerSnapshot", "BreakerTransition",
     "DatabaseDown", "DatabaseMetrics", "DatabaseUp", "Degradation", "HealthReport",
     "LimiterSnapshot", "MaintenanceChanged", "MetricsSnapshot", "Percentiles", "PolicyStats",
-    "PoolSnapshot", "QueueSnapshot", "SystemSnapshot", "ThresholdCleared", "ThresholdViolated",
+    "PoolSnapshot", "QueueSnapshot", "SystemSnapshot", "SystemStatistics", "ThresholdCleared",
+    "ThresholdViolated",
     "WindowStats",
 ]
