@@ -21,8 +21,11 @@ from pathlib import Path
 import psycopg
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This folder holds http.py, which would shadow the standard library's `http` (httpx needs it):
+# it goes last, where only pg_raw is looked up in it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.append(str(Path(__file__).resolve().parent))
 from pg_raw import measure, to_thread_worker, trio_native_worker  # noqa: E402
 
 from actors import open_monitoring  # noqa: E402

@@ -30,6 +30,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+# This folder holds http.py, which would shadow the standard library's `http` (httpx needs it).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from actors.limiter_core import LimiterTable, PolicySpec  # noqa: E402

@@ -21,6 +21,8 @@ from pathlib import Path
 import psycopg
 import trio
 
+# This folder holds http.py, which would shadow the standard library's `http` (httpx needs it).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from actors.pg.connection import PgConnection  # noqa: E402
 from actors.pg.embedded import serving_database  # noqa: E402
