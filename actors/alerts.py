@@ -1,6 +1,6 @@
 """Alert rules: the pure core of the alert actor.
 
-Theory of operation. The health actor sends a `Sample` after every
+Theory of operation. The health actor sends a `SignalValues` after every
 evaluation: the current value of every alert signal, keyed by alert id
 (`rule` or `rule:label`, e.g. `breaker_activation:critical`). Each id moves
 through the state machine of `actors.hysteresis` (quiet -> pending -> firing
@@ -57,7 +57,7 @@ RESOLVED_MESSAGES = {
 }
 
 
-class Sample(msgspec.Struct, frozen=True):
+class SignalValues(msgspec.Struct, frozen=True):
     """Signal values at one instant: alert id -> value (plus the summary's figures)."""
 
     values: dict[str, float]
@@ -154,7 +154,7 @@ def active(s: AlertState, now: float) -> list[Alert]:
 
 def step(s: AlertState, msg: Any, now: float) -> tuple[AlertState, list]:
     match msg:
-        case Sample():
+        case SignalValues():
             s, effects = _evaluate(replace(s, values=msg.values, summary=msg.summary or s.summary), now)
             s, more = _summary(s, now)
             return s, effects + more

@@ -41,7 +41,7 @@ from loguru import logger
 from msgspec.structs import replace
 
 from actors import health_rules
-from actors.alerts import Sample, iso
+from actors.alerts import SignalValues, iso
 from actors.hysteresis import Track
 from messages.commands import Tick
 from messages.config import Config
@@ -283,7 +283,7 @@ class _Judged:
 
     __slots__ = ("previous", "report", "sample", "to_alerts")
 
-    def __init__(self, previous: str, report: HealthReport, sample: Sample,
+    def __init__(self, previous: str, report: HealthReport, sample: SignalValues,
                  to_alerts: Callable[[Any], None]) -> None:
         self.previous, self.report, self.sample, self.to_alerts = previous, report, sample, to_alerts
 
@@ -332,7 +332,7 @@ class HealthCore:
                 judged, report = judge(s.judged, inputs, self.config, now, self.wall)
                 values, summary = signals(report, inputs, self.config.health.min_requests)
                 return HealthActorState(judged=judged, report=report), \
-                    [_Judged(s.report.status, report, Sample(values, summary), self.to_alerts)]
+                    [_Judged(s.report.status, report, SignalValues(values, summary), self.to_alerts)]
         raise TypeError(f"health cannot handle {type(msg).__name__}")
 
     def wakeup(self, s: HealthActorState) -> float:

@@ -2,7 +2,7 @@
 
 `error_response` is registered with Starlette for every expected failure, so
 a handler simply lets `CircuitOpen`, `QueueFull`, a psycopg error or its own
-`WebError` propagate. The mapping (`_classify`) is the one place that decides
+`WebError` propagate. The mapping (`problem_for`) is the one place that decides
 the status and the ``Retry-After``; the outcome the metrics record (and a
 refusal's body carries as `outcome`) is `messages.outcome.outcome_of`'s. A
 database error's text never reaches the client: it may hold SQL, values or
@@ -158,7 +158,7 @@ def error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ClientDisconnect):
         raise exc  # nobody to answer: the edge records it
     ex = exchange(request)
-    status, detail, headers, extra = _classify(exc)
+    status, detail, headers, extra = problem_for(exc)
     outcome = outcome_of(exc)
     ex.outcome = ex.outcome or outcome
     if status == 405 and isinstance(exc, HTTPException) and exc.headers:
@@ -172,7 +172,7 @@ def error_response(request: Request, exc: Exception) -> Response:
     return problem(status, detail, headers=headers, **extra)
 
 
-def _classify(exc: Exception) -> tuple[int, str, dict[str, str], dict[str, Any]]:
+def problem_for(exc: Exception) -> tuple[int, str, dict[str, str], dict[str, Any]]:
     match exc:
         case BodyTooLarge() | BodyTimeout():  # the rest of the body is not read: close
             return exc.status, exc.detail, {"connection": "close"}, exc.extra

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from actors import CircuitOpen, QueueFull, QueueTimeout, RateLimited, open_monitoring
 from actors.http.app import create_app, hypercorn_config
 from actors.http.auth import Sessions, hash_password, verify_password
-from actors.http.problems import _classify
+from actors.http.problems import problem_for
 from actors.pg.database import DatabaseUnavailable, QueryTimeout
 from examples.vet_tracker.routes import ROUTES, RouteSpec
 from examples.vet_tracker.schema import Queries, setup
@@ -337,7 +337,7 @@ def _marked(exc: Exception, retriable: bool) -> Exception:
     (ValueError("boom"), 500, "error"),
 ])
 def test_error_mapping_each_failure_gets_status_outcome_without_server_text(exc, status, outcome):
-    got, detail, headers, _ = _classify(exc)
+    got, detail, headers, _ = problem_for(exc)
     assert (got, outcome_of(exc)) == (status, outcome)
     assert "SELEC" not in detail and "10.0.0.1" not in detail
     if status == 503:

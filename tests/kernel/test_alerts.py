@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from msgspec.structs import replace
 
-from actors.alerts import AlertState, Sample, active, step, wakeup
+from actors.alerts import AlertState, SignalValues, active, step, wakeup
 from actors.runtime.actor import Emit, Send
 from messages.commands import GetSnapshot, Tick
 from messages.config import AlertRule, AlertsConfig
@@ -32,7 +32,7 @@ def run(s: AlertState, timeline: list[tuple[float, dict]]) -> tuple[AlertState, 
             t = wakeup(s)
             s, eff = step(s, Tick(), t)
             out += [(t, a) for a in alerts(eff)]
-        s, eff = step(s, Sample(values), at)
+        s, eff = step(s, SignalValues(values), at)
         out += [(at, a) for a in alerts(eff)]
     return s, out
 
@@ -115,7 +115,7 @@ def test_alerts_disabled_rule_never_fires():
 def test_alerts_info_summary_is_periodic_and_never_active():
     s = AlertState.initial(AlertsConfig(summary_every_s=60.0), 0.0, wall=lambda now: now)
     assert wakeup(s) == 60.0
-    s, eff = step(s, Sample({}, {"p95_5m_s": 0.12}), 10.0)
+    s, eff = step(s, SignalValues({}, {"p95_5m_s": 0.12}), 10.0)
     assert alerts(eff) == []
     s, eff = step(s, Tick(), 60.0)
     (summary,) = alerts(eff)
