@@ -238,16 +238,21 @@ class Sources(msgspec.Struct, frozen=True, kw_only=True):
     alerts: Callable[[], tuple[Alert, ...]]
 
 
-def signals(report: HealthReport, inputs: HealthInputs,
-            min_requests: int = 20) -> tuple[dict[str, float], dict[str, Any]]:
+def signals(report: HealthReport, inputs: HealthInputs, min_requests: int = 20,
+            openings_seen: dict[str, int] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Alert signal values (alert id -> value) and the info summary's figures.
 
-    The error rate is a signal only with at least `min_requests` requests it rates.
+    The error rate is a signal only with at least `min_requests` requests it rates. A breaker
+    that opened since the last evaluation (`openings_seen`) counts as activated even if it is
+    closed again by now: a burst of events is folded into one evaluation, and an activation
+    must not depend on when that evaluation ran.
     """
+    seen = openings_seen or {}
     values: dict[str, float] = {"health_unhealthy": 1.0 if report.status == "unhealthy" else 0.0,
                                 "queue_depth_high": float(inputs.queue.depth)}
     for tier, s in inputs.breakers.items():
-        values[f"breaker_activation:{tier}"] = 0.0 if s.state == "closed" else 1.0
+        opened = s.openings > seen.get(tier, s.openings)
+        values[f"breaker_activation:{tier}"] = 0.0 if s.state == "closed" and not opened else 1.0
         values[f"breaker_open_long:{tier}"] = 1.0 if s.state == "open" else 0.0
     db = inputs.database
     if db is not None and db.usage_percentage is not None:
@@ -276,6 +281,7 @@ class HealthActorState(msgspec.Struct, frozen=True, kw_only=True):
     judged: HealthState = HealthState()
     report: HealthReport
     dirty: bool = False
+    openings: dict[str, int] = {}   # each breaker's openings at the last evaluation
 
 
 class _Judged:
@@ -321,7 +327,9 @@ class HealthCore:
                             started_at=self.started_at)
 
     def initial(self, now: float) -> HealthActorState:
-        return HealthActorState(report=evaluate(self.inputs(), self.config, now, self.wall))
+        inputs = self.inputs()
+        return HealthActorState(report=evaluate(inputs, self.config, now, self.wall),
+                                openings={t: b.openings for t, b in inputs.breakers.items()})
 
     def step(self, s: HealthActorState, msg: Any, now: float) -> tuple[HealthActorState, list]:
         match msg:
@@ -330,8 +338,9 @@ class HealthCore:
             case Tick():
                 inputs = self.inputs()
                 judged, report = judge(s.judged, inputs, self.config, now, self.wall)
-                values, summary = signals(report, inputs, self.config.health.min_requests)
-                return HealthActorState(judged=judged, report=report), \
+                values, summary = signals(report, inputs, self.config.health.min_requests, s.openings)
+                openings = {t: b.openings for t, b in inputs.breakers.items()}
+                return HealthActorState(judged=judged, report=report, openings=openings), \
                     [_Judged(s.report.status, report, SignalValues(values, summary), self.to_alerts)]
         raise TypeError(f"health cannot handle {type(msg).__name__}")
 

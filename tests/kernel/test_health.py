@@ -466,3 +466,17 @@ async def test_health_crash_in_step_is_restarted_from_last_state_and_counted(aut
     reasons = [d.reason for d in after.degradation]
     assert reasons == ["actor health restarted recently", "maintenance mode"]
     assert after.uptime_ms > before.uptime_ms  # the same actor's clock: restarted, not re-created
+
+
+def test_health_breaker_opened_and_closed_between_two_evaluations_still_activates():
+    """Health folds a burst of events into one evaluation: a breaker that opened and was reset
+    before health looked must still raise its activation signal (it did open), and only once."""
+    i = inputs()
+    closed_again = replace(i.breakers["analytics"], openings=1)
+    i = replace(i, breakers={**i.breakers, "analytics": closed_again})
+    r = report(i)
+    values, _ = health_mod.signals(r, i, openings_seen={t: 0 for t in i.breakers})
+    assert values["breaker_activation:analytics"] == 1.0
+    assert values["breaker_activation:critical"] == 0.0
+    again, _ = health_mod.signals(r, i, openings_seen={t: b.openings for t, b in i.breakers.items()})
+    assert again["breaker_activation:analytics"] == 0.0
