@@ -78,6 +78,7 @@ class TriageApp:
         starlette = Starlette(routes=[*own, *(r.route for r in table), *routes],
                               exception_handlers=handled_errors(),
                               lifespan=service.lifespan if service is not None else None)
+        starlette.state.mon = mon  # a host's own routes reach the handle as request.app.state.mon
         limited = RateLimitMiddleware(
             starlette, mon,
             route_policies={f"{r.method} {r.path}": r.policy for r in table},

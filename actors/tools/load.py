@@ -224,5 +224,5 @@ def per_second(ledger: Ledger) -> list[dict]:
         lat = [r.latency_s for r in rows]
         out.append({"t": sec, "n": len(rows), "p50_ms": _ms(percentile(lat, 0.5)),
                     "p95_ms": _ms(percentile(lat, 0.95)),
-                    "outcomes": dict(Counter(r.outcome for r in rows))})
+                    "outcomes": {str(k): n for k, n in Counter(r.outcome for r in rows).items()}})
     return out

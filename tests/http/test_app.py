@@ -26,7 +26,7 @@ import trio.testing
 from _http import problem
 from loguru import logger
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from actors import CircuitOpen, QueueCleared, QueueFull, open_monitoring, run_monitoring
@@ -565,3 +565,16 @@ def logged():
     finally:
         logger.remove(sink)
         logger.disable("actors")
+
+
+async def test_app_own_route_reaches_mon_through_app_state(database_url):
+    """A host's route passed to create_app reaches the handle as request.app.state.mon (as
+    README's `triage serve --app` factory section says)."""
+    async def hello(request):
+        mon = request.app.state.mon
+        return JSONResponse({"one": await mon.db.fetchval("select 1")})
+
+    routes = (Route("/hello", hello, methods=["GET"]),)
+    async with serving(Config(database_url=database_url), routes=routes) as s:
+        r = await s.client.get("/hello")
+    assert (r.status_code, r.json()) == (200, {"one": 1})
