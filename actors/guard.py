@@ -17,6 +17,7 @@ import trio
 
 from actors.breaker import snapshot as breaker_snapshot
 from actors.pg.pool import ConnectionLease, Offers, corrected
+from actors.pg.pool_probe import PoolCheck, check_pool
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
 from actors.scheduler import check_priority
 from actors.scheduler import snapshot as queue_snapshot
@@ -25,12 +26,14 @@ from messages.commands import (
     Admitted,
     Clear,
     Configure,
+    DropIdle,
     ForceOpen,
     GetSnapshot,
     Outcome,
     Permit,
     Release,
     Reset,
+    SetLimit,
     Withdraw,
 )
 from messages.config import check_breaker_field
@@ -135,6 +138,13 @@ class QueueHandle:
     def __init__(self, inbox: Mailbox, timeout_s: float, offers: Offers | None = None) -> None:
         self._inbox, self.timeout_s, self.offers = inbox, timeout_s, offers
         self._entries: Any = offers.entries if offers is not None else ()
+        self._connections: Any = None
+        self._probe_timeout_s = 5.0
+
+    def attach_connections(self, connections: Any, probe_timeout_s: float) -> None:
+        """How the pool's connections are made (mon.db's), for `health_check`: the queue starts
+        before the database handle exists."""
+        self._connections, self._probe_timeout_s = connections, probe_timeout_s
 
     async def admit(self, priority: int, timeout_s: float | None = None,
                     conn: bool = False, probe: bool = False, now: float | None = None
@@ -187,6 +197,21 @@ class QueueHandle:
     async def clear(self) -> None:
         """Answer every waiter with QueueCleared (holders keep their slots)."""
         await ask(self._inbox, lambda r: Clear(reply=r))
+
+    async def set_limit(self, max_concurrent: int | None) -> None:
+        """Temporarily fewer slots: holders above the new limit finish (nobody is cut), new
+        admissions wait. None restores the configured value. InvalidArgument if out of range."""
+        await ask(self._inbox, lambda r: SetLimit(reply=r, max_concurrent=max_concurrent))
+
+    async def drop_idle(self) -> int:
+        """Close every idle pooled connection; the number closed."""
+        return (await ask(self._inbox, lambda r: DropIdle(reply=r))).conns
+
+    async def health_check(self) -> PoolCheck:
+        """Replace every idle connection, then probe through the pool: the result, as data."""
+        if self._connections is None:
+            raise InvalidArgument("no database is configured: the pool has nothing to check")
+        return await check_pool(self, self._connections, self._probe_timeout_s)
 
     async def snapshot(self) -> QueueSnapshot:
         snap = await ask(self._inbox, lambda r: GetSnapshot(reply=r))

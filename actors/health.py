@@ -172,7 +172,8 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
         "database": {"status": db_status, **(_b(inputs.database) or {}),
                      "ownConnections": _own_connections(inputs.database, queue)},
         "queue": {"status": _component_status(found, "queue"), "depth": queue.depth,
-                  "inFlight": queue.in_flight, "maxConcurrent": queue.max_concurrent},
+                  "inFlight": queue.in_flight, "maxConcurrent": queue.max_concurrent,
+                  **_reduced(queue)},
         "circuitBreakers": {t: {"state": b.state.upper(), "failures": b.failures_in_window,
                                 "timeInState": round(b.time_in_state_s, 3)} for t, b in breakers.items()},
         "rateLimiter": _b(inputs.limiter) or {"enabled": cfg.rate_limiting_enabled},
@@ -190,6 +191,12 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
         status=status, timestamp=iso(wall(now)), uptime_ms=int((now - inputs.started_at) * 1000),
         database=db_status, queue=components["queue"]["status"], components=components, metrics=metrics,
         alerts=list(inputs.alerts), degradation=found, at=now)
+
+
+def _reduced(queue: Any) -> dict:
+    """While `set_limit` holds fewer slots than configured: say so, and what is configured."""
+    configured = queue.configured_max_concurrent
+    return {} if configured is None else {"limitReduced": True, "configuredMaxConcurrent": configured}
 
 
 def _own_connections(db: Any, queue: Any) -> dict[str, int] | None:

@@ -55,10 +55,13 @@ from messages.commands import (
     Admitted,
     Clear,
     Done,
+    DropIdle,
+    Dropped,
     GetSnapshot,
     Reclaim,
     Release,
     Replenish,
+    SetLimit,
     Taken,
     Tick,
     Withdraw,
@@ -89,7 +92,7 @@ def check_priority(priority: object) -> int:
 
 
 SchedulerIn = (Admit | Release | Withdraw | Clear | Reclaim | Replenish | Taken | GetSnapshot | Tick
-               | CloseIdle)
+               | CloseIdle | SetLimit | DropIdle)
 
 class Waiter(msgspec.Struct, frozen=True, array_like=True):
     reply: Any
@@ -112,6 +115,9 @@ class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
     pool: Pool = Pool()
     # Offer free slots ahead of demand (see `actors.pg.pool`): off in the pure-core tests' default.
     offer: bool = False
+    # `set_limit`: temporarily fewer slots than configured (None: cfg.max_concurrent). Holders
+    # above it keep their slots, so in_flight may exceed it until they release.
+    limit: int | None = None
     admitted: int = 0
     rejected: int = 0
     displaced: int = 0
@@ -128,8 +134,12 @@ class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
         return len(self.holders)
 
     @property
+    def max_concurrent(self) -> int:
+        return self.cfg.max_concurrent if self.limit is None else self.limit
+
+    @property
     def free(self) -> int:
-        return self.cfg.max_concurrent - len(self.holders)
+        return max(self.max_concurrent - len(self.holders), 0)
 
 
 def _offer(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
@@ -258,16 +268,35 @@ def _clear(s: SchedulerState, msg: Clear) -> tuple[SchedulerState, list]:
     return s, [*effects, Send(msg.reply, Done())]
 
 
+def _set_limit(s: SchedulerState, msg: SetLimit, now: float) -> tuple[SchedulerState, list]:
+    """Fewer slots from now on (nobody is cut), or (None) the configured number again."""
+    n, most = msg.max_concurrent, s.cfg.max_concurrent
+    if n is not None and (type(n) is not int or not 1 <= n <= most):
+        return s, [Send(msg.reply, InvalidArgument(f"max_concurrent must be an int in 1..{most} "
+                                                   f"(the configured value) or None, got {n!r}"))]
+    s, effects = _hand_over(replace(s, limit=n), now)
+    s, offers = _offer(s, now)
+    return s, [*effects, *offers, Send(msg.reply, Done())]
+
+
+def _drop_idle_all(s: SchedulerState, msg: DropIdle, now: float) -> tuple[SchedulerState, list]:
+    """Every idle connection closes; the next holders open fresh ones."""
+    pool, gone = drop_idle(s.pool, s.pool.idle, 0)
+    s, offers = _offer(replace(s, pool=pool), now)
+    return s, ([CloseConns(gone)] if gone else []) + offers + [Send(msg.reply, Dropped(conns=len(gone)))]
+
+
 def snapshot(s: SchedulerState, now: float, restarts: int = 0) -> QueueSnapshot:
     """The core's view: untaken offers count as held (`actors.pg.pool.corrected` frees them)."""
     oldest = min((q[0].at for q in s.waiting if q), default=now)
     return QueueSnapshot(
-        max_concurrent=s.cfg.max_concurrent, max_queue_size=s.cfg.max_queue_size,
+        max_concurrent=s.max_concurrent, max_queue_size=s.cfg.max_queue_size,
         in_flight=s.in_flight, free=s.free, depth=s.depth,
         depth_by_priority={Priority(p).name: len(q) for p, q in enumerate(s.waiting)},
         oldest_wait_s=max(now - oldest, 0.0), admitted=s.admitted, rejected=s.rejected,
         displaced=s.displaced, timed_out=s.timed_out, cancelled=s.cancelled,
-        cleared=s.cleared, pool=pool_snapshot(s.pool), restarts=restarts)
+        cleared=s.cleared, pool=pool_snapshot(s.pool), restarts=restarts,
+        configured_max_concurrent=None if s.limit is None else s.cfg.max_concurrent)
 
 
 def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
@@ -293,6 +322,10 @@ def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerStat
             return _expire(s, now)
         case CloseIdle():
             return _close_idle(s, msg, now)
+        case SetLimit():
+            return _set_limit(s, msg, now)
+        case DropIdle():
+            return _drop_idle_all(s, msg, now)
     raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
 
 
@@ -311,6 +344,8 @@ class SchedulerCore:
 
     def step(self, s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
         first: list = []
+        if type(msg) is SetLimit or type(msg) is DropIdle:
+            s, first = self._reclaim_all(s, now)
         reclaim = self.offers.reclaim_for(msg)
         try:
             if reclaim is not None:
@@ -325,6 +360,16 @@ class SchedulerCore:
         if effects:
             effects = self._offer(effects)
         self.offers.state = s
+        return s, effects
+
+    def _reclaim_all(self, s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
+        """Offered slots come back first: a lower limit must not leave them pre-granted, and
+        their idle connections must be in the core's list to be closed."""
+        entries, effects = self.offers.entries, []
+        while entries:
+            token, granted = entries.pop()
+            s, more = _reclaim(s, Reclaim(token=token, lease=granted), now)
+            effects += more
         return s, effects
 
     def _offer(self, effects: list) -> list:

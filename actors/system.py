@@ -286,6 +286,8 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
             mon.metrics_snapshot = metrics
             dsn, monitor = await w.database()
             mon.db = Database(mon.guards, config, dsn, monitor)
+            if mon.db.configured:  # mon.queue.health_check() probes through the pool
+                queue.attach_connections(mon.db.connections, config.database.connect_timeout_s + 5.0)
             if monitor is not None:  # HALF_OPEN breakers get their trial from the monitor's probe
                 monitor.pool_probe = PoolProbe(mon.db, breakers, config.tiers, monitor.probe_timeout_s).run
             await nursery.start(mon.db.watchdog.run)

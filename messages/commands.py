@@ -140,6 +140,19 @@ class Clear(Message):
     reply: Any = None
 
 
+class SetLimit(Message):
+    """Temporarily fewer slots (holders above the new limit finish); None: the configured value."""
+
+    reply: Any = None
+    max_concurrent: int | None = None
+
+
+class DropIdle(Message):
+    """Close every idle pooled connection (offered ones too): the pool reconnects on demand."""
+
+    reply: Any = None
+
+
 # --- limiter -------------------------------------------------------------------------------
 
 
@@ -165,3 +178,9 @@ class ResetKeys(Message):
 
 class Done(Message):
     """Acknowledges an admin command."""
+
+
+class Dropped(Message):
+    """Answers `DropIdle`: how many idle connections were closed."""
+
+    conns: int

@@ -61,6 +61,7 @@ class QueueSnapshot(Message):
     cleared: int
     pool: PoolSnapshot | None = None
     restarts: int = 0
+    configured_max_concurrent: int | None = None  # set while `max_concurrent` is reduced (set_limit)
 
 
 class PolicyStats(Message):

@@ -1,4 +1,5 @@
-"""Operator routes: reset or open a breaker, clear the queue, maintenance mode.
+"""Operator routes: reset, open or configure a breaker, clear the queue, reduce its limit,
+reset the connection pool, maintenance mode (README "Emergency procedures").
 
 Every route needs ``Authorization: Bearer <ADMIN_TOKEN>`` (HEALTH_TOKEN when
 ADMIN_TOKEN is unset): 401 without a token, 403 with a wrong one, 403 for
@@ -18,12 +19,27 @@ from starlette.routing import Route
 
 from actors.http.auth import Access
 from actors.http.problems import WebError, problem
+from messages.errors import ConfigError, InvalidArgument
 
 log = logger.bind(actor="admin")
 
 
 class MaintenanceIn(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool
+
+
+class LimitIn(msgspec.Struct, forbid_unknown_fields=True):
+    max_concurrent: int | None
+
+
+class BreakerConfigIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """`BreakerHandle.configure()`'s fields; an absent (or null) field stays as it is."""
+
+    failure_threshold: int | None = None
+    recovery_timeout_s: float | None = None
+    monitoring_period_s: float | None = None
+    half_open_max_calls: int | None = None
+    success_threshold: int | None = None
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -72,7 +88,10 @@ class Admin:
         return [
             Route("/api/admin/breakers/{tier}/reset", self.guarded(self.reset), methods=["POST"]),
             Route("/api/admin/breakers/{tier}/open", self.guarded(self.force_open), methods=["POST"]),
+            Route("/api/admin/breakers/{tier}/configure", self.guarded(self.configure), methods=["POST"]),
             Route("/api/admin/queue/clear", self.guarded(self.clear_queue), methods=["POST"]),
+            Route("/api/admin/queue/limit", self.guarded(self.queue_limit), methods=["POST"]),
+            Route("/api/admin/pool/reset", self.guarded(self.pool_reset), methods=["POST"]),
             Route("/api/admin/maintenance", self.guarded(self.maintenance), methods=["POST"]),
         ]
 
@@ -109,6 +128,40 @@ class Admin:
         log.warning("Admin: Circuit breaker {tier} forced open", tier=breaker.tier)
         return json_response({"tier": breaker.tier, "state": breaker.state, "forced": True})
 
+    async def configure(self, request: Request) -> Response:
+        breaker = self._breaker(request)
+        wanted = await read_json(request, BreakerConfigIn)
+        fields = msgspec.structs.asdict(wanted)
+        try:
+            await breaker.configure(**fields)
+        except ConfigError as exc:  # a value out of range: named by its field
+            raise WebError(f"Invalid request body: {exc}", 422, field=_field_of(exc)) from None
+        changed = {k: v for k, v in fields.items() if v is not None}
+        log.warning("Admin: Circuit breaker {tier} configured: {changed}", tier=breaker.tier, changed=changed)
+        return json_response({"tier": breaker.tier, "state": breaker.state, "configured": changed})
+
+    async def queue_limit(self, request: Request) -> Response:
+        wanted = await read_json(request, LimitIn)
+        try:
+            await self.mon.queue.set_limit(wanted.max_concurrent)
+        except InvalidArgument as exc:
+            raise WebError(f"Invalid request body: {exc} - at `$.max_concurrent`", 422,
+                           field="$.max_concurrent") from None
+        snap = self.mon.queue.statistics()
+        log.warning("Admin: Queue limit set to {limit} slot(s)", limit=snap.max_concurrent)
+        return json_response({"maxConcurrent": snap.max_concurrent,
+                              "configuredMaxConcurrent": snap.configured_max_concurrent or snap.max_concurrent,
+                              "limitReduced": snap.configured_max_concurrent is not None})
+
+    async def pool_reset(self, request: Request) -> Response:
+        try:
+            check = await self.mon.queue.health_check()
+        except InvalidArgument as exc:
+            raise WebError(str(exc), 409) from None
+        return json_response({"replaced": check.replaced, "healthy": check.healthy,
+                              "probeLatencyMs": round(check.probe_latency_s * 1000, 3), "error": check.error},
+                             status=200 if check.healthy else 503)
+
     async def clear_queue(self, request: Request) -> Response:
         before = (await self.mon.queue.snapshot()).cleared
         await self.mon.queue.clear()
@@ -120,3 +173,8 @@ class Admin:
         wanted = await read_json(request, MaintenanceIn)
         await self.mon.maintenance(wanted.enabled)
         return json_response({"maintenance": self.mon.in_maintenance})
+
+
+def _field_of(exc: ConfigError) -> str:
+    """`tiers.<tier>.<field>` -> the body's `$.<field>`."""
+    return f"$.{exc.field.rsplit('.', 1)[-1]}"

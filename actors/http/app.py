@@ -9,7 +9,9 @@ Layers, outside in: `Edge` (maintenance, body cap and deadline, graceful
 drain, catch-all 500, request metrics) -> `RateLimitMiddleware` (policy per
 route, key per user or client) -> Starlette routing -> handlers.
 
-Routes of the edge itself: ``GET /api/health`` (``?detailed=true``),
+Routes of the edge itself: ``GET /api/health`` (``?detailed=true``), the orchestrator's
+probes ``GET /api/health/live`` (200 while the process answers) and ``/api/health/ready``
+(503 when unhealthy or draining),
 ``GET /metrics``, ``GET /api/alerts/stream`` and the admin routes
 (`actors.http.admin`). Health answers from the health actor's latest report:
 it never waits on the admission queue or the database. In production
@@ -69,6 +71,8 @@ class TriageApp:
                                                               "sse_clients": self.sse_clients.value})
         self._registry = new_registry(self._collector)
         own = [Route("/api/health", self.health, methods=["GET"]),
+               Route("/api/health/live", self.live, methods=["GET"]),
+               Route("/api/health/ready", self.ready, methods=["GET"]),
                Route("/metrics", self.metrics, methods=["GET"]),
                Route("/api/alerts/stream", self.alerts, methods=["GET"]),
                *Admin(mon, self.access).routes(),
@@ -82,7 +86,7 @@ class TriageApp:
         limited = RateLimitMiddleware(
             starlette, mon,
             route_policies={f"{r.method} {r.path}": r.policy for r in table},
-            exempt_paths=("/api/health", "/metrics", "/dashboard", "/dashboard/*", "/api/dashboard/*"),
+            exempt_paths=("/api/health", "/api/health/*", "/metrics", "/dashboard", "/dashboard/*", "/api/dashboard/*"),
             trusted_proxies=http.trusted_proxies, user_key=self.sessions.user_key)
         self.edge = EdgeMiddleware(limited, mon, max_body_bytes=http.max_body_bytes, body_timeout_s=http.body_timeout_s,
                          grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table})
@@ -127,6 +131,25 @@ class TriageApp:
             body = report.detailed() if detailed else report.basic()
         return Response(msgspec.json.encode(body), status_code=report.http_status(self.http.degraded_status_code),
                         media_type="application/json", headers=NO_STORE)
+
+    async def live(self, request: Request) -> Response:
+        """Liveness: 200 whenever the process answers. A database outage never fails it (a
+        restart would not bring the database back); a dead actor system ends `triage serve`."""
+        ex = exchange(request)
+        ex.outcome, ex.rated = Outcome.OK, False
+        return Response(b'{"status":"live"}', media_type="application/json", headers=NO_STORE)
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: 503 while unhealthy or draining (take this instance out of rotation), else 200."""
+        ex = exchange(request)
+        ex.outcome, ex.rated = Outcome.OK, False
+        status = self.mon.health_report.value.status
+        if self.edge.draining:
+            body, code = {"status": "draining"}, 503
+        else:
+            body, code = {"status": status}, 503 if status == "unhealthy" else 200
+        return Response(msgspec.json.encode(body), status_code=code, media_type="application/json",
+                        headers=NO_STORE)
 
     async def metrics(self, request: Request) -> Response:
         if not self.access.sees_details(request.scope):

@@ -81,6 +81,7 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
         "degradation": details["degradation"], "actors": details["components"]["actors"],
         "database": details["metrics"]["database"],
         "queue": {"depth": queue.depth, "inFlight": queue.in_flight, "maxConcurrent": queue.max_concurrent,
+                  "configuredMaxConcurrent": queue.configured_max_concurrent,
                   "depthByPriority": queue.depth_by_priority},
         "breakers": breakers,
         "limiter": camel(msgspec.to_builtins(limiter)),

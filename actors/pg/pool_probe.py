@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import trio
 from loguru import logger
 
@@ -75,23 +76,56 @@ class PoolProbe:
             log.info("Database pool probe failed: {error}", error=type(exc_out).__name__)
 
     async def _select_1(self) -> None:
-        db = self._db
-        held = db.connections.lease()
-        # Waiting for a slot is bounded by the queue (QueueTimeout: no verdict); the rest,
-        # connecting and the query, by the probe timeout (TooSlowError: a failure).
-        token, admitted = await db.queue.admit(Priority.CRITICAL, self._timeout_s, conn=True, probe=True)
-        try:
-            with trio.fail_after(self._timeout_s):
-                conn = await held.take(admitted)
-                try:
-                    await conn.execute("SELECT 1")
-                except ConnectionLost as exc:
-                    if exc.statement_sent:
-                        raise
-                    conn = await held.reconnect()  # a pooled connection that died idle
-                    await conn.execute("SELECT 1")
-        finally:
-            held.give_back(db.queue, token)  # the one release path, as for mon.db
+        await select_1(self._db.queue, self._db.connections, self._timeout_s)
+
+
+async def select_1(queue: Any, connections: Any, timeout_s: float) -> None:
+    """`SELECT 1` on a pooled connection (replaced if dead; connecting even while backing off)."""
+    held = connections.lease()
+    # Waiting for a slot is bounded by the queue (QueueTimeout: no verdict); the rest,
+    # connecting and the query, by the probe timeout (TooSlowError: a failure).
+    token, admitted = await queue.admit(Priority.CRITICAL, timeout_s, conn=True, probe=True)
+    try:
+        with trio.fail_after(timeout_s):
+            conn = await held.take(admitted)
+            try:
+                await conn.execute("SELECT 1")
+            except ConnectionLost as exc:
+                if exc.statement_sent:
+                    raise
+                conn = await held.reconnect()  # a pooled connection that died idle
+                await conn.execute("SELECT 1")
+    finally:
+        held.give_back(queue, token)  # the one release path, as for mon.db
+
+
+class PoolCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """What `mon.queue.health_check()` found: idle connections replaced, then one probe."""
+
+    replaced: int
+    healthy: bool
+    probe_latency_s: float
+    error: str | None = None     # the probe's exception class, when it failed
+
+
+async def check_pool(queue: Any, connections: Any, timeout_s: float) -> PoolCheck:
+    """Close every idle pooled connection, then probe through the pool on a fresh one.
+
+    The spec's "restart to clear the connection pool", without a restart: connections that
+    went bad while idle (a failover, a server restart, a proxy's dropped state) are gone.
+    """
+    replaced = await queue.drop_idle()
+    t0 = trio.current_time()
+    try:
+        await select_1(queue, connections, timeout_s)
+    except Exception as exc:  # the answer is the verdict; the caller's request did not fail
+        error = type(exc).__name__
+    else:
+        error = None
+    latency = trio.current_time() - t0
+    log.warning("Database pool reset: {replaced} idle connection(s) replaced, probe {verdict}",
+                replaced=replaced, verdict="ok" if error is None else error)
+    return PoolCheck(replaced=replaced, healthy=error is None, probe_latency_s=latency, error=error)
 
 
 def _verdict(exc: BaseException | None, ignore: tuple) -> str:

@@ -92,7 +92,8 @@ function renderComponents(s) {
                   CLASS[s.components.database.status] || "off",
                   db ? `${db.responseTimeMs === null ? "–" : db.responseTimeMs.toFixed(1) + " ms"} · ${fmtPct(db.usagePercentage, 0)}` : "no database"));
   tiles.push(tile("queue", s.components.queue.status.toUpperCase(), CLASS[s.components.queue.status],
-                  `${s.queue.inFlight}/${s.queue.maxConcurrent} busy · ${s.queue.depth} waiting`));
+                  `${s.queue.inFlight}/${s.queue.maxConcurrent} busy · ${s.queue.depth} waiting` +
+                  (s.queue.configuredMaxConcurrent ? ` · limit reduced (configured ${s.queue.configuredMaxConcurrent})` : '')));
   for (const [tier, b] of Object.entries(s.breakers)) {
     tiles.push(tile("breaker " + tier, b.state, CLASS[b.state], `${b.failures}/${b.threshold} failures`));
   }
