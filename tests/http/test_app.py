@@ -12,8 +12,6 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -23,16 +21,15 @@ import psycopg
 import pytest
 import trio
 import trio.testing
-from _http import problem
+from _http import problem, serving, wait_status
 from loguru import logger
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from actors import CircuitOpen, QueueCleared, QueueFull, open_monitoring, run_monitoring
-from actors.http.app import TriageApp, create_app, hypercorn_config
+from actors.http.app import create_app, hypercorn_config
 from actors.logs import Redactor, setup_logging
-from examples.vet_tracker.service import DemoService
 from messages.config import Config, QueueConfig
 from messages.errors import ConfigError
 from messages.http_config import HttpConfig, LogConfig
@@ -47,37 +44,6 @@ def demo_schema(database_url: str):
     yield name
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
-
-class Served:
-    def __init__(self, client: httpx.AsyncClient, app: TriageApp, mon: Any, url: str, stop: trio.Event) -> None:
-        self.client, self.app, self.mon, self.url, self.stop = client, app, mon, url, stop
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
-        return host, int(port)
-
-
-@asynccontextmanager
-async def serving(config: Config, http: HttpConfig | None = None, *, service: bool = False,
-                  routes: tuple = ()) -> AsyncIterator[Served]:
-    http = http or HttpConfig(port=0)
-    async with open_monitoring(config) as mon, trio.open_nursery() as nursery:
-        app = create_app(mon, http, service=DemoService(mon, http) if service else None, routes=routes)
-        stop = trio.Event()
-        binds = await nursery.start(partial(hypercorn.trio.serve, app, hypercorn_config(http),
-                                            shutdown_trigger=app.shutdown_trigger(stop.wait)))
-        try:
-            async with httpx.AsyncClient(base_url=binds[0], timeout=5) as client:
-                yield Served(client, app, mon, binds[0], stop)
-        finally:
-            stop.set()
-
-
-async def wait_status(mon: Any, status: str) -> None:
-    with trio.fail_after(5):
-        await mon.health_report.wait_value(lambda r: r.status == status)
 
 
 # -- health ---------------------------------------------------------------------------------
