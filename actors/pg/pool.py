@@ -219,6 +219,8 @@ class Offers:
         # the news that the database answers again (else callers keep getting DatabaseUnavailable).
         if self.inbox.closed or s.depth or (conn is not None and s.pool.backoff_s):
             return False
+        if s.limit is not None and len(s.holders) > s.limit:  # above a reduced limit (set_limit):
+            return False  # the slot goes back to the core, which offers it no more
         if conn is not None:
             self.entries.append((token, Admitted(waited_s=0.0, conn=conn)))
             return True

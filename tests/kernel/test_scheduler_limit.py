@@ -7,6 +7,8 @@ import types
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors import ActorCrashed, InvalidArgument, open_monitoring
 from actors.pg.pool import Offers
@@ -141,3 +143,46 @@ async def test_scheduler_set_limit_through_the_handle_on_mock_clock(autojump_clo
         assert sorted(finished) == [0, 1, 2]
         await mon.queue.set_limit(None)
         assert (mon.queue.statistics().max_concurrent, mon.queue.statistics().configured_max_concurrent) == (3, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["admit", "release", "limit"]), st.integers(0, 5)), max_size=80))
+def test_scheduler_set_limit_random_sequences_never_grant_above_the_limit_nor_cut_a_holder(ops):
+    s, holders = new(max_concurrent=4, max_queue_size=6), []
+    for op, arg in ops:
+        before = set(s.holders)
+        if op == "admit":
+            msg = Admit(reply=Token(), priority=arg % 5, at=0.0)
+        elif op == "release" and holders:
+            msg = Release(reply=holders.pop(arg % len(holders)))
+        else:
+            msg = SetLimit(reply=Token(), max_concurrent=None if arg == 0 else min(arg, 4))
+        s, effects = step(s, msg, 0.0)
+        new_grants = granted(effects)
+        holders += new_grants
+        assert set(holders) == set(s.holders)
+        if new_grants:
+            assert len(s.holders) <= s.max_concurrent               # grants only below the limit
+        gone = before - set(s.holders)
+        assert gone <= ({msg.reply} if type(msg) is Release else set())  # nobody is cut
+        assert s.free == max(s.max_concurrent - len(s.holders), 0)
+        assert s.free == 0 or s.depth == 0
+
+
+async def test_scheduler_set_limit_holders_released_while_nobody_waits_are_not_offered_again(autojump_clock):
+    config = Config(queue=QueueConfig(max_concurrent=3, max_queue_size=10))
+    async with open_monitoring(config) as mon, trio.open_nursery() as nursery:
+        first, second = trio.Event(), trio.Event()
+        for _ in range(3):
+            nursery.start_soon(mon.run, first.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        await mon.queue.set_limit(1)
+        first.set()                                   # all three leave while nobody waits
+        await trio.testing.wait_all_tasks_blocked()
+        assert mon.queue.statistics().in_flight == 0
+        for _ in range(2):
+            nursery.start_soon(mon.run, second.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = mon.queue.statistics()
+        assert (stats.in_flight, stats.depth, stats.free) == (1, 1, 0)  # the limit holds
+        second.set()
