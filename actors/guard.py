@@ -17,7 +17,7 @@ import trio
 
 from actors.breaker import snapshot as breaker_snapshot
 from actors.pg.pool import ConnectionLease, Offers, corrected
-from actors.pg.pool_probe import PoolCheck, check_pool
+from actors.pg.pool_probe import check_pool
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
 from actors.scheduler import check_priority
 from actors.scheduler import snapshot as queue_snapshot
@@ -46,7 +46,7 @@ from messages.errors import (
     breaker_verdict,
 )
 from messages.outcome import outcome_of
-from messages.snapshots import BreakerSnapshot, QueueSnapshot
+from messages.snapshots import BreakerSnapshot, PoolCheck, QueueSnapshot
 
 # How long a failing caller waits for its breaker to take the failure in: normally one task
 # switch; only a breaker that is down (restarting after a crash) makes it wait this long.

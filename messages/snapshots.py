@@ -64,6 +64,15 @@ class QueueSnapshot(Message):
     configured_max_concurrent: int | None = None  # set while `max_concurrent` is reduced (set_limit)
 
 
+class PoolCheck(Message):
+    """What `mon.queue.health_check()` found: idle connections replaced, then one probe."""
+
+    replaced: int
+    healthy: bool
+    probe_latency_s: float
+    error: str | None = None     # the probe's exception class, when it failed
+
+
 class PolicyStats(Message):
     limit: int
     window_s: float

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 import trio
 from loguru import logger
 
 from actors.pg.connection import ConnectionLost
 from messages.config import Priority
 from messages.errors import CircuitOpen, Refused, breaker_verdict
+from messages.snapshots import PoolCheck
 
 log = logger.bind(actor="monitor")
 
@@ -97,15 +97,6 @@ async def select_1(queue: Any, connections: Any, timeout_s: float) -> None:
                 await conn.execute("SELECT 1")
     finally:
         held.give_back(queue, token)  # the one release path, as for mon.db
-
-
-class PoolCheck(msgspec.Struct, frozen=True, kw_only=True):
-    """What `mon.queue.health_check()` found: idle connections replaced, then one probe."""
-
-    replaced: int
-    healthy: bool
-    probe_latency_s: float
-    error: str | None = None     # the probe's exception class, when it failed
 
 
 async def check_pool(queue: Any, connections: Any, timeout_s: float) -> PoolCheck:
