@@ -88,6 +88,28 @@ class SeriesStats(Message):
     windows: dict[str, WindowStats]  # keys "1m", "5m", "1h"
 
 
+class HistogramSeries(Message):
+    """One label set's latency since start: cumulative counts per bucket bound (the last one
+    +Inf, so `buckets[-1] == count`), the sum of the values in seconds, and their count."""
+
+    labels: tuple[str, ...]
+    buckets: tuple[int, ...]
+    sum: float
+    count: int
+
+
+class TotalsSnapshot(Message):
+    """Counts since start, for Prometheus (`actors.metrics_totals`).
+
+    `http` labels: (route template, method, status, outcome); `calls`: (tier, outcome);
+    `transitions`: (tier, from state, to state, count)."""
+
+    buckets_s: tuple[float, ...]
+    http: list[HistogramSeries]
+    calls: list[HistogramSeries]
+    transitions: list[tuple[str, str, str, int]]
+
+
 class MetricsSnapshot(Message):
     overall: SeriesStats
     routes: dict[str, SeriesStats]
@@ -95,10 +117,13 @@ class MetricsSnapshot(Message):
     breaker_activations_per_hour: dict[str, int]
     rate_limit_violations_per_hour: dict[str, int]
     at: float
+    totals: TotalsSnapshot | None = None  # only when asked for (`GetMetrics(totals=True)`)
 
 
 class GetMetrics(Message):
-    """Ask for a snapshot; `routes=False` skips the per-route series (cheaper)."""
+    """Ask for a snapshot; `routes=False` skips the per-route series (cheaper), `totals=True` adds
+    the counts since start (`TotalsSnapshot`)."""
 
     reply: Any
     routes: bool = True
+    totals: bool = False         # the counts since start, for /metrics
