@@ -308,11 +308,13 @@ def _advance(s: MetricsState, now: float) -> None:
 
 
 def _observe(s: MetricsState, o: Observation) -> None:
-    _record(s, o.source, o.route, o.tier, o.outcome, o.status, o.duration_s, o.queue_wait_s, o.rated)
+    _record(s, o.source, o.route, o.tier, o.outcome, o.status, o.duration_s, o.queue_wait_s, o.rated,
+            o.priority)
 
 
 def _record(s: MetricsState, source: str, route: str | None, tier: str | None, outcome: str,
-            status: int | None, duration_s: float, queue_wait_s: float | None, rated: bool = True) -> None:
+            status: int | None, duration_s: float, queue_wait_s: float | None, rated: bool = True,
+            priority: int | None = None) -> None:
     excluded = not rated or outcome in EXCLUDED
     server_error = not excluded and status is not None and status >= 500
     error = server_error or outcome not in NOT_ERRORS
@@ -327,7 +329,7 @@ def _record(s: MetricsState, source: str, route: str | None, tier: str | None, o
     if tier is not None:
         _series(s, s.tiers, tier, s.max_tiers).rings[0].open.record(duration, wait, *verdict)
         if source == "call":
-            s.totals.call(tier, outcome, duration)
+            s.totals.call(tier, outcome, duration, priority, admitted=queue_wait_s is not None)
 
 
 def _count(s: MetricsState, c: Count) -> None:

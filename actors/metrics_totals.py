@@ -10,6 +10,8 @@ cumulative), their sum and their count:
     HTTP requests   (route template, method, status, outcome)
     guarded calls   (tier, outcome)
     breaker moves   (tier, from state, to state)    a count only
+    admissions      (priority, decision)             a count only: "admitted", or the
+                    refusal's outcome ("queue_full", "queue_timeout") of a guarded call
 
 Bucket bounds (seconds) resolve the spec's targets: 5 ms ... 10 s, with 0.5 s
 (the HTTP P95 target), 2 s, 2.5 s and 3 s (the `p95_slow` rule fires over 3 s
@@ -29,10 +31,14 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from messages.config import Priority
 from messages.metrics import HistogramSeries, TotalsSnapshot
+from messages.outcome import Outcome
 
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0, 10.0)
 OTHER = "other"
+QUEUE_REFUSALS = frozenset({Outcome.QUEUE_FULL, Outcome.QUEUE_TIMEOUT})
+PRIORITY_NAMES = {int(p): p.name for p in Priority}
 
 
 class _Histogram:
@@ -58,7 +64,7 @@ class _Histogram:
 class Totals:
     """Everything since start. `http` and `call` are keyed by their label tuples."""
 
-    __slots__ = ("max_routes", "max_tiers", "routes", "tiers", "http", "calls", "transitions")
+    __slots__ = ("max_routes", "max_tiers", "routes", "tiers", "http", "calls", "transitions", "queue")
 
     def __init__(self, max_routes: int, max_tiers: int) -> None:
         self.max_routes, self.max_tiers = max_routes, max_tiers
@@ -67,6 +73,7 @@ class Totals:
         self.http: dict[tuple[str, str, str, str], _Histogram] = {}
         self.calls: dict[tuple[str, str], _Histogram] = {}
         self.transitions: dict[tuple[str, str, str], int] = {}
+        self.queue: dict[tuple[str, str], int] = {}
 
     def request(self, route: str, status: int | None, outcome: str, duration_s: float) -> None:
         """`route` is the edge's "METHOD /template"."""
@@ -76,9 +83,15 @@ class Totals:
         key = (_capped(self.routes, template, self.max_routes), method, str(status or 0), str(outcome))
         _histogram(self.http, key).add(duration_s)
 
-    def call(self, tier: str, outcome: str, duration_s: float) -> None:
+    def call(self, tier: str, outcome: str, duration_s: float, priority: int | None = None,
+             admitted: bool = False) -> None:
+        """`admitted`: the call held a slot. A refusal before the queue (an open breaker) is
+        no admission decision."""
         key = (_capped(self.tiers, tier, self.max_tiers), str(outcome))
         _histogram(self.calls, key).add(duration_s)
+        if priority is not None and (admitted or outcome in QUEUE_REFUSALS):
+            decision = (PRIORITY_NAMES.get(priority, OTHER), "admitted" if admitted else str(outcome))
+            self.queue[decision] = self.queue.get(decision, 0) + 1
 
     def transition(self, tier: str, from_state: str, to_state: str) -> None:
         key = (_capped(self.tiers, tier, self.max_tiers), from_state, to_state)
@@ -89,7 +102,8 @@ class Totals:
             buckets_s=BUCKETS_S,
             http=[h.freeze(k) for k, h in self.http.items()],
             calls=[h.freeze(k) for k, h in self.calls.items()],
-            transitions=[(*k, n) for k, n in self.transitions.items()])
+            transitions=[(*k, n) for k, n in self.transitions.items()],
+            queue=[(*k, n) for k, n in self.queue.items()])
 
 
 def _capped(seen: set[str], value: str, cap: int) -> str:

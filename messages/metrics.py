@@ -31,6 +31,7 @@ class Observation(Message, kw_only=True):
     duration_s: float
     queue_wait_s: float | None = None
     rated: bool = True           # False: in no error rate (health's own answers)
+    priority: int | None = None  # a guarded call's admission priority
     at: float
 
 
@@ -102,12 +103,14 @@ class TotalsSnapshot(Message):
     """Counts since start, for Prometheus (`actors.metrics_totals`).
 
     `http` labels: (route template, method, status, outcome); `calls`: (tier, outcome);
-    `transitions`: (tier, from state, to state, count)."""
+    `transitions`: (tier, from state, to state, count); `queue`: guarded calls' admission
+    decisions (priority, "admitted" | "queue_full" | "queue_timeout", count)."""
 
     buckets_s: tuple[float, ...]
     http: list[HistogramSeries]
     calls: list[HistogramSeries]
     transitions: list[tuple[str, str, str, int]]
+    queue: list[tuple[str, str, int]] = []   # (priority name, decision, count)
 
 
 class MetricsSnapshot(Message):

@@ -232,6 +232,11 @@ def _totals(t: Any) -> Iterator[Metric]:
     for tier, from_state, to_state, n in t.transitions:
         moves.add_metric([tier, from_state, to_state], n)
     yield moves
+    queue = _counter("triage_queue_decisions", "Guarded calls admitted or refused by the queue",
+                     ("priority", "decision"))
+    for priority, decision, n in t.queue:
+        queue.add_metric([priority, decision], n)
+    yield queue
 
 
 def _alerts(alerts: list[Any]) -> Iterator[Metric]:

@@ -83,6 +83,7 @@ async def test_prometheus_requests_are_histograms_and_counters(database_url):
         assert f'triage_http_request_duration_seconds_bucket{{le="{le}",method="GET"' in text, le
     assert 'triage_guarded_calls_total{outcome="ok",tier="analytics"} 1.0' in text
     assert 'triage_guarded_call_duration_seconds_bucket{le="+Inf",outcome="ok",tier="analytics"} 1.0' in text
+    assert 'triage_queue_decisions_total{decision="admitted",priority="NORMAL"} 1.0' in text
     assert "process_resident_memory_bytes" in fams or "process_cpu_seconds" in fams
     assert "triage_request_duration_seconds" not in text  # the quantile gauges are gone
 
