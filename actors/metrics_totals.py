@@ -64,7 +64,8 @@ class _Histogram:
 class Totals:
     """Everything since start. `http` and `call` are keyed by their label tuples."""
 
-    __slots__ = ("max_routes", "max_tiers", "routes", "tiers", "http", "calls", "transitions", "queue")
+    __slots__ = ("max_routes", "max_tiers", "routes", "tiers", "http", "calls", "transitions", "queue",
+                 "_by_route")
 
     def __init__(self, max_routes: int, max_tiers: int) -> None:
         self.max_routes, self.max_tiers = max_routes, max_tiers
@@ -74,14 +75,23 @@ class Totals:
         self.calls: dict[tuple[str, str], _Histogram] = {}
         self.transitions: dict[tuple[str, str, str], int] = {}
         self.queue: dict[tuple[str, str], int] = {}
+        # (edge route, status, outcome) -> its histogram: the hot path's one lookup. Only routes
+        # under the cap are kept here, so it is no larger than `http`.
+        self._by_route: dict[tuple[str, int | None, str], _Histogram] = {}
 
     def request(self, route: str, status: int | None, outcome: str, duration_s: float) -> None:
         """`route` is the edge's "METHOD /template"."""
-        method, _, template = route.partition(" ")
-        if not template:
-            method, template = "OTHER", route
-        key = (_capped(self.routes, template, self.max_routes), method, str(status or 0), str(outcome))
-        _histogram(self.http, key).add(duration_s)
+        fast = (route, status, outcome)
+        h = self._by_route.get(fast)
+        if h is None:
+            method, _, template = route.partition(" ")
+            if not template:
+                method, template = "OTHER", route
+            label = _capped(self.routes, template, self.max_routes)
+            h = _histogram(self.http, (label, method, str(status or 0), str(outcome)))
+            if label != OTHER:
+                self._by_route[fast] = h
+        h.add(duration_s)
 
     def call(self, tier: str, outcome: str, duration_s: float, priority: int | None = None,
              admitted: bool = False) -> None:

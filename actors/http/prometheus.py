@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import trio
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -42,7 +43,7 @@ from prometheus_client.utils import floatToGoString
 from actors.http.sink_metrics import SinkCollector
 from messages.config import Priority
 
-__all__ = ["Frame", "TriageCollector", "new_registry"]
+__all__ = ["Frame", "TriageCollector", "families", "new_registry"]
 
 STATES = ("closed", "open", "half_open")
 HEALTH = ("healthy", "degraded", "unhealthy")
@@ -65,7 +66,7 @@ class TriageCollector:
     def __init__(self, mon: Any, extra: Any = None) -> None:
         self.mon = mon
         self._extra = extra or dict
-        self._frame: Frame | None = None
+        self._one_at_a_time = trio.CapacityLimiter(1)
 
     async def capture(self) -> Frame:
         mon = self.mon
@@ -77,32 +78,50 @@ class TriageCollector:
 
     async def render(self, registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
         """One scrape: capture, then `registry` in the format `accept` asks for
-        (Prometheus text 0.0.4 by default, OpenMetrics on request): (body, content type)."""
+        (Prometheus text 0.0.4 by default, OpenMetrics on request): (body, content type).
+
+        The registry's other collectors (sinks, process) read live state, so they are collected
+        here, on the trio thread; the frame is a frozen value, so its families are built and the
+        page encoded in a worker thread: at the 200-route cap that is ~100 ms of Python, which
+        would otherwise stall every request on the loop. One scrape at a time."""
         encoder, content_type = choose_encoder(accept or "")
-        self._frame = await self.capture()
-        try:
-            return encoder(registry), content_type
-        finally:
-            self._frame = None
+        frame = await self.capture()
+        live = list(registry.collect())  # this collector yields nothing outside `_Page`
+        async with self._one_at_a_time:
+            body = await trio.to_thread.run_sync(encoder, _Page(frame, live))
+        return body, content_type
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check at registration: names are fixed and ours alone
 
     def collect(self) -> Iterator[Metric]:
-        frame = self._frame
-        if frame is None:
-            return
-        yield from _health(frame)
-        yield from _breakers(frame.system.breakers)
-        yield from _queue(frame.system.queue)
-        yield from _limiter(frame.system.limiter, frame.metrics)
-        yield from _database(frame.database)
-        if frame.metrics is not None:
-            yield from _requests(frame.metrics)
-            if frame.metrics.totals is not None:
-                yield from _totals(frame.metrics.totals)
-        yield from _alerts(frame.health.alerts)
-        yield from _actors(frame.system.actors)
+        return iter(())  # a scrape's families come from its frame (`render`)
+
+
+class _Page:
+    """What `encoder(registry)` needs of a registry: one scrape's families."""
+
+    def __init__(self, frame: Frame, live: list[Metric]) -> None:
+        self.frame, self.live = frame, live
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.frame)
+        yield from self.live
+
+
+def families(frame: Frame) -> Iterator[Metric]:
+    """Every family of one frame (no I/O, no trio: safe in a worker thread)."""
+    yield from _health(frame)
+    yield from _breakers(frame.system.breakers)
+    yield from _queue(frame.system.queue)
+    yield from _limiter(frame.system.limiter, frame.metrics)
+    yield from _database(frame.database)
+    if frame.metrics is not None:
+        yield from _requests(frame.metrics)
+        if frame.metrics.totals is not None:
+            yield from _totals(frame.metrics.totals)
+    yield from _alerts(frame.health.alerts)
+    yield from _actors(frame.system.actors)
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = (), unit: str = "") -> GaugeMetricFamily:
