@@ -69,6 +69,12 @@ series with nothing left in any window is dropped, freeing its place. A series
 holds at most 28 buckets and 3 cached merges, each with at most two sketches of
 at most BIN_LIMIT bins.
 
+Counts since start. Beside the windows, every HTTP observation and guarded call
+is also counted into `actors.metrics_totals` (latency histograms by route,
+method, status and outcome, and by tier and outcome; breaker transitions;
+admission decisions per priority): counters that only grow, for Prometheus.
+They are copied into a snapshot only when asked (`GetMetrics(totals=True)`).
+
 Mutable state, on purpose. A sketch is a mutable object whose copy costs
 O(bins), so copying sketches on every step is out of the question: `step`
 updates `MetricsState` in place and returns the same object. The state is owned
