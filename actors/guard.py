@@ -219,9 +219,10 @@ class QueueHandle:
 
 
 def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: float,
-                 now: float, waited_s: float | None) -> None:
-    """Tell the metrics actor how a guarded call ended (lazily: it reads its mail in batches)."""
-    metrics.tell_batched(("call", None, tier, outcome_of(exc), None, now - t0, waited_s))
+                 now: float, waited_s: float | None, priority: int) -> None:
+    """Tell the metrics actor how a guarded call ended (lazily: it reads its mail in batches).
+    `waited_s` None: never admitted (refused by the breaker or the queue)."""
+    metrics.tell_batched(("call", None, tier, outcome_of(exc), None, now - t0, waited_s, True, priority))
 
 
 class Guard:
@@ -262,7 +263,7 @@ class Guard:
             try:
                 self._trial, self._epoch = await breaker.permit()
             except BaseException as exc:
-                observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None)
+                observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None, self._priority)
                 raise
         try:  # a trial that wants a connection may connect while the pool backs off
             token, admitted = await self._queue.admit(self._priority, self._timeout_s, conn=self._conn,
@@ -270,7 +271,7 @@ class Guard:
         except BaseException as exc:
             if self._trial:
                 await breaker.report("abandoned", True, self._epoch, 0.0)
-            observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None)
+            observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None, self._priority)
             raise
         self._token, self._t0, self._waited, self._lease = token, t0, admitted.waited_s, admitted
         return admitted
@@ -284,7 +285,7 @@ class Guard:
         else:
             held.give_back(self._queue, token)
         breaker = self._breaker
-        observe_call(self._metrics, breaker.tier, exc, self._t0, now, self._waited)
+        observe_call(self._metrics, breaker.tier, exc, self._t0, now, self._waited, self._priority)
         await breaker.report(breaker_verdict(exc, breaker.ignore), self._trial, self._epoch,
                              now - self._t0 - self._waited)
 

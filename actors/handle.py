@@ -162,11 +162,12 @@ class Monitoring:
         `rated=False` leaves it out of the error rates (still a request: rate, latency)."""
         self._metrics.tell_batched(("http", route, tier, outcome, status, duration_s, None, rated))
 
-    async def metrics(self, routes: bool = True) -> Any:
-        """A fresh MetricsSnapshot (percentiles, rates); `routes=False` leaves per-route series out."""
+    async def metrics(self, routes: bool = True, totals: bool = False) -> Any:
+        """A fresh MetricsSnapshot (percentiles, rates); `routes=False` leaves per-route series out,
+        `totals=True` adds the counts since start (Prometheus' histograms and counters)."""
         if self.closed:
             raise ShuttingDown()
-        return await ask(self._metrics, lambda r: GetMetrics(reply=r, routes=routes))
+        return await ask(self._metrics, lambda r: GetMetrics(reply=r, routes=routes, totals=totals))
 
     def subscribe(self, min_severity: str = "info", buffer: int = 64):
         """`async with mon.subscribe(min_severity="warning") as alerts: async for alert in alerts`.

@@ -69,6 +69,12 @@ series with nothing left in any window is dropped, freeing its place. A series
 holds at most 28 buckets and 3 cached merges, each with at most two sketches of
 at most BIN_LIMIT bins.
 
+Counts since start. Beside the windows, every HTTP observation and guarded call
+is also counted into `actors.metrics_totals` (latency histograms by route,
+method, status and outcome, and by tier and outcome; breaker transitions;
+admission decisions per priority): counters that only grow, for Prometheus.
+They are copied into a snapshot only when asked (`GetMetrics(totals=True)`).
+
 Mutable state, on purpose. A sketch is a mutable object whose copy costs
 O(bins), so copying sketches on every step is out of the question: `step`
 updates `MetricsState` in place and returns the same object. The state is owned
@@ -81,8 +87,10 @@ from collections import deque
 
 from ddsketch import LogCollapsingLowestDenseDDSketch as Sketch
 
+from actors.metrics_totals import Totals
 from actors.runtime.actor import Send
 from messages.commands import GetSnapshot, Tick
+from messages.events import BreakerTransition
 from messages.metrics import (
     Count,
     GetMetrics,
@@ -95,7 +103,7 @@ from messages.metrics import (
 )
 from messages.outcome import Outcome
 
-MetricsIn = Observation | Observations | Count | GetSnapshot | GetMetrics | Tick
+MetricsIn = Observation | Observations | Count | BreakerTransition | GetSnapshot | GetMetrics | Tick
 
 RELATIVE_ACCURACY = 0.01
 BIN_LIMIT = 1024
@@ -267,6 +275,7 @@ class MetricsState:
         self.tiers: dict[str, _Series] = {}
         self.counts: dict[str, dict[str, _Tally]] = {
             "breaker_activation": {}, "rate_limit_violation": {}}
+        self.totals = Totals(max_routes, max_tiers)  # since start, for Prometheus
 
     @classmethod
     def initial(cls, *, now: float, **limits) -> MetricsState:
@@ -305,11 +314,13 @@ def _advance(s: MetricsState, now: float) -> None:
 
 
 def _observe(s: MetricsState, o: Observation) -> None:
-    _record(s, o.source, o.route, o.tier, o.outcome, o.status, o.duration_s, o.queue_wait_s, o.rated)
+    _record(s, o.source, o.route, o.tier, o.outcome, o.status, o.duration_s, o.queue_wait_s, o.rated,
+            o.priority)
 
 
 def _record(s: MetricsState, source: str, route: str | None, tier: str | None, outcome: str,
-            status: int | None, duration_s: float, queue_wait_s: float | None, rated: bool = True) -> None:
+            status: int | None, duration_s: float, queue_wait_s: float | None, rated: bool = True,
+            priority: int | None = None) -> None:
     excluded = not rated or outcome in EXCLUDED
     server_error = not excluded and status is not None and status >= 500
     error = server_error or outcome not in NOT_ERRORS
@@ -320,8 +331,11 @@ def _record(s: MetricsState, source: str, route: str | None, tier: str | None, o
         s.overall.rings[0].open.record(duration, wait, *verdict)
     if route is not None:
         _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, *verdict)
+        s.totals.request(route, status, outcome, duration)
     if tier is not None:
         _series(s, s.tiers, tier, s.max_tiers).rings[0].open.record(duration, wait, *verdict)
+        if source == "call":
+            s.totals.call(tier, outcome, duration, priority, admitted=queue_wait_s is not None)
 
 
 def _count(s: MetricsState, c: Count) -> None:
@@ -370,11 +384,12 @@ def _series_stats(s: MetricsState, name: str, series: _Series) -> SeriesStats:
         window: _window_stats(s, series, k) for k, (window, _, _) in enumerate(WINDOWS)})
 
 
-def snapshot(s: MetricsState, now: float, routes: bool = True) -> MetricsSnapshot:
+def snapshot(s: MetricsState, now: float, routes: bool = True, totals: bool = False) -> MetricsSnapshot:
     """The whole state as a value. Rotates the rings to `now` first, as a `Tick` would.
 
     `routes=False` leaves the per-route series out: the periodic publication that feeds
     health needs only the overall and per-tier ones, and each series costs sketch merges.
+    `totals=True` adds the counts since start (a copy of a few integers per label set).
     """
     _advance(s, now)
     return MetricsSnapshot(
@@ -385,7 +400,7 @@ def snapshot(s: MetricsState, now: float, routes: bool = True) -> MetricsSnapsho
             label: t.total() for label, t in s.counts["breaker_activation"].items()},
         rate_limit_violations_per_hour={
             label: t.total() for label, t in s.counts["rate_limit_violation"].items()},
-        at=s.now)
+        at=s.now, totals=s.totals.freeze() if totals else None)
 
 
 def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, list]:
@@ -402,10 +417,13 @@ def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, lis
         case Count():
             _count(s, msg)
             return s, []
+        case BreakerTransition():
+            s.totals.transition(msg.tier, msg.from_state, msg.to_state)
+            return s, []
         case GetSnapshot():
             return s, [Send(msg.reply, snapshot(s, now))]
         case GetMetrics():
-            return s, [Send(msg.reply, snapshot(s, now, routes=msg.routes))]
+            return s, [Send(msg.reply, snapshot(s, now, routes=msg.routes, totals=msg.totals))]
         case Tick():
             return s, []
     raise TypeError(f"metrics cannot handle {type(msg).__name__}")

@@ -230,8 +230,10 @@ def _every(period_s: float, fn: Callable[[Any, float], None]) -> Callable[[Any, 
 
 def _count_activations(metrics: Mailbox) -> Callable[[Any], None]:
     def tap(event: Any) -> None:
-        if type(event) is BreakerTransition and event.to_state == "open":
-            metrics.tell_lazy(Count(what="breaker_activation", label=event.tier, at=event.at))
+        if type(event) is BreakerTransition:
+            metrics.tell_lazy(event)  # counted since start, for /metrics
+            if event.to_state == "open":
+                metrics.tell_lazy(Count(what="breaker_activation", label=event.tier, at=event.at))
     return tap
 
 

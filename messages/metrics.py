@@ -31,6 +31,7 @@ class Observation(Message, kw_only=True):
     duration_s: float
     queue_wait_s: float | None = None
     rated: bool = True           # False: in no error rate (health's own answers)
+    priority: int | None = None  # a guarded call's admission priority
     at: float
 
 
@@ -88,6 +89,30 @@ class SeriesStats(Message):
     windows: dict[str, WindowStats]  # keys "1m", "5m", "1h"
 
 
+class HistogramSeries(Message):
+    """One label set's latency since start: cumulative counts per bucket bound (the last one
+    +Inf, so `buckets[-1] == count`), the sum of the values in seconds, and their count."""
+
+    labels: tuple[str, ...]
+    buckets: tuple[int, ...]
+    sum: float
+    count: int
+
+
+class TotalsSnapshot(Message):
+    """Counts since start, for Prometheus (`actors.metrics_totals`).
+
+    `http` labels: (route template, method, status, outcome); `calls`: (tier, outcome);
+    `transitions`: (tier, from state, to state, count); `queue`: guarded calls' admission
+    decisions (priority, "admitted" | "queue_full" | "queue_timeout", count)."""
+
+    buckets_s: tuple[float, ...]
+    http: list[HistogramSeries]
+    calls: list[HistogramSeries]
+    transitions: list[tuple[str, str, str, int]]
+    queue: list[tuple[str, str, int]] = []   # (priority name, decision, count)
+
+
 class MetricsSnapshot(Message):
     overall: SeriesStats
     routes: dict[str, SeriesStats]
@@ -95,10 +120,13 @@ class MetricsSnapshot(Message):
     breaker_activations_per_hour: dict[str, int]
     rate_limit_violations_per_hour: dict[str, int]
     at: float
+    totals: TotalsSnapshot | None = None  # only when asked for (`GetMetrics(totals=True)`)
 
 
 class GetMetrics(Message):
-    """Ask for a snapshot; `routes=False` skips the per-route series (cheaper)."""
+    """Ask for a snapshot; `routes=False` skips the per-route series (cheaper), `totals=True` adds
+    the counts since start (`TotalsSnapshot`)."""
 
     reply: Any
     routes: bool = True
+    totals: bool = False         # the counts since start, for /metrics

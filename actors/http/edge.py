@@ -19,8 +19,8 @@ handlers). For each HTTP request it
    streaming response is ended cleanly;
 4. turns an exception that escaped everything into a 500 problem body (never
    a traceback) carrying a request id, logged once with that id;
-5. records the request with `mon.observe_request(route template, status,
-   duration, outcome, tier)` -- except a stream (SSE): it is not a request,
+5. records the request with `mon.observe_request("METHOD /template", status,
+   duration, outcome, tier)`, an unknown method as "OTHER" -- except a stream (SSE): it is not a request,
    and its duration would pass for latency.
 
 Handlers tell the edge the outcome and tier of their request through the
@@ -44,6 +44,9 @@ from messages.outcome import Outcome, outcome_of
 log = logger.bind(actor="web")
 
 MAINTENANCE_RETRY_AFTER_S = 60
+# RFC 9110's methods and PATCH: any other is recorded as "OTHER", so a client inventing methods
+# cannot add metric series (Prometheus' own client libraries bound the label the same way).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/", "/dashboard", "/api/dashboard/")
 
 
@@ -137,7 +140,8 @@ class EdgeMiddleware:
     def _observe(self, scope: dict, reply: _Reply, ex: RequestState, duration_s: float) -> None:
         if ex.stream:
             return  # a stream is not a request: its duration is how long the client stayed
-        route = f"{scope.get('method', 'GET')} {_template(scope)}"
+        method = scope.get("method", "GET")
+        route = f"{method if method in METHODS else 'OTHER'} {_template(scope)}"
         status = reply.status or 499  # nothing sent: the client went away
         # No exception named it: an answer the app built itself (the rate limiter's 429 names its own).
         outcome = ex.outcome or (Outcome.ERROR if status >= 500 else Outcome.OK)

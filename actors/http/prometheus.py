@@ -7,12 +7,20 @@ synchronous and the actors are not, so a scrape first `await`s a `Frame` —
 every actor's last published state (`mon.statistics()`, no round trip, never
 the admission queue or the database), the health report, a fresh metrics
 summary (`await mon.metrics()`, for the per-route series) and the database
-monitor's latest probe — then renders it. Counters are the actors' own lifetime counts; latency comes
-from the metrics actor's DDSketch windows as summary-style quantile gauges
-(no `_sum`, which the sketch does not keep).
+monitor's latest probe — then renders it. Counters are the actors' own lifetime counts.
+Latency is a histogram of cumulative bucket counts since start
+(`actors.metrics_totals`: requests by route, method, status and outcome;
+guarded calls by tier and outcome), so `histogram_quantile(0.95, sum by (le)
+(rate(...[5m])))` adds a fleet together; the DDSketch windows' percentiles stay
+for health and the dashboard. The fresh summary is asked without per-route
+series (`routes=False`: no sketch merge per route) and with the totals, a copy of
+a few integers per label set, so a scrape costs the actor little at the route cap.
+The process collector (`process_*`) is on the same registry.
 
 Names: ``triage_<component>_<what>[_unit][_total]``; label values are tier,
-policy, priority, route and window names, all bounded by the kernel.
+policy, priority, route templates (at most 200, then "other"), HTTP methods
+(unknown ones are "OTHER"), statuses, outcomes and window names, all bounded.
+`promtool check metrics` passes without a lint warning (a test runs it).
 """
 
 from __future__ import annotations
@@ -21,18 +29,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+import trio
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
 
 from actors.http.sink_metrics import SinkCollector
 from messages.config import Priority
 
-__all__ = ["Frame", "TriageCollector", "new_registry"]
+__all__ = ["Frame", "TriageCollector", "families", "new_registry"]
 
 STATES = ("closed", "open", "half_open")
 HEALTH = ("healthy", "degraded", "unhealthy")
-QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
 
 class Frame(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,42 +66,62 @@ class TriageCollector:
     def __init__(self, mon: Any, extra: Any = None) -> None:
         self.mon = mon
         self._extra = extra or dict
-        self._frame: Frame | None = None
+        self._one_at_a_time = trio.CapacityLimiter(1)
 
     async def capture(self) -> Frame:
         mon = self.mon
         monitor = getattr(getattr(mon, "db", None), "monitor", None)
         return Frame(system=mon.statistics(), health=mon.health_report.value,
-                     metrics=await mon.metrics(),
+                     metrics=await mon.metrics(routes=False, totals=True),
                      database=monitor.metrics.value if monitor is not None else None,
                      maintenance=mon.in_maintenance, extra=self._extra())
 
     async def render(self, registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
         """One scrape: capture, then `registry` in the format `accept` asks for
-        (Prometheus text 0.0.4 by default, OpenMetrics on request): (body, content type)."""
+        (Prometheus text 0.0.4 by default, OpenMetrics on request): (body, content type).
+
+        The registry's other collectors (sinks, process) read live state, so they are collected
+        here, on the trio thread; the frame is a frozen value, so its families are built and the
+        page encoded in a worker thread: at the 200-route cap that is ~100 ms of Python, which
+        would otherwise stall every request on the loop. One scrape at a time."""
         encoder, content_type = choose_encoder(accept or "")
-        self._frame = await self.capture()
-        try:
-            return encoder(registry), content_type
-        finally:
-            self._frame = None
+        frame = await self.capture()
+        live = list(registry.collect())  # this collector yields nothing outside `_Page`
+        async with self._one_at_a_time:
+            body = await trio.to_thread.run_sync(encoder, _Page(frame, live))
+        return body, content_type
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check at registration: names are fixed and ours alone
 
     def collect(self) -> Iterator[Metric]:
-        frame = self._frame
-        if frame is None:
-            return
-        yield from _health(frame)
-        yield from _breakers(frame.system.breakers)
-        yield from _queue(frame.system.queue)
-        yield from _limiter(frame.system.limiter, frame.metrics)
-        yield from _database(frame.database)
-        if frame.metrics is not None:
-            yield from _requests(frame.metrics)
-        yield from _alerts(frame.health.alerts)
-        yield from _actors(frame.system.actors)
+        return iter(())  # a scrape's families come from its frame (`render`)
+
+
+class _Page:
+    """What `encoder(registry)` needs of a registry: one scrape's families."""
+
+    def __init__(self, frame: Frame, live: list[Metric]) -> None:
+        self.frame, self.live = frame, live
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.frame)
+        yield from self.live
+
+
+def families(frame: Frame) -> Iterator[Metric]:
+    """Every family of one frame (no I/O, no trio: safe in a worker thread)."""
+    yield from _health(frame)
+    yield from _breakers(frame.system.breakers)
+    yield from _queue(frame.system.queue)
+    yield from _limiter(frame.system.limiter, frame.metrics)
+    yield from _database(frame.database)
+    if frame.metrics is not None:
+        yield from _requests(frame.metrics)
+        if frame.metrics.totals is not None:
+            yield from _totals(frame.metrics.totals)
+    yield from _alerts(frame.health.alerts)
+    yield from _actors(frame.system.actors)
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = (), unit: str = "") -> GaugeMetricFamily:
@@ -182,28 +216,46 @@ def _database(db: Any) -> Iterator[Metric]:
 
 
 def _requests(m: Any) -> Iterator[Metric]:
-    latency = _gauge("triage_request_duration_seconds", "Latency quantile over a rolling window",
-                     ("scope", "name", "window", "quantile"))
+    """The rolling windows, overall and per tier (per route: the counters and histograms)."""
     rate = _gauge("triage_requests_per_second", "Request rate over a rolling window", ("scope", "name", "window"))
     errors = _gauge("triage_request_error_ratio", "Error fraction over a rolling window", ("scope", "name", "window"))
     count = _gauge("triage_requests_in_window", "Requests in a rolling window", ("scope", "name", "window"))
-    series = [("overall", m.overall)] + [("route", s) for s in m.routes.values()] + \
-             [("tier", s) for s in m.tiers.values()]
+    series = [("overall", m.overall)] + [("tier", s) for s in m.tiers.values()]
     for kind, s in series:
         for wname, w in s.windows.items():
             labels = [kind, s.name, wname]
             rate.add_metric(labels, w.rate_per_s)
             errors.add_metric(labels, w.error_rate)
             count.add_metric(labels, w.requests)
-            for q, field in QUANTILES:
-                value = getattr(w.latency, field)
-                if value is not None:
-                    latency.add_metric([*labels, q], value)
-    yield from (latency, rate, errors, count)
+    yield from (rate, errors, count)
     activations = _gauge("triage_breaker_activations_last_hour", "Breaker openings in the last hour", ("tier",))
     for tier, n in m.breaker_activations_per_hour.items():
         activations.add_metric([tier], n)
     yield activations
+
+
+def _totals(t: Any) -> Iterator[Metric]:
+    """Histograms and counters since start (`messages.metrics.TotalsSnapshot`)."""
+    bounds = [floatToGoString(b) for b in t.buckets_s] + ["+Inf"]
+    for name, doc, labels, series in (
+            ("triage_http_request", "HTTP requests", ("route", "method", "status", "outcome"), t.http),
+            ("triage_guarded_call", "Guarded calls (mon.run, mon.guard, mon.db)", ("tier", "outcome"), t.calls)):
+        latency = HistogramMetricFamily(f"{name}_duration_seconds", f"{doc}: latency", labels=list(labels))
+        total = _counter(f"{name}s", f"{doc} since start", labels)
+        for h in series:
+            latency.add_metric(list(h.labels), list(zip(bounds, h.buckets, strict=True)), sum_value=h.sum)
+            total.add_metric(list(h.labels), h.count)
+        yield latency
+        yield total
+    moves = _counter("triage_breaker_transitions", "Breaker state changes", ("tier", "from_state", "to_state"))
+    for tier, from_state, to_state, n in t.transitions:
+        moves.add_metric([tier, from_state, to_state], n)
+    yield moves
+    queue = _counter("triage_queue_decisions", "Guarded calls admitted or refused by the queue",
+                     ("priority", "decision"))
+    for priority, decision, n in t.queue:
+        queue.add_metric([priority, decision], n)
+    yield queue
 
 
 def _alerts(alerts: list[Any]) -> Iterator[Metric]:
@@ -228,4 +280,5 @@ def new_registry(collector: TriageCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     registry.register(SinkCollector(collector.mon))  # the alert sinks' counters
+    ProcessCollector(registry=registry)  # process_*: CPU, RSS, open files (empty off Linux)
     return registry

@@ -157,7 +157,8 @@ async def test_metrics_scrape_shows_every_component_from_own_registry(database_u
                  'triage_queue_depth{priority="CRITICAL"} 0.0', "triage_queue_in_flight 0.0",
                  'triage_ratelimit_decisions_total{decision="allowed",policy="general"}',
                  "triage_db_up 1.0", "triage_db_response_time_seconds", "triage_db_usage_ratio",
-                 'triage_request_duration_seconds{name="GET /api/health",quantile="0.99",scope="route",window="1m"}',
+                 'triage_http_requests_total{method="GET",outcome="ok",route="/api/health",status="200"}',
+                 'triage_http_request_duration_seconds_bucket{le="+Inf",method="GET",outcome="ok",route="/api/health"',
                  'triage_alert_firing{id="breaker_activation:batch",rule="breaker_activation",severity="warning"} 1.0',
                  'triage_health_status{status="degraded"} 1.0'):
         assert line in text, line

@@ -1,0 +1,83 @@
+"""Metrics core, counts since start (Prometheus' histograms and counters): buckets, caps, decisions."""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.metrics import MetricsState, snapshot, step
+from actors.metrics_totals import BUCKETS_S, OTHER, Totals
+from messages.events import BreakerTransition
+from messages.metrics import Observation, Observations, TotalsSnapshot
+
+
+def test_totals_buckets_resolve_the_spec_targets():
+    assert BUCKETS_S[0] == 0.005 and BUCKETS_S[-1] == 10.0
+    assert {0.5, 2.0, 2.5, 3.0, 5.0} <= set(BUCKETS_S)
+    assert list(BUCKETS_S) == sorted(BUCKETS_S)
+
+
+def test_totals_a_value_on_a_bound_is_in_that_bucket_and_counts_are_cumulative():
+    t = Totals(max_routes=10, max_tiers=4)
+    for value in (0.005, 0.0051, 0.5, 3.0, 10.0, 11.0):
+        t.request("GET /api/x", 200, "ok", value)
+    (h,) = t.freeze().http
+    assert h.labels == ("/api/x", "GET", "200", "ok")
+    by_bound = dict(zip((*BUCKETS_S, float("inf")), h.buckets, strict=True))
+    assert by_bound[0.005] == 1 and by_bound[0.01] == 2 and by_bound[0.5] == 3
+    assert by_bound[3.0] == 4 and by_bound[10.0] == 5 and by_bound[float("inf")] == 6
+    assert h.count == 6 and abs(h.sum - 24.5101) < 1e-9
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=100.0), min_size=1, max_size=50))
+def test_totals_buckets_never_decrease_and_end_at_the_count(values):
+    t = Totals(max_routes=10, max_tiers=4)
+    for v in values:
+        t.call("database", "ok", v)
+    (h,) = t.freeze().calls
+    assert list(h.buckets) == sorted(h.buckets) and h.buckets[-1] == h.count == len(values)
+
+
+def test_totals_routes_over_the_cap_share_other_and_entries_are_never_dropped():
+    t = Totals(max_routes=3, max_tiers=4)
+    for i in range(10):
+        t.request(f"GET /r{i}", 200, "ok", 0.01)
+    routes = {h.labels[0] for h in t.freeze().http}
+    assert routes == {"/r0", "/r1", "/r2", OTHER}
+    assert next(h.count for h in t.freeze().http if h.labels[0] == OTHER) == 7
+
+
+def test_totals_admission_decisions_per_priority():
+    t = Totals(max_routes=3, max_tiers=4)
+    t.call("database", "ok", 0.01, priority=0, admitted=True)
+    t.call("database", "error", 0.01, priority=0, admitted=True)
+    t.call("database", "queue_full", 0.0, priority=4)
+    t.call("database", "queue_timeout", 30.0, priority=2)
+    t.call("database", "circuit_open", 0.0, priority=2)  # never reached the queue
+    assert sorted(t.freeze().queue) == [("BATCH", "queue_full", 1), ("CRITICAL", "admitted", 2),
+                                        ("NORMAL", "queue_timeout", 1)]
+
+
+def test_totals_through_the_core_only_when_asked_and_they_survive_the_windows():
+    s = MetricsState.initial(now=0.0)
+    s, _ = step(s, Observations(items=[("http", "GET /a", None, "ok", 200, 0.02, None, True),
+                                       ("http", "FOO /a", None, "ok", 405, 0.001, None, True),
+                                       ("call", None, "database", "ok", None, 0.003, 0.0, True, 1)]), 0.0)
+    s, _ = step(s, BreakerTransition(tier="batch", from_state="closed", to_state="open", reason="forced",
+                                     at=1.0, epoch=1), 1.0)
+    assert snapshot(s, 2.0).totals is None
+    later = snapshot(s, 7200.0, routes=False, totals=True)  # every window has emptied
+    assert later.routes == {} and later.overall.windows["1h"].requests == 0
+    t = later.totals
+    assert {h.labels: h.count for h in t.http} == {("/a", "GET", "200", "ok"): 1, ("/a", "FOO", "405", "ok"): 1}
+    assert [(h.labels, h.count) for h in t.calls] == [(("database", "ok"), 1)]
+    assert t.transitions == [("batch", "closed", "open", 1)] and t.queue == [("HIGH", "admitted", 1)]
+    assert msgspec.json.decode(msgspec.json.encode(t), type=TotalsSnapshot) == t
+
+
+def test_totals_an_observation_message_carries_priority():
+    s = MetricsState.initial(now=0.0)
+    s, _ = step(s, Observation(source="call", route=None, tier="critical", outcome="queue_full", status=None,
+                               duration_s=0.0, priority=0, at=0.0), 0.0)
+    assert snapshot(s, 0.0, totals=True).totals.queue == [("CRITICAL", "queue_full", 1)]
