@@ -54,6 +54,7 @@ from messages.snapshots import (
     BreakerSnapshot,
     LimiterSnapshot,
     PolicyStats,
+    PoolCheck,
     PoolSnapshot,
     QueueSnapshot,
     SystemSnapshot,
@@ -93,7 +94,7 @@ __all__ = [
     # snapshots and events
     "ActorRestarted", "ActorStatus", "Alert", "BreakerSnapshot", "BreakerTransition",
     "DatabaseDown", "DatabaseMetrics", "DatabaseUp", "Degradation", "HealthReport",
-    "LimiterSnapshot", "MaintenanceChanged", "MetricsSnapshot", "Percentiles", "PolicyStats",
+    "LimiterSnapshot", "MaintenanceChanged", "MetricsSnapshot", "Percentiles", "PolicyStats", "PoolCheck",
     "PoolSnapshot", "QueueSnapshot", "SystemSnapshot", "SystemStatistics", "ThresholdCleared",
     "ThresholdViolated",
     "WindowStats",
