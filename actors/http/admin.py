@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from actors.http.auth import Access
+from actors.http.openapi import Operation
 from actors.http.problems import WebError, problem
 from messages.errors import ConfigError, InvalidArgument
 
@@ -78,6 +79,20 @@ def _nul_at(value: Any, path: str) -> str | None:
         if found is not None:
             return found
     return None
+
+
+_ADMIN = ("admin",)
+OPERATIONS = (  # what /openapi.json shows of the routes below
+    Operation("POST", "/api/admin/breakers/{tier}/reset", "Close a tier's breaker", tags=_ADMIN),
+    Operation("POST", "/api/admin/breakers/{tier}/open", "Force a tier's breaker open", tags=_ADMIN),
+    Operation("POST", "/api/admin/breakers/{tier}/configure", "Change a tier's breaker settings",
+              BreakerConfigIn, tags=_ADMIN),
+    Operation("POST", "/api/admin/queue/clear", "Answer every waiting request with 503", tags=_ADMIN),
+    Operation("POST", "/api/admin/queue/limit", "Reduce (or restore) the concurrency limit", LimitIn, tags=_ADMIN),
+    Operation("POST", "/api/admin/pool/reset", "Probe the pool and replace broken connections (503: still broken)",
+              answers=((200, "application/json"), (503, "application/json")), tags=_ADMIN),
+    Operation("POST", "/api/admin/maintenance", "Maintenance mode on or off", MaintenanceIn, tags=_ADMIN),
+)
 
 
 class Admin:

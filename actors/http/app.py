@@ -38,7 +38,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from actors.http import dashboard
+from actors.http import dashboard, openapi
+from actors.http.admin import OPERATIONS as ADMIN_OPERATIONS
 from actors.http.admin import Admin
 from actors.http.auth import Access, Sessions
 from actors.http.edge import EdgeMiddleware
@@ -54,6 +55,25 @@ __all__ = ["TriageApp", "create_app", "hypercorn_config"]
 
 NO_STORE = {"cache-control": "no-store"}
 _TRUE = ("1", "true", "yes", "on")
+_OPS = ("operations",)
+_JSON = "application/json"
+
+
+def operations(degraded_status: int) -> tuple[openapi.Operation, ...]:
+    """What /openapi.json shows of the edge's own routes (the dashboard's pages are not an API)."""
+    health = ((200, _JSON), (degraded_status, _JSON), (503, _JSON))
+    return (
+        openapi.Operation("GET", "/api/health", "Health: status and timestamp; more with details access "
+                          "(?detailed=true)", answers=health, tags=_OPS),
+        openapi.Operation("GET", "/api/health/live", "Liveness: 200 while the process answers", tags=_OPS),
+        openapi.Operation("GET", "/api/health/ready", "Readiness: 503 while unhealthy or draining",
+                          answers=((200, _JSON), (503, _JSON)), tags=_OPS),
+        openapi.Operation("GET", "/metrics", "Prometheus text exposition", answers=((200, "text/plain"),),
+                          tags=_OPS),
+        openapi.Operation("GET", "/api/alerts/stream", "Alerts as server-sent events (never ends)",
+                          answers=((200, "text/event-stream"),), tags=_OPS),
+        openapi.Operation("GET", "/openapi.json", "This document", tags=_OPS),
+    )
 
 
 class TriageApp:
@@ -75,10 +95,15 @@ class TriageApp:
                Route("/api/health/ready", self.ready, methods=["GET"]),
                Route("/metrics", self.metrics, methods=["GET"]),
                Route("/api/alerts/stream", self.alerts, methods=["GET"]),
+               Route("/openapi.json", self.openapi, methods=["GET"]),
                *Admin(mon, self.access).routes(),
                *dashboard.routes(mon, allowed=self._dashboard_allowed, cookie_for=self._dashboard_cookie,
                                  degraded_code=http.degraded_status_code)]
         table = service.table() if service is not None else []
+        self._openapi = msgspec.json.encode(openapi.document([
+            *operations(http.degraded_status_code), *ADMIN_OPERATIONS,
+            *(openapi.Operation(r.method, r.path, getattr(r, "summary", ""), getattr(r, "body", None),
+                                policy=r.policy, tags=("service",)) for r in table)]))
         starlette = Starlette(routes=[*own, *(r.route for r in table), *routes],
                               exception_handlers=handled_errors(),
                               lifespan=service.lifespan if service is not None else None)
@@ -86,7 +111,7 @@ class TriageApp:
         limited = RateLimitMiddleware(
             starlette, mon,
             route_policies={f"{r.method} {r.path}": r.policy for r in table},
-            exempt_paths=("/api/health", "/api/health/*", "/metrics", "/dashboard", "/dashboard/*", "/api/dashboard/*"),
+            exempt_paths=("/api/health", "/api/health/*", "/metrics", "/openapi.json", "/dashboard", "/dashboard/*", "/api/dashboard/*"),
             trusted_proxies=http.trusted_proxies, user_key=self.sessions.user_key)
         self.edge = EdgeMiddleware(limited, mon, max_body_bytes=http.max_body_bytes, body_timeout_s=http.body_timeout_s,
                          grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table})
@@ -150,6 +175,13 @@ class TriageApp:
             body, code = {"status": status}, 503 if status == "unhealthy" else 200
         return Response(msgspec.json.encode(body), status_code=code, media_type="application/json",
                         headers=NO_STORE)
+
+    async def openapi(self, request: Request) -> Response:
+        """The OpenAPI document (built once, at start); in production it needs details access."""
+        if not self.access.sees_details(request.scope):
+            return problem(403, "The API description needs a health or admin bearer token, "
+                                "or an allow-listed network")
+        return Response(self._openapi, media_type="application/json", headers=NO_STORE)
 
     async def metrics(self, request: Request) -> Response:
         if not self.access.sees_details(request.scope):

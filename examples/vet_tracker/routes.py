@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
+from examples.vet_tracker.bodies import AdministrationIn, LoginIn, LotIn
 from messages.config import Priority
 
 ROUTE_SPEC = "vet_tracker.route"   # the scope key an endpoint stores its row under
@@ -26,16 +27,25 @@ class RouteSpec(msgspec.Struct, frozen=True):
     priority: Priority
     tier: str
     handler: str            # the name of the method that answers it
+    summary: str = ""       # the OpenAPI document's one line
+    body: Any = None        # the request body's msgspec type, None without a body
 
 
 ROUTES = (
-    RouteSpec("POST", "/api/auth/login", "auth", Priority.HIGH, "critical", "login"),
-    RouteSpec("POST", "/api/auth/logout", "general", Priority.HIGH, "critical", "logout"),
-    RouteSpec("GET", "/api/animals", "general", Priority.NORMAL, "database", "animals"),
-    RouteSpec("GET", "/api/trpc/animals.list", "general", Priority.NORMAL, "database", "trpc_animals"),
-    RouteSpec("POST", "/api/administrations", "recording", Priority.CRITICAL, "critical", "administer"),
-    RouteSpec("GET", "/api/reports/adherence", "heavy", Priority.LOW, "analytics", "adherence"),
-    RouteSpec("POST", "/api/inventory/import", "upload", Priority.BATCH, "batch", "import_inventory"),
+    RouteSpec("POST", "/api/auth/login", "auth", Priority.HIGH, "critical", "login",
+              "Log in: a session token", LoginIn),
+    RouteSpec("POST", "/api/auth/logout", "general", Priority.HIGH, "critical", "logout",
+              "Log out: revoke the session"),
+    RouteSpec("GET", "/api/animals", "general", Priority.NORMAL, "database", "animals",
+              "The animals, with their owners (stale when the database is out)"),
+    RouteSpec("GET", "/api/trpc/animals.list", "general", Priority.NORMAL, "database", "trpc_animals",
+              "The animals, tRPC style"),
+    RouteSpec("POST", "/api/administrations", "recording", Priority.CRITICAL, "critical", "administer",
+              "Record a dose given (login, Idempotency-Key)", AdministrationIn),
+    RouteSpec("GET", "/api/reports/adherence", "heavy", Priority.LOW, "analytics", "adherence",
+              "Doses expected vs given per animal and medication"),
+    RouteSpec("POST", "/api/inventory/import", "upload", Priority.BATCH, "batch", "import_inventory",
+              "Import lots of medication (login, Idempotency-Key)", list[LotIn]),
 )
 
 

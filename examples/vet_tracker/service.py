@@ -29,7 +29,6 @@ raises once the call is over.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +46,7 @@ from actors.http.admin import json_response, read_json
 from actors.http.auth import Sessions, hash_password_async
 from actors.http.problems import WebError, exchange
 from actors.pg.database import DatabaseUnavailable, QueryTimeout
+from examples.vet_tracker.bodies import AdministrationIn, Id, LotIn
 from examples.vet_tracker.idempotency import write_once
 from examples.vet_tracker.routes import ROUTE_SPEC, ROUTES, RouteSpec, placed
 from examples.vet_tracker.schema import DEMO_USERS, Queries, setup
@@ -62,9 +62,6 @@ STALE_CACHE_KEYS = 64
 MAX_IMPORT_ITEMS = 1000
 SETUP_BACKOFF_MAX_S = 30.0
 
-Id = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
-
-
 class ServiceRoute(msgspec.Struct, frozen=True):
     method: str
     path: str
@@ -72,21 +69,8 @@ class ServiceRoute(msgspec.Struct, frozen=True):
     priority: Priority
     tier: str
     route: Any
-
-
-class AdministrationIn(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    animal_id: Id
-    medication_id: Id
-    dose: Annotated[int, msgspec.Meta(ge=1, le=1000)]
-    given_at: dt.datetime | None = None
-    notes: Annotated[str, msgspec.Meta(max_length=500)] | None = None
-
-
-class LotIn(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    medication_id: Id
-    lot: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-    expires_on: dt.date
+    summary: str = ""
+    body: Any = None        # the request body's msgspec type (the OpenAPI document shows it)
 
 
 class AnimalsQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -116,7 +100,8 @@ class DemoService:
 
     def table(self) -> list[ServiceRoute]:
         return [ServiceRoute(r.method, r.path, r.policy, r.priority, r.tier,
-                             Route(r.path, self._ready_first(r), methods=[r.method])) for r in self.routes]
+                             Route(r.path, self._ready_first(r), methods=[r.method]), r.summary, r.body)
+                for r in self.routes]
 
     def _handler(self, name: str) -> Any:
         return getattr(self.logins if name in ("login", "logout") else self, name)

@@ -10,9 +10,8 @@ idempotency keys and revocations.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 import trio
 from loguru import logger
 from starlette.requests import Request
@@ -21,6 +20,7 @@ from starlette.responses import Response
 from actors.http.admin import json_response, read_json
 from actors.http.auth import Sessions, bearer, verify_password_async
 from actors.http.problems import WebError
+from examples.vet_tracker.bodies import LoginIn
 from examples.vet_tracker.idempotency import login_first
 from examples.vet_tracker.routes import placed
 from examples.vet_tracker.schema import DEMO_USERS
@@ -31,11 +31,6 @@ log = logger.bind(actor="service")
 REVOCATIONS_POLL_S = 1.0     # well inside web_auth.REVOCATIONS_MAX_AGE_S
 PURGE_EVERY_S = 300.0        # expired idempotency keys and revocations
 _PUBLISHED = {(name, password) for name, _, password in DEMO_USERS}
-
-
-class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class Logins:
