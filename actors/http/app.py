@@ -100,10 +100,8 @@ class TriageApp:
                *dashboard.routes(mon, allowed=self._dashboard_allowed, cookie_for=self._dashboard_cookie,
                                  degraded_code=http.degraded_status_code)]
         table = service.table() if service is not None else []
-        self._openapi = msgspec.json.encode(openapi.document([
-            *operations(http.degraded_status_code), *ADMIN_OPERATIONS,
-            *(openapi.Operation(r.method, r.path, getattr(r, "summary", ""), getattr(r, "body", None),
-                                policy=r.policy, tags=("service",)) for r in table)]))
+        self._openapi = msgspec.json.encode(openapi.document(
+            [*operations(http.degraded_status_code), *ADMIN_OPERATIONS, *map(_operation, table)]))
         starlette = Starlette(routes=[*own, *(r.route for r in table), *routes],
                               exception_handlers=handled_errors(),
                               lifespan=service.lifespan if service is not None else None)
@@ -241,6 +239,14 @@ class _AlertStream:
 def _sse(alert: Any) -> bytes:
     data = msgspec.json.encode(alert)
     return b"event: alert\nid: %s\ndata: %s\n\n" % (alert.id.encode(), data)
+
+
+def _operation(row: Any) -> openapi.Operation:
+    """A service route as the document shows it: `summary`, `body` and `status` are optional on a row."""
+    status = getattr(row, "status", 200)
+    return openapi.Operation(row.method, row.path, getattr(row, "summary", ""), getattr(row, "body", None),
+                             answers=((status, "" if status == 204 else _JSON),), policy=row.policy,
+                             tags=("service",))
 
 
 def create_app(mon: Any, http: HttpConfig | None = None, *, service: Any = None,

@@ -37,7 +37,7 @@ class Operation(msgspec.Struct, frozen=True):
     path: str
     summary: str
     body: Any = None                 # the msgspec type the handler decodes the JSON body as
-    answers: tuple[tuple[int, str], ...] = ((200, "application/json"),)
+    answers: tuple[tuple[int, str], ...] = ((200, "application/json"),)  # media "": no body
     policy: str | None = None        # the rate-limit policy; None: exempt, no rate-limit headers
     tags: tuple[str, ...] = ()
 
@@ -75,7 +75,9 @@ def _responses(op: Operation) -> dict[str, Any]:
     rated = _headers(_RATE_HEADERS) if op.policy is not None else {}
     out: dict[str, Any] = {}
     for status, media in op.answers:
-        out[str(status)] = {"description": "Answered", "headers": rated, "content": {media: {"schema": {}}}}
+        out[str(status)] = {"description": "Answered", "headers": rated}
+        if media:
+            out[str(status)]["content"] = {media: {"schema": {}}}
     problem = {"application/problem+json": {"schema": {"$ref": _REF.format(name="Problem")}}}
     for status in PROBLEM_STATUSES:
         if str(status) in out:

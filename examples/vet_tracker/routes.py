@@ -29,23 +29,24 @@ class RouteSpec(msgspec.Struct, frozen=True):
     handler: str            # the name of the method that answers it
     summary: str = ""       # the OpenAPI document's one line
     body: Any = None        # the request body's msgspec type, None without a body
+    status: int = 200       # the success answer's status
 
 
 ROUTES = (
     RouteSpec("POST", "/api/auth/login", "auth", Priority.HIGH, "critical", "login",
               "Log in: a session token", LoginIn),
     RouteSpec("POST", "/api/auth/logout", "general", Priority.HIGH, "critical", "logout",
-              "Log out: revoke the session"),
+              "Log out: revoke the session", status=204),
     RouteSpec("GET", "/api/animals", "general", Priority.NORMAL, "database", "animals",
               "The animals, with their owners (stale when the database is out)"),
     RouteSpec("GET", "/api/trpc/animals.list", "general", Priority.NORMAL, "database", "trpc_animals",
               "The animals, tRPC style"),
     RouteSpec("POST", "/api/administrations", "recording", Priority.CRITICAL, "critical", "administer",
-              "Record a dose given (login, Idempotency-Key)", AdministrationIn),
+              "Record a dose given (login, Idempotency-Key)", AdministrationIn, 201),
     RouteSpec("GET", "/api/reports/adherence", "heavy", Priority.LOW, "analytics", "adherence",
               "Doses expected vs given per animal and medication"),
     RouteSpec("POST", "/api/inventory/import", "upload", Priority.BATCH, "batch", "import_inventory",
-              "Import lots of medication (login, Idempotency-Key)", list[LotIn]),
+              "Import lots of medication (login, Idempotency-Key)", list[LotIn], 201),
 )
 
 

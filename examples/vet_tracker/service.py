@@ -71,6 +71,7 @@ class ServiceRoute(msgspec.Struct, frozen=True):
     route: Any
     summary: str = ""
     body: Any = None        # the request body's msgspec type (the OpenAPI document shows it)
+    status: int = 200       # the success answer's status (ditto)
 
 
 class AnimalsQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,7 +101,8 @@ class DemoService:
 
     def table(self) -> list[ServiceRoute]:
         return [ServiceRoute(r.method, r.path, r.policy, r.priority, r.tier,
-                             Route(r.path, self._ready_first(r), methods=[r.method]), r.summary, r.body)
+                             Route(r.path, self._ready_first(r), methods=[r.method]), r.summary, r.body,
+                             r.status)
                 for r in self.routes]
 
     def _handler(self, name: str) -> Any:
