@@ -5,7 +5,7 @@ vendored beside it — no build step, no CDN) opens one server-sent-event stream
 `/api/dashboard/stream`, and redraws from it. The stream sends a `snapshot`
 event at most every `DASHBOARD_PERIOD_S` (two a second): the health actor's
 latest report, breaker states, queue depth per priority, limiter statistics,
-database usage, and P50/P95/P99 with request and error rates from the metrics
+database usage, process memory, and P50/P95/P99 with request and error rates from the metrics
 actor; plus an `alert` event for every alert as it happens. Reading snapshots
 costs the actors nothing but a published value (the metrics actor is asked
 without per-route series). The browser keeps the history for the charts.
@@ -80,6 +80,7 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
         "uptime": report.uptime_ms, "components": details["components"],
         "degradation": details["degradation"], "actors": details["components"]["actors"],
         "database": details["metrics"]["database"],
+        "memory": details["metrics"].get("resources", {}).get("memory"),
         "queue": {"depth": queue.depth, "inFlight": queue.in_flight, "maxConcurrent": queue.max_concurrent,
                   "configuredMaxConcurrent": queue.configured_max_concurrent,
                   "depthByPriority": queue.depth_by_priority},
