@@ -88,9 +88,16 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
         "limiter": camel(msgspec.to_builtins(limiter)),
         "latency": None if w is None else {"p50": w.latency.p50, "p95": w.latency.p95, "p99": w.latency.p99},
         "traffic": None if w is None else {"ratePerSecond": round(w.rate_per_s, 3),
-                                           "errorRate": w.error_rate, "requests": w.requests},
+                                           "errorRate": w.error_rate, "requests": w.requests,
+                                           "stale": w.stale, "staleRate": _share(w.stale, w)},
         "transitions": list(history.items),
     }
+
+
+def _share(count: int, w: Any) -> float:
+    """`count` as a fraction of the requests the window rates (as its error rate is)."""
+    rated = w.requests - w.excluded
+    return count / rated if rated else 0.0
 
 
 class DashboardStream:

@@ -142,7 +142,10 @@ function renderKpis(s) {
   $("k-p95").textContent = fmtMs(lat.p95);
   $("k-p99").textContent = fmtMs(lat.p99);
   $("k-rate").textContent = s.traffic ? s.traffic.ratePerSecond.toFixed(1) + " /s" : "–";
-  $("k-err").textContent = s.traffic ? fmtPct(s.traffic.errorRate * 100, 2) : "–";
+  // A fallback (stale) answer is a 200 but not a fresh one: shown beside the errors, so an open
+  // breaker behind a cache does not read as 0 % errors.
+  $("k-err").textContent = !s.traffic ? "–" : fmtPct(s.traffic.errorRate * 100, 2) +
+    (s.traffic.stale ? ` + ${fmtPct(s.traffic.staleRate * 100, 1)} stale` : "");
   $("k-usage").textContent = s.database ? fmtPct(s.database.usagePercentage, 0) : "–";
   $("k-mem").textContent = s.memory ? fmtBytes(s.memory.rssBytes) : "–";
   $("k-mem-limit").textContent = s.memory ?
