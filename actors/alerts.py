@@ -42,6 +42,7 @@ MESSAGES = {
     "queue_depth_high": "Queue depth over {threshold:g} items",
     "rate_limit_violations_high": "Rate limit violations over {threshold:g} per hour",
     "breaker_activation": "Circuit breaker {label} activated",
+    "memory_high": "Process memory over {threshold:g} % of its limit",
 }
 
 # What a resolved alert says: that it is over, not the firing text again.
@@ -54,6 +55,7 @@ RESOLVED_MESSAGES = {
     "queue_depth_high": "Queue depth back under {clear:g} items",
     "rate_limit_violations_high": "Rate limit violations back under {clear:g} per hour",
     "breaker_activation": "Circuit breaker {label} recovered",
+    "memory_high": "Process memory back under {clear:g} % of its limit",
 }
 
 

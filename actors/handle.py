@@ -156,11 +156,12 @@ class Monitoring:
         return report.detailed() if detailed else report.basic()
 
     def observe_request(self, route: str, status: int, duration_s: float, outcome: str = "ok",
-                        tier: str | None = None, rated: bool = True) -> None:
+                        tier: str | None = None, rated: bool = True, stale: bool = False) -> None:
         """Record one finished HTTP request (the HTTP edge calls this).
 
-        `rated=False` leaves it out of the error rates (still a request: rate, latency)."""
-        self._metrics.tell_batched(("http", route, tier, outcome, status, duration_s, None, rated))
+        `rated=False` leaves it out of the error rates (still a request: rate, latency);
+        `stale=True` counts it as a fallback answer (`WindowStats.stale`)."""
+        self._metrics.tell_batched(("http", route, tier, outcome, status, duration_s, None, rated, None, stale))
 
     async def metrics(self, routes: bool = True, totals: bool = False) -> Any:
         """A fresh MetricsSnapshot (percentiles, rates); `routes=False` leaves per-route series out,

@@ -27,6 +27,9 @@ degraded
     intervals, or the metrics summary older than 3 of its periods
   * maintenance mode
 healthy otherwise.
+
+Process memory (RSS against the cgroup limit, else the host's memory; `actors.resources`)
+is reported in `metrics.resources` and feeds the `memory_high` alert, but never the status.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from msgspec.structs import replace
 from actors import health_rules
 from actors.alerts import SignalValues, iso
 from actors.hysteresis import Track
+from actors.resources import read_memory
 from messages.commands import Tick
 from messages.config import Config
 from messages.errors import ShuttingDown
@@ -67,6 +71,7 @@ class HealthInputs(msgspec.Struct, frozen=True, kw_only=True):
     maintenance: bool = False
     alerts: tuple[Alert, ...] = ()
     started_at: float = 0.0
+    memory: Any = None                       # resources.Memory, or None off Linux
 
 
 def _breaker_reasons(inputs: HealthInputs, now: float) -> list[Degradation]:
@@ -186,6 +191,7 @@ def evaluate(inputs: HealthInputs, cfg: Config, now: float,
         "errors": _errors(inputs.metrics),
         "latency": _latency(inputs.metrics),
         "rules": health_rules.view(rules or {}, health_rules.values(inputs, cfg), lims, now),
+        "resources": {"memory": _b(inputs.memory)},
     }
     return HealthReport(
         status=status, timestamp=iso(wall(now)), uptime_ms=int((now - inputs.started_at) * 1000),
@@ -243,6 +249,7 @@ class Sources(msgspec.Struct, frozen=True, kw_only=True):
     actors: Callable[[], dict[str, ActorStatus]]
     maintenance: Callable[[], bool]
     alerts: Callable[[], tuple[Alert, ...]]
+    memory: Callable[[], Any] = read_memory  # sampled at each evaluation: a few /proc reads
 
 
 def signals(report: HealthReport, inputs: HealthInputs, min_requests: int = 20,
@@ -261,6 +268,8 @@ def signals(report: HealthReport, inputs: HealthInputs, min_requests: int = 20,
         opened = s.openings > seen.get(tier, s.openings)
         values[f"breaker_activation:{tier}"] = 0.0 if s.state == "closed" and not opened else 1.0
         values[f"breaker_open_long:{tier}"] = 1.0 if s.state == "open" else 0.0
+    if inputs.memory is not None:
+        values["memory_high"] = inputs.memory.percent
     db = inputs.database
     if db is not None and db.usage_percentage is not None:
         values["db_usage_critical"] = db.usage_percentage
@@ -329,9 +338,10 @@ class HealthCore:
 
     def inputs(self) -> HealthInputs:
         src = self.sources
-        return HealthInputs(breakers=src.breakers(), queue=src.queue(), database=src.database(), metrics=src.metrics(), limiter=src.limiter(),
-                            actors=src.actors(), maintenance=src.maintenance(), alerts=src.alerts(),
-                            started_at=self.started_at)
+        return HealthInputs(breakers=src.breakers(), queue=src.queue(), database=src.database(),
+                            metrics=src.metrics(), limiter=src.limiter(), actors=src.actors(),
+                            maintenance=src.maintenance(), alerts=src.alerts(),
+                            started_at=self.started_at, memory=src.memory())
 
     def initial(self, now: float) -> HealthActorState:
         inputs = self.inputs()

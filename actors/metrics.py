@@ -140,11 +140,11 @@ def _clamp(value: float) -> float:
 class _Bucket:
     """Counters and sketches of one time slice; a sketch appears with its first value."""
 
-    __slots__ = ("idx", "requests", "errors", "server_errors", "excluded", "latency", "queue_wait")
+    __slots__ = ("idx", "requests", "errors", "server_errors", "excluded", "stale", "latency", "queue_wait")
 
     def __init__(self, idx: int) -> None:
         self.idx = idx
-        self.requests = self.errors = self.server_errors = self.excluded = 0
+        self.requests = self.errors = self.server_errors = self.excluded = self.stale = 0
         self.latency: Sketch | None = None
         self.queue_wait: Sketch | None = None
 
@@ -170,6 +170,7 @@ class _Bucket:
         self.errors += other.errors
         self.server_errors += other.server_errors
         self.excluded += other.excluded
+        self.stale += other.stale
         self.latency = _merged(self.latency, other.latency)
         self.queue_wait = _merged(self.queue_wait, other.queue_wait)
 
@@ -315,12 +316,12 @@ def _advance(s: MetricsState, now: float) -> None:
 
 def _observe(s: MetricsState, o: Observation) -> None:
     _record(s, o.source, o.route, o.tier, o.outcome, o.status, o.duration_s, o.queue_wait_s, o.rated,
-            o.priority)
+            o.priority, o.stale)
 
 
 def _record(s: MetricsState, source: str, route: str | None, tier: str | None, outcome: str,
             status: int | None, duration_s: float, queue_wait_s: float | None, rated: bool = True,
-            priority: int | None = None) -> None:
+            priority: int | None = None, stale: bool = False) -> None:
     excluded = not rated or outcome in EXCLUDED
     server_error = not excluded and status is not None and status >= 500
     error = server_error or outcome not in NOT_ERRORS
@@ -329,6 +330,8 @@ def _record(s: MetricsState, source: str, route: str | None, tier: str | None, o
     wait = None if queue_wait_s is None else _clamp(queue_wait_s)
     if source in s.overall_sources:
         s.overall.rings[0].open.record(duration, wait, *verdict)
+        if stale:  # only the overall series counts fallbacks: the dashboard's error tile reads it
+            s.overall.rings[0].open.stale += 1
     if route is not None:
         _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, *verdict)
         s.totals.request(route, status, outcome, duration)
@@ -375,6 +378,7 @@ def _window_stats(s: MetricsState, series: _Series, k: int) -> WindowStats:
         errors=errors, error_rate=errors / rated if rated else 0.0,
         server_errors=server_errors,
         server_error_rate=server_errors / rated if rated else 0.0, excluded=excluded,
+        stale=sum(b.stale for b in parts),
         latency=_percentiles([b.latency for b in parts]),
         queue_wait=_percentiles([b.queue_wait for b in parts]))
 

@@ -151,6 +151,9 @@ def _default_rules() -> dict[str, AlertRule]:
                                       for_s=30.0, clear_for_s=30.0),
         "rate_limit_violations_high": AlertRule(severity="warning", threshold=100.0, clear_threshold=80.0),
         "breaker_activation": AlertRule(severity="warning", threshold=0.5, clear_threshold=0.5),
+        # the spec's "memory usage < 90 %": RSS in % of the cgroup limit, else of the host's memory
+        "memory_high": AlertRule(severity="warning", threshold=90.0, clear_threshold=85.0,
+                                 for_s=60.0, clear_for_s=60.0),
     }
 
 

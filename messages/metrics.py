@@ -32,6 +32,7 @@ class Observation(Message, kw_only=True):
     queue_wait_s: float | None = None
     rated: bool = True           # False: in no error rate (health's own answers)
     priority: int | None = None  # a guarded call's admission priority
+    stale: bool = False          # an HTTP answer served from a fallback (`X-Triage-Stale`)
     at: float
 
 
@@ -82,6 +83,7 @@ class WindowStats(Message):
     latency: Percentiles
     queue_wait: Percentiles
     excluded: int = 0
+    stale: int = 0               # answers served from a fallback: not errors, not fresh either
 
 
 class SeriesStats(Message):

@@ -5,7 +5,7 @@ vendored beside it — no build step, no CDN) opens one server-sent-event stream
 `/api/dashboard/stream`, and redraws from it. The stream sends a `snapshot`
 event at most every `DASHBOARD_PERIOD_S` (two a second): the health actor's
 latest report, breaker states, queue depth per priority, limiter statistics,
-database usage, and P50/P95/P99 with request and error rates from the metrics
+database usage, process memory, and P50/P95/P99 with request and error rates from the metrics
 actor; plus an `alert` event for every alert as it happens. Reading snapshots
 costs the actors nothing but a published value (the metrics actor is asked
 without per-route series). The browser keeps the history for the charts.
@@ -80,6 +80,7 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
         "uptime": report.uptime_ms, "components": details["components"],
         "degradation": details["degradation"], "actors": details["components"]["actors"],
         "database": details["metrics"]["database"],
+        "memory": details["metrics"].get("resources", {}).get("memory"),
         "queue": {"depth": queue.depth, "inFlight": queue.in_flight, "maxConcurrent": queue.max_concurrent,
                   "configuredMaxConcurrent": queue.configured_max_concurrent,
                   "depthByPriority": queue.depth_by_priority},
@@ -87,9 +88,16 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
         "limiter": camel(msgspec.to_builtins(limiter)),
         "latency": None if w is None else {"p50": w.latency.p50, "p95": w.latency.p95, "p99": w.latency.p99},
         "traffic": None if w is None else {"ratePerSecond": round(w.rate_per_s, 3),
-                                           "errorRate": w.error_rate, "requests": w.requests},
+                                           "errorRate": w.error_rate, "requests": w.requests,
+                                           "stale": w.stale, "staleRate": _share(w.stale, w)},
         "transitions": list(history.items),
     }
+
+
+def _share(count: int, w: Any) -> float:
+    """`count` as a fraction of the requests the window rates (as its error rate is)."""
+    rated = w.requests - w.excluded
+    return count / rated if rated else 0.0
 
 
 class DashboardStream:

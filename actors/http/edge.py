@@ -146,7 +146,7 @@ class EdgeMiddleware:
         # No exception named it: an answer the app built itself (the rate limiter's 429 names its own).
         outcome = ex.outcome or (Outcome.ERROR if status >= 500 else Outcome.OK)
         tier = ex.tier or self.route_tiers.get(route)
-        self.mon.observe_request(route, status, duration_s, outcome, tier, rated=ex.rated)
+        self.mon.observe_request(route, status, duration_s, outcome, tier, rated=ex.rated, stale=ex.stale)
 
 
 def _template(scope: dict) -> str:

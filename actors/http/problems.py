@@ -97,11 +97,12 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 class RequestState:
     """What a handler tells the edge about its request."""
 
-    __slots__ = ("outcome", "rated", "tier", "stream", "request_id", "logged")
+    __slots__ = ("outcome", "rated", "stale", "tier", "stream", "request_id", "logged")
 
     def __init__(self) -> None:
         self.outcome: Outcome | None = None
         self.rated = True  # False: in no error rate (health's own answers, see `app.health`)
+        self.stale = False  # True: a fallback answer (cached data while the database is refused)
         self.tier: str | None = None
         self.stream = False
         self.request_id = secrets.token_hex(8)  # carried by a 500's body and its one log line

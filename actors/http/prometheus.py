@@ -141,6 +141,11 @@ def _health(frame: Frame) -> Iterator[Metric]:
                             value=frame.health.uptime_ms / 1000.0)
     yield GaugeMetricFamily("triage_maintenance_mode", "1 while maintenance mode is on",
                             value=1.0 if frame.maintenance else 0.0)
+    memory = frame.health.metrics.get("resources", {}).get("memory")
+    if memory is not None:  # process_resident_memory_bytes / this is the memory_high ratio
+        yield GaugeMetricFamily("triage_memory_limit_bytes", "The memory this process may use: its "
+                                "cgroup's limit when set, else the host's total memory",
+                                value=float(memory["limit_bytes"]))
     for name, value in frame.extra.items():
         yield GaugeMetricFamily(f"triage_http_{name}", f"HTTP edge: {name.replace('_', ' ')}", value=value)
 

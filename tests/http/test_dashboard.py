@@ -67,6 +67,11 @@ async def test_dashboard_shows_breaker_open_and_recovery_live(database_url):
                 page.wait_for_function("document.getElementById('status').textContent === 'HEALTHY'",
                                        timeout=10_000)
                 healthy_tile = page.inner_text("#breaker-database .state")
+                page.wait_for_function("document.getElementById('k-mem').textContent.endsWith('iB')",
+                                       timeout=5_000)
+                memory = page.inner_text("#k-mem-limit")
+                legend = page.eval_on_selector_all("#c-usage .u-legend .u-value",
+                                                   "els => els.map(e => e.textContent)")
                 trio.from_thread.run(break_database)
                 page.wait_for_function(
                     "document.querySelector('#breaker-database .state').textContent === 'OPEN'"
@@ -78,7 +83,8 @@ async def test_dashboard_shows_breaker_open_and_recovery_live(database_url):
                     " && document.getElementById('status').textContent === 'HEALTHY'", timeout=5_000)
                 history = page.inner_text("#transitions")
                 browser.close()
-            return {"errors": errors, "healthy_tile": healthy_tile, "banner": banner, "history": history}
+            return {"errors": errors, "healthy_tile": healthy_tile, "banner": banner, "history": history,
+                    "memory": memory, "legend": legend}
 
         seen = await trio.to_thread.run_sync(browse)
         stop.set()
@@ -86,6 +92,8 @@ async def test_dashboard_shows_breaker_open_and_recovery_live(database_url):
     assert seen["errors"] == []
     assert seen["healthy_tile"] == "CLOSED" and "unhealthy" in seen["banner"]
     assert "database: CLOSED → OPEN" in seen["history"] and "HALF_OPEN → CLOSED" in seen["history"]
+    assert " % of " in seen["memory"]
+    assert "--" not in seen["legend"][1:], seen["legend"]  # the latest values, not "--"
 
 
 async def test_dashboard_requires_token_in_production(database_url):

@@ -85,6 +85,7 @@ async def test_prometheus_requests_are_histograms_and_counters(database_url):
     assert 'triage_guarded_call_duration_seconds_bucket{le="+Inf",outcome="ok",tier="analytics"} 1.0' in text
     assert 'triage_queue_decisions_total{decision="admitted",priority="NORMAL"} 1.0' in text
     assert "process_resident_memory_bytes" in fams or "process_cpu_seconds" in fams
+    assert fams["triage_memory_limit_bytes"].samples[0].value > 0  # memory_high's denominator
     assert "triage_request_duration_seconds" not in text  # the quantile gauges are gone
 
 

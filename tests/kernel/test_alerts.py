@@ -47,6 +47,7 @@ CASES = [
     ("queue_depth_high", "queue_depth_high", 150.0, 10.0),
     ("rate_limit_violations_high", "rate_limit_violations_high", 500.0, 0.0),
     ("breaker_activation", "breaker_activation:critical", 1.0, 0.0),
+    ("memory_high", "memory_high", 95.0, 50.0),
 ]
 
 
@@ -145,6 +146,7 @@ def test_alerts_rule_config_hysteresis_is_respected():
     ("breaker_open_long:batch", "Circuit breaker batch open for more than 300 s",
      "Circuit breaker batch no longer open"),
     ("db_usage_critical", "Database connection usage over 90 %", "Database connection usage back under 85 %"),
+    ("memory_high", "Process memory over 90 % of its limit", "Process memory back under 85 % of its limit"),
     ("error_rate_critical", "Error rate over 5 %", "Error rate back under 4 %"),
     ("p95_slow", "Response time P95 over 3 s", "Response time P95 back under 2.5 s"),
     ("health_unhealthy", "Health endpoint returning 503 (unhealthy)",

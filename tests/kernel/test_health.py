@@ -17,6 +17,7 @@ from actors.breaker import snapshot as breaker_snapshot
 from actors.faults import Down, FaultProxy, proxied_dsn
 from actors.health import HealthInputs, HealthState, evaluate, judge
 from actors.http.app import create_app, hypercorn_config
+from actors.resources import Memory
 from actors.scheduler import SchedulerState
 from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import Crash
@@ -238,7 +239,8 @@ def test_health_detailed_keys_match_spec_jq_paths():
     assert set(d) >= {"status", "timestamp", "uptime", "database", "queue", "components", "metrics",
                       "alerts", "degradation"}
     assert set(d["components"]) == {"database", "queue", "circuitBreakers", "rateLimiter", "actors"}
-    assert set(d["metrics"]) == {"database", "queue", "circuitBreakers", "errors", "latency", "rules"}
+    assert set(d["metrics"]) == {"database", "queue", "circuitBreakers", "errors", "latency", "rules",
+                                 "resources"}
     assert d["components"]["circuitBreakers"]["critical"]["state"] == "OPEN"
     assert d["metrics"]["database"]["isHealthy"] is True and d["metrics"]["database"]["responseTimeMs"] == 3.0
     assert d["metrics"]["circuitBreakers"]["critical"]["openings"] == 0
@@ -480,3 +482,29 @@ def test_health_breaker_opened_and_closed_between_two_evaluations_still_activate
     assert values["breaker_activation:critical"] == 0.0
     again, _ = health_mod.signals(r, i, openings_seen={t: b.openings for t, b in i.breakers.items()})
     assert again["breaker_activation:analytics"] == 0.0
+
+
+def test_health_memory_is_reported_and_alerted_but_never_changes_the_status():
+    hot = Memory(rss_bytes=950, limit_bytes=1000, limit_source="cgroup", percent=95.0)
+    i = inputs(memory=hot)
+    r = report(i)
+    assert r.status == "healthy"
+    assert r.detailed()["metrics"]["resources"]["memory"] == {
+        "rssBytes": 950, "limitBytes": 1000, "limitSource": "cgroup", "percent": 95.0}
+    values, _ = health_mod.signals(r, i)
+    assert values["memory_high"] == 95.0
+
+
+def test_health_without_a_memory_reading_has_no_memory_signal():
+    i = inputs()
+    assert report(i).detailed()["metrics"]["resources"] == {"memory": None}
+    values, _ = health_mod.signals(report(i), i)
+    assert "memory_high" not in values
+
+
+async def test_health_actor_samples_this_process_memory(autojump_clock):
+    async with open_monitoring(Config()) as mon:
+        r = await mon.health_report.wait_value(lambda r: r.metrics.get("resources") is not None)
+        memory = r.detailed()["metrics"]["resources"]["memory"]
+    assert memory["limitSource"] in ("cgroup", "host")
+    assert 0 < memory["rssBytes"] < memory["limitBytes"]

@@ -420,3 +420,15 @@ def test_core_wakeup_next_10s_boundary_and_tick_rotates():
 def test_core_unknown_message_raises_type_error():
     with pytest.raises(TypeError, match="metrics cannot handle"):
         step(MetricsState.initial(now=0.0), object(), 0.0)
+
+
+def test_metrics_stale_answers_are_counted_apart_from_errors_in_every_window():
+    s = MetricsState.initial(now=0.0)
+    s = feed(s, 1.0, stale=True)
+    s = feed(s, 2.0)
+    s = feed(s, 3.0, status=500, outcome="error")
+    now = snapshot(s, 5.0)  # (a snapshot rotates the rings to its instant: the earlier one first)
+    assert (window(now, "1m").stale, window(now, "1m").errors, window(now, "1m").requests) == (1, 1, 3)
+    assert window(now, "1m", "GET /api/animals").stale == 0  # the overall series only
+    later = snapshot(s, 75.0)  # the 10 s bucket has closed and been folded into the 5m ring
+    assert [(w.stale, w.errors) for w in later.overall.windows.values()] == [(0, 0), (1, 1), (1, 1)]

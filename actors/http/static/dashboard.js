@@ -4,7 +4,7 @@
 const HISTORY = 300;                 // points kept per chart (one per snapshot, ~5 min at 1/s)
 const PRIORITIES = ["CRITICAL", "HIGH", "NORMAL", "LOW", "BATCH"];
 const $ = (id) => document.getElementById(id);
-const series = { t: [], p50: [], p95: [], p99: [], rate: [], err: [], usage: [],
+const series = { t: [], p50: [], p95: [], p99: [], rate: [], err: [], usage: [], mem: [],
                  q: Object.fromEntries(PRIORITIES.map((p) => [p, []])) };
 const alertLog = [];
 let charts = null;
@@ -51,7 +51,7 @@ function initCharts() {
   charts = {
     latency: makeChart($("c-latency"), ["P50", "P95", "P99"], ["#2ea043", "#d29922", "#f85149"]),
     rate: makeChart($("c-rate"), ["req/s", "errors %"], ["#58a6ff", "#f85149"], { scales: ["y", "pct"] }),
-    usage: makeChart($("c-usage"), ["usage %"], ["#a371f7"]),
+    usage: makeChart($("c-usage"), ["db usage %", "memory %"], ["#a371f7", "#3fb950"]),
     queue: makeChart($("c-queue"), PRIORITIES, ["#f85149", "#d29922", "#58a6ff", "#8b98a5", "#6e7681"]),
   };
 }
@@ -67,11 +67,23 @@ function record(s) {
   push(series.rate, s.traffic ? s.traffic.ratePerSecond : null);
   push(series.err, s.traffic ? s.traffic.errorRate * 100 : null);
   push(series.usage, s.database ? s.database.usagePercentage : null);
+  push(series.mem, s.memory ? s.memory.percent : null);
   for (const p of PRIORITIES) push(series.q[p], s.queue ? s.queue.depthByPriority[p] || 0 : null);
   charts.latency.setData([series.t, series.p50, series.p95, series.p99]);
   charts.rate.setData([series.t, series.rate, series.err]);
-  charts.usage.setData([series.t, series.usage]);
+  charts.usage.setData([series.t, series.usage, series.mem]);
   charts.queue.setData([series.t].concat(PRIORITIES.map((p) => series.q[p])));
+  for (const c of Object.values(charts)) showLatest(c);
+}
+
+// uPlot's legend shows the values under the cursor, "--" without one: show the latest point
+// unless the pointer is on the chart.
+function showLatest(chart) {
+  if (chart.cursor.left === undefined || chart.cursor.left < 0) chart.setLegend({ idx: series.t.length - 1 });
+}
+
+function fmtBytes(n) {
+  return n >= 1 << 30 ? (n / (1 << 30)).toFixed(2) + " GiB" : (n / (1 << 20)).toFixed(0) + " MiB";
 }
 
 function renderBanner(s) {
@@ -130,8 +142,14 @@ function renderKpis(s) {
   $("k-p95").textContent = fmtMs(lat.p95);
   $("k-p99").textContent = fmtMs(lat.p99);
   $("k-rate").textContent = s.traffic ? s.traffic.ratePerSecond.toFixed(1) + " /s" : "–";
-  $("k-err").textContent = s.traffic ? fmtPct(s.traffic.errorRate * 100, 2) : "–";
+  // A fallback (stale) answer is a 200 but not a fresh one: shown beside the errors, so an open
+  // breaker behind a cache does not read as 0 % errors.
+  $("k-err").textContent = !s.traffic ? "–" : fmtPct(s.traffic.errorRate * 100, 2) +
+    (s.traffic.stale ? ` + ${fmtPct(s.traffic.staleRate * 100, 1)} stale` : "");
   $("k-usage").textContent = s.database ? fmtPct(s.database.usagePercentage, 0) : "–";
+  $("k-mem").textContent = s.memory ? fmtBytes(s.memory.rssBytes) : "–";
+  $("k-mem-limit").textContent = s.memory ?
+    `${fmtPct(s.memory.percent)} of ${fmtBytes(s.memory.limitBytes)} (${s.memory.limitSource})` : "–";
 }
 
 function renderLimits(s) {
