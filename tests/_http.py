@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
 
 import httpx
 import hypercorn.trio
+import psycopg
 import trio
 
 from actors import open_monitoring
@@ -17,6 +20,17 @@ from actors.http.app import TriageApp, create_app, hypercorn_config
 from examples.vet_tracker.service import DemoService
 from messages.config import Config
 from messages.http_config import HttpConfig
+
+
+@contextmanager
+def throwaway_schema(database_url: str, prefix: str, nbytes: int = 3) -> Iterator[str]:
+    """A schema name of this test process's own for the reference service; dropped afterwards."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(nbytes)}"
+    try:
+        yield name
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def problem(r: httpx.Response) -> dict:

@@ -7,7 +7,6 @@ under `trio.fail_after` with a short, explicit bound.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 import trio
 import trio.testing
-from _http import problem
+from _http import problem, throwaway_schema
 from starlette.exceptions import HTTPException
 
 from actors import CircuitOpen, QueueFull, QueueTimeout, RateLimited, open_monitoring
@@ -41,21 +40,14 @@ ALICE = {"username": "alice", "password": "alice-demo-password"}
 @pytest.fixture(scope="session")
 def schema(database_url: str):
     """One seeded schema for the session (tests that mutate data assert relative changes)."""
-    name = f"triage_svc_{os.getpid()}_{secrets.token_hex(3)}"
-    yield name
-    _drop(database_url, name)
+    with throwaway_schema(database_url, "triage_svc") as name:
+        yield name
 
 
 @pytest.fixture
 def fresh_schema(database_url: str):
-    name = f"triage_svc_{os.getpid()}_{secrets.token_hex(4)}"
-    yield name
-    _drop(database_url, name)
-
-
-def _drop(database_url: str, name: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    with throwaway_schema(database_url, "triage_svc", 4) as name:
+        yield name
 
 
 class Served:

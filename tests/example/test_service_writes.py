@@ -3,7 +3,6 @@ overflow as 422, outcome unknown as 502/504, Idempotency-Key. Real PostgreSQL, r
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,8 +10,8 @@ from contextlib import asynccontextmanager
 import psycopg
 import pytest
 import trio
-from _http import problem
-from test_service import ALICE, _drop, fetchval, login, serving
+from _http import problem, throwaway_schema
+from test_service import ALICE, fetchval, login, serving
 
 from actors import open_monitoring
 from examples.vet_tracker.service import DemoService
@@ -27,16 +26,14 @@ SECRET = "two instances share this secret.."
 
 @pytest.fixture(scope="module")
 def schema(database_url: str):
-    name = f"triage_wr_{os.getpid()}_{secrets.token_hex(3)}"
-    yield name
-    _drop(database_url, name)
+    with throwaway_schema(database_url, "triage_wr") as name:
+        yield name
 
 
 @pytest.fixture
 def fresh_schema(database_url: str):
-    name = f"triage_wr_{os.getpid()}_{secrets.token_hex(4)}"
-    yield name
-    _drop(database_url, name)
+    with throwaway_schema(database_url, "triage_wr", 4) as name:
+        yield name
 
 
 def count(database_url: str, schema: str) -> int:

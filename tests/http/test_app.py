@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,11 +16,10 @@ from typing import Any
 
 import httpx
 import hypercorn.trio
-import psycopg
 import pytest
 import trio
 import trio.testing
-from _http import problem, serving, wait_status
+from _http import problem, serving, throwaway_schema, wait_status
 from loguru import logger
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -40,10 +38,8 @@ ADMIN = "a" * 40
 
 @pytest.fixture(scope="session")
 def demo_schema(database_url: str):
-    name = f"triage_web_{os.getpid()}_{secrets.token_hex(3)}"
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    with throwaway_schema(database_url, "triage_web") as name:
+        yield name
 
 
 # -- health ---------------------------------------------------------------------------------

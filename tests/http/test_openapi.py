@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-
-import psycopg
 import pytest
-from _http import problem, serving
+from _http import problem, serving, throwaway_schema
 
 from actors.http.openapi import PROBLEM_STATUSES
 from messages.config import Config
@@ -20,10 +16,8 @@ NEVER_ENDING = "/api/alerts/stream"
 
 @pytest.fixture(scope="module")
 def demo_schema(database_url: str):
-    name = f"triage_oapi_{os.getpid()}_{secrets.token_hex(3)}"
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    with throwaway_schema(database_url, "triage_oapi") as name:
+        yield name
 
 
 def _http(demo_schema: str) -> HttpConfig:

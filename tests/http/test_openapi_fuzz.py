@@ -8,14 +8,10 @@ headers, body schema) and none may be a 500. schemathesis is in the `dev` extra.
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import hypothesis
-import psycopg
 import pytest
 import trio
-from _http import serving, wait_status
+from _http import serving, throwaway_schema, wait_status
 
 from messages.config import Config
 from messages.http_config import HttpConfig
@@ -36,10 +32,8 @@ NEVER_ENDING = "/api/alerts/stream"
 
 @pytest.fixture(scope="module")
 def demo_schema(database_url: str):
-    name = f"triage_fuzz_{os.getpid()}_{secrets.token_hex(3)}"
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    with throwaway_schema(database_url, "triage_fuzz") as name:
+        yield name
 
 
 def no_500(ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case) -> None:
