@@ -9,7 +9,20 @@ Theory of operation (resilience4j's state machine, count-based in a time window)
     any       --reset()------------------------------------------------->  CLOSED
     any       --force_open(): held OPEN until reset()------------------->  OPEN
 
-OPEN never goes straight to CLOSED except by an explicit reset. HALF_OPEN
+Shared with a fleet (`FleetGate(shared=True)`, sent by the fleet agent while Redis answers):
+
+    CLOSED    --FleetQuorum: a majority of live instances report OPEN-->  OPEN
+    OPEN      --recovery timeout elapsed: emits ProbeDue, stays OPEN--->  (waits)
+    OPEN      --ProbeLease won for this OPEN epoch------------------->  HALF_OPEN (the one prober)
+    OPEN      --FleetVerdict ok (the prober's trial succeeded)-------->  HALF_OPEN, or CLOSED
+                                                                         with follow = "close"
+    OPEN      --FleetVerdict failed: a fresh recovery timer---------->  OPEN
+    FleetGate(shared=False) (Redis down): local again; a due recovery goes HALF_OPEN at once.
+
+Local evidence opens a shared breaker exactly as an unshared one.
+
+OPEN never goes straight to CLOSED except by an explicit reset (or a fleet verdict with
+follow = "close"). HALF_OPEN
 admits `half_open_max_calls` trials; a trial that ends without a verdict
 (cancelled, an ignored exception, refused later by the queue) gives its trial
 slot back, so HALF_OPEN cannot get stuck.
@@ -38,21 +51,26 @@ from actors.runtime.actor import Emit, Send
 from messages.commands import (
     Configure,
     Done,
+    FleetGate,
+    FleetQuorum,
+    FleetVerdict,
     ForceOpen,
     GetSnapshot,
     Outcome,
     Permit,
     Permitted,
+    ProbeLease,
     Reset,
     Successes,
     Tick,
 )
 from messages.config import BreakerConfig, check_breaker_config
 from messages.errors import CircuitOpen, ConfigError
-from messages.events import BreakerTransition
+from messages.events import BreakerTransition, ProbeDue
 from messages.snapshots import BreakerSnapshot
 
-BreakerIn = Permit | Outcome | Successes | Reset | ForceOpen | Configure | GetSnapshot | Tick
+BreakerIn = (Permit | Outcome | Successes | Reset | ForceOpen | Configure | GetSnapshot | Tick
+             | FleetGate | FleetQuorum | ProbeLease | FleetVerdict)
 
 # Retry hint when HALF_OPEN is busy with its trials: the trials decide within about this.
 HALF_OPEN_BUSY_RETRY_S = 1.0
@@ -76,6 +94,11 @@ class BreakerState(msgspec.Struct, frozen=True, kw_only=True):
     ignored: int = 0
     rejections: int = 0
     openings: int = 0
+    # Fleet: recovery shared with the fleet (one prober); what to do on the prober's success;
+    # the recovery timeout elapsed and ProbeDue was emitted for this OPEN period.
+    shared: bool = False
+    follow: str = "half_open"
+    probe_wanted: bool = False
 
     @classmethod
     def initial(cls, tier: str, cfg: BreakerConfig, *, now: float, enabled: bool = True) -> BreakerState:
@@ -86,7 +109,7 @@ def _transition(s: BreakerState, to: str, now: float, reason: str, **changes) ->
     event = BreakerTransition(tier=s.tier, from_state=s.phase, to_state=to, reason=reason,
                               at=now, epoch=s.epoch + 1)
     s = replace(s, phase=to, epoch=s.epoch + 1, changed_at=now, trials=0, trial_successes=0,
-                failure_times=(), **changes)
+                failure_times=(), probe_wanted=False, **changes)
     return s, Emit(event)
 
 
@@ -102,6 +125,10 @@ def _close(s: BreakerState, now: float, reason: str) -> tuple[BreakerState, Emit
 
 def _maybe_half_open(s: BreakerState, now: float) -> tuple[BreakerState, list]:
     if s.phase == "open" and now >= s.retry_at:
+        if s.shared:  # one instance of the fleet probes: wait for the lease or the verdict
+            if s.probe_wanted:
+                return s, []
+            return replace(s, probe_wanted=True), [Emit(ProbeDue(tier=s.tier, epoch=s.epoch, at=now))]
         s, event = _transition(s, "half_open", now,
                                f"recovery timeout {s.cfg.recovery_timeout_s:g}s elapsed",
                                retry_at=math.inf)
@@ -116,7 +143,8 @@ def _permit(s: BreakerState, msg: Permit, now: float) -> tuple[BreakerState, lis
     if s.phase == "half_open" and s.trials < s.cfg.half_open_max_calls:
         s = replace(s, trials=s.trials + 1)
         return s, [*effects, Send(msg.reply, Permitted(trial=True, epoch=s.epoch))]
-    retry = s.retry_at - now if s.phase == "open" and not s.forced else HALF_OPEN_BUSY_RETRY_S
+    retry = (s.retry_at - now if s.phase == "open" and not s.forced and not s.probe_wanted
+             else HALF_OPEN_BUSY_RETRY_S)
     if s.forced:
         retry = s.cfg.recovery_timeout_s
     s = replace(s, rejections=s.rejections + 1)
@@ -181,6 +209,36 @@ def _configure(s: BreakerState, msg: Configure) -> BreakerState:
     return replace(s, cfg=cfg, retry_at=retry_at)
 
 
+def _fleet(s: BreakerState, msg: FleetGate | FleetQuorum | ProbeLease | FleetVerdict,
+           now: float) -> tuple[BreakerState, list]:
+    """What the fleet agent reports (see the module's second diagram)."""
+    match msg:
+        case FleetGate():
+            s = replace(s, shared=msg.shared, follow=msg.follow, probe_wanted=False)
+            return _maybe_half_open(s, now)  # local again: a due recovery starts now
+    if not s.enabled or not s.shared or s.forced:
+        return s, []
+    match msg:
+        case FleetQuorum() if s.phase == "closed" and msg.open >= msg.live // 2 + 1:
+            s, event = _open(s, now, f"fleet quorum ({msg.open} of {msg.live} open)")
+            return s, [event]
+        case ProbeLease() if s.phase == "open" and msg.epoch == s.epoch:
+            s, event = _transition(s, "half_open", now,
+                                   "probe lease won: this instance runs the fleet's trial",
+                                   retry_at=math.inf)
+            return s, [event]
+        case FleetVerdict() if s.phase == "open" and msg.ok:
+            reason = f"fleet probe by {msg.by or 'a peer'} succeeded"
+            if s.follow == "close":
+                s, event = _close(s, now, reason)
+            else:
+                s, event = _transition(s, "half_open", now, reason, retry_at=math.inf)
+            return s, [event]
+        case FleetVerdict() if s.phase == "open":  # the trial failed: a fresh recovery timer
+            return replace(s, retry_at=now + s.cfg.recovery_timeout_s, probe_wanted=False), []
+    return s, []
+
+
 def check_config(tier: str, cfg: BreakerConfig) -> None:
     check_breaker_config(f"tiers.{tier}", cfg)
 
@@ -195,7 +253,8 @@ def snapshot(s: BreakerState, now: float, restarts: int = 0) -> BreakerSnapshot:
         time_in_state_s=max(now - s.changed_at, 0.0),
         retry_after_s=max(s.retry_at - now, 0.0) if s.phase == "open" and not s.forced else 0.0,
         trials_in_flight=s.trials, calls=s.calls, successes=s.successes, failures=s.failures,
-        ignored=s.ignored, rejections=s.rejections, openings=s.openings, restarts=restarts)
+        ignored=s.ignored, rejections=s.rejections, openings=s.openings, restarts=restarts,
+        fleet_shared=s.shared, awaiting_probe=s.probe_wanted)
 
 
 def step(s: BreakerState, msg: BreakerIn, now: float) -> tuple[BreakerState, list]:
@@ -228,6 +287,8 @@ def step(s: BreakerState, msg: BreakerIn, now: float) -> tuple[BreakerState, lis
             return s, [Send(msg.reply, Done())]
         case GetSnapshot():
             return s, [Send(msg.reply, snapshot(s, now))]
+        case FleetGate() | FleetQuorum() | ProbeLease() | FleetVerdict():
+            return _fleet(s, msg, now)
     raise TypeError(f"breaker cannot handle {type(msg).__name__}")
 
 
@@ -241,7 +302,7 @@ class BreakerCore:
 
     @staticmethod
     def wakeup(s: BreakerState) -> float:
-        return s.retry_at if s.phase == "open" else math.inf
+        return s.retry_at if s.phase == "open" and not s.probe_wanted else math.inf
 
     @staticmethod
     def parked(s: BreakerState) -> tuple:

@@ -82,6 +82,36 @@ class Configure(Message):
     success_threshold: int | None = None
 
 
+class FleetGate(Message):
+    """The fleet agent: this tier's recovery is shared with the fleet (Redis answers and the
+    tier is in `[fleet] share_breakers`), or it is local again (Redis down)."""
+
+    shared: bool
+    # After the prober's success: "half_open" (a trial of this instance's own) or "close".
+    follow: str = "half_open"
+
+
+class FleetQuorum(Message):
+    """What the fleet reports for this tier: `open` live peers (this instance not counted)
+    report OPEN, out of `live` live instances (this one counted)."""
+
+    open: int
+    live: int
+
+
+class ProbeLease(Message):
+    """This instance won the tier's probe lease for the OPEN period `epoch`: it runs the trial."""
+
+    epoch: int
+
+
+class FleetVerdict(Message):
+    """The prober `by` published its verdict: its trial succeeded (`ok`) or failed."""
+
+    ok: bool
+    by: str = ""
+
+
 # --- admission queue -----------------------------------------------------------------------
 
 

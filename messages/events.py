@@ -15,6 +15,15 @@ class BreakerTransition(Message):
     epoch: int
 
 
+class ProbeDue(Message):
+    """A fleet-shared breaker's recovery timeout elapsed: it waits for the probe lease (one
+    instance of the fleet runs the trial) instead of going HALF_OPEN by itself."""
+
+    tier: str
+    epoch: int
+    at: float
+
+
 class ActorRestarted(Message):
     actor: str
     restarts: int

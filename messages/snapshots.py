@@ -30,6 +30,8 @@ class BreakerSnapshot(Message):
     rejections: int
     openings: int
     restarts: int = 0
+    fleet_shared: bool = False   # recovery shared with the fleet: one instance probes
+    awaiting_probe: bool = False # recovery due; waiting for the fleet's prober (or the lease)
 
 
 class PoolSnapshot(Message):
