@@ -219,7 +219,8 @@ def _fleet(s: BreakerState, msg: FleetGate | FleetQuorum | ProbeLease | FleetVer
     if not s.enabled or not s.shared or s.forced:
         return s, []
     match msg:
-        case FleetQuorum() if s.phase == "closed" and msg.open >= msg.live // 2 + 1:
+        case FleetQuorum() if (s.phase == "closed" and msg.open >= msg.live // 2 + 1
+                               and msg.epoch in (-1, s.epoch)):
             s, event = _open(s, now, f"fleet quorum ({msg.open} of {msg.live} open)")
             return s, [event]
         case ProbeLease() if s.phase == "open" and msg.epoch == s.epoch:

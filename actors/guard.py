@@ -99,6 +99,12 @@ class BreakerHandle:
     async def snapshot(self) -> BreakerSnapshot:
         return await ask(self._inbox, lambda r: GetSnapshot(reply=r))
 
+    def fleet_report(self, msg: Any) -> None:
+        """The fleet agent's news for this breaker (FleetGate, FleetQuorum, ProbeLease,
+        FleetVerdict: see actors/fleet/breaker_agent.py). Never blocks; nothing once closed."""
+        if not self._inbox.closed:
+            self._inbox.put(msg)
+
     async def permit(self) -> tuple[bool, int]:
         """(trial, epoch) or CircuitOpen. Asks the actor only when it is not CLOSED."""
         v = self._view.value

@@ -97,6 +97,9 @@ class FleetQuorum(Message):
 
     open: int
     live: int
+    # The breaker's epoch the count was made against: a count from before a transition (say,
+    # the recovery that just closed it) is stale and ignored.
+    epoch: int = -1
 
 
 class ProbeLease(Message):
