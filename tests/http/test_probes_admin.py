@@ -205,3 +205,18 @@ async def test_admin_routes_answer_while_the_clients_quota_is_spent(database_url
     assert opened.json()["state"] == "open" and reset.json()["state"] == "closed"
     assert wrong.status_code == 403          # exempt from the limiter, not from the token
     assert still.status_code == 429          # the client's quota is untouched by admin calls
+
+
+async def test_admin_422_names_the_field_for_a_wrong_type_an_unknown_or_a_missing_field(database_url):
+    """README: a bad body is a problem body, 422 naming the field -- in `field`, as for a value out
+    of range, whichever way the body does not fit."""
+    cases = [("/api/admin/breakers/database/configure", {"failure_threshold": "ten"}, "$.failure_threshold"),
+             ("/api/admin/breakers/database/configure", {"failure_treshold": 10}, "$.failure_treshold"),
+             ("/api/admin/queue/limit", {}, "$.max_concurrent"),
+             ("/api/admin/queue/limit", {"max_concurrent": "4"}, "$.max_concurrent"),
+             ("/api/admin/maintenance", {"enabled": "yes"}, "$.enabled")]
+    async with serving(Config(database_url=database_url), admin_http()) as s:
+        answers = [await s.client.post(path, headers=AUTH, json=body) for path, body, _ in cases]
+    for r, (_, body, field) in zip(answers, cases):
+        assert r.status_code == 422, (body, r.text)
+        assert problem(r).get("field") == field, (body, r.text)
