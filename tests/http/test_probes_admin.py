@@ -217,6 +217,6 @@ async def test_admin_422_names_the_field_for_a_wrong_type_an_unknown_or_a_missin
              ("/api/admin/maintenance", {"enabled": "yes"}, "$.enabled")]
     async with serving(Config(database_url=database_url), admin_http()) as s:
         answers = [await s.client.post(path, headers=AUTH, json=body) for path, body, _ in cases]
-    for r, (_, body, field) in zip(answers, cases):
+    for r, (_, body, field) in zip(answers, cases, strict=True):
         assert r.status_code == 422, (body, r.text)
         assert problem(r).get("field") == field, (body, r.text)
