@@ -9,6 +9,7 @@ are the answers. Each action is logged (WARNING) without the token.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -55,7 +56,7 @@ async def read_json(request: Request, kind: Any) -> Any:
     try:
         decoded = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
-        raise WebError(f"Invalid request body: {exc}", 422) from None
+        raise WebError(f"Invalid request body: {exc}", 422, **_field(exc)) from None
     except msgspec.DecodeError:
         raise WebError("Request body is not valid JSON", 400) from None
     if b"\\u0000" in body:  # the only way JSON can carry a NUL; rare, so the walk is rare too
@@ -64,6 +65,22 @@ async def read_json(request: Request, kind: Any) -> Any:
             raise WebError(f"Invalid request body: a NUL character (\\u0000) is not allowed - at `{where}`",
                            422, field=where)
     return decoded
+
+
+_AT = re.compile(r" - at `(\$[^`]*)`$")
+_NAMED = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+
+
+def _field(exc: msgspec.ValidationError) -> dict[str, str]:
+    """``{"field": "$.x"}`` from msgspec's message (a wrong type at a path, an unknown or a missing
+    field, by name), so every 422 names its field the same way; empty if it names none."""
+    text = str(exc)
+    at = _AT.search(text)
+    named = _NAMED.search(text)
+    path = at.group(1) if at else "$"
+    if named:
+        path = f"{path}.{named.group(1)}"
+    return {"field": path} if at or named else {}
 
 
 def _nul_at(value: Any, path: str) -> str | None:

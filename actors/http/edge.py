@@ -21,7 +21,10 @@ handlers). For each HTTP request it
    a traceback) carrying a request id, logged once with that id;
 5. records the request with `mon.observe_request("METHOD /template", status,
    duration, outcome, tier)`, an unknown method as "OTHER" -- except a stream (SSE): it is not a request,
-   and its duration would pass for latency.
+   and its duration would pass for latency. An answer given before routing (the rate
+   limiter's 429, maintenance, a body refused) is matched against `routes` for its
+   template, so it is counted under the route asked for; a path no route matches is
+   ``<unmatched>``.
 
 Handlers tell the edge the outcome and tier of their request through the
 per-request `RequestState` at ``scope["triage"]``.
@@ -31,12 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
 from loguru import logger
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 
 from actors.http.problems import BodyTimeout, BodyTooLarge, RequestState, log_500, send_problem
 from messages.outcome import Outcome, outcome_of
@@ -53,11 +57,14 @@ OPERATIONAL = ("/api/health", "/metrics", "/api/alerts/stream", "/api/admin/", "
 # -- the edge -----------------------------------------------------------------------------
 
 class EdgeMiddleware:
-    """See the module doc. `route_tiers` maps "METHOD /template" to a breaker tier."""
+    """See the module doc. `route_tiers` maps "METHOD /template" to a breaker tier; `routes`
+    (the app's route table) name the template of an answer given before routing."""
 
     def __init__(self, app: Any, mon: Any, *, max_body_bytes: int, body_timeout_s: float,
-                 grace_s: float, route_tiers: Mapping[str, str] | None = None) -> None:
+                 grace_s: float, route_tiers: Mapping[str, str] | None = None,
+                 routes: Sequence[BaseRoute] = ()) -> None:
         self.app, self.mon = app, mon
+        self.routes = tuple(routes)
         self.max_body_bytes, self.body_timeout_s, self.grace_s = max_body_bytes, body_timeout_s, grace_s
         self.route_tiers = dict(route_tiers or {})
         self.draining = False
@@ -141,7 +148,7 @@ class EdgeMiddleware:
         if ex.stream:
             return  # a stream is not a request: its duration is how long the client stayed
         method = scope.get("method", "GET")
-        route = f"{method if method in METHODS else 'OTHER'} {_template(scope)}"
+        route = f"{method if method in METHODS else 'OTHER'} {_template(scope, self.routes)}"
         status = reply.status or 499  # nothing sent: the client went away
         # No exception named it: an answer the app built itself (the rate limiter's 429 names its own).
         outcome = ex.outcome or (Outcome.ERROR if status >= 500 else Outcome.OK)
@@ -149,8 +156,18 @@ class EdgeMiddleware:
         self.mon.observe_request(route, status, duration_s, outcome, tier, rated=ex.rated, stale=ex.stale)
 
 
-def _template(scope: dict) -> str:
+def _template(scope: dict, routes: Sequence[BaseRoute]) -> str:
     route = scope.get("route")
+    if route is None:  # answered before routing: the route it would have reached (405's too)
+        partial = None
+        for candidate in routes:
+            match, _ = candidate.matches(scope)
+            if match is Match.FULL:
+                route = candidate
+                break
+            if match is Match.PARTIAL and partial is None:
+                partial = candidate
+        route = route or partial
     return getattr(route, "path", None) or "<unmatched>"
 
 

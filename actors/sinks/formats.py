@@ -50,7 +50,14 @@ def labels(alert: Alert, ctx: Context) -> dict[str, str]:
     return out
 
 
+# Yes/no rules: the value is 1 or 0 and the threshold an internal 0.5 cut, so "value 1 vs
+# threshold 0.5" tells a person nothing; their message says it all.
+YES_NO_RULES = frozenset({"health_unhealthy", "breaker_open_long", "breaker_activation"})
+
+
 def annotations(alert: Alert) -> dict[str, str]:
+    if alert.rule in YES_NO_RULES:
+        return {"summary": alert.message, "description": alert.message}
     return {"summary": alert.message,
             "description": f"{alert.message} (value {show(alert.value)}, threshold {show(alert.threshold)})"}
 
@@ -92,11 +99,13 @@ def webhook_body(alert: Alert, ctx: Context) -> bytes:
 
 
 def slack_line(alert: Alert, ctx: Context) -> str:
-    """One line a person can read: severity, rule, value vs threshold, dashboard link."""
+    """One line a person can read: severity, rule, value vs threshold (not for a yes/no rule),
+    dashboard link."""
     resolved = alert.state == "resolved"
     icon, state = (":white_check_mark:", "RESOLVED") if resolved else (ICONS[alert.severity], alert.severity.upper())
-    line = (f"{icon} [{state}] {alert.id}: {alert.message} — value {show(alert.value)}"
-            f" vs threshold {show(alert.threshold)} ({ctx.service} on {ctx.instance})")
+    measured = "" if alert.rule in YES_NO_RULES else \
+        f" — value {show(alert.value)} vs threshold {show(alert.threshold)}"
+    line = f"{icon} [{state}] {alert.id}: {alert.message}{measured} ({ctx.service} on {ctx.instance})"
     if ctx.dashboard_url:
         line += f" <{ctx.dashboard_url}|dashboard>"
     return line[:SLACK_TEXT_MAX]

@@ -10,11 +10,13 @@ import sys
 import trio
 import trio.testing
 from _http import problem, serving, wait_status
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from actors import CircuitOpen
 from actors.faults import Down, FaultProxy, proxied_dsn
 from actors.pg.connection import PgConnection
-from messages.config import BreakerConfig, Config, DatabaseConfig, QueueConfig
+from messages.config import BreakerConfig, Config, DatabaseConfig, QueueConfig, RatePolicy
 from messages.http_config import HttpConfig
 
 ADMIN = "a" * 40
@@ -179,3 +181,42 @@ def test_cli_serve_exits_non_zero_when_the_actor_system_dies(database_url, tmp_p
                            "--app", "crashing_app:create"], env=env, capture_output=True, timeout=60)
     assert proc.returncode == 1, proc.stderr.decode()[-2000:]
     assert b"limiter" in proc.stderr
+
+
+async def test_admin_routes_answer_while_the_clients_quota_is_spent(database_url):
+    """The emergency procedures are for a flood: an operator behind the same address (a NAT, a
+    bastion, the load balancer) whose `general` quota the flood spent still gets through."""
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    policies = {**Config().policies, "general": RatePolicy(limit=2, window_s=600.0)}
+    config = Config(database_url=database_url, policies=policies)
+    routes = (Route("/hello", hello, methods=["GET"]),)
+    async with serving(config, admin_http(), routes=routes) as s:
+        flood = [(await s.client.get("/hello")).status_code for _ in range(4)]
+        opened = await s.client.post("/api/admin/breakers/analytics/open", headers=AUTH)
+        reset = await s.client.post("/api/admin/breakers/analytics/reset", headers=AUTH)
+        limit = await s.client.post("/api/admin/queue/limit", headers=AUTH, json={"max_concurrent": 4})
+        maint = await s.client.post("/api/admin/maintenance", headers=AUTH, json={"enabled": False})
+        wrong = await s.client.post("/api/admin/queue/clear", headers={"authorization": "Bearer " + "b" * 40})
+        still = await s.client.get("/hello")
+    assert flood == [200, 200, 429, 429]
+    assert [r.status_code for r in (opened, reset, limit, maint)] == [200, 200, 200, 200]
+    assert opened.json()["state"] == "open" and reset.json()["state"] == "closed"
+    assert wrong.status_code == 403          # exempt from the limiter, not from the token
+    assert still.status_code == 429          # the client's quota is untouched by admin calls
+
+
+async def test_admin_422_names_the_field_for_a_wrong_type_an_unknown_or_a_missing_field(database_url):
+    """README: a bad body is a problem body, 422 naming the field -- in `field`, as for a value out
+    of range, whichever way the body does not fit."""
+    cases = [("/api/admin/breakers/database/configure", {"failure_threshold": "ten"}, "$.failure_threshold"),
+             ("/api/admin/breakers/database/configure", {"failure_treshold": 10}, "$.failure_treshold"),
+             ("/api/admin/queue/limit", {}, "$.max_concurrent"),
+             ("/api/admin/queue/limit", {"max_concurrent": "4"}, "$.max_concurrent"),
+             ("/api/admin/maintenance", {"enabled": "yes"}, "$.enabled")]
+    async with serving(Config(database_url=database_url), admin_http()) as s:
+        answers = [await s.client.post(path, headers=AUTH, json=body) for path, body, _ in cases]
+    for r, (_, body, field) in zip(answers, cases, strict=True):
+        assert r.status_code == 422, (body, r.text)
+        assert problem(r).get("field") == field, (body, r.text)

@@ -21,12 +21,15 @@ import hypercorn.trio
 import pytest
 import trio
 import trio.testing
+from _http import serving
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from actors import open_monitoring
 from actors.http.app import create_app, hypercorn_config
 from actors.metrics_totals import BUCKETS_S
-from messages.config import AlertsConfig, Config
+from messages.config import AlertsConfig, Config, RatePolicy
 from messages.http_config import HttpConfig
 
 RULES = Path(__file__).resolve().parents[2] / "docs" / "alerts.rules.yml"
@@ -152,3 +155,27 @@ def test_prometheus_alert_rules_cover_the_built_in_rules():
     names = set(re.findall(r"^\s*- alert: (\w+)$", RULES.read_text(), re.MULTILINE))
     built_in = set(AlertsConfig().rules) - {"summary"}
     assert built_in <= names, built_in - names
+
+
+async def test_prometheus_refusals_the_edge_answers_keep_their_route(database_url):
+    """A 429 (the limiter answers before routing) and a maintenance 503 (the edge answers) are
+    counted under the route asked for, not as `<unmatched>` noise; unknown paths stay one value."""
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    policies = {**Config().policies, "general": RatePolicy(limit=1, window_s=600.0)}
+    routes = (Route("/hello/{name}", hello, methods=["GET"]),)
+    async with serving(Config(database_url=database_url, policies=policies), routes=routes) as s:
+        for name in ("a", "b", "c"):
+            await s.client.get(f"/hello/{name}")
+        await s.client.get("/nowhere")
+        await s.mon.maintenance(True)
+        await s.client.get("/hello/d")
+        text = await scrape(s.client)
+        stats = (await s.mon.metrics()).routes
+    total = 'triage_http_requests_total{{method="GET",outcome="{}",route="{}",status="{}"}} {}'
+    assert total.format("ok", "/hello/{name}", 200, "1.0") in text
+    assert total.format("rate_limited", "/hello/{name}", 429, "2.0") in text
+    assert total.format("ok", "/hello/{name}", 503, "1.0") in text
+    assert total.format("rate_limited", "<unmatched>", 429, "1.0") in text  # /nowhere: no route
+    assert "GET /hello/{name}" in stats

@@ -65,3 +65,16 @@ def test_sinks_webhook_resolved_body_and_slack_line():
     assert slack["text"] == (":red_circle: [CRITICAL] p95_slow: P95 over 3 s — value 3.512 vs threshold 3 "
                              "(vet on web-1) <https://vet.example/dashboard|dashboard>")
     assert slack["blocks"] == [{"type": "section", "text": {"type": "mrkdwn", "text": slack["text"]}}]
+
+
+def test_sinks_yes_no_rules_read_without_a_value_and_a_threshold():
+    """`health_unhealthy`, `breaker_*`: the value is 1 or 0 and the threshold an internal 0.5 cut;
+    "value 1 vs threshold 0.5" means nothing to a person paged at 3 a.m., so neither is shown."""
+    for rule, ident in (("health_unhealthy", "health_unhealthy"), ("breaker_open_long", "breaker_open_long:db"),
+                        ("breaker_activation", "breaker_activation:analytics")):
+        a = alert(id=ident, rule=rule, severity="critical", message="It happened", value=1.0, threshold=0.5)
+        text = json.loads(slack_body(a, CTX))["text"]
+        assert text == (f":red_circle: [CRITICAL] {ident}: It happened (vet on web-1) "
+                        "<https://vet.example/dashboard|dashboard>"), text
+        described = json.loads(body([a], CTX, datetime(2026, 12, 2, tzinfo=UTC), 60.0))[0]["annotations"]
+        assert described["description"] == "It happened", described

@@ -185,7 +185,7 @@ async def test_sinks_slack_body_is_accepted_and_reads_as_one_line():
     assert receiver.statuses == [200, 200]
     firing, resolved = (json.loads(body)["text"] for _, body in receiver.requests)
     assert firing == (":warning: [WARNING] breaker_activation:analytics: Circuit breaker analytics activated"
-                      f" — value 1 vs threshold 0.5 (triage on test-1) <{DASHBOARD}|dashboard>")
+                      f" (triage on test-1) <{DASHBOARD}|dashboard>")  # a yes/no rule: no "value 1 vs 0.5"
     assert resolved.startswith(":white_check_mark: [RESOLVED] breaker_activation:analytics: Circuit breaker analytics recovered")
     assert "\n" not in firing
 
