@@ -86,7 +86,7 @@ async def fleet(n: int = 3, follow: str = "half_open"):
         # the test's own failure into a Cancelled that a monitor's shutdown would swallow.
         nursery = await stack.enter_async_context(trio.open_nursery())
         instances = []
-        for name, mon in zip(names, monitors):
+        for name, mon in zip(names, monitors, strict=True):
             agent = BreakerAgent(mon, client, prefix=prefix, instance_id=name, tiers=["database"],
                                  follow=follow, heartbeat_s=HEARTBEAT_S, timeout_s=1.0,
                                  live_ids=live_ids)
@@ -115,7 +115,7 @@ async def stays_closed(instances, seconds: float) -> None:
     async with contextlib.AsyncExitStack() as stack:
         subs = [await stack.enter_async_context(i.mon.events()) for i in instances]
         await trio.sleep(seconds)
-        for inst, sub in zip(instances, subs):
+        for inst, sub in zip(instances, subs, strict=True):
             assert inst.state == "closed", inst.name
             moved = []
             while True:
