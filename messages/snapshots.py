@@ -69,9 +69,10 @@ class QueueSnapshot(Message):
 class PoolCheck(Message):
     """What `mon.queue.health_check()` found: idle connections replaced, then one probe."""
 
-    replaced: int
+    replaced: int                # closed and proven replaceable: 0 when the probe failed
     healthy: bool
     probe_latency_s: float
+    closed: int = 0              # idle connections closed
     error: str | None = None     # the probe's exception class, when it failed
 
 

@@ -177,7 +177,8 @@ class Admin:
         try:
             await self.mon.queue.set_limit(wanted.max_concurrent)
         except InvalidArgument as exc:
-            raise WebError(f"Invalid request body: {exc} - at `$.max_concurrent`", 422,
+            said = str(exc).replace(" or None,", " or null,")  # the kernel's words, in JSON's
+            raise WebError(f"Invalid request body: {said} - at `$.max_concurrent`", 422,
                            field="$.max_concurrent") from None
         snap = self.mon.queue.statistics()
         log.warning("Admin: Queue limit set to {limit} slot(s)", limit=snap.max_concurrent)
@@ -190,7 +191,7 @@ class Admin:
             check = await self.mon.queue.health_check()
         except InvalidArgument as exc:
             raise WebError(str(exc), 409) from None
-        return json_response({"replaced": check.replaced, "healthy": check.healthy,
+        return json_response({"replaced": check.replaced, "closed": check.closed, "healthy": check.healthy,
                               "probeLatencyMs": round(check.probe_latency_s * 1000, 3), "error": check.error},
                              status=200 if check.healthy else 503)
 

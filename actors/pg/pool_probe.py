@@ -105,7 +105,7 @@ async def check_pool(queue: Any, connections: Any, timeout_s: float) -> PoolChec
     The spec's "restart to clear the connection pool", without a restart: connections that
     went bad while idle (a failover, a server restart, a proxy's dropped state) are gone.
     """
-    replaced = await queue.drop_idle()
+    closed = await queue.drop_idle()
     t0 = trio.current_time()
     try:
         await select_1(queue, connections, timeout_s)
@@ -114,9 +114,12 @@ async def check_pool(queue: Any, connections: Any, timeout_s: float) -> PoolChec
     else:
         error = None
     latency = trio.current_time() - t0
-    log.warning("Database pool reset: {replaced} idle connection(s) replaced, probe {verdict}",
-                replaced=replaced, verdict="ok" if error is None else error)
-    return PoolCheck(replaced=replaced, healthy=error is None, probe_latency_s=latency, error=error)
+    log.warning("Database pool reset: {closed} idle connection(s) closed, probe {verdict}",
+                closed=closed, verdict="ok" if error is None else error)
+    # Replaced only when the probe proved a fresh connection works (the pool reopens lazily);
+    # with the database down they were closed, not replaced.
+    return PoolCheck(replaced=closed if error is None else 0, closed=closed, healthy=error is None,
+                     probe_latency_s=latency, error=error)
 
 
 def _verdict(exc: BaseException | None, ignore: tuple) -> str:

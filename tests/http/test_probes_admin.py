@@ -105,6 +105,8 @@ async def test_admin_queue_limit_reduces_slots_shows_in_health_and_restores(data
     for bad in (zero, above, text, missing):
         assert bad.status_code == 422
         assert "max_concurrent" in problem(bad)["detail"]
+        assert "None" not in problem(bad)["detail"]  # JSON's words: null
+    assert "or null" in problem(zero)["detail"]
     assert restored.json() == {"maxConcurrent": 3, "configuredMaxConcurrent": 3, "limitReduced": False}
 
 
@@ -128,7 +130,7 @@ async def test_admin_pool_reset_replaces_idle_connections_and_answers_the_probe(
         now = await _pids(admin, name)
     body = reset.json()
     assert reset.status_code == 200
-    assert body["replaced"] >= 1
+    assert body["replaced"] >= 1 and body["replaced"] == body["closed"]
     assert body["healthy"] is True and body["error"] is None
     assert body["probeLatencyMs"] > 0
     assert fresh != pooled and fresh in now and pooled not in now
@@ -145,7 +147,8 @@ async def test_admin_pool_reset_with_the_database_down_answers_503_unhealthy(dat
     assert reset.status_code == 503
     body = reset.json()
     assert body["healthy"] is False and body["error"]
-    assert body["replaced"] >= 1
+    assert body["closed"] >= 1
+    assert body["replaced"] == 0  # closed, not replaced: nothing could connect
 
 
 async def test_admin_breaker_configure_applies_fields_and_422_names_a_bad_one(database_url):
