@@ -16,6 +16,9 @@ ledger. Exit status 1 if an expectation failed or the ledger does not balance.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
+import secrets
 import sys
 from pathlib import Path
 
@@ -24,30 +27,44 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.tools.load import Phase, Scenario, per_second, run, summary  # noqa: E402
-from actors.tools.scenario import Observer, check, config_for, load, run_steps  # noqa: E402
+from actors.tools.scenario import Observer, check, chosen, config_for, load, run_steps  # noqa: E402
 from examples.vet_tracker.harness import open_service  # noqa: E402
 from messages.config import serving_database_url  # noqa: E402
 
 
 async def run_file(path: str, url: str | None, quiet: bool = False) -> bool:
     sc = load(path)
-    print(f"=== {sc.name} ({Path(path).name}): {sc.description}")
+    n = sc.instances
+    print(f"=== {sc.name} ({Path(path).name}): {sc.description}"
+          + (f" [{n} instances]" if n > 1 else ""))
     results: list = []
-    async with open_service(config_for(sc, url)) as svc:
+    prefix = f"triage:scenario:{secrets.token_hex(4)}:"
+    async with contextlib.AsyncExitStack() as stack:
+        services = [await stack.enter_async_context(open_service(config_for(sc, url, index=i, key_prefix=prefix)))
+                    for i in range(n)]
+        if "fleet" in sc.config:
+            stack.push_async_callback(delete_prefix, services[0].mon.config.fleet.redis_url, prefix)
         start = trio.current_time()
-        observer = Observer(svc.mon, start)
+        observers = [Observer(svc.mon, start, f"[{i + 1}] " if n > 1 else "") for i, svc in enumerate(services)]
         load_plan = Scenario(name=sc.name, phases=(Phase(sc.duration_s, sc.rate_per_s),))
+        turn = itertools.cycle(services)
+
+        async def send(*args):  # round robin, as a load balancer in front of the instances
+            return await next(turn).send(*args)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(observer.watch_events)
-            nursery.start_soon(observer.sample_health)
-            nursery.start_soon(run_steps, observer, sc.step)
+            for i, observer in enumerate(observers):
+                nursery.start_soon(observer.watch_events)
+                nursery.start_soon(observer.sample_health)
+                nursery.start_soon(run_steps, observer, [st for st in sc.step if i in chosen(st.instance, n)])
             async with trio.open_nursery() as checks:
                 for e in sc.expect:
-                    checks.start_soon(check, observer, e, results)
-                ledger = await run(load_plan, svc.send, timeout_s=10.0)
+                    for i in chosen(e.instance, n):
+                        checks.start_soon(check, observers[i], e, results)
+                ledger = await run(load_plan, send, timeout_s=10.0)
             nursery.cancel_scope.cancel()
         elapsed = trio.current_time() - start
-    report(observer, ledger, elapsed, quiet)
+    report(observers, ledger, elapsed, quiet)
     ok = all(passed for _, passed, _ in results) and ledger.balanced
     failed = [e.describe() for e, passed, _ in results if not passed]
     print(f"--- {sc.name}: {'PASS' if ok else 'FAIL'} ({len(results) - len(failed)}/{len(results)} expectations)"
@@ -55,10 +72,21 @@ async def run_file(path: str, url: str | None, quiet: bool = False) -> bool:
     return ok
 
 
-def report(observer: Observer, ledger, elapsed: float, quiet: bool) -> None:
+async def delete_prefix(redis_url: str, prefix: str) -> None:
+    """The run's own keys only (they have TTLs too): never a FLUSH."""
+    import coredis
+
+    client = coredis.Redis.from_url(redis_url)
+    async with client:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(keys)
+
+
+def report(observers: list[Observer], ledger, elapsed: float, quiet: bool) -> None:
     seconds = {row["t"]: row for row in per_second(ledger)}
     events: dict[int, list[str]] = {}
-    for t, text in observer.lines:
+    for t, text in sorted(line for observer in observers for line in observer.lines):
         events.setdefault(int(t), []).append(text)
     if not quiet:
         for sec in range(int(elapsed) + 1):

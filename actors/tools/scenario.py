@@ -34,6 +34,25 @@ A scenario file:
 
 Expectations are checked against the running system itself (the health actor's
 report, the breakers' published states, the alerts seen), not against logs.
+
+A fleet: `instances = 3` starts three instances of the service (each with its own fault
+proxy in front of the database, load spread over them round robin, as a load balancer
+does); with `[config.fleet]` they share a Redis (each gets `instance_id = "instance-<n>"`
+and the run's own random `key_prefix`, deleted afterwards). A step or an expectation names
+the instances it is for, 1-based; without `instance` it is for every one of them:
+
+    instances = 3
+    [config.fleet]
+    redis_url = "redis://127.0.0.1:6379/0"
+    [[step]]
+    at_s = 2
+    instance = [1, 2]
+    apply = { kind = "down" }
+    [[expect]]
+    at_s = 2
+    within_s = 3
+    instance = 3                    # opened by the fleet's quorum, without a failure of its own
+    breaker = { database = "open" }
 """
 
 from __future__ import annotations
@@ -52,10 +71,24 @@ from messages.health import Alert
 POLL_S = 0.05
 
 
+Instances = int | list[int] | None   # 1-based; None: every instance
+
+
+def chosen(instance: Instances, n: int) -> list[int]:
+    """The 0-based indexes an `instance` field names; ValueError for one outside 1..n."""
+    if instance is None:
+        return list(range(n))
+    picked = [instance] if isinstance(instance, int) else list(instance)
+    if not picked or any(not 1 <= i <= n for i in picked):
+        raise ValueError(f"instance must name instances in 1..{n}, got {instance!r}")
+    return [i - 1 for i in picked]
+
+
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     at_s: float
     apply: AnyFault | None = None
     remove: str | None = None
+    instance: Instances = None
 
 
 class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -70,6 +103,7 @@ class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # instant on: "recovered" means "from then on", not "at some instant".
     breaker_stays: dict[str, str] = {}
     for_s: float = 0.0
+    instance: Instances = None
 
     def __post_init__(self) -> None:
         if self.breaker_stays and not self.for_s > 0:
@@ -82,7 +116,8 @@ class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         parts += [f"alert {self.alert_firing!r} firing"] if self.alert_firing else []
         parts += [f"alert {self.alert_resolved!r} resolved"] if self.alert_resolved else []
         stays = [f"breaker.{t} stays {s!r} for {self.for_s:g} s" for t, s in self.breaker_stays.items()]
-        return " and ".join(parts + stays) + f" within {self.within_s:g} s of t={self.at_s:g}"
+        where = "" if self.instance is None else f"instance {self.instance}: "
+        return where + " and ".join(parts + stays) + f" within {self.within_s:g} s of t={self.at_s:g}"
 
 
 class ScenarioFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,8 +126,15 @@ class ScenarioFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     duration_s: float
     rate_per_s: float = 20.0
     config: dict[str, Any] = {}
+    instances: int = 1
     step: list[Step] = []
     expect: list[Expect] = []
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.instances, int) or not 1 <= self.instances <= 16:
+            raise ValueError(f"instances must be in 1..16, got {self.instances!r}")
+        for item in (*self.step, *self.expect):
+            chosen(item.instance, self.instances)
 
 
 def load(path: str) -> ScenarioFile:
@@ -100,25 +142,31 @@ def load(path: str) -> ScenarioFile:
         return msgspec.convert(tomllib.load(f), ScenarioFile)
 
 
-def config_for(scenario: ScenarioFile, database_url: str | None) -> Any:
+def config_for(scenario: ScenarioFile, database_url: str | None, *, index: int = 0,
+               key_prefix: str | None = None) -> Any:
+    """The Config of instance `index` (0-based): the scenario's, with faults on; in a fleet,
+    its own instance id and the run's key prefix."""
     raw = {**scenario.config, "faults": {"enabled": True}}
     if database_url:
         raw["database_url"] = database_url
-    raw.setdefault("database", {})["embedded"] = database_url is None
+    raw["database"] = {**raw.get("database", {}), "embedded": database_url is None}
+    if "fleet" in raw:
+        raw["fleet"] = {**raw["fleet"], "instance_id": f"instance-{index + 1}",
+                        **({"key_prefix": key_prefix} if key_prefix else {})}
     return _convert(raw)
 
 
 class Observer:
     """Everything seen while the scenario runs: transitions, alerts, and per-second health."""
 
-    def __init__(self, mon: Any, start: float) -> None:
-        self.mon, self.start = mon, start
+    def __init__(self, mon: Any, start: float, label: str = "") -> None:
+        self.mon, self.start, self.label = mon, start, label
         self.lines: list[tuple[float, str]] = []
         self.alerts: list[Alert] = []
         self.transitions: list[tuple[float, str, str]] = []  # (t, tier, to_state)
 
     def note(self, text: str) -> None:
-        self.lines.append((trio.current_time() - self.start, text))
+        self.lines.append((trio.current_time() - self.start, f"{self.label}{text}"))
 
     async def watch_events(self) -> None:
         async with self.mon.events(1024) as events:

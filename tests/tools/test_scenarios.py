@@ -93,3 +93,22 @@ async def test_scenarios_breaker_stays_sees_a_flip_shorter_than_a_poll(autojump_
         observer.transitions += [(0.5, "database", "open"), (0.5, "database", "closed")]  # no poll sees it
     assert [ok for _, ok, _ in results] == [False]
     assert "left at t=0.50" in observer.lines[-1][1]
+
+
+def test_scenarios_instance_fields_name_instances_in_range():
+    import msgspec
+
+    from actors.tools.scenario import ScenarioFile, chosen
+
+    base = {"name": "fleet", "duration_s": 1, "instances": 3}
+    sc = msgspec.convert({**base, "step": [{"at_s": 1, "instance": [1, 2], "remove": "all"}],
+                          "expect": [{"at_s": 1, "instance": 3, "health": "healthy"}]}, ScenarioFile)
+    assert chosen(sc.step[0].instance, 3) == [0, 1]
+    assert chosen(sc.expect[0].instance, 3) == [2]
+    assert chosen(None, 3) == [0, 1, 2]
+    assert sc.expect[0].describe().startswith("instance 3: ")
+    for bad in (0, 4, [], [1, 5]):
+        with pytest.raises(msgspec.ValidationError, match="instance must name instances in 1..3"):
+            msgspec.convert({**base, "step": [{"at_s": 1, "instance": bad, "remove": "all"}]}, ScenarioFile)
+    with pytest.raises(msgspec.ValidationError, match="instances must be in 1..16"):
+        msgspec.convert({**base, "instances": 0}, ScenarioFile)
