@@ -9,7 +9,7 @@ Theory of operation (resilience4j's state machine, count-based in a time window)
     any       --reset()------------------------------------------------->  CLOSED
     any       --force_open(): held OPEN until reset()------------------->  OPEN
 
-Shared with a fleet (`FleetGate(shared=True)`, sent by the fleet agent while Redis answers):
+Shared with a fleet (`FleetShared(shared=True)`, sent by the fleet agent while Redis answers):
 
     CLOSED    --FleetQuorum: a majority of live instances report OPEN-->  OPEN
     OPEN      --recovery timeout elapsed: emits ProbeDue, stays OPEN--->  (waits)
@@ -17,7 +17,7 @@ Shared with a fleet (`FleetGate(shared=True)`, sent by the fleet agent while Red
     OPEN      --FleetVerdict ok (the prober's trial succeeded)-------->  HALF_OPEN, or CLOSED
                                                                          with follow = "close"
     OPEN      --FleetVerdict failed: a fresh recovery timer---------->  OPEN
-    FleetGate(shared=False) (Redis down): local again; a due recovery goes HALF_OPEN at once.
+    FleetShared(shared=False) (Redis down): local again; a due recovery goes HALF_OPEN at once.
 
 Local evidence opens a shared breaker exactly as an unshared one.
 
@@ -51,7 +51,7 @@ from actors.runtime.actor import Emit, Send
 from messages.commands import (
     Configure,
     Done,
-    FleetGate,
+    FleetShared,
     FleetQuorum,
     FleetVerdict,
     ForceOpen,
@@ -70,7 +70,7 @@ from messages.events import BreakerTransition, ProbeDue
 from messages.snapshots import BreakerSnapshot
 
 BreakerIn = (Permit | Outcome | Successes | Reset | ForceOpen | Configure | GetSnapshot | Tick
-             | FleetGate | FleetQuorum | ProbeLease | FleetVerdict)
+             | FleetShared | FleetQuorum | ProbeLease | FleetVerdict)
 
 # Retry hint when HALF_OPEN is busy with its trials: the trials decide within about this.
 HALF_OPEN_BUSY_RETRY_S = 1.0
@@ -209,11 +209,11 @@ def _configure(s: BreakerState, msg: Configure) -> BreakerState:
     return replace(s, cfg=cfg, retry_at=retry_at)
 
 
-def _fleet(s: BreakerState, msg: FleetGate | FleetQuorum | ProbeLease | FleetVerdict,
+def _fleet(s: BreakerState, msg: FleetShared | FleetQuorum | ProbeLease | FleetVerdict,
            now: float) -> tuple[BreakerState, list]:
     """What the fleet agent reports (see the module's second diagram)."""
     match msg:
-        case FleetGate():
+        case FleetShared():
             s = replace(s, shared=msg.shared, follow=msg.follow, probe_wanted=False)
             return _maybe_half_open(s, now)  # local again: a due recovery starts now
     if not s.enabled or not s.shared or s.forced:
@@ -288,7 +288,7 @@ def step(s: BreakerState, msg: BreakerIn, now: float) -> tuple[BreakerState, lis
             return s, [Send(msg.reply, Done())]
         case GetSnapshot():
             return s, [Send(msg.reply, snapshot(s, now))]
-        case FleetGate() | FleetQuorum() | ProbeLease() | FleetVerdict():
+        case FleetShared() | FleetQuorum() | ProbeLease() | FleetVerdict():
             return _fleet(s, msg, now)
     raise TypeError(f"breaker cannot handle {type(msg).__name__}")
 

@@ -100,7 +100,7 @@ class BreakerHandle:
         return await ask(self._inbox, lambda r: GetSnapshot(reply=r))
 
     def fleet_report(self, msg: Any) -> None:
-        """The fleet agent's news for this breaker (FleetGate, FleetQuorum, ProbeLease,
+        """The fleet agent's news for this breaker (FleetShared, FleetQuorum, ProbeLease,
         FleetVerdict: see actors/fleet/breaker_agent.py). Never blocks; nothing once closed."""
         if not self._inbox.closed:
             self._inbox.put(msg)

@@ -82,7 +82,7 @@ class Configure(Message):
     success_threshold: int | None = None
 
 
-class FleetGate(Message):
+class FleetShared(Message):
     """The fleet agent: this tier's recovery is shared with the fleet (Redis answers and the
     tier is in `[fleet] share_breakers`), or it is local again (Redis down)."""
 

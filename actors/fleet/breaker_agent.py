@@ -20,7 +20,7 @@ failed — carries the news (the database cannot carry news of its own death):
   time that follower is due); followers get `FleetVerdict` and follow it. A prober that
   dies holds its lease for one recovery period at most; then another takes it.
 * **Redis down.** Every Redis call is bounded (`timeout_s`); one that fails or times out
-  turns the fleet off for these tiers (`FleetGate(shared=False)`: breakers local only, as
+  turns the fleet off for these tiers (`FleetShared(shared=False)`: breakers local only, as
   without a fleet, a due recovery starts at once), logged once; the first heartbeat that
   reaches Redis again turns it back on.
 """
@@ -34,7 +34,7 @@ import msgspec
 import trio
 from loguru import logger
 
-from messages.commands import FleetGate, FleetQuorum, FleetVerdict, ProbeLease
+from messages.commands import FleetShared, FleetQuorum, FleetVerdict, ProbeLease
 from messages.events import BreakerTransition, ProbeDue
 
 # A key written every heartbeat lives this many heartbeats: a dead instance's state is gone
@@ -160,7 +160,7 @@ class BreakerAgent:
             logger.warning("fleet breakers: Redis unreachable ({}); breakers are local only", why)
             self.probing.clear()
         for tier in self.tiers:
-            self.mon.breakers[tier].fleet_report(FleetGate(shared=shared, follow=self.follow))
+            self.mon.breakers[tier].fleet_report(FleetShared(shared=shared, follow=self.follow))
 
     async def _heartbeats(self) -> None:
         while True:

@@ -1,6 +1,6 @@
 """Breaker core, shared with a fleet: quorum opening, one prober, following the verdict.
 
-Pure-core tests: the fleet agent's messages (FleetGate, FleetQuorum, ProbeLease,
+Pure-core tests: the fleet agent's messages (FleetShared, FleetQuorum, ProbeLease,
 FleetVerdict) are fed to `step` as the agent would send them.
 """
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from actors.breaker import BreakerCore, snapshot, step
 from actors.runtime.actor import Emit, Send
-from messages.commands import FleetGate, FleetQuorum, FleetVerdict, ProbeLease, Tick
+from messages.commands import FleetShared, FleetQuorum, FleetVerdict, ProbeLease, Tick
 from messages.errors import CircuitOpen
 from messages.events import BreakerTransition, ProbeDue
 from tests.kernel.test_breaker import fail, new, permit
@@ -24,7 +24,7 @@ def events(effects) -> list:
 
 
 def shared(follow: str = "half_open", **cfg):
-    s, effects = step(new("database", **cfg), FleetGate(shared=True, follow=follow), 0.0)
+    s, effects = step(new("database", **cfg), FleetShared(shared=True, follow=follow), 0.0)
     assert effects == []
     return s
 
@@ -66,7 +66,7 @@ def test_two_of_three_open_is_a_quorum_one_of_two_is_not():
 def test_quorum_is_ignored_while_local_only_or_disabled():
     local = new("database")
     assert step(local, FleetQuorum(open=3, live=3), 1.0)[0].phase == "closed"
-    s, _ = step(shared(), FleetGate(shared=False), 0.5)
+    s, _ = step(shared(), FleetShared(shared=False), 0.5)
     assert step(s, FleetQuorum(open=3, live=3), 1.0)[0].phase == "closed"
 
 
@@ -134,7 +134,7 @@ def test_a_failed_verdict_restarts_the_recovery_timer():
 def test_redis_down_makes_a_waiting_breaker_recover_locally_at_once():
     s = opened(shared())
     s, _ = step(s, Tick(), 30.0)
-    s, effects = step(s, FleetGate(shared=False), 32.0)
+    s, effects = step(s, FleetShared(shared=False), 32.0)
     assert s.phase == "half_open"
     assert snapshot(s, 32.0).fleet_shared is False
 
@@ -179,9 +179,9 @@ def test_fleet_messages_never_half_open_a_shared_breaker_without_lease_or_verdic
             case "quorum":
                 s, effects = step(s, FleetQuorum(open=2, live=3), now)
             case "gate_on":
-                s, effects = step(s, FleetGate(shared=True), now)
+                s, effects = step(s, FleetShared(shared=True), now)
             case "gate_off":
-                s, effects = step(s, FleetGate(shared=False), now)
+                s, effects = step(s, FleetShared(shared=False), now)
         assert not [e for e in effects if isinstance(e, Send)]
         if before.phase == "open" and s.phase == "half_open" and before.shared:
             assert op in ("lease", "ok", "ok_send", "gate_off"), op
