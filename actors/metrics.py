@@ -5,6 +5,7 @@ Theory of operation. Every finished HTTP request and guarded call arrives as an
 its route's and its tier's. A series keeps one ring of time buckets per window:
 
     window  bucket  buckets  history it covers
+    "10s"    2 s     5       more than 8 s, at most 10 s (the overall series only)
     "1m"    10 s     6       more than 50 s, at most 60 s
     "5m"    30 s    10       more than 4.5 min, at most 5 min
     "1h"     5 min  12       more than 55 min, at most 60 min
@@ -19,15 +20,20 @@ included), the 5m one 4.5 to 5 min after it, the 1h one 55 to 60 min after it. T
 value by the instant it handles the message (`now`), not by `Observation.at`:
 a value is never back-dated into a closed bucket.
 
-A value is recorded once, into the open 10 s bucket. When a bucket closes it is
+The 10 s window is the dashboard's: only the overall series has it (a 2 s ring in front of
+its 10 s one), and it leaves the snapshot as `MetricsSnapshot.recent`, beside the windows
+everything else reads ("1m", "5m", "1h"), so health and /metrics are as they were.
+
+A value is recorded once, into its series' finest open bucket (2 s for the overall series,
+10 s for the others). When a bucket closes it is
 merged ("folded") into the open bucket of the next coarser ring, so a coarse
 open bucket holds only closed finer buckets, and a window reads as its ring's
 buckets plus the still-open finer ones: every value is in exactly one of them.
 The merge of a ring's closed buckets is cached until the ring next rotates, so
 a read costs at most four sketch merges per window however many buckets there
 are, plus that cached merge once per rotation.
-Rings rotate on any message whose `now` crosses a 10 s boundary (a busy actor
-may never see a `Tick`) and on the `Tick` at each boundary.
+Rings rotate on any message whose `now` crosses a 2 s boundary (a busy actor may never see a
+`Tick`) and on the `Tick` at each boundary; the route and tier series only at 10 s ones.
 
 Definitions.
 - error: any outcome other than "ok", "rate_limited", "cancelled" and
@@ -66,7 +72,7 @@ before P99 does.
 Bounded memory. At most `max_routes` routes, `max_tiers` tiers and `max_labels`
 labels per counted event get their own series; the rest share "other". A
 series with nothing left in any window is dropped, freeing its place. A series
-holds at most 28 buckets and 3 cached merges, each with at most two sketches of
+holds at most 28 buckets and 3 cached merges (the overall one 33 and 4), each with at most two sketches of
 at most BIN_LIMIT bins.
 
 Counts since start. Beside the windows, every HTTP observation and guarded call
@@ -108,12 +114,14 @@ MetricsIn = Observation | Observations | Count | BreakerTransition | GetSnapshot
 RELATIVE_ACCURACY = 0.01
 BIN_LIMIT = 1024
 WINDOWS = (("1m", 10.0, 6), ("5m", 30.0, 10), ("1h", 300.0, 12))  # (name, bucket width s, buckets)
+FINE = ("10s", 2.0, 5)   # the overall series' extra window, in front of WINDOWS (see the module doc)
 NOT_ERRORS = frozenset({Outcome.OK, Outcome.RATE_LIMITED, Outcome.CANCELLED, Outcome.SHUTTING_DOWN})
 EXCLUDED = frozenset({Outcome.RATE_LIMITED})   # in no error rate (see the module doc)
 OVERALL = "all"
 OTHER = "other"
 MAX_VALUE_S = 86_400.0
-_TICK_S = WINDOWS[0][1]
+_TICK_S = FINE[1]
+_COARSE_S = WINDOWS[0][1]
 _HOUR_WIDTH, _HOUR_BUCKETS = WINDOWS[-1][1], WINDOWS[-1][2]
 _NO_VALUES = Percentiles(p50=None, p95=None, p99=None, count=0)
 
@@ -210,12 +218,16 @@ class _Ring:
 
 
 class _Series:
-    """One route, tier or the overall aggregate: a ring per window, finest first."""
+    """One route, tier or the overall aggregate: a ring per window, finest first.
 
-    __slots__ = ("rings",)
+    `fine`: a FINE ring in front (the overall series); `offset` is then 1, so WINDOWS[k]
+    is `rings[k + offset]` in every series."""
 
-    def __init__(self, now: float) -> None:
-        self.rings = tuple(_Ring(width, size, now) for _, width, size in WINDOWS)
+    __slots__ = ("rings", "offset")
+
+    def __init__(self, now: float, fine: bool = False) -> None:
+        self.offset = 1 if fine else 0
+        self.rings = tuple(_Ring(width, size, now) for _, width, size in ((FINE,) if fine else ()) + WINDOWS)
 
     def advance(self, now: float) -> None:
         rings = self.rings
@@ -269,9 +281,10 @@ class MetricsState:
                  max_labels: int = 64, overall_sources: tuple[str, ...] = ("http",)) -> None:
         self.started_at = self.now = now
         self.tick_idx = int(now // _TICK_S)
+        self.coarse_idx = int(now // _COARSE_S)
         self.max_routes, self.max_tiers, self.max_labels = max_routes, max_tiers, max_labels
         self.overall_sources = frozenset(overall_sources)
-        self.overall = _Series(now)
+        self.overall = _Series(now, fine=True)
         self.routes: dict[str, _Series] = {}
         self.tiers: dict[str, _Series] = {}
         self.counts: dict[str, dict[str, _Tally]] = {
@@ -307,6 +320,10 @@ def _advance(s: MetricsState, now: float) -> None:
         return
     s.tick_idx = tick_idx
     s.overall.advance(now)
+    coarse_idx = int(now // _COARSE_S)
+    if coarse_idx == s.coarse_idx:
+        return  # a 2 s boundary only: no other series has a ring that rotates there
+    s.coarse_idx = coarse_idx
     for table in (s.routes, s.tiers, *s.counts.values()):
         for key in list(table):
             table[key].advance(now)
@@ -385,7 +402,7 @@ def _window_stats(s: MetricsState, series: _Series, k: int) -> WindowStats:
 
 def _series_stats(s: MetricsState, name: str, series: _Series) -> SeriesStats:
     return SeriesStats(name=name, windows={
-        window: _window_stats(s, series, k) for k, (window, _, _) in enumerate(WINDOWS)})
+        window: _window_stats(s, series, k + series.offset) for k, (window, _, _) in enumerate(WINDOWS)})
 
 
 def snapshot(s: MetricsState, now: float, routes: bool = True, totals: bool = False) -> MetricsSnapshot:
@@ -404,7 +421,7 @@ def snapshot(s: MetricsState, now: float, routes: bool = True, totals: bool = Fa
             label: t.total() for label, t in s.counts["breaker_activation"].items()},
         rate_limit_violations_per_hour={
             label: t.total() for label, t in s.counts["rate_limit_violation"].items()},
-        at=s.now, totals=s.totals.freeze() if totals else None)
+        at=s.now, totals=s.totals.freeze() if totals else None, recent=_window_stats(s, s.overall, 0))
 
 
 def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, list]:
@@ -441,7 +458,7 @@ class MetricsCore:
 
     @staticmethod
     def wakeup(s: MetricsState) -> float:
-        """The next 10 s boundary, where the rings rotate."""
+        """The next 2 s boundary, where the overall series' finest ring rotates."""
         return (s.tick_idx + 1) * _TICK_S
 
     @staticmethod

@@ -86,12 +86,17 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
                   "depthByPriority": queue.depth_by_priority},
         "breakers": breakers,
         "limiter": camel(msgspec.to_builtins(limiter)),
-        "latency": None if w is None else {"p50": w.latency.p50, "p95": w.latency.p95, "p99": w.latency.p99},
+        "latency": _latency(w),
+        "latency10s": _latency(getattr(metrics, "recent", None)),
         "traffic": None if w is None else {"ratePerSecond": round(w.rate_per_s, 3),
                                            "errorRate": w.error_rate, "requests": w.requests,
                                            "stale": w.stale, "staleRate": _share(w.stale, w)},
         "transitions": list(history.items),
     }
+
+
+def _latency(w: Any) -> dict | None:
+    return None if w is None else {"p50": w.latency.p50, "p95": w.latency.p95, "p99": w.latency.p99}
 
 
 def _share(count: int, w: Any) -> float:
