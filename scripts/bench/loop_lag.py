@@ -26,9 +26,8 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.append(str(Path(__file__).resolve().parent))  # after the standard library: _edge
 
-import trio  # noqa: E402
-
 import _edge  # noqa: E402
+import trio  # noqa: E402
 
 PHASES = ("rotations", "scrapes", "snapshots")
 
