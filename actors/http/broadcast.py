@@ -6,7 +6,9 @@ and ending at its first tick after the last one has gone — calls `build()` eve
 `period_s` and publishes the result. A reader waits for a frame newer than the last it
 sent; a slow reader finds only the newest when it comes back (the frames in between are
 skipped, never queued), so a reader costs an integer and one wake-up per frame, and the
-snapshot is built once per tick however many streams are open.
+snapshot is built once per tick however many streams are open. Readers are woken in
+`GROUPS` groups spread over half a period rather than all at once: 1,000 socket writes in
+one scheduler batch would hold every other task (a health probe) for the whole burst.
 
 `AlertLog` does the same for alerts, which must not be skipped while a reader keeps up: a
 tap on the event bus encodes each alert once, as its server-sent event, into a bounded log
@@ -30,6 +32,7 @@ from loguru import logger
 from messages.health import SEVERITY_RANK, Alert
 
 ALERTS_KEPT = 256
+GROUPS = 10              # a frame reaches its readers in 10 waves over half a period
 
 log = logger.bind(actor="http")
 
@@ -43,29 +46,36 @@ class Feed:
         self.number = 0          # of the newest frame; 0 before the first
         self.readers = 0
         self.builds = 0          # frames built so far (once per tick, not once per reader)
-        self._changed = trio.Event()
+        self._changed = [trio.Event() for _ in range(GROUPS)]
+        self._joined = 0
         self._running = False
 
-    def join(self) -> None:
-        """A reader arrives: start the builder if it is not running."""
+    def join(self) -> int:
+        """A reader arrives: start the builder if it is not running. Its wake-up group."""
         self.readers += 1
+        self._joined += 1
         if not self._running:
             self._running = True
             trio.lowlevel.spawn_system_task(self._run, name=f"feed {self.name}")
+        return self._joined % GROUPS
 
     def leave(self) -> None:
         self.readers -= 1
 
-    async def newer(self, seen: int) -> tuple[int, bytes]:
+    async def newer(self, seen: int, group: int = 0) -> tuple[int, bytes]:
         """The newest frame once its number is above `seen`: (number, frame)."""
         while self.number <= seen or self.frame is None:
-            await self._changed.wait()
+            await self._changed[group].wait()
         return self.number, self.frame
 
-    def publish(self, frame: bytes) -> None:
+    async def publish(self, frame: bytes) -> None:
+        """The new frame; its readers are woken group by group over half a period."""
         self.frame, self.number = frame, self.number + 1
-        event, self._changed = self._changed, trio.Event()
-        event.set()
+        for group in range(GROUPS):
+            if group:
+                await trio.sleep(self.period_s / 2 / GROUPS)
+            event, self._changed[group] = self._changed[group], trio.Event()
+            event.set()
 
     async def _run(self) -> None:
         """The builder. A system task must not raise: a failed build is logged (once while it
@@ -82,7 +92,7 @@ class Feed:
                     frame, failing = None, True
                 if frame is not None:
                     self.builds += 1
-                    self.publish(frame)
+                    await self.publish(frame)
                 due = max(due + self.period_s, trio.current_time())
                 await trio.sleep_until(due)
         finally:

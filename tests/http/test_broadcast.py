@@ -31,11 +31,11 @@ async def test_feed_builds_once_per_tick_for_fifty_readers(autojump_clock):
     got: list[list[bytes]] = [[] for _ in range(50)]
 
     async def reader(out: list[bytes]) -> None:
-        feed.join()
+        group = feed.join()
         try:
             seen = 0
             while True:
-                seen, frame = await feed.newer(seen)
+                seen, frame = await feed.newer(seen, group)
                 out.append(frame)
         finally:
             feed.leave()
