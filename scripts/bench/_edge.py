@@ -31,8 +31,7 @@ def start(tree: Path, database_url: str | None, routes: int, rate: float) -> tup
     if database_url:
         args += ["--database-url", database_url]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=tree, env=env,
-                            preexec_fn=_pin(0))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=tree, env=env)
     line = proc.stdout.readline()
     if not line.strip().isdigit():
         proc.kill()
@@ -47,18 +46,6 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _pin(cpu: int):
-    """The server on CPU 0, this process (the clients) on CPU 1, when there are two."""
-    def pin() -> None:
-        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
-            os.sched_setaffinity(0, {cpu})
-    return pin
-
-
-def pin_clients() -> None:
-    _pin(1)()
 
 
 def cpu_seconds(pid: int) -> float:

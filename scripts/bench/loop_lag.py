@@ -81,7 +81,6 @@ def main() -> None:
     p.add_argument("--before", help="a tree of the baseline commit (see _edge.py)")
     p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()
-    _edge.pin_clients()
     trees = _edge.trees(args.before)
     results: dict[str, list[dict]] = {name: [] for name in trees}
     print(f"loop lag at 200 routes, 1,000 requests/s recorded; {args.rounds} round(s); trees: "
