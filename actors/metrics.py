@@ -29,6 +29,10 @@ A value is recorded once, into its series' finest open bucket (2 s for the overa
 merged ("folded") into the open bucket of the next coarser ring, so a coarse
 open bucket holds only closed finer buckets, and a window reads as its ring's
 buckets plus the still-open finer ones: every value is in exactly one of them.
+A fold adds the closing bucket's counts at once but owes its sketch merge: the merges a
+rotation owes (a few hundred at the route cap) are paid MERGES_PER_STEP a step, the actor
+waking every SETTLE_EVERY_S until none is owed, and a series pays all its own before it is
+read, so every read is exact and no step stalls the loop for a whole rotation.
 The merge of a ring's closed buckets is cached until the ring next rotates, so
 a read costs at most four sketch merges per window however many buckets there
 are, plus that cached merge once per rotation.
@@ -89,6 +93,7 @@ by the actor alone; everything that leaves the core is a frozen snapshot value.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from ddsketch import LogCollapsingLowestDenseDDSketch as Sketch
@@ -123,6 +128,8 @@ MAX_VALUE_S = 86_400.0
 _TICK_S = FINE[1]
 _COARSE_S = WINDOWS[0][1]
 _HOUR_WIDTH, _HOUR_BUCKETS = WINDOWS[-1][1], WINDOWS[-1][2]
+MERGES_PER_STEP = 8      # sketch merges a step pays of what rotations owe (~0.4 ms)
+SETTLE_EVERY_S = 0.002   # while merges are owed, the actor wakes this often to pay them
 _NO_VALUES = Percentiles(p50=None, p95=None, p99=None, count=0)
 
 
@@ -174,11 +181,17 @@ class _Bucket:
             self.queue_wait.add(queue_wait)
 
     def absorb(self, other: _Bucket) -> None:
+        self.absorb_counts(other)
+        self.absorb_sketches(other)
+
+    def absorb_counts(self, other: _Bucket) -> None:
         self.requests += other.requests
         self.errors += other.errors
         self.server_errors += other.server_errors
         self.excluded += other.excluded
         self.stale += other.stale
+
+    def absorb_sketches(self, other: _Bucket) -> None:
         self.latency = _merged(self.latency, other.latency)
         self.queue_wait = _merged(self.queue_wait, other.queue_wait)
 
@@ -223,27 +236,41 @@ class _Series:
     `fine`: a FINE ring in front (the overall series); `offset` is then 1, so WINDOWS[k]
     is `rings[k + offset]` in every series."""
 
-    __slots__ = ("rings", "offset")
+    __slots__ = ("rings", "offset", "pending")
 
     def __init__(self, now: float, fine: bool = False) -> None:
         self.offset = 1 if fine else 0
         self.rings = tuple(_Ring(width, size, now) for _, width, size in ((FINE,) if fine else ()) + WINDOWS)
+        self.pending: deque[tuple[_Bucket, _Bucket]] = deque()  # (into, from): sketch merges owed
 
     def advance(self, now: float) -> None:
+        """Rotate to `now`. A closing bucket's counts fold at once, its sketches later (`settle`)."""
         rings = self.rings
         for k, ring in enumerate(rings):
             idx = int(now // ring.width)
             if idx <= ring.open.idx:
                 return  # a coarser ring's boundaries are all boundaries of this one
             if k + 1 < len(rings) and ring.open.requests:
-                rings[k + 1].open.absorb(ring.open)
+                rings[k + 1].open.absorb_counts(ring.open)
+                self.pending.append((rings[k + 1].open, ring.open))
             ring.rotate(idx)
+
+    def settle(self, budget: float = math.inf) -> int:
+        """Do up to `budget` of the sketch merges owed, oldest first (a merge into a bucket
+        precedes that bucket's own); how many were done."""
+        done = 0
+        while self.pending and done < budget:
+            into, source = self.pending.popleft()
+            into.absorb_sketches(source)
+            done += 1
+        return done
 
     def empty(self) -> bool:
         return all(ring.empty() for ring in self.rings)
 
     def window(self, k: int) -> list[_Bucket]:
         """Disjoint buckets that together hold exactly window k's values."""
+        self.settle()
         return [self.rings[k].closed_total(), *(ring.open for ring in self.rings[:k + 1])]
 
 
@@ -290,6 +317,7 @@ class MetricsState:
         self.counts: dict[str, dict[str, _Tally]] = {
             "breaker_activation": {}, "rate_limit_violation": {}}
         self.totals = Totals(max_routes, max_tiers)  # since start, for Prometheus
+        self.unsettled: dict[int, _Series] = {}      # series owing sketch merges, oldest first
 
     @classmethod
     def initial(cls, *, now: float, **limits) -> MetricsState:
@@ -319,16 +347,38 @@ def _advance(s: MetricsState, now: float) -> None:
     if tick_idx == s.tick_idx:
         return
     s.tick_idx = tick_idx
-    s.overall.advance(now)
+    _rotate(s, s.overall, now)
     coarse_idx = int(now // _COARSE_S)
     if coarse_idx == s.coarse_idx:
         return  # a 2 s boundary only: no other series has a ring that rotates there
     s.coarse_idx = coarse_idx
-    for table in (s.routes, s.tiers, *s.counts.values()):
+    for table in (s.routes, s.tiers):
+        for key in list(table):
+            _rotate(s, table[key], now)
+            if table[key].empty():
+                del table[key]
+    for table in s.counts.values():
         for key in list(table):
             table[key].advance(now)
             if table[key].empty():
                 del table[key]
+
+
+def _rotate(s: MetricsState, series: _Series, now: float) -> None:
+    series.advance(now)
+    if series.pending:
+        s.unsettled[id(series)] = series
+
+
+def _settle_some(s: MetricsState, budget: int = MERGES_PER_STEP) -> None:
+    """Pay off a few of the sketch merges rotations left owing: a rotation at the route cap
+    owes ~200-600 merges of ~50 µs each, which done at once would stall the loop for 10-50 ms."""
+    unsettled = s.unsettled
+    while budget > 0 and unsettled:
+        key = next(iter(unsettled))
+        budget -= unsettled[key].settle(budget)
+        if not unsettled[key].pending:
+            del unsettled[key]
 
 
 def _observe(s: MetricsState, o: Observation) -> None:
@@ -427,6 +477,8 @@ def snapshot(s: MetricsState, now: float, routes: bool = True, totals: bool = Fa
 def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, list]:
     """No I/O, no trio. Updates `s` in place (see the module doc) and returns it."""
     _advance(s, now)
+    if s.unsettled:
+        _settle_some(s)
     match msg:
         case Observation():
             _observe(s, msg)
@@ -458,8 +510,10 @@ class MetricsCore:
 
     @staticmethod
     def wakeup(s: MetricsState) -> float:
-        """The next 2 s boundary, where the overall series' finest ring rotates."""
-        return (s.tick_idx + 1) * _TICK_S
+        """The next 2 s boundary, where the overall series' finest ring rotates; sooner
+        while sketch merges are owed (each `Tick` pays a few)."""
+        boundary = (s.tick_idx + 1) * _TICK_S
+        return min(boundary, s.now + SETTLE_EVERY_S) if s.unsettled else boundary
 
     @staticmethod
     def parked(s: MetricsState) -> tuple:

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from actors.metrics import (
     BIN_LIMIT,
     FINE,
+    MERGES_PER_STEP,
+    SETTLE_EVERY_S,
     MAX_VALUE_S,
     OTHER,
     WINDOWS,
@@ -441,6 +443,30 @@ def test_core_wakeup_next_2s_boundary_and_ticks_rotate_overall_at_2s_routes_at_1
     assert (ten.open.requests, len(ten.closed)) == (0, 1) and len(route.closed) == 1
     assert MetricsCore.name == "metrics"
     assert tuple(MetricsCore.parked(s)) == () and MetricsCore.undelivered(Token(), None) is None
+
+
+def owed(s: MetricsState) -> int:
+    return sum(len(series.pending) for series in [s.overall, *s.routes.values(), *s.tiers.values()])
+
+
+def test_core_rotation_at_the_route_cap_pays_its_sketch_merges_a_few_a_step_and_reads_stay_exact():
+    busy, twin = MetricsState.initial(now=0.0), MetricsState.initial(now=0.0)
+    for s in (busy, twin):
+        for i in range(200):
+            feed(s, 1.0 + i / 1000, route=f"GET /r{i}", duration_s=0.001 * (i + 1))
+    busy, _ = step(busy, Tick(), 30.0)        # 10 s and 30 s rings of 201 series rotate
+    first = owed(busy)
+    assert first >= 2 * 200 - MERGES_PER_STEP  # counts folded, sketch merges owed
+    assert MetricsCore.wakeup(busy) == 30.0 + SETTLE_EVERY_S
+    steps, now = 0, 30.0
+    while busy.unsettled:
+        now += SETTLE_EVERY_S
+        before = owed(busy)
+        busy, _ = step(busy, Tick(), now)
+        assert before - owed(busy) <= MERGES_PER_STEP
+        steps += 1
+    assert steps >= first // MERGES_PER_STEP and MetricsCore.wakeup(busy) == 32.0
+    assert snapshot(busy, 40.0) == snapshot(twin, 40.0)   # the twin settles as it reads
 
 
 def test_core_unknown_message_raises_type_error():
