@@ -331,10 +331,12 @@ def _slot(table: dict, key: str, cap: int) -> str:
 
 
 def _series(s: MetricsState, table: dict[str, _Series], key: str, cap: int) -> _Series:
-    key = _slot(table, key, cap)
-    series = table.get(key)
+    series = table.get(key)  # the hot path: a series that exists, one lookup
     if series is None:
-        series = table[key] = _Series(s.now)
+        key = _slot(table, key, cap)
+        series = table.get(key)
+        if series is None:
+            series = table[key] = _Series(s.now)
     return series
 
 
