@@ -28,6 +28,7 @@ anything else (logged, redacted).
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import signal
@@ -113,6 +114,9 @@ async def serve(config: Config, http: HttpConfig, factory: AppFactory, *,
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, trio.CancelScope() as everything:
         async with open_monitoring(config) as mon, trio.open_nursery() as nursery:
             app = factory(mon, http)
+            # What start-up built (modules, the app, the actors) lives for the whole run: keep it
+            # out of the collector's full passes, which otherwise stall the loop 50-150 ms.
+            gc.freeze()
             stop = trio.Event()
             nursery.start_soon(_on_signals, signals, stop, everything, http.grace_s)
             hc = hypercorn_config(http, errorlog=std_logger("hypercorn.error"))

@@ -5,6 +5,7 @@ Theory of operation. Every finished HTTP request and guarded call arrives as an
 its route's and its tier's. A series keeps one ring of time buckets per window:
 
     window  bucket  buckets  history it covers
+    "10s"    2 s     5       more than 8 s, at most 10 s (the overall series only)
     "1m"    10 s     6       more than 50 s, at most 60 s
     "5m"    30 s    10       more than 4.5 min, at most 5 min
     "1h"     5 min  12       more than 55 min, at most 60 min
@@ -19,15 +20,24 @@ included), the 5m one 4.5 to 5 min after it, the 1h one 55 to 60 min after it. T
 value by the instant it handles the message (`now`), not by `Observation.at`:
 a value is never back-dated into a closed bucket.
 
-A value is recorded once, into the open 10 s bucket. When a bucket closes it is
+The 10 s window is the dashboard's: only the overall series has it (a 2 s ring in front of
+its 10 s one), and it leaves the snapshot as `MetricsSnapshot.recent`, beside the windows
+everything else reads ("1m", "5m", "1h"), so health and /metrics are as they were.
+
+A value is recorded once, into its series' finest open bucket (2 s for the overall series,
+10 s for the others). When a bucket closes it is
 merged ("folded") into the open bucket of the next coarser ring, so a coarse
 open bucket holds only closed finer buckets, and a window reads as its ring's
 buckets plus the still-open finer ones: every value is in exactly one of them.
+A fold adds the closing bucket's counts at once but owes its sketch merge: the merges a
+rotation owes (a few hundred at the route cap) are paid MERGES_PER_STEP a step, the actor
+waking every SETTLE_EVERY_S until none is owed, and a series pays all its own before it is
+read, so every read is exact and no step stalls the loop for a whole rotation.
 The merge of a ring's closed buckets is cached until the ring next rotates, so
 a read costs at most four sketch merges per window however many buckets there
 are, plus that cached merge once per rotation.
-Rings rotate on any message whose `now` crosses a 10 s boundary (a busy actor
-may never see a `Tick`) and on the `Tick` at each boundary.
+Rings rotate on any message whose `now` crosses a 2 s boundary (a busy actor may never see a
+`Tick`) and on the `Tick` at each boundary; the route and tier series only at 10 s ones.
 
 Definitions.
 - error: any outcome other than "ok", "rate_limited", "cancelled" and
@@ -66,7 +76,7 @@ before P99 does.
 Bounded memory. At most `max_routes` routes, `max_tiers` tiers and `max_labels`
 labels per counted event get their own series; the rest share "other". A
 series with nothing left in any window is dropped, freeing its place. A series
-holds at most 28 buckets and 3 cached merges, each with at most two sketches of
+holds at most 28 buckets and 3 cached merges (the overall one 33 and 4), each with at most two sketches of
 at most BIN_LIMIT bins.
 
 Counts since start. Beside the windows, every HTTP observation and guarded call
@@ -83,6 +93,7 @@ by the actor alone; everything that leaves the core is a frozen snapshot value.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from ddsketch import LogCollapsingLowestDenseDDSketch as Sketch
@@ -108,13 +119,17 @@ MetricsIn = Observation | Observations | Count | BreakerTransition | GetSnapshot
 RELATIVE_ACCURACY = 0.01
 BIN_LIMIT = 1024
 WINDOWS = (("1m", 10.0, 6), ("5m", 30.0, 10), ("1h", 300.0, 12))  # (name, bucket width s, buckets)
+FINE = ("10s", 2.0, 5)   # the overall series' extra window, in front of WINDOWS (see the module doc)
 NOT_ERRORS = frozenset({Outcome.OK, Outcome.RATE_LIMITED, Outcome.CANCELLED, Outcome.SHUTTING_DOWN})
 EXCLUDED = frozenset({Outcome.RATE_LIMITED})   # in no error rate (see the module doc)
 OVERALL = "all"
 OTHER = "other"
 MAX_VALUE_S = 86_400.0
-_TICK_S = WINDOWS[0][1]
+_TICK_S = FINE[1]
+_COARSE_S = WINDOWS[0][1]
 _HOUR_WIDTH, _HOUR_BUCKETS = WINDOWS[-1][1], WINDOWS[-1][2]
+MERGES_PER_STEP = 8      # sketch merges a step pays of what rotations owe (~0.4 ms)
+SETTLE_EVERY_S = 0.002   # while merges are owed, the actor wakes this often to pay them
 _NO_VALUES = Percentiles(p50=None, p95=None, p99=None, count=0)
 
 
@@ -166,11 +181,17 @@ class _Bucket:
             self.queue_wait.add(queue_wait)
 
     def absorb(self, other: _Bucket) -> None:
+        self.absorb_counts(other)
+        self.absorb_sketches(other)
+
+    def absorb_counts(self, other: _Bucket) -> None:
         self.requests += other.requests
         self.errors += other.errors
         self.server_errors += other.server_errors
         self.excluded += other.excluded
         self.stale += other.stale
+
+    def absorb_sketches(self, other: _Bucket) -> None:
         self.latency = _merged(self.latency, other.latency)
         self.queue_wait = _merged(self.queue_wait, other.queue_wait)
 
@@ -210,28 +231,46 @@ class _Ring:
 
 
 class _Series:
-    """One route, tier or the overall aggregate: a ring per window, finest first."""
+    """One route, tier or the overall aggregate: a ring per window, finest first.
 
-    __slots__ = ("rings",)
+    `fine`: a FINE ring in front (the overall series); `offset` is then 1, so WINDOWS[k]
+    is `rings[k + offset]` in every series."""
 
-    def __init__(self, now: float) -> None:
-        self.rings = tuple(_Ring(width, size, now) for _, width, size in WINDOWS)
+    __slots__ = ("rings", "offset", "pending")
+
+    def __init__(self, now: float, fine: bool = False) -> None:
+        self.offset = 1 if fine else 0
+        self.rings = tuple(_Ring(width, size, now) for _, width, size in ((FINE,) if fine else ()) + WINDOWS)
+        self.pending: deque[tuple[_Bucket, _Bucket]] = deque()  # (into, from): sketch merges owed
 
     def advance(self, now: float) -> None:
+        """Rotate to `now`. A closing bucket's counts fold at once, its sketches later (`settle`)."""
         rings = self.rings
         for k, ring in enumerate(rings):
             idx = int(now // ring.width)
             if idx <= ring.open.idx:
                 return  # a coarser ring's boundaries are all boundaries of this one
             if k + 1 < len(rings) and ring.open.requests:
-                rings[k + 1].open.absorb(ring.open)
+                rings[k + 1].open.absorb_counts(ring.open)
+                self.pending.append((rings[k + 1].open, ring.open))
             ring.rotate(idx)
+
+    def settle(self, budget: float = math.inf) -> int:
+        """Do up to `budget` of the sketch merges owed, oldest first (a merge into a bucket
+        precedes that bucket's own); how many were done."""
+        done = 0
+        while self.pending and done < budget:
+            into, source = self.pending.popleft()
+            into.absorb_sketches(source)
+            done += 1
+        return done
 
     def empty(self) -> bool:
         return all(ring.empty() for ring in self.rings)
 
     def window(self, k: int) -> list[_Bucket]:
         """Disjoint buckets that together hold exactly window k's values."""
+        self.settle()
         return [self.rings[k].closed_total(), *(ring.open for ring in self.rings[:k + 1])]
 
 
@@ -269,14 +308,16 @@ class MetricsState:
                  max_labels: int = 64, overall_sources: tuple[str, ...] = ("http",)) -> None:
         self.started_at = self.now = now
         self.tick_idx = int(now // _TICK_S)
+        self.coarse_idx = int(now // _COARSE_S)
         self.max_routes, self.max_tiers, self.max_labels = max_routes, max_tiers, max_labels
         self.overall_sources = frozenset(overall_sources)
-        self.overall = _Series(now)
+        self.overall = _Series(now, fine=True)
         self.routes: dict[str, _Series] = {}
         self.tiers: dict[str, _Series] = {}
         self.counts: dict[str, dict[str, _Tally]] = {
             "breaker_activation": {}, "rate_limit_violation": {}}
         self.totals = Totals(max_routes, max_tiers)  # since start, for Prometheus
+        self.unsettled: dict[int, _Series] = {}      # series owing sketch merges, oldest first
 
     @classmethod
     def initial(cls, *, now: float, **limits) -> MetricsState:
@@ -290,10 +331,12 @@ def _slot(table: dict, key: str, cap: int) -> str:
 
 
 def _series(s: MetricsState, table: dict[str, _Series], key: str, cap: int) -> _Series:
-    key = _slot(table, key, cap)
-    series = table.get(key)
+    series = table.get(key)  # the hot path: a series that exists, one lookup
     if series is None:
-        series = table[key] = _Series(s.now)
+        key = _slot(table, key, cap)
+        series = table.get(key)
+        if series is None:
+            series = table[key] = _Series(s.now)
     return series
 
 
@@ -306,12 +349,38 @@ def _advance(s: MetricsState, now: float) -> None:
     if tick_idx == s.tick_idx:
         return
     s.tick_idx = tick_idx
-    s.overall.advance(now)
-    for table in (s.routes, s.tiers, *s.counts.values()):
+    _rotate(s, s.overall, now)
+    coarse_idx = int(now // _COARSE_S)
+    if coarse_idx == s.coarse_idx:
+        return  # a 2 s boundary only: no other series has a ring that rotates there
+    s.coarse_idx = coarse_idx
+    for table in (s.routes, s.tiers):
+        for key in list(table):
+            _rotate(s, table[key], now)
+            if table[key].empty():
+                del table[key]
+    for table in s.counts.values():
         for key in list(table):
             table[key].advance(now)
             if table[key].empty():
                 del table[key]
+
+
+def _rotate(s: MetricsState, series: _Series, now: float) -> None:
+    series.advance(now)
+    if series.pending:
+        s.unsettled[id(series)] = series
+
+
+def _settle_some(s: MetricsState, budget: int = MERGES_PER_STEP) -> None:
+    """Pay off a few of the sketch merges rotations left owing: a rotation at the route cap
+    owes ~200-600 merges of ~50 µs each, which done at once would stall the loop for 10-50 ms."""
+    unsettled = s.unsettled
+    while budget > 0 and unsettled:
+        key = next(iter(unsettled))
+        budget -= unsettled[key].settle(budget)
+        if not unsettled[key].pending:
+            del unsettled[key]
 
 
 def _observe(s: MetricsState, o: Observation) -> None:
@@ -385,7 +454,7 @@ def _window_stats(s: MetricsState, series: _Series, k: int) -> WindowStats:
 
 def _series_stats(s: MetricsState, name: str, series: _Series) -> SeriesStats:
     return SeriesStats(name=name, windows={
-        window: _window_stats(s, series, k) for k, (window, _, _) in enumerate(WINDOWS)})
+        window: _window_stats(s, series, k + series.offset) for k, (window, _, _) in enumerate(WINDOWS)})
 
 
 def snapshot(s: MetricsState, now: float, routes: bool = True, totals: bool = False) -> MetricsSnapshot:
@@ -404,12 +473,14 @@ def snapshot(s: MetricsState, now: float, routes: bool = True, totals: bool = Fa
             label: t.total() for label, t in s.counts["breaker_activation"].items()},
         rate_limit_violations_per_hour={
             label: t.total() for label, t in s.counts["rate_limit_violation"].items()},
-        at=s.now, totals=s.totals.freeze() if totals else None)
+        at=s.now, totals=s.totals.freeze() if totals else None, recent=_window_stats(s, s.overall, 0))
 
 
 def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, list]:
     """No I/O, no trio. Updates `s` in place (see the module doc) and returns it."""
     _advance(s, now)
+    if s.unsettled:
+        _settle_some(s)
     match msg:
         case Observation():
             _observe(s, msg)
@@ -441,8 +512,10 @@ class MetricsCore:
 
     @staticmethod
     def wakeup(s: MetricsState) -> float:
-        """The next 10 s boundary, where the rings rotate."""
-        return (s.tick_idx + 1) * _TICK_S
+        """The next 2 s boundary, where the overall series' finest ring rotates; sooner
+        while sketch merges are owed (each `Tick` pays a few)."""
+        boundary = (s.tick_idx + 1) * _TICK_S
+        return min(boundary, s.now + SETTLE_EVERY_S) if s.unsettled else boundary
 
     @staticmethod
     def parked(s: MetricsState) -> tuple:

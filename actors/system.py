@@ -55,7 +55,7 @@ from messages.metrics import Count, Observations
 
 INBOX_SIZE = 1024
 _CHANGED = Changed()
-METRICS_INBOX_SIZE = 4096
+METRICS_INBOX_SIZE = 256   # also the batch that wakes it: one step records <= ~256 samples (~2 ms)
 
 log = logger.bind(actor="system")
 

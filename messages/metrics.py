@@ -123,6 +123,7 @@ class MetricsSnapshot(Message):
     rate_limit_violations_per_hour: dict[str, int]
     at: float
     totals: TotalsSnapshot | None = None  # only when asked for (`GetMetrics(totals=True)`)
+    recent: WindowStats | None = None     # the overall series over the last 10 s (the dashboard)
 
 
 class GetMetrics(Message):

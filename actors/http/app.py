@@ -42,12 +42,14 @@ from actors.http import dashboard, openapi
 from actors.http.admin import OPERATIONS as ADMIN_OPERATIONS
 from actors.http.admin import Admin
 from actors.http.auth import Access, Sessions
+from actors.http.broadcast import AlertLog, event_bytes
 from actors.http.edge import EdgeMiddleware
 from actors.http.problems import exchange, handled_errors, problem
 from actors.http.prometheus import TriageCollector, new_registry
 from actors.http.ratelimit import RateLimitMiddleware
 from actors.http.sse import HEADERS, chunk, until_disconnect
 from actors.runtime.mailbox import AsyncValue
+from messages.health import SEVERITY_RANK
 from messages.http_config import HttpConfig
 from messages.outcome import Outcome
 
@@ -87,6 +89,8 @@ class TriageApp:
         self.sessions: Sessions = getattr(service, "sessions", None) or Sessions(http.session_secret,
                                                                                   http.session_ttl_s)
         self.sse_clients = AsyncValue(0)
+        self.alert_log = AlertLog()  # every alert encoded once, for every stream
+        mon._bus.taps.append(self.alert_log.tap)
         self._collector = TriageCollector(mon, extra=lambda: {"in_flight_requests": self.edge.in_flight,
                                                               "sse_clients": self.sse_clients.value})
         self._registry = new_registry(self._collector)
@@ -98,7 +102,7 @@ class TriageApp:
                Route("/openapi.json", self.openapi, methods=["GET"]),
                *Admin(mon, self.access).routes(),
                *dashboard.routes(mon, allowed=self._dashboard_allowed, cookie_for=self._dashboard_cookie,
-                                 degraded_code=http.degraded_status_code)]
+                                 alerts=self.alert_log, degraded_code=http.degraded_status_code)]
         table = service.table() if service is not None else []
         self._openapi = msgspec.json.encode(openapi.document(
             [*operations(http.degraded_status_code), *ADMIN_OPERATIONS, *map(_operation, table)]))
@@ -198,51 +202,50 @@ class TriageApp:
         if self.edge.draining:
             return problem(503, "The service is shutting down", headers={"retry-after": "5"})
         severity = request.query_params.get("severity", "info")
-        try:
-            subscription = self.mon.subscribe(severity)
-        except ValueError as exc:
-            return problem(422, str(exc))
+        if severity not in SEVERITY_RANK:
+            return problem(422, f"severity must be one of {', '.join(SEVERITY_RANK)}")
         exchange(request).stream = True
-        return _AlertStream(self, subscription)  # type: ignore[return-value]
+        return _AlertStream(self, SEVERITY_RANK[severity])  # type: ignore[return-value]
 
 
 class _AlertStream:
     """Server-sent events: the alerts firing now, then each new one; a comment when idle.
 
-    Ends when the client disconnects (the subscription goes with it) or the edge drains.
+    Reads the app's shared `AlertLog` (each alert encoded once, whatever the number of streams)
+    from its own place in it. Ends when the client disconnects or the edge drains.
     """
 
-    def __init__(self, app: TriageApp, subscription: Any) -> None:
-        self.app, self.subscription = app, subscription
+    def __init__(self, app: TriageApp, floor: int) -> None:
+        self.app, self.floor = app, floor
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        clients = self.app.sse_clients
+        clients, log = self.app.sse_clients, self.app.alert_log
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         clients.set(clients.value + 1)
+        seen = log.join()
         try:
-            async with self.subscription as alerts, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(until_disconnect, receive, nursery.cancel_scope)
-                await self._pump(alerts, send)
+                await self._pump(log, seen, send)
         finally:
+            log.leave()
             clients.set(clients.value - 1)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _pump(self, alerts: Any, send: Any) -> None:
+    async def _pump(self, log: AlertLog, seen: int, send: Any) -> None:
         await chunk(send, b"retry: 5000\n: connected\n\n")
         for alert in self.app.mon.health_report.value.alerts:
-            await chunk(send, _sse(alert))
+            if SEVERITY_RANK[alert.severity] >= self.floor:
+                await chunk(send, event_bytes(alert))
         while True:
-            alert = None
-            with trio.move_on_after(self.app.http.sse_heartbeat_s):
-                alert = await alerts.receive()
-            await chunk(send, _sse(alert) if alert is not None else b": heartbeat\n\n")
-
-
-
-
-def _sse(alert: Any) -> bytes:
-    data = msgspec.json.encode(alert)
-    return b"event: alert\nid: %s\ndata: %s\n\n" % (alert.id.encode(), data)
+            with trio.move_on_after(self.app.http.sse_heartbeat_s) as idle:
+                await log.wait_newer(seen)
+            if idle.cancelled_caught:
+                await chunk(send, b": heartbeat\n\n")
+                continue
+            seen, frames = log.since(seen, self.floor)
+            for frame in frames:
+                await chunk(send, frame)
 
 
 def _operation(row: Any) -> openapi.Operation:

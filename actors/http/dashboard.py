@@ -3,12 +3,15 @@
 Theory of operation. The page (static/dashboard.html + .js + .css, with uPlot
 vendored beside it — no build step, no CDN) opens one server-sent-event stream,
 `/api/dashboard/stream`, and redraws from it. The stream sends a `snapshot`
-event at most every `DASHBOARD_PERIOD_S` (two a second): the health actor's
+event every `DASHBOARD_PERIOD_S` (once a second): the health actor's
 latest report, breaker states, queue depth per priority, limiter statistics,
 database usage, process memory, and P50/P95/P99 with request and error rates from the metrics
 actor; plus an `alert` event for every alert as it happens. Reading snapshots
 costs the actors nothing but a published value (the metrics actor is asked
 without per-route series). The browser keeps the history for the charts.
+Every open stream reads the same frames: the snapshot is built and encoded once per tick
+by one builder (`actors.http.broadcast.Feed`), the alerts encoded once into the app's
+shared `AlertLog`; a slow stream skips to the newest snapshot and never queues them.
 
 Access is the detailed health report's: open in development; in production a
 bearer token, the `triage_token` cookie, or an allow-listed network. A browser
@@ -19,6 +22,7 @@ HTTPS) and redirects to the bare URL.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from importlib import resources
@@ -30,11 +34,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from actors.http.broadcast import AlertLog, Feed, event_bytes
 from actors.http.sse import HEADERS, chunk, until_disconnect
 from messages.events import BreakerTransition
-from messages.health import Alert, camel
+from messages.health import camel
 
-DASHBOARD_PERIOD_S = 0.5
+DASHBOARD_PERIOD_S = 1.0     # every open stream costs a socket write per frame: 1,000 streams, 1,000 a second
 METRICS_EVERY_S = 1.0
 TRANSITIONS_KEPT = 50
 ASSETS = {
@@ -77,7 +82,8 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
     details = report.detailed()
     return {
         "t": time.time(), "status": report.status, "httpStatus": report.http_status(degraded_code),
-        "uptime": report.uptime_ms, "components": details["components"],
+        "uptime": report.uptime_ms,
+        "components": {k: v for k, v in details["components"].items() if k != "actors"},  # as "actors"
         "degradation": details["degradation"], "actors": details["components"]["actors"],
         "database": details["metrics"]["database"],
         "memory": details["metrics"].get("resources", {}).get("memory"),
@@ -86,12 +92,17 @@ def build_snapshot(mon: Any, metrics: Any, history: History, degraded_code: int)
                   "depthByPriority": queue.depth_by_priority},
         "breakers": breakers,
         "limiter": camel(msgspec.to_builtins(limiter)),
-        "latency": None if w is None else {"p50": w.latency.p50, "p95": w.latency.p95, "p99": w.latency.p99},
+        "latency": _latency(w),
+        "latency10s": _latency(getattr(metrics, "recent", None)),
         "traffic": None if w is None else {"ratePerSecond": round(w.rate_per_s, 3),
                                            "errorRate": w.error_rate, "requests": w.requests,
                                            "stale": w.stale, "staleRate": _share(w.stale, w)},
         "transitions": list(history.items),
     }
+
+
+def _latency(w: Any) -> dict | None:
+    return None if w is None else {"p50": w.latency.p50, "p95": w.latency.p95, "p99": w.latency.p99}
 
 
 def _share(count: int, w: Any) -> float:
@@ -100,57 +111,77 @@ def _share(count: int, w: Any) -> float:
     return count / rated if rated else 0.0
 
 
-class DashboardStream:
-    """ASGI app: SSE of snapshots (at most every DASHBOARD_PERIOD_S) and alerts."""
+class Snapshots:
+    """Builds the page's snapshot frame: once per tick for every open stream (`broadcast.Feed`).
+
+    The metrics actor is asked at most every METRICS_EVERY_S; the rest is published state."""
 
     def __init__(self, mon: Any, history: History, degraded_code: int) -> None:
         self.mon, self.history, self.degraded_code = mon, history, degraded_code
+        self.metrics: Any = None
+        self.fetched = -math.inf
+
+    async def build(self) -> bytes | None:
+        if self.mon.closed:
+            return None
+        if trio.current_time() - self.fetched >= METRICS_EVERY_S:
+            self.metrics, self.fetched = await self.mon.metrics(routes=False), trio.current_time()
+        snap = build_snapshot(self.mon, self.metrics, self.history, self.degraded_code)
+        return b"event: snapshot\ndata: " + msgspec.json.encode(snap) + b"\n\n"
+
+
+class DashboardStream:
+    """ASGI app: SSE of the shared snapshot frames (at most every DASHBOARD_PERIOD_S) and alerts."""
+
+    def __init__(self, mon: Any, feed: Feed, alerts: AlertLog) -> None:
+        self.mon, self.feed, self.alerts = mon, feed, alerts
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("triage") is not None:  # a stream, not a request: no latency; ends at drain
             scope["triage"].stream = True
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        seen = self.alerts.join()
+        group = self.feed.join()
         try:
-            async with self.mon.subscribe("info", buffer=64) as alerts, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(until_disconnect, receive, nursery.cancel_scope)
-                nursery.start_soon(self._alerts, alerts, send)
-                await self._snapshots(send)
+                await chunk(send, b"retry: 1000\n\n")
+                for alert in self.mon.health_report.value.alerts:
+                    await chunk(send, event_bytes(alert))
+                nursery.start_soon(self._alerts, seen, send)
+                await self._snapshots(send, group)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away mid-write
+        finally:
+            self.feed.leave()
+            self.alerts.leave()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _snapshots(self, send: Any) -> None:
-        await chunk(send, b"retry: 1000\n\n")
-        for alert in self.mon.health_report.value.alerts:
-            await chunk(send, _event("alert", alert))
-        metrics, fetched = None, -1e9
+    async def _snapshots(self, send: Any, group: int) -> None:
+        seen = 0
         while True:
-            if trio.current_time() - fetched >= METRICS_EVERY_S:
-                metrics, fetched = await self.mon.metrics(routes=False), trio.current_time()
-            snap = build_snapshot(self.mon, metrics, self.history, self.degraded_code)
-            await chunk(send, b"event: snapshot\ndata: " + msgspec.json.encode(snap) + b"\n\n")
-            await trio.sleep(DASHBOARD_PERIOD_S)
+            seen, frame = await self.feed.newer(seen, group)
+            await chunk(send, frame)
 
-    async def _alerts(self, alerts: Any, send: Any) -> None:
-        async for alert in alerts:
-            await chunk(send, _event("alert", alert))
-
-
-def _event(kind: str, alert: Alert) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (kind.encode(), msgspec.json.encode(alert))
+    async def _alerts(self, seen: int, send: Any) -> None:
+        while True:
+            await self.alerts.wait_newer(seen)
+            seen, frames = self.alerts.since(seen)
+            for frame in frames:
+                await chunk(send, frame)
 
 
-
-
-def routes(mon: Any, *, allowed: Any, degraded_code: int = 206, wall_offset: float | None = None,
-           cookie_for: Any = None) -> list[Route]:
+def routes(mon: Any, *, allowed: Any, alerts: AlertLog, degraded_code: int = 206,
+           wall_offset: float | None = None, cookie_for: Any = None) -> list[Route]:
     """`allowed(request) -> bool` is the detailed-health access rule (token, cookie, network);
+    `alerts` the app's shared alert log (the alert stream reads it too);
     `cookie_for(request, token) -> (value, secure, max_age) | None` turns a ``?token=`` into the
     cookie to set (a signed session id, never the token itself), None to set none."""
     offset = time.time() - trio.current_time() if wall_offset is None else wall_offset
     history = History(offset)
     mon._bus.taps.append(history.tap)
-    stream = DashboardStream(mon, history, degraded_code)
+    feed = Feed("dashboard", Snapshots(mon, history, degraded_code).build, DASHBOARD_PERIOD_S)
+    stream = DashboardStream(mon, feed, alerts)
 
     def denied() -> Response:
         return JSONResponse({"type": "about:blank", "title": "Unauthorized", "status": 401,

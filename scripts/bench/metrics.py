@@ -236,17 +236,17 @@ def snapshots(routes: int, rate: float, rounds: int) -> None:
 def health_reports(rounds: int) -> None:
     """Cost of one health evaluation (the health actor's whole work per refresh) and of its
     JSON views, against building a trivial dict of the same top-level shape."""
-    from actors.breaker import BreakerState
+    from actors import breaker, scheduler
     from actors.health import HealthInputs, evaluate
-    from actors.scheduler import SchedulerState
     from messages.config import Config
 
     cfg = Config()
     s = MetricsState.initial(now=0.0)
     for o, at in traffic(60_000, 0.0, 1000.0, 20, seed=9):
         s, _ = step(s, o, at)
-    inputs = HealthInputs(breakers={t: BreakerState.initial(t, c, now=0.0) for t, c in cfg.tiers.items()},
-                          queue=SchedulerState.initial(cfg.queue), metrics=snapshot(s, 60.0, routes=False),
+    inputs = HealthInputs(breakers={t: breaker.snapshot(breaker.BreakerState.initial(t, c, now=0.0), 0.0)
+                                    for t, c in cfg.tiers.items()},
+                          queue=scheduler.snapshot(scheduler.SchedulerState.initial(cfg.queue), 0.0), metrics=snapshot(s, 60.0, routes=False),
                           started_at=0.0)
     report = evaluate(inputs, cfg, 60.0, wall=lambda now: 1.7e9 + now)
     base = median_ns(lambda: {"status": "healthy", "timestamp": "", "uptime": 0, "database": "",

@@ -14,6 +14,7 @@ from importlib import resources
 import hypercorn.trio
 import pytest
 import trio
+import trio.testing
 from playwright.sync_api import sync_playwright
 
 from actors import CircuitOpen, open_monitoring
@@ -199,3 +200,60 @@ async def test_dashboard_reconnects_after_server_restart(database_url):
         state["stop"].set()
         nursery.cancel_scope.cancel()
     assert seen["errors"] == []
+
+
+async def _stream_snapshots(base: str, want, timeout_s: float = 5.0) -> dict:
+    """Read the dashboard's stream (raw HTTP/1.1) until a snapshot satisfies `want`; that snapshot."""
+    import msgspec
+
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with trio.fail_after(timeout_s):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"GET /api/dashboard/stream HTTP/1.1\r\nhost: t\r\n\r\n")
+            buffer = b""
+            while True:
+                data = await stream.receive_some(65536)
+                assert data, "the stream ended"
+                buffer += data
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    if b"event: snapshot\ndata: " in event:
+                        snap = msgspec.json.decode(event.split(b"data: ", 1)[1].split(b"\r\n", 1)[0])
+                        if want(snap):
+                            return snap
+
+
+async def test_dashboard_queue_depth_per_priority_as_the_page_gets_it_while_slots_are_held():
+    from actors import Priority
+    from messages.config import QueueConfig
+
+    cfg = Config(queue=QueueConfig(max_concurrent=2, max_queue_size=20, request_timeout_s=30.0))
+    waiting = {Priority.CRITICAL: 1, Priority.HIGH: 3, Priority.LOW: 2, Priority.BATCH: 4}
+    async with open_monitoring(cfg) as mon, trio.open_nursery() as nursery:
+        http = HttpConfig(host="127.0.0.1", port=0)
+        stop = trio.Event()
+        binds = await nursery.start(partial(hypercorn.trio.serve, create_app(mon, http), hypercorn_config(http),
+                                            shutdown_trigger=stop.wait))
+        url = binds[0]
+        release = trio.Event()
+
+        async def hold(priority: int) -> None:
+            async with mon.guard(priority=priority):
+                await release.wait()
+
+        for _ in range(2):  # every slot held...
+            nursery.start_soon(hold, Priority.NORMAL)
+        await trio.testing.wait_all_tasks_blocked()
+        for priority, n in waiting.items():  # ...so these wait, each in its priority's line
+            for _ in range(n):
+                nursery.start_soon(hold, priority)
+        await trio.testing.wait_all_tasks_blocked()
+        full = await _stream_snapshots(url, lambda s: s["queue"]["depth"] == 10)
+        release.set()  # everyone goes through; the page then sees an empty queue
+        empty = await _stream_snapshots(url, lambda s: s["queue"]["depth"] == 0 and s["queue"]["inFlight"] == 0)
+        stop.set()
+        nursery.cancel_scope.cancel()
+    assert full["queue"]["depthByPriority"] == {"CRITICAL": 1, "HIGH": 3, "NORMAL": 0, "LOW": 2, "BATCH": 4}
+    assert full["queue"]["inFlight"] == 2
+    assert empty["queue"]["depthByPriority"] == dict.fromkeys(("CRITICAL", "HIGH", "NORMAL", "LOW", "BATCH"), 0)

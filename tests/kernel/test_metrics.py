@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 
 from actors.metrics import (
     BIN_LIMIT,
+    FINE,
+    MERGES_PER_STEP,
+    SETTLE_EVERY_S,
     MAX_VALUE_S,
     OTHER,
     WINDOWS,
@@ -147,6 +150,15 @@ def test_window_observation_at_bucket_start_leaves_1m_at_60s_stays_in_5m_and_1h(
     assert requests(s, 3600.0) == {"1m": 0, "5m": 0, "1h": 0}  # 1h: 5 min bucket [0, 300)
 
 
+def test_window_recent_10s_of_the_overall_series_only_health_windows_unchanged():
+    s = feed(MetricsState.initial(now=0.0), 101.0)        # 2 s bucket [100, 102)
+    snap = snapshot(s, 109.999)
+    assert snap.recent.requests == 1 and set(snap.overall.windows) == {"1m", "5m", "1h"}
+    assert set(snap.routes["GET /api/animals"].windows) == {"1m", "5m", "1h"}
+    assert snapshot(s, 110.0).recent.requests == 0         # left at the first 2 s boundary 8 s on
+    assert snapshot(s, 110.0).overall.windows["1m"].requests == 1
+
+
 def test_window_observation_late_in_bucket_leaves_1m_after_more_than_50s():
     s = feed(MetricsState.initial(now=0.0), 109.5)       # same 10 s bucket [100, 110)
     assert requests(s, 159.999)["1m"] == 1
@@ -210,6 +222,15 @@ def test_window_any_sequence_matches_bucket_semantics_exactly(start, events, tai
             assert w.window_s == span and w.rate_per_s == len(kept) / span
             if kept:
                 assert_percentiles(w.latency, [e[4] for e in kept])
+    _, width, size = FINE                                 # the overall series' 10 s window
+    kept = [e for e in seen if in_window(e[0], now, width, size)]
+    w = snap.recent
+    assert (w.requests, w.errors, w.server_errors) == (
+        len(kept), sum(e[2] for e in kept), sum(e[3] for e in kept))
+    span = max(now - max((now // width - size + 1) * width, start), 1.0)
+    assert w.window_s == span and w.rate_per_s == len(kept) / span
+    if kept:
+        assert_percentiles(w.latency, [e[4] for e in kept])
 
 
 # --- what counts as an error -------------------------------------------------------------------
@@ -407,14 +428,45 @@ def test_core_snapshots_in_between_change_nothing_later_reads_return():
     assert snapshot(watched, 705.0) == snapshot(quiet, 705.0)
 
 
-def test_core_wakeup_next_10s_boundary_and_tick_rotates():
+def test_core_wakeup_next_2s_boundary_and_ticks_rotate_overall_at_2s_routes_at_10s():
     s = feed(MetricsState.initial(now=0.0), 3.0)
-    assert MetricsCore.wakeup(s) == 10.0
-    s, effects = step(s, Tick(), 10.0)
-    assert effects == [] and MetricsCore.wakeup(s) == 20.0
-    assert s.overall.rings[0].open.requests == 0 and len(s.overall.rings[0].closed) == 1
+    assert MetricsCore.wakeup(s) == 4.0
+    s, effects = step(s, Tick(), 4.0)
+    assert effects == [] and MetricsCore.wakeup(s) == 6.0
+    fine, ten = s.overall.rings[0], s.overall.rings[1]
+    assert (fine.width, fine.open.requests, len(fine.closed)) == (2.0, 0, 1)
+    assert ten.open.requests == 1 and not ten.closed   # folded into the open 10 s bucket
+    route = s.routes["GET /api/animals"].rings[0]
+    assert (route.width, route.open.requests, len(route.closed)) == (10.0, 1, 0)
+    s, _ = step(s, Tick(), 10.0)
+    assert MetricsCore.wakeup(s) == 12.0
+    assert (ten.open.requests, len(ten.closed)) == (0, 1) and len(route.closed) == 1
     assert MetricsCore.name == "metrics"
     assert tuple(MetricsCore.parked(s)) == () and MetricsCore.undelivered(Token(), None) is None
+
+
+def owed(s: MetricsState) -> int:
+    return sum(len(series.pending) for series in [s.overall, *s.routes.values(), *s.tiers.values()])
+
+
+def test_core_rotation_at_the_route_cap_pays_its_sketch_merges_a_few_a_step_and_reads_stay_exact():
+    busy, twin = MetricsState.initial(now=0.0), MetricsState.initial(now=0.0)
+    for s in (busy, twin):
+        for i in range(200):
+            feed(s, 1.0 + i / 1000, route=f"GET /r{i}", duration_s=0.001 * (i + 1))
+    busy, _ = step(busy, Tick(), 30.0)        # 10 s and 30 s rings of 201 series rotate
+    first = owed(busy)
+    assert first >= 2 * 200 - MERGES_PER_STEP  # counts folded, sketch merges owed
+    assert MetricsCore.wakeup(busy) == 30.0 + SETTLE_EVERY_S
+    steps, now = 0, 30.0
+    while busy.unsettled:
+        now += SETTLE_EVERY_S
+        before = owed(busy)
+        busy, _ = step(busy, Tick(), now)
+        assert before - owed(busy) <= MERGES_PER_STEP
+        steps += 1
+    assert steps >= first // MERGES_PER_STEP and MetricsCore.wakeup(busy) == 32.0
+    assert snapshot(busy, 40.0) == snapshot(twin, 40.0)   # the twin settles as it reads
 
 
 def test_core_unknown_message_raises_type_error():

@@ -4,7 +4,7 @@
 const HISTORY = 300;                 // points kept per chart (one per snapshot, ~5 min at 1/s)
 const PRIORITIES = ["CRITICAL", "HIGH", "NORMAL", "LOW", "BATCH"];
 const $ = (id) => document.getElementById(id);
-const series = { t: [], p50: [], p95: [], p99: [], rate: [], err: [], usage: [], mem: [],
+const series = { t: [], p50: [], p95: [], p99: [], p95m: [], rate: [], err: [], usage: [], mem: [],
                  q: Object.fromEntries(PRIORITIES.map((p) => [p, []])) };
 const alertLog = [];
 let charts = null;
@@ -38,6 +38,7 @@ const CLASS = { healthy: "ok", CLOSED: "ok", degraded: "warn", HALF_OPEN: "warn"
 function makeChart(target, labels, colors, opts = {}) {
   const width = Math.max(target.clientWidth, 280);
   const s = [{}].concat(labels.map((label, i) => ({ label, stroke: colors[i], width: 2,
+                                                   dash: opts.dash ? opts.dash[i] || undefined : undefined,
                                                    scale: opts.scales ? opts.scales[i] : "y" })));
   const axes = [{ stroke: "#8b98a5", grid: { stroke: "#2b3540" } },
                 { stroke: "#8b98a5", grid: { stroke: "#2b3540" } }];
@@ -49,7 +50,8 @@ function makeChart(target, labels, colors, opts = {}) {
 
 function initCharts() {
   charts = {
-    latency: makeChart($("c-latency"), ["P50", "P95", "P99"], ["#2ea043", "#d29922", "#f85149"]),
+    latency: makeChart($("c-latency"), ["P50 10s", "P95 10s", "P99 10s", "P95 1m"],
+                       ["#2ea043", "#d29922", "#f85149", "#8b98a5"], { dash: [null, null, null, [6, 4]] }),
     rate: makeChart($("c-rate"), ["req/s", "errors %"], ["#58a6ff", "#f85149"], { scales: ["y", "pct"] }),
     usage: makeChart($("c-usage"), ["db usage %", "memory %"], ["#a371f7", "#3fb950"]),
     queue: makeChart($("c-queue"), PRIORITIES, ["#f85149", "#d29922", "#58a6ff", "#8b98a5", "#6e7681"]),
@@ -60,16 +62,18 @@ function push(arr, v) { arr.push(v); if (arr.length > HISTORY) arr.shift(); }
 
 function record(s) {
   push(series.t, s.t);
-  const lat = s.latency || {};
-  push(series.p50, lat.p50 === null || lat.p50 === undefined ? null : lat.p50 * 1000);
-  push(series.p95, lat.p95 === null || lat.p95 === undefined ? null : lat.p95 * 1000);
-  push(series.p99, lat.p99 === null || lat.p99 === undefined ? null : lat.p99 * 1000);
+  const ms = (x) => x === null || x === undefined ? null : x * 1000;
+  const recent = s.latency10s || {}, minute = s.latency || {};
+  push(series.p50, ms(recent.p50));   // the last 10 s: a spike shows when it happens
+  push(series.p95, ms(recent.p95));
+  push(series.p99, ms(recent.p99));
+  push(series.p95m, ms(minute.p95));  // beside the 1-minute P95 it stands out against
   push(series.rate, s.traffic ? s.traffic.ratePerSecond : null);
   push(series.err, s.traffic ? s.traffic.errorRate * 100 : null);
   push(series.usage, s.database ? s.database.usagePercentage : null);
   push(series.mem, s.memory ? s.memory.percent : null);
   for (const p of PRIORITIES) push(series.q[p], s.queue ? s.queue.depthByPriority[p] || 0 : null);
-  charts.latency.setData([series.t, series.p50, series.p95, series.p99]);
+  charts.latency.setData([series.t, series.p50, series.p95, series.p99, series.p95m]);
   charts.rate.setData([series.t, series.rate, series.err]);
   charts.usage.setData([series.t, series.usage, series.mem]);
   charts.queue.setData([series.t].concat(PRIORITIES.map((p) => series.q[p])));
