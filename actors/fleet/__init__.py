@@ -85,7 +85,7 @@ class Fleet:
         link = self.link
         return {"instance_id": self.instance_id, "live": self.heartbeat.live,
                 "redis_up": link.up.value, "round_trips": link.round_trips, "errors": link.errors,
-                "rtt_buckets": list(link.rtt_buckets), "rtt_sum": link.rtt_sum,
+                "rtt_bounds": RTT_BUCKETS, "rtt_buckets": list(link.rtt_buckets), "rtt_sum": link.rtt_sum,
                 "rtt_last_s": link.rtt_last_s, **self.gate.statistics()}
 
     async def view(self) -> dict[str, Any]:

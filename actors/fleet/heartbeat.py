@@ -78,6 +78,7 @@ class Heartbeat:
         return self.live
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        said = self.link.last_words = trio.Event()
         task_status.started()
         try:
             while True:
@@ -92,6 +93,7 @@ class Heartbeat:
                     await self.link.call(lambda c: _leave(c, self.index, self.own, self.instance_id))
                 except RedisUnavailable:
                     pass
+            said.set()
 
     async def instances(self) -> list[dict[str, Any]]:
         """The live instances' summaries, each with `instance_id`, `last_seen_s` (seconds since

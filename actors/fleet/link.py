@@ -55,6 +55,9 @@ class RedisLink:
         self.rtt_sum = 0.0
         self.rtt_last_s: float | None = None
         self._reset = trio.Event()
+        # Set by a task with something to say on the way out (the heartbeat leaving the fleet):
+        # a cancelled `run` keeps the client open, shielded and briefly, until it is said.
+        self.last_words: trio.Event | None = None
 
     def _new_client(self) -> Any:
         return coredis.Redis.from_url(self.cfg.redis_url, connect_timeout=self.timeout_s,
@@ -62,17 +65,35 @@ class RedisLink:
                                       verify_version=False)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        # The client's own tasks run shielded, so that when the system stops, what must still
+        # be said (`last_words`: the heartbeat leaving the fleet) can be, briefly; then they stop.
+        shielded = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._serve, shielded)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                if self.last_words is not None:
+                    with trio.move_on_after(self.timeout_s * 3, shield=True):
+                        await self.last_words.wait()
+                shielded.cancel()
+
+    async def _serve(self, scope: trio.CancelScope, *,
+                     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         started = False
-        while True:
-            client = self._new_client()
-            self._reset = trio.Event()
-            async with client:
-                self.client = client
-                if not started:
-                    started = True
-                    task_status.started()
-                await self._reset.wait()
-                self.client = None
+        with scope:
+            while True:
+                client = self._new_client()
+                self._reset = trio.Event()
+                async with client:
+                    self.client = client
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._reset.wait()
+                    self.client = None
+        self.client = None
 
     def available(self) -> bool:
         """False while the breaker is open and no trial is due: a call would fail at once."""
@@ -90,7 +111,7 @@ class RedisLink:
         try:
             with trio.fail_after(self.timeout_s):
                 result = await fn(client)
-        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # timeouts, refused or cut connections, error replies, a closed client
             self._failed(client)
             raise RedisUnavailable(f"Redis call failed: {type(exc).__name__}") from None
         self._succeeded(trio.current_time() - now)
