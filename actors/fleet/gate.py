@@ -71,7 +71,7 @@ class _Entry:
     """A key's credits: batches [left, expires_at, lease_id, granted], oldest first."""
 
     __slots__ = ("rkey", "rate", "batches", "credits", "pending", "zero_until", "failed", "event",
-                 "remaining")
+                 "remaining", "demand", "answered_at")
 
     def __init__(self, rkey: str, rate: _Rate) -> None:
         self.rkey, self.rate = rkey, rate
@@ -82,6 +82,8 @@ class _Entry:
         self.failed = False
         self.event = trio.Event()
         self.remaining = rate.limit  # what Redis said is left beyond the grants
+        self.demand = False          # refused by the zero cache since the last grant
+        self.answered_at = -math.inf  # Redis's last answer for this key
 
 
 class FleetGate:
@@ -102,6 +104,7 @@ class FleetGate:
         self._wanted: dict[_Entry, int] = {}
         self._refunds: list[tuple[_Entry, list]] = []
         self._expiries: list[tuple[float, int, _Entry]] = []
+        self._dues: list[tuple[float, int, _Entry]] = []  # zero grants: when the next token is due
         self._seq = itertools.count()
         self._wake = trio.Event()
         self._scripts_on: Any = None  # the client the scripts were loaded on
@@ -122,6 +125,7 @@ class FleetGate:
         if entry.zero_until <= now or self.modes.get(policy) != "global":
             return None
         self.refused += 1
+        entry.demand = True
         rate, wait = entry.rate, entry.zero_until - now
         full = wait + (rate.limit - 1) * rate.span / US if rate.algo == "gcra" else rate.window_s + rate.tau_s
         return RateDecision(allowed=False, policy=policy, limit=rate.limit, remaining=0,
@@ -153,7 +157,11 @@ class FleetGate:
             with trio.move_on_at(deadline) as waited:
                 await event.wait()
             now = trio.current_time()
-            if self.modes[policy] != "global" or entry.failed or waited.cancelled_caught:
+            if self.modes[policy] != "global" or entry.failed:
+                return self._fallback(decision, key, cost, now)
+            if waited.cancelled_caught:  # Redis is slow, not gone: what did it last say of this key?
+                if entry.remaining == 0 and now - entry.answered_at < entry.rate.tau_s:
+                    return self._busy(decision, entry, now)  # out of tokens a moment ago
                 return self._fallback(decision, key, cost, now)
             answer = self._spend(entry, decision, cost, now)
             if answer is not None:
@@ -164,6 +172,7 @@ class FleetGate:
             self._expire_entry(entry, now)
         if entry.zero_until > now:
             self.refused += 1
+            entry.demand = True
             wait = entry.zero_until - now
             return replace(decision, allowed=False, remaining=0, more_at=entry.zero_until,
                            retry_after_s=wait, reset_at=max(decision.reset_at, entry.zero_until),
@@ -182,6 +191,13 @@ class FleetGate:
             self._want(entry, entry.rate.want)
         left = entry.credits + entry.remaining
         return decision if left >= decision.remaining else replace(decision, remaining=left)
+
+    def _busy(self, decision: RateDecision, entry: _Entry, now: float) -> RateDecision:
+        """A refusal for a key Redis said was out of tokens, while its next lease is late."""
+        self.refused += 1
+        wait = max(entry.zero_until - now, entry.rate.span / US if entry.rate.algo == "gcra" else entry.rate.tau_s)
+        return replace(decision, allowed=False, remaining=0, more_at=now + wait, retry_after_s=wait,
+                       reset_at=max(decision.reset_at, now + wait), reset_after_s=max(decision.reset_after_s, wait))
 
     def _want(self, entry: _Entry, n: int) -> None:
         if not entry.pending:
@@ -225,17 +241,21 @@ class FleetGate:
         self._wanted.clear()
         self._refunds.clear()
         self._expiries.clear()
+        self._dues.clear()
 
     # -- the background task: one pipeline per tick --------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            deadline = self._expiries[0][0] if self._expiries else math.inf
+            deadline = min(self._expiries[0][0] if self._expiries else math.inf,
+                           self._dues[0][0] if self._dues else math.inf)
             with trio.move_on_at(deadline):
                 await self._wake.wait()
             self._wake = trio.Event()
-            self._expire_due(trio.current_time())
+            now = trio.current_time()
+            self._expire_due(now)
+            self._refill_due(now)
             wanted, self._wanted = self._wanted, {}
             refunds, self._refunds = self._refunds, []
             if wanted or refunds:
@@ -275,6 +295,7 @@ class FleetGate:
     def _granted(self, entry: _Entry, reply: list, now: float) -> None:
         granted, wait_us, remaining, lease_id = int(reply[0]), int(reply[1]), int(reply[2]), reply[4]
         entry.pending, entry.failed, entry.remaining = False, False, remaining
+        entry.answered_at, entry.demand = now, False
         self.leases += 1
         self.granted += granted
         expires = now + entry.rate.tau_s
@@ -284,6 +305,7 @@ class FleetGate:
         if entry.credits == 0:
             entry.zero_until = now + max(wait_us, 1) / US
             expires = max(expires, entry.zero_until)
+            heapq.heappush(self._dues, (entry.zero_until, next(self._seq), entry))
         heapq.heappush(self._expiries, (expires, next(self._seq), entry))  # refund or forget then
         self._wakeup(entry)
 
@@ -300,6 +322,16 @@ class FleetGate:
             if not entry.batches and not entry.pending and entry.zero_until <= now \
                     and self._entries.get(entry.rkey) is entry:
                 del self._entries[entry.rkey]  # nothing held, nothing owed: forget the key
+
+    def _refill_due(self, now: float) -> None:
+        """A key refused for want of tokens gets its lease when the next token is due, so the
+        next request finds a credit instead of waiting for a round trip."""
+        while self._dues and self._dues[0][0] <= now:
+            _, _, entry = heapq.heappop(self._dues)
+            if entry.demand and not entry.pending and self._entries.get(entry.rkey) is entry:
+                entry.demand = False
+                entry.pending = True
+                self._wanted[entry] = entry.rate.want
 
     def _expire_entry(self, entry: _Entry, now: float) -> None:
         while entry.batches and entry.batches[0][1] <= now:

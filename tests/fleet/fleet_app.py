@@ -1,4 +1,4 @@
-"""A minimal service for the multi-process fleet tests: two routes under two policies, no SQL.
+"""A minimal service for the multi-process fleet tests: three routes under three policies, no SQL.
 
     triage serve --app tests.fleet.fleet_app:create
 """
@@ -24,7 +24,8 @@ class FleetProbe:
 
     def table(self) -> list[ServiceRoute]:
         return [ServiceRoute("GET", "/g", "general", Priority.NORMAL, "database", Route("/g", _ok)),
-                ServiceRoute("GET", "/a", "auth", Priority.HIGH, "critical", Route("/a", _ok))]
+                ServiceRoute("GET", "/a", "auth", Priority.HIGH, "critical", Route("/a", _ok)),
+                ServiceRoute("GET", "/r", "recording", Priority.CRITICAL, "critical", Route("/r", _ok))]
 
 
 def create(mon: Any, http: Any) -> Any:
