@@ -28,7 +28,8 @@ class FleetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     key_prefix: str = "triage:"       # every key Triage writes starts with it (and has a TTL)
     credit_ttl_s: float = 1.0         # tau: a leased credit unspent for this long is refunded
     max_batch: int = 64               # b_max: the most tokens one lease asks for
-    redis_timeout_s: float = 0.05     # every Redis call is bounded by this
+    redis_timeout_s: float = 0.05     # a request waits at most this for Redis, then falls back
+    redis_call_timeout_s: float = 0.5  # a background call (lease, heartbeat) gives up after this
     redis_failures: int = 3           # consecutive failed calls that open the Redis breaker
     redis_retry_s: float = 1.0        # open Redis breaker: the next call tried after this
     heartbeat_s: float = 1.0          # each instance writes its summary this often ...
@@ -60,9 +61,12 @@ def validate_fleet(f: FleetConfig) -> None:
                  "fleet.instance_id", f.instance_id, "expected 1-64 printable characters, no spaces")
     _require(0 < len(f.key_prefix) <= 64 and f.key_prefix.isprintable(), "fleet.key_prefix", f.key_prefix,
              "expected 1-64 printable characters")
-    for name in ("credit_ttl_s", "redis_timeout_s", "redis_retry_s", "heartbeat_s", "heartbeat_ttl_s"):
+    for name in ("credit_ttl_s", "redis_timeout_s", "redis_call_timeout_s", "redis_retry_s", "heartbeat_s",
+                 "heartbeat_ttl_s"):
         value = getattr(f, name)
         _require(math.isfinite(value) and value > 0, f"fleet.{name}", value, "must be a finite number of seconds > 0")
+    _require(f.redis_call_timeout_s >= f.redis_timeout_s, "fleet.redis_call_timeout_s", f.redis_call_timeout_s,
+             "must be >= fleet.redis_timeout_s")
     _require(f.heartbeat_ttl_s > f.heartbeat_s, "fleet.heartbeat_ttl_s", f.heartbeat_ttl_s,
              "must be longer than fleet.heartbeat_s")
     _require(1 <= f.max_batch <= 10_000, "fleet.max_batch", f.max_batch, "expected 1-10000")

@@ -71,7 +71,7 @@ class _Entry:
     """A key's credits: batches [left, expires_at, lease_id, granted], oldest first."""
 
     __slots__ = ("rkey", "rate", "batches", "credits", "pending", "zero_until", "failed", "event",
-                 "remaining", "demand", "answered_at")
+                 "remaining", "demand", "answered_at", "debt")
 
     def __init__(self, rkey: str, rate: _Rate) -> None:
         self.rkey, self.rate = rkey, rate
@@ -84,6 +84,7 @@ class _Entry:
         self.remaining = rate.limit  # what Redis said is left beyond the grants
         self.demand = False          # refused by the zero cache since the last grant
         self.answered_at = -math.inf  # Redis's last answer for this key
+        self.debt = 0                # admitted by a fallback while Redis was late: paid from the next grants
 
 
 class FleetGate:
@@ -146,8 +147,7 @@ class FleetGate:
             rate = self.overrides.get(policy, {}).get(key) or self.rates[policy]
             entry = self._entries[rkey] = _Entry(rkey, rate)
         answer = self._spend(entry, decision, cost, now)
-        if answer is not None:
-            await trio.lowlevel.checkpoint()
+        if answer is not None:  # no checkpoint of its own: the local decision's ask was one
             return answer
         self.waits += 1  # no credit here: wait for a lease, never past the Redis timeout
         deadline = now + self.link.timeout_s
@@ -157,40 +157,48 @@ class FleetGate:
             with trio.move_on_at(deadline) as waited:
                 await event.wait()
             now = trio.current_time()
-            if self.modes[policy] != "global" or entry.failed:
+            if self.modes[policy] != "global":
                 return self._fallback(decision, key, cost, now)
-            if waited.cancelled_caught:  # Redis is slow, not gone: what did it last say of this key?
+            if entry.failed or waited.cancelled_caught:  # Redis is late or failed, not known gone
                 if entry.remaining == 0 and now - entry.answered_at < entry.rate.tau_s:
                     return self._busy(decision, entry, now)  # out of tokens a moment ago
-                return self._fallback(decision, key, cost, now)
+                return self._owe(entry, self._fallback(decision, key, cost, now), cost)
             answer = self._spend(entry, decision, cost, now)
             if answer is not None:
                 return answer
 
     def _spend(self, entry: _Entry, decision: RateDecision, cost: int, now: float) -> RateDecision | None:
-        if entry.batches and entry.batches[0][1] <= now:
+        batches = entry.batches
+        if batches and batches[0][1] <= now:
             self._expire_entry(entry, now)
-        if entry.zero_until > now:
-            self.refused += 1
-            entry.demand = True
-            wait = entry.zero_until - now
-            return replace(decision, allowed=False, remaining=0, more_at=entry.zero_until,
-                           retry_after_s=wait, reset_at=max(decision.reset_at, entry.zero_until),
-                           reset_after_s=max(decision.reset_after_s, wait))
         if entry.credits < cost:
+            if entry.zero_until > now:
+                return self._zero(entry, decision, now)
             return None
         entry.credits -= cost
-        while cost:
-            batch = entry.batches[0]
-            used = min(cost, batch[0])
-            batch[0] -= used
-            cost -= used
-            if batch[0] == 0:
-                entry.batches.pop(0)
-        if not entry.pending and entry.credits * 2 <= entry.rate.want:
+        first = batches[0]
+        if first[0] > cost:  # the common case: one batch pays
+            first[0] -= cost
+        else:
+            while cost:
+                batch = batches[0]
+                used = min(cost, batch[0])
+                batch[0] -= used
+                cost -= used
+                if batch[0] == 0:
+                    batches.pop(0)
+        if entry.credits * 2 <= entry.rate.want and not entry.pending:
             self._want(entry, entry.rate.want)
         left = entry.credits + entry.remaining
         return decision if left >= decision.remaining else replace(decision, remaining=left)
+
+    def _zero(self, entry: _Entry, decision: RateDecision, now: float) -> RateDecision:
+        self.refused += 1
+        entry.demand = True
+        wait = entry.zero_until - now
+        return replace(decision, allowed=False, remaining=0, more_at=entry.zero_until,
+                       retry_after_s=wait, reset_at=max(decision.reset_at, entry.zero_until),
+                       reset_after_s=max(decision.reset_after_s, wait))
 
     def _busy(self, decision: RateDecision, entry: _Entry, now: float) -> RateDecision:
         """A refusal for a key Redis said was out of tokens, while its next lease is late."""
@@ -199,11 +207,22 @@ class FleetGate:
         return replace(decision, allowed=False, remaining=0, more_at=now + wait, retry_after_s=wait,
                        reset_at=max(decision.reset_at, now + wait), reset_after_s=max(decision.reset_after_s, wait))
 
+    def _owe(self, entry: _Entry, decision: RateDecision, cost: int) -> RateDecision:
+        """A fallback's allow while Redis is up is a debt on the key, paid from its next grants,
+        so Redis counts it (late, not never): a slow Redis does not add the fallback's limit
+        to the global one."""
+        if decision.allowed:
+            entry.debt += cost
+            self._want(entry, entry.rate.want + entry.debt)
+        return decision
+
     def _want(self, entry: _Entry, n: int) -> None:
         if not entry.pending:
             entry.pending = True
             self._wanted[entry] = n
             self._wake.set()
+        elif n > self._wanted.get(entry, n):  # queued, not yet sent: ask for more
+            self._wanted[entry] = n
 
     # -- fallback: Redis unreachable ----------------------------------------------------------
 
@@ -299,8 +318,12 @@ class FleetGate:
         self.leases += 1
         self.granted += granted
         expires = now + entry.rate.tau_s
+        if entry.debt and granted:
+            paid = min(entry.debt, granted)
+            entry.debt -= paid
+            granted -= paid
         if granted > 0:
-            entry.batches.append([granted, expires, lease_id, granted])
+            entry.batches.append([granted, expires, lease_id, int(reply[0])])
             entry.credits += granted
         if entry.credits == 0:
             entry.zero_until = now + max(wait_us, 1) / US

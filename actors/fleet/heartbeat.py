@@ -88,7 +88,7 @@ class Heartbeat:
                 except RedisUnavailable:
                     pass  # counted by the link; the fleet view says Redis is down
         finally:
-            with trio.move_on_after(self.cfg.redis_timeout_s * 2, shield=True):
+            with trio.move_on_after(self.cfg.redis_call_timeout_s, shield=True):
                 try:  # a clean stop leaves the fleet at once, not a TTL later
                     await self.link.call(lambda c: _leave(c, self.index, self.own, self.instance_id))
                 except RedisUnavailable:

@@ -2,11 +2,17 @@
 
 Theory of operation. `RedisLink.run` owns a `coredis` client (anyio, so it runs on trio)
 for the life of the system. `await link.call(fn)` runs ``await fn(client)`` within
-`redis_timeout_s` (the client's own stream and connect timeouts are the same, and it never
-retries: a retry is the caller's business). Any failure — a timeout, a refused or cut
-connection, an error reply — raises `RedisUnavailable` and counts; a timed-out call may
-leave its connection waiting for a reply that will never come (a black hole), so after a
-failure the client is thrown away and a fresh one made.
+`redis_call_timeout_s` (the client's own stream and connect timeouts are the same, and it never
+retries: a retry is the caller's business). Calls run in the background (leases, heartbeats);
+a request waits for one at most `redis_timeout_s` (`actors.fleet.gate`). The two differ on
+purpose: a fresh connection's handshake on a loaded machine takes more than a request may
+wait, and a call given up on throws its connection away, so a call bound as tight as the
+request's would, under load, only ever be a handshake that never finishes.
+
+Any failure (a timeout, a refused or cut connection, an error reply) raises
+`RedisUnavailable` and counts; a timed-out call may leave its connection waiting for a
+reply that will never come (a black hole), so after a failure the client is thrown away and
+a fresh one made.
 
 The breaker: `redis_failures` consecutive failures open it; while open, calls fail at once
 (no request waits on a Redis known to be gone) until `redis_retry_s` has passed, when one
@@ -45,7 +51,8 @@ class RedisUnavailable(TriageError):
 class RedisLink:
     def __init__(self, cfg: FleetConfig, on_change: Callable[[bool], None] = lambda up: None) -> None:
         self.cfg, self.on_change = cfg, on_change
-        self.timeout_s = cfg.redis_timeout_s
+        self.timeout_s = cfg.redis_timeout_s       # what a request waits, at most
+        self.call_timeout_s = cfg.redis_call_timeout_s
         self.client: Any = None
         self.up = AsyncValue(True)  # optimistic until the first call says otherwise
         self.failures = 0           # consecutive
@@ -54,14 +61,15 @@ class RedisLink:
         self.rtt_buckets = [0] * len(RTT_BUCKETS)  # cumulative counts, Prometheus' way
         self.rtt_sum = 0.0
         self.rtt_last_s: float | None = None
+        self.last_error: str | None = None
         self._reset = trio.Event()
         # Set by a task with something to say on the way out (the heartbeat leaving the fleet):
         # a cancelled `run` keeps the client open, shielded and briefly, until it is said.
         self.last_words: trio.Event | None = None
 
     def _new_client(self) -> Any:
-        return coredis.Redis.from_url(self.cfg.redis_url, connect_timeout=self.timeout_s,
-                                      stream_timeout=self.timeout_s, retry_policy=NoRetryPolicy(),
+        return coredis.Redis.from_url(self.cfg.redis_url, connect_timeout=self.call_timeout_s,
+                                      stream_timeout=self.call_timeout_s, retry_policy=NoRetryPolicy(),
                                       verify_version=False)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -75,7 +83,7 @@ class RedisLink:
                 await trio.sleep_forever()
             finally:
                 if self.last_words is not None:
-                    with trio.move_on_after(self.timeout_s * 3, shield=True):
+                    with trio.move_on_after(self.call_timeout_s, shield=True):
                         await self.last_words.wait()
                 shielded.cancel()
 
@@ -109,15 +117,18 @@ class RedisLink:
             self.retry_at = now + self.cfg.redis_retry_s  # this call is the one trial
         client = self.client
         try:
-            with trio.fail_after(self.timeout_s):
+            with trio.fail_after(self.call_timeout_s):
                 result = await fn(client)
         except Exception as exc:  # timeouts, refused or cut connections, error replies, a closed client
-            self._failed(client)
+            self._failed(client, exc)
             raise RedisUnavailable(f"Redis call failed: {type(exc).__name__}") from None
         self._succeeded(trio.current_time() - now)
         return result
 
-    def _failed(self, client: Any) -> None:
+    def _failed(self, client: Any, exc: BaseException) -> None:
+        # The class only: a message could quote the URL, and the URL may hold a password.
+        self.last_error = type(exc).__name__
+        log.debug("Redis call failed: {error}", error=self.last_error)
         self.errors += 1
         self.failures += 1
         if client is self.client:
@@ -125,8 +136,8 @@ class RedisLink:
             self._reset.set()
         if self.up.value and self.failures >= self.cfg.redis_failures:
             self.retry_at = trio.current_time() + self.cfg.redis_retry_s
-            log.warning("Redis unreachable: fleet rate limits fall back ({failures} failed calls)",
-                        failures=self.failures)
+            log.warning("Redis unreachable: fleet rate limits fall back ({failures} failed calls, "
+                        "the last: {error})", failures=self.failures, error=self.last_error)
             self.up.set(False)
             self.on_change(False)
         elif not self.up.value:
