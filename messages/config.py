@@ -19,7 +19,13 @@ from typing import Any, Literal
 import msgspec
 
 from messages.errors import ConfigError
-from messages.fleet_config import FLEET_DOWN_MODES, FleetConfig, FleetDownMode, on_fleet_down_default, validate_fleet
+from messages.fleet_config import (
+    FLEET_DOWN_MODES,
+    FleetConfig,
+    FleetDownMode,
+    on_fleet_down_default,
+    validate_fleet,
+)
 
 TIERS = ("database", "critical", "analytics", "batch")
 POLICIES = ("general", "auth", "recording", "heavy", "upload")

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import coredis
 import trio
-from msgspec.structs import replace
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))

@@ -8,6 +8,7 @@ from messages.config import Config
 from messages.errors import ConfigError
 
 SECRET = "s3cretPw9"
+NEEDS_REDIS = False  # configuration only
 
 
 def test_fleet_config_absent_is_single_instance_and_on_fleet_down_defaults_by_policy():

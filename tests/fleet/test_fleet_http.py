@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from messages.http_config import HttpConfig
 from tests._http import problem, serving
 from tests.fleet.redis_helpers import redis_prefix
-from tests.fleet.test_gate import fleet_config
+from tests.fleet.test_fleet_gate import fleet_config
 from tests.http.test_prometheus import promtool
 
 TOKEN = "t" * 40

@@ -25,7 +25,7 @@ import httpx
 import trio
 
 from tests.fleet.redis_helpers import REDIS_URL, redis_prefix
-from tests.fleet.test_gate import exact_gcra
+from tests.fleet.test_fleet_gate import exact_gcra
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCES = 4
@@ -60,7 +60,7 @@ algorithm = "gcra"
 redis_url = "{REDIS_URL}"
 key_prefix = "{prefix}"
 # A 2-core CI machine shared with other jobs stalls now and then for a second or more: the
-# Redis breaker must not take that for an outage here (test_faults.py tests real ones).
+# Redis breaker must not take that for an outage here (test_fleet_faults.py tests real ones).
 redis_timeout_s = 0.25
 redis_call_timeout_s = 2.0
 redis_failures = 5

@@ -74,7 +74,7 @@ async def test_fleet_two_instances_share_one_gcra_limit_within_the_bound():
 async def test_fleet_sliding_window_policy_never_over_the_limit_in_a_window():
     async with redis_prefix() as (_, prefix), \
             open_monitoring(fleet_config(prefix, "a")) as a, open_monitoring(fleet_config(prefix, "b")) as b:
-        times, admitted_at = [], []
+        admitted_at = []
         start = trio.current_time()
         i = 0
         while trio.current_time() - start < 2.5:
@@ -97,7 +97,7 @@ async def test_fleet_below_the_limit_nothing_is_refused():
 
 async def test_fleet_view_lists_live_instances_and_the_metrics_count_round_trips():
     async with redis_prefix() as (_, prefix), \
-            open_monitoring(fleet_config(prefix, "a")) as a, open_monitoring(fleet_config(prefix, "b")) as b:
+            open_monitoring(fleet_config(prefix, "a")) as a, open_monitoring(fleet_config(prefix, "b")):
         view = await a.fleet()
         assert [i["instance_id"] for i in view["instances"]] == ["a", "b"]
         assert view["live"] == 2 and view["redis"]["up"] and not view["stale"]

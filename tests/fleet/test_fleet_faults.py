@@ -8,7 +8,7 @@ from actors import open_monitoring
 from actors.faults.kinds import BlackHole, Down, Latency
 from actors.faults.proxy import FaultProxy
 from tests.fleet.redis_helpers import redis_prefix
-from tests.fleet.test_gate import fleet_config
+from tests.fleet.test_fleet_gate import fleet_config
 
 TIMEOUT_S = 0.05
 
