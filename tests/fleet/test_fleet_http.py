@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+import trio
 from msgspec.structs import replace
+from playwright.sync_api import sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors import open_monitoring
 from messages.http_config import HttpConfig
 from tests._http import problem, serving
+from tests.http.test_dashboard import ARGS, CHROMIUM
 from tests.fleet.redis_helpers import redis_prefix
 from tests.fleet.test_fleet_gate import fleet_config
 from tests.http.test_prometheus import promtool
@@ -49,3 +54,40 @@ async def test_fleet_metrics_mode_per_policy_and_redis_rtt_pass_promtool():
     done = subprocess.run([tool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), \
         (done.stdout.decode() + done.stderr.decode())
+
+
+@pytest.mark.chromium
+async def test_fleet_dashboard_panel_lists_the_instances_live():
+    async with redis_prefix() as (_, prefix), serving(fleet_config(prefix, "web-1")) as s:
+        other_done = trio.Event()
+        gone = trio.Event()
+
+        async def other() -> None:
+            async with open_monitoring(fleet_config(prefix, "web-2")):
+                await other_done.wait()
+            gone.set()
+
+        def browse() -> dict:
+            errors: list[str] = []
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                page = browser.new_page()
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(s.url + "/dashboard")
+                both = "document.querySelectorAll('#fleet-instances tr').length === 2"
+                page.wait_for_function(both, timeout=10_000)
+                rows = page.inner_text("#fleet-instances")
+                summary = page.inner_text("#fleet-summary")
+                trio.from_thread.run_sync(other_done.set)
+                trio.from_thread.run(gone.wait)
+                page.wait_for_function("document.querySelectorAll('#fleet-instances tr').length === 1",
+                                       timeout=10_000)
+                browser.close()
+            return {"errors": errors, "rows": rows, "summary": summary}
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            seen = await trio.to_thread.run_sync(browse)
+    assert seen["errors"] == []
+    assert "web-1 (this one)" in seen["rows"] and "web-2" in seen["rows"]
+    assert "2 live instance(s)" in seen["summary"] and "auth: global" in seen["summary"]
