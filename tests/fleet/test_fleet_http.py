@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors import open_monitoring
 from messages.http_config import HttpConfig
 from tests._http import problem, serving
-from tests.http.test_dashboard import ARGS, CHROMIUM
 from tests.fleet.redis_helpers import redis_prefix
 from tests.fleet.test_fleet_gate import fleet_config
+from tests.http.test_dashboard import ARGS, CHROMIUM
 from tests.http.test_prometheus import promtool
 
 TOKEN = "t" * 40
