@@ -59,6 +59,7 @@ class Monitoring:
         self.metrics_snapshot: AsyncValue  # the metrics actor's latest MetricsSnapshot (or None)
         self.injector: Any = None        # a FaultInjector when config.faults.enabled
         self.sinks: Any = None           # actors.sinks.Sinks, set by start_sinks
+        self.fleet_handle: Any = None    # actors.fleet.Fleet when [fleet] names a Redis
 
     def guard(self, *, priority: int = Priority.NORMAL, tier: str = "database",
               timeout_s: float | None = None) -> Guard:
@@ -106,7 +107,15 @@ class Monitoring:
             raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
         if cost != 1 or type(cost) is not int:
             check_cost(cost)
-        decision = await ask(self._limiter, lambda r: Check(reply=r, policy=policy, key=str(key), cost=cost))
+        fleet = self.fleet_handle
+        refused = fleet.gate.refusal(policy, str(key)) if fleet is not None else None
+        if refused is not None:  # the fleet has no token for this key: the local quota is kept
+            await trio.lowlevel.checkpoint()
+            decision = refused
+        else:
+            decision = await ask(self._limiter, lambda r: Check(reply=r, policy=policy, key=str(key), cost=cost))
+            if decision.allowed and fleet is not None:  # the fleet's limit, after the local one
+                decision = await fleet.gate.admit(decision, str(key), cost)
         if not decision.allowed:
             self._metrics.tell_lazy(Count(what="rate_limit_violation", label=policy,
                                          at=trio.current_time()))
@@ -134,6 +143,15 @@ class Monitoring:
             if value is not None and not isinstance(value, str):
                 raise InvalidArgumentType(f"{name} must be a str or None, got {value!r}")
         await ask(self._limiter, lambda r: ResetKeys(reply=r, policy=policy, key=key))
+
+    async def fleet(self) -> dict[str, Any]:
+        """The instances sharing this one's Redis (`[fleet]`), as `GET /api/fleet` shows them:
+        each one's status, breaker states, queue depth, connections and when it was last seen,
+        with the fleet mode per policy and Redis's state. Without `[fleet]`: ``enabled`` false."""
+        if self.fleet_handle is None:
+            await trio.lowlevel.checkpoint()
+            return {"enabled": False, "instances": []}
+        return await self.fleet_handle.view()
 
     def events(self, buffer: int = 256):
         """`async with mon.events() as ch: async for event in ch` — transitions and restarts."""

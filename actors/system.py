@@ -64,6 +64,7 @@ __all__ = ["FaultWiring", "Monitoring", "open_monitoring", "run_monitoring"]
 # (dsn, config, nursery) -> (the DSN the pool and the monitor use, the injector `mon.inject` uses)
 FaultWiring = Callable[[str, Config, trio.Nursery], Awaitable[tuple[str, Any]]]
 FAULT_LAYER = "actors.faults"
+FLEET_LAYER = "actors.fleet"  # loaded by name when [fleet] is set: it needs the `fleet` extra
 
 
 async def _fault_layer(dsn: str, config: Config, nursery: trio.Nursery) -> tuple[str, Any]:
@@ -296,6 +297,9 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
             mon.injector = w.injector
             alerts_inbox, alerts = await w.alerts()
             mon.health_report = await w.health(mon, monitor, alerts_inbox, alerts, metrics)
+            if config.fleet.enabled:
+                fleet = importlib.import_module(FLEET_LAYER)
+                mon.fleet_handle = await nursery.start(fleet.run_fleet, config, mon, w.bus.emit)
             await start_sinks(config, mon, nursery)
             try:
                 task_status.started(mon)

@@ -19,6 +19,13 @@ from typing import Any, Literal
 import msgspec
 
 from messages.errors import ConfigError
+from messages.fleet_config import (
+    FLEET_DOWN_MODES,
+    FleetConfig,
+    FleetDownMode,
+    on_fleet_down_default,
+    validate_fleet,
+)
 
 TIERS = ("database", "critical", "analytics", "batch")
 POLICIES = ("general", "auth", "recording", "heavy", "upload")
@@ -68,11 +75,17 @@ class RatePolicy(_Frozen):
     limit: int
     window_s: float
     algorithm: str | None = None  # "sliding_window" | "gcra"; None: by `limit` (see above)
+    # With [fleet] and Redis down: "share" (L / live instances each) or "local" (L each).
+    # None: "share" for auth and upload, "local" for the rest (messages.fleet_config).
+    on_fleet_down: FleetDownMode | None = None
 
     def resolved_algorithm(self) -> str:
         if self.algorithm is not None:
             return self.algorithm
         return "sliding_window" if self.limit <= SLIDING_WINDOW_DEFAULT_MAX else "gcra"
+
+    def resolved_on_fleet_down(self, name: str) -> FleetDownMode:
+        return self.on_fleet_down or on_fleet_down_default(name)
 
 
 class LimiterConfig(_Frozen):
@@ -361,6 +374,7 @@ class Config(_Frozen):
     http: dict[str, Any] = {}
     supervisor: SupervisorConfig = SupervisorConfig()
     health: HealthConfig = HealthConfig()
+    fleet: FleetConfig = FleetConfig()  # [fleet]: several instances over Redis (off by default)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -480,6 +494,9 @@ def _env_overlay(env: Mapping[str, str]) -> dict:
     sinks = sinks_env(env)
     if sinks:
         out["sinks"] = sinks
+    redis_url = (env.get("REDIS_URL") or "").strip()
+    if redis_url:
+        out["fleet"] = {"redis_url": redis_url}
     if env.get("TRIAGE_DATA_DIR"):
         out["database"]["embedded_data_dir"] = env["TRIAGE_DATA_DIR"]
     if env.get("NODE_ENV"):
@@ -627,6 +644,8 @@ def validate(cfg: Config) -> None:
         _require(pol.window_s > 0, f"policies.{name}.window_s", pol.window_s, "must be > 0")
         _require(pol.algorithm is None or pol.algorithm in RATE_ALGORITHMS, f"policies.{name}.algorithm",
                  pol.algorithm, f"expected one of {', '.join(RATE_ALGORITHMS)}")
+        _require(pol.on_fleet_down is None or pol.on_fleet_down in FLEET_DOWN_MODES,
+                 f"policies.{name}.on_fleet_down", pol.on_fleet_down, "expected share or local")
     q = cfg.queue
     _require(q.max_concurrent >= 1, "queue.max_concurrent", q.max_concurrent, "must be >= 1")
     _require(q.max_queue_size >= 0, "queue.max_queue_size", q.max_queue_size, "must be >= 0")
@@ -645,6 +664,7 @@ def validate(cfg: Config) -> None:
     _require(th.max_connection_count >= 1, "thresholds.max_connection_count", th.max_connection_count, "must be >= 1")
     _validate_health(cfg.health)
     validate_sinks(cfg.sinks)
+    validate_fleet(cfg.fleet)
 
 
 def _validate_health(h: HealthConfig) -> None:

@@ -75,6 +75,9 @@ def operations(degraded_status: int) -> tuple[openapi.Operation, ...]:
         openapi.Operation("GET", "/api/alerts/stream", "Alerts as server-sent events (never ends)",
                           answers=((200, "text/event-stream"),), tags=_OPS),
         openapi.Operation("GET", "/openapi.json", "This document", tags=_OPS),
+        openapi.Operation("GET", "/api/fleet", "The instances sharing this one's Redis ([fleet]): status, "
+                          "breakers, queue, connections, last seen; fleet mode per policy",
+                          answers=((200, _JSON), (403, _JSON)), tags=_OPS),
     )
 
 
@@ -100,6 +103,7 @@ class TriageApp:
                Route("/metrics", self.metrics, methods=["GET"]),
                Route("/api/alerts/stream", self.alerts, methods=["GET"]),
                Route("/openapi.json", self.openapi, methods=["GET"]),
+               Route("/api/fleet", self.fleet, methods=["GET"]),
                *Admin(mon, self.access).routes(),
                *dashboard.routes(mon, allowed=self._dashboard_allowed, cookie_for=self._dashboard_cookie,
                                  alerts=self.alert_log, degraded_code=http.degraded_status_code)]
@@ -115,8 +119,8 @@ class TriageApp:
             route_policies={f"{r.method} {r.path}": r.policy for r in table},
             # admin: the emergency procedures must work during the flood that spent this
             # client's quota (a 192-bit token is its own protection against guessing)
-            exempt_paths=("/api/health", "/api/health/*", "/metrics", "/openapi.json", "/dashboard",
-                          "/dashboard/*", "/api/dashboard/*", "/api/admin/*"),
+            exempt_paths=("/api/health", "/api/health/*", "/api/fleet", "/metrics", "/openapi.json",
+                          "/dashboard", "/dashboard/*", "/api/dashboard/*", "/api/admin/*"),
             trusted_proxies=http.trusted_proxies, user_key=self.sessions.user_key)
         self.edge = EdgeMiddleware(limited, mon, max_body_bytes=http.max_body_bytes, body_timeout_s=http.body_timeout_s,
                          grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table},
@@ -194,6 +198,16 @@ class TriageApp:
             return problem(403, "Metrics need a health or admin bearer token, or an allow-listed network")
         body, content_type = await self._collector.render(self._registry, request.headers.get("accept"))
         return Response(body, headers={**NO_STORE, "content-type": content_type})
+
+    async def fleet(self, request: Request) -> Response:
+        """`mon.fleet()`: the detailed health report's access rule (or the dashboard's session)."""
+        ex = exchange(request)
+        ex.outcome, ex.rated = Outcome.OK, False
+        if not self._dashboard_allowed(request):
+            return problem(403, "The fleet view needs a health or admin bearer token, "
+                                "or an allow-listed network")
+        return Response(msgspec.json.encode(await self.mon.fleet()), media_type="application/json",
+                        headers=NO_STORE)
 
     async def alerts(self, request: Request) -> Response:
         if not self.access.sees_details(request.scope):

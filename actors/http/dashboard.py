@@ -44,6 +44,7 @@ METRICS_EVERY_S = 1.0
 TRANSITIONS_KEPT = 50
 ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
+    "fleet.js": "text/javascript; charset=utf-8",  # the fleet panel (GET /api/fleet)
     "dashboard.css": "text/css; charset=utf-8",
     "uPlot.iife.min.js": "text/javascript; charset=utf-8",
     "uPlot.min.css": "text/css; charset=utf-8",

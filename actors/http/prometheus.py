@@ -40,6 +40,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
+from actors.http.fleet_metrics import FleetCollector
 from actors.http.sink_metrics import SinkCollector
 from messages.config import Priority
 
@@ -285,5 +286,6 @@ def new_registry(collector: TriageCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     registry.register(SinkCollector(collector.mon))  # the alert sinks' counters
+    registry.register(FleetCollector(collector.mon))  # [fleet]: mode per policy, Redis round trips
     ProcessCollector(registry=registry)  # process_*: CPU, RSS, open files (empty off Linux)
     return registry

@@ -1,0 +1,72 @@
+"""Redis faults through Triage's own fault proxy: the fallback modes, their bounds, recovery."""
+
+from __future__ import annotations
+
+import trio
+
+from actors import open_monitoring
+from actors.faults.kinds import BlackHole, Down, Latency
+from actors.faults.proxy import FaultProxy
+from tests.fleet.redis_helpers import redis_prefix
+from tests.fleet.test_fleet_gate import fleet_config
+
+TIMEOUT_S = 0.05
+
+
+async def _timed(mon, policy, key):
+    start = trio.current_time()
+    decision = await mon.check_rate(policy, key)
+    return decision, trio.current_time() - start
+
+
+async def _until_mode(mon, policy, mode):
+    with trio.fail_after(5):
+        while mon.fleet_handle.gate.modes[policy] != mode:
+            await mon.check_rate("general", "ip:probe")
+            await trio.sleep(0.02)
+
+
+async def test_fleet_redis_down_share_and_local_bounds_then_global_again():
+    async with redis_prefix() as (_, prefix), FaultProxy("127.0.0.1", 6379) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with open_monitoring(fleet_config(prefix, "a", url=url)) as a, \
+                open_monitoring(fleet_config(prefix, "b", url=url)) as b:
+            await trio.sleep(0.3)  # a heartbeat each: both know N = 2
+            assert a.fleet_handle.heartbeat.live == 2
+            async with a.subscribe("warning") as alerts:
+                proxy.add(Down())
+                await _until_mode(a, "auth", "share")
+                await _until_mode(b, "auth", "share")
+                assert a.fleet_handle.gate.modes["general"] == "local"
+                alert = await alerts.receive()
+                assert alert.id == "fleet_redis_down" and alert.state == "firing"
+            # share: auth (6 per 2 s) is 3 per instance; local: general is 20 per instance
+            auth = [(await m.check_rate("auth", "ip:192.0.2.1")).allowed for m in (a, b) for _ in range(10)]
+            assert sum(auth) == 6 and auth[:3] == [True] * 3 and auth[10:13] == [True] * 3
+            general = [(await m.check_rate("general", "ip:192.0.2.2")).allowed for m in (a, b) for _ in range(25)]
+            assert sum(general) == 40  # today's per-instance limits, never fail closed
+            view = await a.fleet()
+            assert view["stale"] and not view["redis"]["up"] and view["modes"]["auth"] == "share"
+            proxy.remove("down")
+            await _until_mode(a, "auth", "global")
+            await _until_mode(a, "general", "global")
+            assert (await a.fleet())["redis"]["up"]
+
+
+async def test_fleet_black_hole_and_latency_no_request_waits_past_the_redis_timeout():
+    async with redis_prefix() as (_, prefix), FaultProxy("127.0.0.1", 6379) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with open_monitoring(fleet_config(prefix, "a", url=url)) as a:
+            for fault in (BlackHole(), Latency(latency_ms=200)):
+                proxy.add(fault)
+                worst = 0.0
+                for i in range(40):  # fresh keys: each one would need a lease
+                    decision, took = await _timed(a, "general", f"ip:10.0.0.{i}")
+                    assert decision.allowed  # the fallback decides: never fail closed
+                    worst = max(worst, took)
+                assert worst < TIMEOUT_S + 0.15, worst  # bounded by the Redis timeout, not the fault
+                assert a.fleet_handle.gate.modes["general"] == "local"
+                proxy.clear()
+                await _until_mode(a, "general", "global")
+            decision, _ = await _timed(a, "general", "ip:10.0.1.1")
+            assert decision.allowed and a.fleet_handle.gate.modes["general"] == "global"
