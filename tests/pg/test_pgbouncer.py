@@ -23,10 +23,10 @@ from actors.tools.pgbouncer import binary, running_pgbouncer
 from messages.config import Config, DatabaseConfig, Priority, QueueConfig
 
 
-def bouncer_for(database_url: str, **settings):
+def bouncer_for(direct_database_url: str, **settings):
     if binary() is None:
         pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
-    return running_pgbouncer(database_url, **settings)
+    return running_pgbouncer(direct_database_url, **settings)
 
 
 def config_for(url: str, **db) -> Config:
@@ -35,11 +35,11 @@ def config_for(url: str, **db) -> Config:
     return Config(database_url=url, queue=queue, database=DatabaseConfig(application_name=app, **db))
 
 
-async def test_pgbouncer_statement_timeout_stays_with_its_caller_not_the_shared_server_connection(database_url):
+async def test_pgbouncer_statement_timeout_stays_with_its_caller_not_the_shared_server_connection(direct_database_url):
     """Two instances with different statement timeouts share PgBouncer's one server connection
     (pool_size = 1). Each keeps its own bound: the 0.3 s one is cut off, the 5 s one is not, and
     the server connection carries no setting of either afterwards."""
-    with bouncer_for(database_url, pool_size=1) as bouncer:
+    with bouncer_for(direct_database_url, pool_size=1) as bouncer:
         with trio.fail_after(30):
             async with open_monitoring(config_for(bouncer.url, statement_timeout_s=5.0)) as patient, \
                     open_monitoring(config_for(bouncer.url, statement_timeout_s=0.3)) as hasty:
@@ -56,7 +56,7 @@ async def test_pgbouncer_statement_timeout_stays_with_its_caller_not_the_shared_
                 assert (await conn.execute("show statement_timeout")).rows == [("0",)]
 
 
-async def test_pgbouncer_no_more_connections_allowed_is_backpressure_not_a_breaker_failure(database_url):
+async def test_pgbouncer_no_more_connections_allowed_is_backpressure_not_a_breaker_failure(direct_database_url):
     """PgBouncer at `max_client_conn` refuses new clients ("no more connections allowed"): callers
     that needed a new connection get `ConnectionLimitReached` (retriable, a 503 at the edge), the
     breaker stays CLOSED, and the connections the pool holds keep serving."""
@@ -70,7 +70,7 @@ async def test_pgbouncer_no_more_connections_allowed_is_backpressure_not_a_break
             assert exc.retriable is True and exc.retry_after_s > 0
             outcomes.append("limited")
 
-    with bouncer_for(database_url, max_client_conn=3) as bouncer:
+    with bouncer_for(direct_database_url, max_client_conn=3) as bouncer:
         with trio.fail_after(30):
             async with open_monitoring(config_for(bouncer.url)) as mon:  # monitor + 1 pooled: 2 of 3
                 assert await mon.db.fetchval("select 1") == 1
@@ -84,15 +84,15 @@ async def test_pgbouncer_no_more_connections_allowed_is_backpressure_not_a_break
                 assert await mon.db.fetchval("select 2") == 2
 
 
-async def test_pgbouncer_passes_on_the_servers_53300_as_backpressure(database_url):
+async def test_pgbouncer_passes_on_the_servers_53300_as_backpressure(direct_database_url):
     """PostgreSQL refuses PgBouncer's server connection (53300: another client holds every
     slot); a fresh PgBouncer pool passes the refusal on at login. `ConnectionLimitReached`
     (retriable), the breaker stays CLOSED, and once the slots are free again calls succeed."""
     from actors.faults import exhausted_connections
 
-    with bouncer_for(database_url, extra="server_login_retry = 1\n") as bouncer:
+    with bouncer_for(direct_database_url, extra="server_login_retry = 1\n") as bouncer:
         with trio.fail_after(40):
-            async with exhausted_connections(database_url):   # before PgBouncer has a server connection
+            async with exhausted_connections(direct_database_url):   # before PgBouncer has a server connection
                 async with open_monitoring(config_for(bouncer.url)) as mon:
                     for _ in range(3):
                         with pytest.raises(ConnectionLimitReached) as info:
@@ -109,12 +109,12 @@ async def test_pgbouncer_passes_on_the_servers_53300_as_backpressure(database_ur
                 assert mon.breakers["database"].state == "closed"
 
 
-async def test_pgbouncer_query_wait_timeout_is_backpressure(database_url):
+async def test_pgbouncer_query_wait_timeout_is_backpressure(direct_database_url):
     """Every server connection of PgBouncer's pool is busy (pool_size = 1, held by an open
     transaction): a statement waits in PgBouncer until `query_wait_timeout`, which then drops
     the client — the statement never reached the server. `ConnectionLimitReached`, retriable,
     not a breaker failure; the pool recovers once the transaction ends."""
-    with bouncer_for(database_url, pool_size=1, extra="query_wait_timeout = 1\n") as bouncer:
+    with bouncer_for(direct_database_url, pool_size=1, extra="query_wait_timeout = 1\n") as bouncer:
         with trio.fail_after(40):
             async with open_monitoring(config_for(bouncer.url)) as mon:
                 assert await mon.db.fetchval("select 1") == 1
@@ -129,13 +129,13 @@ async def test_pgbouncer_query_wait_timeout_is_backpressure(database_url):
                 assert mon.breakers["database"].state == "closed"
 
 
-ROLES = {"triage_pgb_urgent": 0, "triage_pgb_batch": 7}   # PgBouncer [users]: max_user_connections
+ROLES = {"triage_pgb_urgent": 3, "triage_pgb_batch": 7}   # PgBouncer [users]: max_user_connections
 BUDGET = 10                                               # max_db_connections: the database's budget
 
 
 @pytest.fixture
-async def pool_roles(database_url):
-    async with await PgConnection.connect(database_url) as conn:
+async def pool_roles(direct_database_url):
+    async with await PgConnection.connect(direct_database_url) as conn:
         for role in ROLES:
             exists = (await conn.execute("select 1 from pg_roles where rolname = %s", [role])).rows
             if not exists:
@@ -146,7 +146,7 @@ async def pool_roles(database_url):
     yield list(ROLES)
 
 
-async def test_pgbouncer_fleet_of_four_shares_a_budget_of_ten_and_critical_waits_less(database_url, pool_roles):
+async def test_pgbouncer_fleet_of_four_shares_a_budget_of_ten_and_critical_waits_less(direct_database_url, pool_roles):
     """Four instances × 8 slots (in-process `open_monitoring` instances) behind PgBouncer with
     `max_db_connections = 10`: BATCH work through a pool user capped at 7, CRITICAL through
     another (`priority_dsn`). Under load PostgreSQL never sees more than 10 backends of the two
@@ -157,7 +157,7 @@ async def test_pgbouncer_fleet_of_four_shares_a_budget_of_ten_and_critical_waits
     failures: list[str] = []
     peak = 0
 
-    with bouncer_for(database_url, max_db_connections=BUDGET, users=ROLES, max_client_conn=500) as bouncer:
+    with bouncer_for(direct_database_url, max_db_connections=BUDGET, users=ROLES, max_client_conn=500) as bouncer:
         def cfg(i: int) -> Config:
             return config_for(bouncer.url_for(batch), application_name=f"triage-fleet-{i}",
                               priority_dsn={"CRITICAL": bouncer.url_for(urgent)},
@@ -165,7 +165,7 @@ async def test_pgbouncer_fleet_of_four_shares_a_budget_of_ten_and_critical_waits
 
         async def sample(stop: trio.Event) -> None:
             nonlocal peak
-            async with await PgConnection.connect(database_url) as admin:
+            async with await PgConnection.connect(direct_database_url) as admin:
                 while not stop.is_set():
                     rows = (await admin.execute("select count(*) from pg_stat_activity where usename = any(%s)",
                                                 [list(ROLES)])).rows
@@ -210,15 +210,15 @@ async def test_pgbouncer_fleet_of_four_shares_a_budget_of_ten_and_critical_waits
     assert states == {"closed"}
 
 
-async def test_priority_dsn_picks_the_connection_by_the_calls_priority(database_url, pool_roles):
+async def test_priority_dsn_picks_the_connection_by_the_calls_priority(direct_database_url, pool_roles):
     """`priority_dsn = { CRITICAL = <another user> }`: CRITICAL calls run as that user, every
     other priority on DATABASE_URL's; mixed calls in a row reuse the pool's connections."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     urgent, _ = pool_roles
-    other = make_conninfo("", **{**conninfo_to_dict(database_url), "user": urgent})
-    default_user = conninfo_to_dict(database_url).get("user") or "postgres"
-    cfg = config_for(database_url, priority_dsn={"CRITICAL": other})
+    other = make_conninfo("", **{**conninfo_to_dict(direct_database_url), "user": urgent})
+    default_user = conninfo_to_dict(direct_database_url).get("user") or "postgres"
+    cfg = config_for(direct_database_url, priority_dsn={"CRITICAL": other})
     with trio.fail_after(20):
         async with open_monitoring(cfg) as mon:
             for _ in range(3):
@@ -234,7 +234,7 @@ async def test_priority_dsn_picks_the_connection_by_the_calls_priority(database_
             assert mon.queue.statistics().pool.opened <= 8
 
 
-async def test_priority_dsn_password_never_emitted(database_url):
+async def test_priority_dsn_password_never_emitted(direct_database_url):
     import io
 
     from loguru import logger
@@ -245,7 +245,7 @@ async def test_priority_dsn_password_never_emitted(database_url):
     logger.enable("actors")
     emitted: list[str] = []
     try:
-        cfg = config_for(database_url, connect_timeout_s=1.0,
+        cfg = config_for(direct_database_url, connect_timeout_s=1.0,
                          priority_dsn={"CRITICAL": f"postgresql://postgres:{canary}@127.0.0.1:1/test"})
         async with open_monitoring(cfg) as mon:
             assert await mon.db.fetchval("select 1") == 1
