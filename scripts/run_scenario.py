@@ -6,7 +6,8 @@
     .venv/bin/python scripts/run_scenario.py --quiet scripts/scenarios/*.toml   # no timeline
 
 Starts the service in-process on a loopback port (DATABASE_URL if set, else an embedded
-PostgreSQL: the serving rule) with the fault proxy in front of the database, runs
+PostgreSQL: the serving rule) with the fault proxy in front of the database (server-side
+faults connect to TRIAGE_FAULTS_DATABASE_URL if set: straight to PostgreSQL behind PgBouncer), runs
 open-loop load for the scenario's duration, applies its timeline of faults, and checks
 its expectations against the running system. Prints a timeline (faults, breaker
 transitions, health codes, alerts, latency percentiles per second) and the outcome
@@ -16,6 +17,7 @@ ledger. Exit status 1 if an expectation failed or the ledger does not balance.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +35,9 @@ async def run_file(path: str, url: str | None, quiet: bool = False) -> bool:
     sc = load(path)
     print(f"=== {sc.name} ({Path(path).name}): {sc.description}")
     results: list = []
-    async with open_service(config_for(sc, url)) as svc:
+    # Server-side faults straight to PostgreSQL when DATABASE_URL goes through PgBouncer.
+    faults_url = os.environ.get("TRIAGE_FAULTS_DATABASE_URL") or None
+    async with open_service(config_for(sc, url, faults_url)) as svc:
         start = trio.current_time()
         observer = Observer(svc.mon, start)
         load_plan = Scenario(name=sc.name, phases=(Phase(sc.duration_s, sc.rate_per_s),))

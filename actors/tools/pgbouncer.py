@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     given = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     with contextlib.ExitStack() as stack:
         upstream = given or stack.enter_context(testing_database())
-        bouncer = stack.enter_context(running_pgbouncer(upstream, max_client_conn=1000))
+        # Idle server connections close after a second: the monitors count the server's
+        # connections, and one session-long pool of them would read as a busy server.
+        bouncer = stack.enter_context(running_pgbouncer(upstream, max_client_conn=1000,
+                                                        extra="server_idle_timeout = 1\n"
+                                                              "query_wait_timeout = 5\n"))
         env = {**os.environ, "DATABASE_URL": bouncer.url, "TEST_DATABASE_URL": bouncer.url,
                "TRIAGE_FAULTS_DATABASE_URL": upstream}
         print(f"with_pgbouncer: PgBouncer {bouncer.url} (transaction pooling) in front of the "

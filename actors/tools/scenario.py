@@ -100,8 +100,11 @@ def load(path: str) -> ScenarioFile:
         return msgspec.convert(tomllib.load(f), ScenarioFile)
 
 
-def config_for(scenario: ScenarioFile, database_url: str | None) -> Any:
-    raw = {**scenario.config, "faults": {"enabled": True}}
+def config_for(scenario: ScenarioFile, database_url: str | None,
+               faults_database_url: str | None = None) -> Any:
+    """`faults_database_url`: where server-side faults connect (straight to PostgreSQL when
+    `database_url` goes through PgBouncer); None: `database_url`."""
+    raw = {**scenario.config, "faults": {"enabled": True, "database_url": faults_database_url}}
     if database_url:
         raw["database_url"] = database_url
     raw.setdefault("database", {})["embedded"] = database_url is None

@@ -8,6 +8,7 @@ server's connection limit are backpressure; and a fleet of instances shares a co
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import uuid
 from functools import partial
@@ -85,28 +86,36 @@ async def test_pgbouncer_no_more_connections_allowed_is_backpressure_not_a_break
 
 
 async def test_pgbouncer_passes_on_the_servers_53300_as_backpressure(direct_database_url):
-    """PostgreSQL refuses PgBouncer's server connection (53300: another client holds every
-    slot); a fresh PgBouncer pool passes the refusal on at login. `ConnectionLimitReached`
-    (retriable), the breaker stays CLOSED, and once the slots are free again calls succeed."""
-    from actors.faults import exhausted_connections
-
-    with bouncer_for(direct_database_url, extra="server_login_retry = 1\n") as bouncer:
-        with trio.fail_after(40):
-            async with exhausted_connections(direct_database_url):   # before PgBouncer has a server connection
-                async with open_monitoring(config_for(bouncer.url)) as mon:
-                    for _ in range(3):
-                        with pytest.raises(ConnectionLimitReached) as info:
-                            await mon.db.fetchval("select 1")
-                        assert info.value.retriable is True
-                    assert mon.breakers["database"].state == "closed"
-            async with open_monitoring(config_for(bouncer.url)) as mon:
-                while True:  # PgBouncer retries its server login every server_login_retry
-                    try:
-                        assert await mon.db.fetchval("select 1") == 1
-                        break
-                    except ConnectionLimitReached:
-                        await trio.sleep(0.2)
-                assert mon.breakers["database"].state == "closed"
+    """PostgreSQL refuses PgBouncer's server connection with 53300 (here: the pool user's
+    CONNECTION LIMIT is 0, "too many connections for role"); a fresh PgBouncer pool passes the
+    refusal on at login. `ConnectionLimitReached` (retriable), the breaker stays CLOSED, and
+    once PostgreSQL accepts connections again calls succeed."""
+    role = "triage_pgb_full"
+    async with await PgConnection.connect(direct_database_url) as admin:
+        if not (await admin.execute("select 1 from pg_roles where rolname = %s", [role])).rows:
+            with contextlib.suppress(psycopg.errors.DuplicateObject):
+                await admin.execute(f"create role {role} login")
+        await admin.execute(f"alter role {role} connection limit 0")
+        try:
+            with bouncer_for(direct_database_url, users={role: 0},
+                             extra="server_login_retry = 1\n") as bouncer:
+                with trio.fail_after(40):
+                    async with open_monitoring(config_for(bouncer.url_for(role))) as mon:
+                        for _ in range(3):
+                            with pytest.raises(ConnectionLimitReached) as info:
+                                await mon.db.fetchval("select 1")
+                            assert info.value.retriable is True
+                        assert mon.breakers["database"].state == "closed"
+                        await admin.execute(f"alter role {role} connection limit -1")
+                        while True:  # PgBouncer retries its server login every server_login_retry
+                            try:
+                                assert await mon.db.fetchval("select 1") == 1
+                                break
+                            except ConnectionLimitReached:
+                                await trio.sleep(0.2)
+                        assert mon.breakers["database"].state == "closed"
+        finally:
+            await admin.execute(f"alter role {role} connection limit -1")
 
 
 async def test_pgbouncer_query_wait_timeout_is_backpressure(direct_database_url):
