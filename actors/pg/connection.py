@@ -158,8 +158,7 @@ class PgConnection:
         ``statement_timeout_s`` is a ``SET`` on the session: not for a pooler in transaction
         mode (PgBouncer), where sessions are shared; `mon.db` bounds statements from the client
         side instead (a cancel request, then closing). ``application_name`` overrides one
-        given in the DSN. Errors are
-        ``psycopg.OperationalError`` (``psycopg.errors.ConnectionTimeout`` on
+        given in the DSN. Errors are ``psycopg.OperationalError`` (``psycopg.errors.ConnectionTimeout`` on
         timeout) and never contain the DSN or the password.
         ``cancel_timeout_s`` bounds the clean-up after a cancelled query.
         """

@@ -7,13 +7,21 @@ metrics), asking for a slot *and* a pooled connection in one grant (the pool,
 sees more than `max_concurrent` of our backends). The query runs on a
 `PgConnection` driven from the calling task; the connection goes back to the
 pool with the slot, or is discarded if it broke, is inside a transaction it
-should not be, or has outlived `max_lifetime_s`.
+should not be, has outlived `max_lifetime_s`, or had a cancel request sent.
+
+No session state (behind PgBouncer in transaction mode sessions are shared): the
+statement timeout is the watchdog's, a cancel request from the client. With
+`priority_dsn` the call's priority picks its DSN (e.g. another PgBouncer pool user);
+the pool hands out a connection to that DSN, still one per slot.
 
 Errors are psycopg's own classes. Triage adds:
   * `DatabaseUnavailable` (an `OperationalError`): opening a connection is
     backing off after a failure; nothing was sent.
-  * `QueryTimeout`: the caller's `timeout_s` expired; the server was asked to
-    cancel the statement; its outcome is unknown.
+  * `QueryTimeout`: the caller's `timeout_s` (or the statement timeout) expired; the
+    server was asked to cancel the statement; its outcome is unknown.
+  * `ConnectionLimitReached` (a `Refused`): the server or a pooler is at its connection
+    limit, or PgBouncer found no server connection in time (`query_wait_timeout`);
+    nothing reached the server. Backpressure, no breaker failure.
 Every error leaving `mon.db` carries `retriable`: True when no statement
 reached the server, or the transaction it was in was rolled back.
 

@@ -18,6 +18,11 @@ connections held with a slot, and leave to open one — including offered slots 
 not opened theirs yet. So it never exceeds the slots. The connections that really exist are
 `opened` minus those unopened offers, and that is what snapshots report (`corrected`).
 
+Routes. With `priority_dsn` connections go to several DSNs: each knows the priorities it
+`serves`, and a grant hands out the warmest idle connection (or offer) that serves the
+call's priority; failing that, another one, which `ConnectionLease` replaces (still one
+connection per slot).
+
 `ConnectionLease` is the connection half of a guarded call: it checks the lease's
 lifetime, opens or replaces the connection, and gives it back — one path for `mon.db`
 and for the breakers' pool probe.
