@@ -42,6 +42,7 @@ from loguru import logger
 from msgspec.structs import replace
 
 from actors.logs import Redactor, setup_logging, std_logger
+from actors.monitor import secrets_of
 from actors.system import open_monitoring
 from messages.config import Config
 from messages.errors import ConfigError
@@ -148,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"triage: configuration error: {exc}", file=sys.stderr)
         return 2
-    secrets = (http.health_token, http.admin_token, http.session_secret, config.database_url)
+    dsns = (config.database_url, config.faults.database_url, *config.database.priority_dsn.values())
+    secrets = (http.health_token, http.admin_token, http.session_secret,
+               *(s for dsn in dsns if dsn for s in secrets_of(dsn)))
     setup_logging(logs, secrets=secrets)
     log.info("Starting ({environment}; database: {database}; http://{host}:{port})",
              environment=config.environment, host=http.host, port=http.port,

@@ -161,7 +161,7 @@ class QueueHandle:
         timeout), QueueCleared or ShuttingDown. `now`: the caller's clock reading, if it has one.
         """
         if self._entries and not probe:  # a slot offered in advance: held at once, no round trip
-            taken = self.offers.take(conn)
+            taken = self.offers.take(conn, priority)
             if taken is not None:
                 return taken
         if now is None:

@@ -139,7 +139,9 @@ class Prober:
     async def _connect(self) -> None:
         self.close()
         t = self._timeout_s
-        conn = await PgConnection.connect(self._dsn.value, connect_timeout_s=t, statement_timeout_s=t,
+        # No statement_timeout SET (session state, shared behind PgBouncer): `probe` bounds the
+        # whole probe on the client, and a cancelled query sends the server a cancel request.
+        conn = await PgConnection.connect(self._dsn.value, connect_timeout_s=t,
                                           application_name="triage-monitor",
                                           cancel_timeout_s=min(1.0, t / 4))
         try:

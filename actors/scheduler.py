@@ -171,9 +171,10 @@ def _with_queue(s: SchedulerState, prio: int, queue: tuple, depth_delta: int, **
 
 
 def _grant(s: SchedulerState, reply: Any, since: float, now: float,
-           wants_conn: bool = False, probe: bool = False) -> tuple[SchedulerState, Send]:
+           wants_conn: bool = False, probe: bool = False,
+           priority: int | None = None) -> tuple[SchedulerState, Send]:
     if wants_conn:
-        pool, granted = lease(s.pool, now, probe)
+        pool, granted = lease(s.pool, now, probe, priority)
         s = replace(s, pool=pool)
     else:
         granted = {}
@@ -187,7 +188,7 @@ def _admit(s: SchedulerState, msg: Admit, now: float) -> tuple[SchedulerState, l
     except (InvalidArgument, InvalidArgumentType) as exc:
         return s, [Send(msg.reply, exc)]
     if s.free > 0:
-        s, grant = _grant(s, msg.reply, msg.at, now, msg.conn, msg.probe)
+        s, grant = _grant(s, msg.reply, msg.at, now, msg.conn, msg.probe, prio)
         return s, [grant]
     waiter = Waiter(msg.reply, prio, msg.at, msg.deadline, msg.conn, msg.probe)
     if msg.deadline <= now:
@@ -213,7 +214,7 @@ def _hand_over(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
         prio = next(p for p in range(N_PRIORITIES) if s.waiting[p])
         first = s.waiting[prio][0]
         s = _with_queue(s, prio, s.waiting[prio][1:], -1)
-        s, grant = _grant(s, first.reply, first.at, now, first.conn, first.probe)
+        s, grant = _grant(s, first.reply, first.at, now, first.conn, first.probe, prio)
         effects.append(grant)
     return s, effects
 

@@ -96,6 +96,7 @@ class _Wiring:
         offset = time.time() - self.now
         self.wall: Callable[[float], float] = lambda now: now + offset
         self.injector: Any = None
+        self.priority_dsn: dict[int, str] = {}   # priority -> DSN, where it is not the default
         self.offers: Offers | None = None
 
     def on_restart(self, cell: SupervisedActor, exc: BaseException) -> None:
@@ -156,8 +157,13 @@ class _Wiring:
             dsn = await self.nursery.start(_serve_embedded, self.config.database.embedded_data_dir)
         if not dsn:
             return None, None
+        routes = self.config.database.named_dsns()
         if self.config.faults.enabled:
             dsn, self.injector = await self.faults(dsn, self.config, self.nursery)
+            proxied = getattr(self.injector, "proxied", None)
+            if proxied is not None:  # other pool users of the same server meet the faults too
+                routes = {p: proxied(d) for p, d in routes.items()}
+        self.priority_dsn = {p: d for p, d in routes.items() if d != dsn}
         monitor = DatabaseMonitor(self.config, dsn, self.bus.emit,
                                   probe_timeout_s=self.config.database.probe_timeout_s)
         await self.nursery.start(monitor.run)
@@ -288,7 +294,7 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
             mon = Monitoring(config, breakers, queue, limiter, metrics_inbox, w.cells, w.bus)
             mon.metrics_snapshot = metrics
             dsn, monitor = await w.database()
-            mon.db = Database(mon.guards, config, dsn, monitor)
+            mon.db = Database(mon.guards, config, dsn, monitor, w.priority_dsn)
             if mon.db.configured:  # mon.queue.health_check() probes through the pool
                 queue.attach_connections(mon.db.connections, config.database.connect_timeout_s + 5.0)
             if monitor is not None:  # HALF_OPEN breakers get their trial from the monitor's probe

@@ -129,6 +129,18 @@ class DatabaseConfig(_Frozen):
     # Between Triage and the server, backends may be shared with other clients (PgBouncer):
     # TerminateBackends is then refused. None: detect it; True: declared so; False: declared not.
     behind_pooler: bool | None = None
+    # Another DSN for calls of these priorities (names: CRITICAL, HIGH, NORMAL, LOW, BATCH), e.g.
+    # another PgBouncer pool user, so urgent work keeps connections when batch work fills the
+    # rest. Env: DATABASE_URL_<PRIORITY>. Priorities not named use `database_url`.
+    priority_dsn: dict[str, str] = {}
+
+    def __repr__(self) -> str:  # never show a DSN (it may hold a password)
+        hidden = {k: "set" for k in self.priority_dsn}
+        return f"DatabaseConfig(priority_dsn={hidden!r}, ...)"
+
+    def named_dsns(self) -> dict[int, str]:
+        """Priority value -> DSN, for the priorities `priority_dsn` names."""
+        return {Priority[name].value: url for name, url in self.priority_dsn.items()}
 
 
 class AlertRule(_Frozen):
@@ -217,6 +229,13 @@ class HealthConfig(_Frozen):
 class FaultsConfig(_Frozen):
     # Put a fault proxy in front of the database (mon.inject / mon.clear_faults). Off in production.
     enabled: bool = False
+    # Where server-side faults (terminate_backends, exhaust_connections, lock_table) connect:
+    # straight to PostgreSQL when DATABASE_URL goes through PgBouncer. Env TRIAGE_FAULTS_DATABASE_URL.
+    # None: DATABASE_URL.
+    database_url: str | None = None
+
+    def __repr__(self) -> str:  # never show a DSN
+        return f"FaultsConfig(enabled={self.enabled!r}, database_url={'set' if self.database_url else None!r})"
 
 
 class SupervisorConfig(_Frozen):
@@ -485,12 +504,22 @@ def _env_overlay(env: Mapping[str, str]) -> dict:
     if url:
         out["database_url"] = url
     out["database"] = {}
+    by_priority = {name: env[f"DATABASE_URL_{name}"].strip() for name in Priority.__members__
+                   if (env.get(f"DATABASE_URL_{name}") or "").strip()}
+    for name, value in by_priority.items():
+        check_database_url(value, f"DATABASE_URL_{name}")
+    if by_priority:
+        out["database"]["priority_dsn"] = by_priority
     embedded = _flag(env, "TRIAGE_EMBEDDED_DB")
     if embedded is not None:
         out["database"]["embedded"] = embedded
     faults = _flag(env, "TRIAGE_FAULTS")
     if faults is not None:
         out["faults"] = {"enabled": faults}
+    admin = (env.get("TRIAGE_FAULTS_DATABASE_URL") or "").strip()
+    if admin:
+        check_database_url(admin, "TRIAGE_FAULTS_DATABASE_URL")
+        out.setdefault("faults", {})["database_url"] = admin
     sinks = sinks_env(env)
     if sinks:
         out["sinks"] = sinks
@@ -634,6 +663,15 @@ def check_breaker_config(prefix: str, t: BreakerConfig) -> None:
 def validate(cfg: Config) -> None:
     if cfg.database_url:
         check_database_url(cfg.database_url, "database_url")
+    if cfg.faults.database_url:
+        check_database_url(cfg.faults.database_url, "faults.database_url")
+    for name, url in cfg.database.priority_dsn.items():
+        field = f"database.priority_dsn.{name}"
+        _require(name in Priority.__members__, field, None,
+                 f"unknown priority; expected one of {', '.join(Priority.__members__)}")
+        check_database_url(url, field)
+    _require(not cfg.database.priority_dsn or bool(cfg.database_url) or cfg.database.embedded,
+             "database.priority_dsn", None, "needs database_url (DATABASE_URL) for the other priorities")
     _require(cfg.health_check_interval_s > 0, "health_check_interval_s", cfg.health_check_interval_s, "must be > 0")
     for tier in TIERS:
         _require(tier in cfg.tiers, f"tiers.{tier}", None, "the spec's tiers are required")

@@ -6,7 +6,8 @@
     .venv/bin/python scripts/run_scenario.py --quiet scripts/scenarios/*.toml   # no timeline
 
 Starts the service in-process on a loopback port (DATABASE_URL if set, else an embedded
-PostgreSQL: the serving rule) with the fault proxy in front of the database, runs
+PostgreSQL: the serving rule) with the fault proxy in front of the database (server-side
+faults connect to TRIAGE_FAULTS_DATABASE_URL if set: straight to PostgreSQL behind PgBouncer), runs
 open-loop load for the scenario's duration, applies its timeline of faults, and checks
 its expectations against the running system. Prints a timeline (faults, breaker
 transitions, health codes, alerts, latency percentiles per second) and the outcome
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -38,9 +40,12 @@ async def run_file(path: str, url: str | None, quiet: bool = False) -> bool:
     print(f"=== {sc.name} ({Path(path).name}): {sc.description}"
           + (f" [{n} instances]" if n > 1 else ""))
     results: list = []
+    # Server-side faults straight to PostgreSQL when DATABASE_URL goes through PgBouncer.
+    faults_url = os.environ.get("TRIAGE_FAULTS_DATABASE_URL") or None
     prefix = f"triage:scenario:{secrets.token_hex(4)}:"
     async with contextlib.AsyncExitStack() as stack:
-        services = [await stack.enter_async_context(open_service(config_for(sc, url, index=i, key_prefix=prefix)))
+        services = [await stack.enter_async_context(
+                        open_service(config_for(sc, url, faults_url, index=i, key_prefix=prefix)))
                     for i in range(n)]
         if "fleet" in sc.config:
             stack.push_async_callback(delete_prefix, services[0].mon.config.fleet.redis_url, prefix)

@@ -10,6 +10,11 @@ end of the run names each such test and why (`@pytest.mark.chromium`: Debian's
 headless Chromium, `chromium` on PATH, else /usr/bin/chromium; `TRIAGE_CHROMIUM`
 names another path to check, e.g. a missing one to see the skip). With `TRIAGE_NO_SKIP=1` (.ci/run sets it) every skip is a
 failure instead: CI installs every tool, so a skip there is a defect.
+
+`TRIAGE_ONLY_DATABASE_TESTS=1` keeps only the tests that use a database (the `database_url`
+fixture, directly or through another fixture): `.ci/run` runs them a second time through
+PgBouncer in transaction mode (`scripts/with_pgbouncer`). `direct_database_url` is straight to
+PostgreSQL even then, for server-side set-up and checks.
 """
 
 from __future__ import annotations
@@ -34,8 +39,12 @@ def chromium_path() -> str | None:
     return found if os.access(found, os.X_OK) else None
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
 def _no_skips() -> bool:
-    return os.environ.get("TRIAGE_NO_SKIP", "").strip().lower() in ("1", "true", "yes")
+    return _flag("TRIAGE_NO_SKIP")
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +53,29 @@ def database_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def direct_database_url(database_url: str) -> str:
+    """Straight to PostgreSQL, never through a pooler: `TRIAGE_FAULTS_DATABASE_URL` when the
+    test database URL goes through PgBouncer (`scripts/with_pgbouncer` sets both), else the
+    test database. For tests that assert PostgreSQL's own view of their connections (backend
+    pids, pg_stat_activity counts of a pool's backends, terminating them, holding every
+    connection slot) or start their own PgBouncer in front of it: behind PgBouncer that view
+    is PgBouncer's."""
+    return os.environ.get("TRIAGE_FAULTS_DATABASE_URL") or database_url
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "chromium: drives Debian's headless Chromium")
+    config.addinivalue_line("markers", "direct_postgres: checks PostgreSQL's backends of its own "
+                            "connections by pid, so it connects straight to PostgreSQL (see "
+                            "direct_database_url)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _flag("TRIAGE_ONLY_DATABASE_TESTS"):  # .ci/run's PgBouncer step: the tests using a database
+        keep = [i for i in items if "database_url" in getattr(i, "fixturenames", ())]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
     if chromium_path() is not None:
         return
     for item in items:

@@ -36,11 +36,13 @@ from messages.config import Config
 
 async def wire_faults(dsn: str, config: Config, nursery: trio.Nursery) -> tuple[str, FaultInjector]:
     """The kernel's fault hook (`run_monitoring(..., faults=wire_faults)`): a proxy in front of
-    `dsn`, run in `nursery`; the pool and the monitor connect through the DSN returned."""
+    `dsn`, run in `nursery`; the pool and the monitor connect through the DSN returned.
+    Server-side faults connect to `faults.database_url` if set (straight to PostgreSQL when
+    `dsn` goes through PgBouncer), else to `dsn`."""
     proxy = FaultProxy.for_dsn(dsn)
     await nursery.start(proxy.run)
-    injector = FaultInjector(proxy, dsn, config.database.application_name, nursery,
-                             behind_pooler=config.database.behind_pooler)
+    injector = FaultInjector(proxy, config.faults.database_url or dsn, config.database.application_name,
+                             nursery, behind_pooler=config.database.behind_pooler, pool_dsn=dsn)
     return proxied_dsn(dsn, proxy), injector
 
 __all__ = [

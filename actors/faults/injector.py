@@ -11,7 +11,7 @@ from actors.faults.kinds import (
     LockTable,
     TerminateBackends,
 )
-from actors.faults.proxy import FaultProxy
+from actors.faults.proxy import FaultProxy, proxied_dsn
 from actors.faults.server import (
     FaultRefused,
     exhausted_connections,
@@ -27,8 +27,12 @@ class FaultInjector:
     """`mon.inject(fault)` / `mon.clear_faults()`: proxy faults and server faults in one place."""
 
     def __init__(self, proxy: FaultProxy, admin_dsn: str, application_name: str,
-                 nursery: trio.Nursery, *, behind_pooler: bool | None = None) -> None:
+                 nursery: trio.Nursery, *, behind_pooler: bool | None = None,
+                 pool_dsn: str | None = None) -> None:
+        """`admin_dsn`: where server-side faults connect (straight to PostgreSQL, not through a
+        pooler); `pool_dsn` (default `admin_dsn`): what the pool connects to, checked for a pooler."""
         self.proxy, self.admin_dsn, self.application_name = proxy, admin_dsn, application_name
+        self.pool_dsn = pool_dsn or admin_dsn
         self.behind_pooler = behind_pooler
         self._nursery = nursery
         self._server: dict[str, trio.CancelScope] = {}   # server-side faults held until removed
@@ -56,12 +60,17 @@ class FaultInjector:
         if self.behind_pooler:
             raise FaultRefused("terminate_backends refused: database.behind_pooler is set, and "
                                "behind a connection pooler backends are shared with other clients")
-        if self.behind_pooler is None and await through_pooler(self.admin_dsn):
+        if self.behind_pooler is None and await through_pooler(self.pool_dsn):
             raise FaultRefused(
                 "terminate_backends refused: DATABASE_URL reaches the server through a connection "
                 "pooler or relay, whose backends may be shared with other clients; terminating "
                 "them could hit other services (set database.behind_pooler = false if it is a "
                 "plain TCP forwarder)")
+
+    def proxied(self, dsn: str) -> str:
+        """`dsn` through the fault proxy if it names the proxy's upstream (another pool user of
+        the same server, `priority_dsn`), else as it is."""
+        return proxied_dsn(dsn, self.proxy) if self.proxy.fronts(dsn) else dsn
 
     def remove(self, kind: str) -> None:
         scope = self._server.pop(kind, None)

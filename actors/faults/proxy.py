@@ -121,6 +121,11 @@ class FaultProxy:
             return cls("unix", 0, unix_path=f"{host}/.s.PGSQL.{port}")
         return cls(host, port)
 
+    def fronts(self, dsn: str) -> bool:
+        """Whether `dsn` names this proxy's upstream server."""
+        other = FaultProxy.for_dsn(dsn)
+        return (other.upstream, other.unix_path) == (self.upstream, self.unix_path)
+
     async def _connect_upstream(self) -> trio.abc.Stream:
         if self.unix_path is not None:
             return await trio.open_unix_socket(self.unix_path)

@@ -135,6 +135,11 @@ class PgConnection:
         self.backend_pid: int = self._pgconn.backend_pid
         self.created_at: float = trio.current_time()
         self.last_used_at: float = self.created_at
+        # A cancel was requested (`cancel()`): it may land on a later statement, so a pool
+        # must not reuse this connection.
+        self.cancel_requested = False
+        # The priorities this connection's DSN serves (a pool's `priority_dsn`); None: all.
+        self.serves: frozenset[int] | None = None
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -150,8 +155,10 @@ class PgConnection:
     ) -> PgConnection:
         """Open a connection without blocking the trio thread.
 
-        ``application_name`` overrides one given in the DSN. Errors are
-        ``psycopg.OperationalError`` (``psycopg.errors.ConnectionTimeout`` on
+        ``statement_timeout_s`` is a ``SET`` on the session: not for a pooler in transaction
+        mode (PgBouncer), where sessions are shared; `mon.db` bounds statements from the client
+        side instead (a cancel request, then closing). ``application_name`` overrides one
+        given in the DSN. Errors are ``psycopg.OperationalError`` (``psycopg.errors.ConnectionTimeout`` on
         timeout) and never contain the DSN or the password.
         ``cancel_timeout_s`` bounds the clean-up after a cancelled query.
         """
@@ -197,6 +204,23 @@ class PgConnection:
             except RuntimeError:
                 pass  # not inside trio.run: nobody can be waiting
         self._conn.close()
+
+    async def cancel(self) -> None:
+        """Ask the server to cancel the statement in flight, if any; never raises.
+
+        The request travels on a new connection (PostgreSQL's cancel protocol; PgBouncer
+        forwards it to the server connection running our statement) and may arrive after the
+        statement has ended, so the connection is marked ``cancel_requested``. The waiting
+        task gets the server's answer (usually ``QueryCanceled``).
+        """
+        self.cancel_requested = True
+        if not (self._busy and self._flushed) or self.broken:
+            return
+        with trio.move_on_after(self._cancel_timeout_s):
+            try:
+                await self._send_cancel_request()
+            except (psycopg.Error, OSError):
+                pass  # the client-side deadline closes the connection anyway
 
     async def __aenter__(self) -> PgConnection:
         return self

@@ -7,13 +7,21 @@ metrics), asking for a slot *and* a pooled connection in one grant (the pool,
 sees more than `max_concurrent` of our backends). The query runs on a
 `PgConnection` driven from the calling task; the connection goes back to the
 pool with the slot, or is discarded if it broke, is inside a transaction it
-should not be, or has outlived `max_lifetime_s`.
+should not be, has outlived `max_lifetime_s`, or had a cancel request sent.
+
+No session state (behind PgBouncer in transaction mode sessions are shared): the
+statement timeout is the watchdog's, a cancel request from the client. With
+`priority_dsn` the call's priority picks its DSN (e.g. another PgBouncer pool user);
+the pool hands out a connection to that DSN, still one per slot.
 
 Errors are psycopg's own classes. Triage adds:
   * `DatabaseUnavailable` (an `OperationalError`): opening a connection is
     backing off after a failure; nothing was sent.
-  * `QueryTimeout`: the caller's `timeout_s` expired; the server was asked to
-    cancel the statement; its outcome is unknown.
+  * `QueryTimeout`: the caller's `timeout_s` (or the statement timeout) expired; the
+    server was asked to cancel the statement; its outcome is unknown.
+  * `ConnectionLimitReached` (a `Refused`): the server or a pooler is at its connection
+    limit, or PgBouncer found no server connection in time (`query_wait_timeout`);
+    nothing reached the server. Backpressure, no breaker failure.
 Every error leaving `mon.db` carries `retriable`: True when no statement
 reached the server, or the transaction it was in was rolled back.
 
@@ -41,7 +49,7 @@ from actors.pg.errors import (
     QueryTimeout,
     connection_limit_reached,
 )
-from actors.pg.pool import ConnectionLease, Connections
+from actors.pg.pool import CONNECT_BACKOFF_MIN_S, ConnectionLease, Connections
 from messages.config import Config, Priority
 
 __all__ = ["ConnectionLimitReached", "Database", "DatabaseNotConfigured", "DatabaseUnavailable",
@@ -64,17 +72,22 @@ class Watchdog:
 
     A cancel scope per query costs ~7 µs of trio bookkeeping (measured here), more than
     the rest of a guarded `SELECT 1`. So queries without an explicit timeout register
-    their connection here instead, and this one task closes any connection whose query
-    has outlived `query_timeout_s` (statement timeout + 2 s by default: the server has
-    normally given up by then, so this only bites when the network is dead — a black
-    hole). The waiting caller then gets `QueryTimeout`.
+    their connection here instead, with the instant it is given up (`query_timeout_s`:
+    statement timeout + 2 s by default). `cancel_lead_s` before that (at the statement
+    timeout) this one task asks the server to cancel the statement — the statement timeout,
+    kept on the client so no session state is set (a pooler in transaction mode shares
+    sessions); the caller then gets `QueryTimeout`. If the server has not answered by the
+    deadline (a dead network: a black hole), the connection is closed and the waiting caller
+    gets `QueryTimeout` all the same.
     """
 
     EVERY_S = 0.25
 
-    def __init__(self) -> None:
+    def __init__(self, cancel_lead_s: float = 0.0) -> None:
         self._watched: dict[int, tuple[float, PgConnection]] = {}
         self.expired: set[int] = set()
+        self.cancelled: set[int] = set()
+        self._lead = cancel_lead_s
 
     def watch(self, key: int, conn: PgConnection, deadline: float) -> None:
         self._watched[key] = (deadline, conn)
@@ -82,21 +95,34 @@ class Watchdog:
     def unwatch(self, key: int) -> bool:
         """Stop watching; True if the watchdog had closed the connection."""
         self._watched.pop(key, None)
+        if self.cancelled:
+            self.cancelled.discard(key)
         if key in self.expired:
             self.expired.discard(key)
             return True
         return False
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await trio.sleep(self.EVERY_S)
-            now = trio.current_time()
-            for key, (deadline, conn) in list(self._watched.items()):
-                if now >= deadline:
-                    del self._watched[key]
-                    self.expired.add(key)
+        async with trio.open_nursery() as nursery:  # the cancel requests in flight
+            task_status.started()
+            while True:
+                await trio.sleep(self.EVERY_S)
+                self._check(nursery, trio.current_time())
+
+    def _check(self, nursery: trio.Nursery, now: float) -> None:
+        lead = self._lead
+        for key, (deadline, conn) in list(self._watched.items()):
+            if now >= deadline:
+                del self._watched[key]
+                self.expired.add(key)
+                if key in self.cancelled:
                     conn.close_now()  # wakes the waiting caller with ConnectionLost
+                else:  # no cancel sent yet: send it, then close (the server must stop too)
+                    self.cancelled.add(key)
+                    nursery.start_soon(conn.close)
+            elif lead > 0 and now >= deadline - lead and key not in self.cancelled:
+                self.cancelled.add(key)
+                nursery.start_soon(conn.cancel)
 
 
 class Transaction:
@@ -123,13 +149,18 @@ class Transaction:
 class Database:
     """Guarded queries: `await mon.db.fetch(...)`, `async with mon.db.transaction() as tx`."""
 
-    def __init__(self, guards: Guards, config: Config, dsn: str | None, monitor: Any = None) -> None:
+    def __init__(self, guards: Guards, config: Config, dsn: str | None, monitor: Any = None,
+                 priority_dsn: dict[int, str] | None = None) -> None:
+        """`priority_dsn`: priority value -> DSN for those calls (the others use `dsn`)."""
         self._guards, self.queue, self._dsn = guards, guards.queue, dsn
+        self._routes, self._serves = _routes(dsn, priority_dsn or {})
+        if len(set(self._routes.values())) > 1 and self.queue.offers is not None:
+            self.queue.offers.routed = True
         db = config.database
         self.connect_timeout_s = db.connect_timeout_s
         self.statement_timeout_s = db.statement_timeout_s or config.queue.request_timeout_s
         self.query_timeout_s = db.query_timeout_s or self.statement_timeout_s + 2.0
-        self.watchdog = Watchdog()
+        self.watchdog = Watchdog(cancel_lead_s=self.query_timeout_s - self.statement_timeout_s)
         self.max_lifetime_s = db.max_lifetime_s
         self.application_name = db.application_name
         self.monitor = monitor
@@ -139,16 +170,20 @@ class Database:
     def configured(self) -> bool:
         return self._dsn is not None
 
-    async def _connect(self) -> PgConnection:
-        if self._dsn is None:
+    async def _connect(self, priority: int | None = None) -> PgConnection:
+        """A connection to the DSN for `priority`. No session settings (a pooler in transaction
+        mode shares sessions): the statement timeout is the watchdog's, on the client."""
+        dsn = self._routes.get(priority, self._dsn) if priority is not None else self._dsn
+        if dsn is None:
             raise DatabaseNotConfigured()
-        return await PgConnection.connect(
-            self._dsn, connect_timeout_s=self.connect_timeout_s,
-            statement_timeout_s=self.statement_timeout_s, application_name=self.application_name)
+        conn = await PgConnection.connect(
+            dsn, connect_timeout_s=self.connect_timeout_s, application_name=self.application_name)
+        conn.serves = self._serves.get(dsn)
+        return conn
 
     def _guarded(self, tier: str, priority: int) -> tuple[Guard, ConnectionLease]:
         """The one guard (breaker, slot, outcome, metrics) plus the slot's pooled connection."""
-        return self._guards(tier, priority, None, conn=True), self.connections.lease()
+        return self._guards(tier, priority, None, conn=True), self.connections.lease(priority)
 
     async def _run(self, query: str, params: Params, priority: int, tier: str,
                    timeout_s: float | None, row_factory: Any) -> QueryResult:
@@ -160,6 +195,8 @@ class Database:
             try:
                 return await self._execute(conn, query, params, row_factory, timeout_s)
             except ConnectionLost as exc:
+                if connection_limit_reached(exc):  # a pooler found no server connection: nothing ran
+                    raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
                 if exc.statement_sent:
                     raise
                 conn = await held.reconnect()  # it died while idle: nothing was sent, try once more
@@ -184,6 +221,10 @@ class Database:
         except ConnectionLost:
             if key in self.watchdog.expired:
                 raise QueryTimeout(self.query_timeout_s) from None
+            raise
+        except psycopg.errors.QueryCanceled:
+            if key in self.watchdog.cancelled:  # the statement timeout, applied by the watchdog
+                raise QueryTimeout(self.statement_timeout_s) from None
             raise
         finally:
             self.watchdog.unwatch(key)
@@ -226,6 +267,8 @@ class Database:
                 try:
                     await self._execute(conn, "BEGIN", None, None, None)
                 except ConnectionLost as exc:
+                    if connection_limit_reached(exc):
+                        raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
                     if exc.statement_sent:
                         raise
                     conn = await held.reconnect()
@@ -267,6 +310,17 @@ class Database:
         if self.monitor is None:
             raise DatabaseNotConfigured()
         return self.monitor.on_violation(callback)
+
+
+def _routes(dsn: str | None, priority_dsn: dict[int, str]) -> tuple[dict[int, str], dict[str, frozenset]]:
+    """(priority -> DSN, DSN -> the priorities it serves); one DSN for all: no `serves` entry."""
+    routes = {p.value: priority_dsn.get(p.value, dsn) for p in Priority if priority_dsn.get(p.value, dsn)}
+    if len(set(routes.values())) <= 1:
+        return routes, {}
+    serves: dict[str, set] = {}
+    for p, d in routes.items():
+        serves.setdefault(d, set()).add(p)
+    return routes, {d: frozenset(ps) for d, ps in serves.items()}
 
 
 class _deadline:

@@ -34,14 +34,19 @@ class ConnectionLimitReached(Refused, psycopg.OperationalError):
 
 
 _LIMIT_WORDS = ("too many clients", "remaining connection slots are reserved",
-                "no more connections allowed", "too many connections")
+                "no more connections allowed", "too many connections", "query_wait_timeout")
 
 
 def connection_limit_reached(exc: BaseException) -> bool:
-    """Whether a failed connect was the server's (or a pooler's) connection limit."""
+    """Whether a failed connect was the server's (or a pooler's) connection limit, or a pooler
+    found no server connection for a statement in time (PgBouncer's `query_wait_timeout`: the
+    statement never reached the server)."""
     if getattr(exc, "sqlstate", None) == "53300":
         return True
-    return isinstance(exc, psycopg.OperationalError) and any(w in str(exc).lower() for w in _LIMIT_WORDS)
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    message = str(exc).lower()
+    return any(w in message for w in _LIMIT_WORDS)
 
 
 class DatabaseNotConfigured(TriageError):

@@ -18,6 +18,11 @@ connections held with a slot, and leave to open one — including offered slots 
 not opened theirs yet. So it never exceeds the slots. The connections that really exist are
 `opened` minus those unopened offers, and that is what snapshots report (`corrected`).
 
+Routes. With `priority_dsn` connections go to several DSNs: each knows the priorities it
+`serves`, and a grant hands out the warmest idle connection (or offer) that serves the
+call's priority; failing that, another one, which `ConnectionLease` replaces (still one
+connection per slot).
+
 `ConnectionLease` is the connection half of a guarded call: it checks the lease's
 lifetime, opens or replaces the connection, and gives it back — one path for `mon.db`
 and for the breakers' pool probe.
@@ -67,14 +72,36 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True):
     idle_closed: int = 0             # closed after max_idle_s beyond min_idle
 
 
-def lease(pool: Pool, now: float, probe: bool = False) -> tuple[Pool, dict]:
+def serves(conn: Any, priority: int | None) -> bool:
+    """Whether `conn` (None: leave to open one) suits a call of `priority` (`priority_dsn`)."""
+    if conn is None or priority is None:
+        return True
+    routes = getattr(conn, "serves", None)
+    return routes is None or priority in routes
+
+
+def _warmest_for(conns: Any, priority: int | None, conn_of: Callable[[Any], Any]) -> int:
+    """Index of the last (warmest) item whose connection suits `priority`, else the last."""
+    last = len(conns) - 1
+    for i in range(last, -1, -1):
+        if serves(conn_of(conns[i]), priority):
+            return i
+    return last
+
+
+def lease(pool: Pool, now: float, probe: bool = False, priority: int | None = None) -> tuple[Pool, dict]:
     """What a slot holder that wants a connection gets: an idle one, leave to open one, or a wait.
 
     A breaker's trial call (`probe`) may connect while connecting backs off: finding out
-    whether the database is back is its whole purpose.
+    whether the database is back is its whole purpose. With `priority_dsn`, the warmest idle
+    connection to the call's DSN goes out (another one is replaced by `ConnectionLease`).
     """
     if pool.idle:
-        return replace(pool, idle=pool.idle[:-1], reused=pool.reused + 1), {"conn": pool.idle[-1]}
+        idle = pool.idle
+        i = len(idle) - 1
+        if not serves(idle[i], priority):
+            i = _warmest_for(idle, priority, lambda c: c)
+        return replace(pool, idle=idle[:i] + idle[i + 1:], reused=pool.reused + 1), {"conn": idle[i]}
     if now < pool.retry_at and not probe:
         return pool, {"unavailable_s": pool.retry_at - now, "limited": pool.limited}
     return replace(pool, opened=pool.opened + 1, connects=pool.connects + 1), {"connect": True}
@@ -189,19 +216,29 @@ class Offers:
     no connection exists for them either.
     """
 
-    __slots__ = ("entries", "inbox", "state", "lent_unopened")
+    __slots__ = ("entries", "inbox", "state", "lent_unopened", "routed")
 
     def __init__(self, inbox: Mailbox, state: Any) -> None:
         self.entries: deque = deque()
         self.inbox, self.state = inbox, state
         self.lent_unopened = 0
+        self.routed = False  # connections go to several DSNs (`priority_dsn`): match on take
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def take(self, conn: bool) -> tuple[Any, Admitted] | None:
-        """An offered slot, held at once; None if the caller must ask (a stale back-off lease)."""
-        token, granted = self.entries.pop()  # LIFO: the warmest connection, so idle ones age out
+    def take(self, conn: bool, priority: int | None = None) -> tuple[Any, Admitted] | None:
+        """An offered slot, held at once; None if the caller must ask (a stale back-off lease).
+
+        With `routed`, the warmest offer whose connection suits `priority` (or that has none).
+        """
+        entries = self.entries
+        if conn and self.routed and not serves(entries[-1][1].conn, priority):
+            i = _warmest_for(entries, priority, lambda e: e[1].conn)
+            token, granted = entries[i]
+            del entries[i]
+        else:
+            token, granted = entries.pop()  # LIFO: the warmest connection, so idle ones age out
         if not (conn and granted.unavailable_s):
             self.inbox.tell_count()
             if granted.connect and not conn:
@@ -260,15 +297,18 @@ class Offers:
 class ConnectionLease:
     """The connection that goes with one slot: vetted, opened or replaced, and given back."""
 
-    __slots__ = ("_connect", "_max_lifetime_s", "conn", "counted", "connect_failed", "connect_limited")
+    __slots__ = ("_connect", "_max_lifetime_s", "_priority", "conn", "counted", "connect_failed",
+                 "connect_limited")
 
-    def __init__(self, connect: Callable[[], Awaitable[Any]], max_lifetime_s: float) -> None:
-        self._connect, self._max_lifetime_s = connect, max_lifetime_s
+    def __init__(self, connect: Callable[[int | None], Awaitable[Any]], max_lifetime_s: float,
+                 priority: int | None = None) -> None:
+        self._connect, self._max_lifetime_s, self._priority = connect, max_lifetime_s, priority
         self.conn: Any = None
         self.counted = self.connect_failed = self.connect_limited = False
 
     async def take(self, granted: Admitted) -> Any:
-        """The granted connection, or a fresh one if it broke or outlived `max_lifetime_s`."""
+        """The granted connection, or a fresh one if it broke, outlived `max_lifetime_s`, or
+        goes to another DSN than this call's priority's (`priority_dsn`)."""
         # The pool counts a connection for this slot when it gave one or leave to open one.
         self.counted = granted.conn is not None or granted.connect
         if granted.unavailable_s:
@@ -276,7 +316,8 @@ class ConnectionLease:
                 raise ConnectionLimitReached(granted.unavailable_s)
             raise DatabaseUnavailable(granted.unavailable_s)
         conn = granted.conn
-        if conn is not None and (conn.broken or trio.current_time() - conn.created_at > self._max_lifetime_s):
+        if conn is not None and (conn.broken or trio.current_time() - conn.created_at > self._max_lifetime_s
+                                 or not serves(conn, self._priority)):
             conn.close_now()
             conn = None
         self.conn = conn if conn is not None else await self._open()
@@ -284,7 +325,7 @@ class ConnectionLease:
 
     async def _open(self) -> Any:
         try:
-            return await self._connect()
+            return await self._connect(self._priority)
         except BaseException as exc:
             self.connect_failed = isinstance(exc, Exception)
             if connection_limit_reached(exc):
@@ -306,7 +347,8 @@ class ConnectionLease:
     def give_back(self, queue: Any, token: Any) -> None:
         """Release the slot with the connection if it is clean, else say it was discarded."""
         conn, self.conn = self.conn, None
-        keep = conn is not None and not conn.broken and not conn.in_transaction
+        keep = (conn is not None and not conn.broken and not conn.in_transaction
+                and not getattr(conn, "cancel_requested", False))
         if conn is not None and not keep:
             conn.close_now()
         sent = queue.release(token, conn=conn if keep else None, discarded=self.counted and not keep,
@@ -320,8 +362,9 @@ class Connections:
 
     __slots__ = ("connect", "max_lifetime_s")
 
-    def __init__(self, connect: Callable[[], Awaitable[Any]], max_lifetime_s: float) -> None:
+    def __init__(self, connect: Callable[[int | None], Awaitable[Any]], max_lifetime_s: float) -> None:
         self.connect, self.max_lifetime_s = connect, max_lifetime_s
 
-    def lease(self) -> ConnectionLease:
-        return ConnectionLease(self.connect, self.max_lifetime_s)
+    def lease(self, priority: int | None = None) -> ConnectionLease:
+        """The connection half of a call of `priority` (it picks the DSN: `priority_dsn`)."""
+        return ConnectionLease(self.connect, self.max_lifetime_s, priority)

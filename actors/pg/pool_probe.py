@@ -81,7 +81,7 @@ class PoolProbe:
 
 async def select_1(queue: Any, connections: Any, timeout_s: float) -> None:
     """`SELECT 1` on a pooled connection (replaced if dead; connecting even while backing off)."""
-    held = connections.lease()
+    held = connections.lease(Priority.CRITICAL)
     # Waiting for a slot is bounded by the queue (QueueTimeout: no verdict); the rest,
     # connecting and the query, by the probe timeout (TooSlowError: a failure).
     token, admitted = await queue.admit(Priority.CRITICAL, timeout_s, conn=True, probe=True)

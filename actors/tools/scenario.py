@@ -142,11 +142,14 @@ def load(path: str) -> ScenarioFile:
         return msgspec.convert(tomllib.load(f), ScenarioFile)
 
 
-def config_for(scenario: ScenarioFile, database_url: str | None, *, index: int = 0,
+def config_for(scenario: ScenarioFile, database_url: str | None,
+               faults_database_url: str | None = None, *, index: int = 0,
                key_prefix: str | None = None) -> Any:
     """The Config of instance `index` (0-based): the scenario's, with faults on; in a fleet,
-    its own instance id and the run's key prefix."""
-    raw = {**scenario.config, "faults": {"enabled": True}}
+    its own instance id and the run's key prefix. `faults_database_url`: where server-side
+    faults connect (straight to PostgreSQL when `database_url` goes through PgBouncer);
+    None: `database_url`."""
+    raw = {**scenario.config, "faults": {"enabled": True, "database_url": faults_database_url}}
     if database_url:
         raw["database_url"] = database_url
     raw["database"] = {**raw.get("database", {}), "embedded": database_url is None}

@@ -173,9 +173,10 @@ async def test_idempotency_key_still_running_elsewhere_is_409(database_url, sche
     lots = [{"medicationId": 1, "lot": f"I-{key}", "quantity": 5, "expiresOn": "2031-01-01"}]
     async with serving(Config(database_url=database_url), schema) as s:
         auth = {**await login(s), "idempotency-key": key}
-        with psycopg.connect(database_url, autocommit=True) as held:  # another instance's open transaction
-            held.execute("SELECT pg_advisory_lock(1, hashtext(%s))", (key,))
-            running = await s.client.post("/api/inventory/import", json=lots, headers=auth)
+        with psycopg.connect(database_url) as held:  # another instance's open transaction
+            held.execute("SELECT pg_advisory_xact_lock(1, hashtext(%s))", (key,))  # no session lock:
+            running = await s.client.post("/api/inventory/import", json=lots, headers=auth)  # PgBouncer
+            held.rollback()
         done = await s.client.post("/api/inventory/import", json=lots, headers=auth)
         replay = await s.client.post("/api/inventory/import", json=lots, headers=auth)
     assert running.status_code == 409 and "still running" in problem(running)["detail"]

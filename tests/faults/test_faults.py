@@ -118,10 +118,10 @@ async def test_faults_decode_from_toml_like_data():
     assert fault == Latency(latency_ms=250, jitter_ms=10)
 
 
-async def test_faults_terminate_backends_kills_only_that_application(database_url):
-    victim = await PgConnection.connect(database_url, application_name="triage-victim")
-    bystander = await PgConnection.connect(database_url, application_name="triage-bystander")
-    assert await terminate_backends(database_url, "triage-victim") == 1
+async def test_faults_terminate_backends_kills_only_that_application(direct_database_url):
+    victim = await PgConnection.connect(direct_database_url, application_name="triage-victim")
+    bystander = await PgConnection.connect(direct_database_url, application_name="triage-bystander")
+    assert await terminate_backends(direct_database_url, "triage-victim") == 1
     with pytest.raises(ConnectionLost):
         await victim.execute("select 1")
     assert (await bystander.execute("select 1")).rows == [(1,)]
@@ -129,22 +129,22 @@ async def test_faults_terminate_backends_kills_only_that_application(database_ur
     await bystander.close()
 
 
-async def test_faults_exhausted_connections_refuses_new_clients(database_url):
-    async with exhausted_connections(database_url) as held:
+async def test_faults_exhausted_connections_refuses_new_clients(direct_database_url):
+    async with exhausted_connections(direct_database_url) as held:
         assert held > 0
         with pytest.raises(psycopg.OperationalError) as info:
-            await PgConnection.connect(database_url, connect_timeout_s=2)
+            await PgConnection.connect(direct_database_url, connect_timeout_s=2)
         assert "too many" in str(info.value).lower() or info.value.sqlstate == "53300"
-    async with await PgConnection.connect(database_url) as conn:
+    async with await PgConnection.connect(direct_database_url) as conn:
         assert (await conn.execute("select 1")).rows == [(1,)]
 
 
-async def test_faults_inject_through_monitoring_handle(database_url):
+async def test_faults_inject_through_monitoring_handle(direct_database_url):
     from actors import open_monitoring
     from actors.faults import TerminateBackends
     from messages.config import Config, DatabaseConfig, FaultsConfig
 
-    cfg = Config(database_url=database_url, faults=FaultsConfig(enabled=True),
+    cfg = Config(database_url=direct_database_url, faults=FaultsConfig(enabled=True),
                  database=DatabaseConfig(application_name="triage-inject-test"))
     async with open_monitoring(cfg) as mon:
         assert await mon.db.fetchval("select 1") == 1
@@ -157,7 +157,7 @@ async def test_faults_inject_through_monitoring_handle(database_url):
         await mon.inject(TerminateBackends())
         # pg_terminate_backend returns before the backend is gone: wait until it is, so the
         # pooled connection has died *idle* (its goodbye is in the socket before the next query)
-        async with await PgConnection.connect(database_url) as admin:
+        async with await PgConnection.connect(direct_database_url) as admin:
             with trio.fail_after(2.0):
                 while (await admin.execute("select count(*) from pg_stat_activity where "
                                            "application_name = 'triage-inject-test'")).rows[0][0]:
@@ -209,7 +209,7 @@ async def warm_pool(mon, n: int = 3) -> None:
             nursery.start_soon(mon.db.fetchval, "select pg_sleep(0.05)")
 
 
-async def test_faults_terminate_backends_kills_only_this_instances_pool(database_url):
+async def test_faults_terminate_backends_kills_only_this_instances_pool(direct_database_url):
     import os
     import socket
 
@@ -217,8 +217,8 @@ async def test_faults_terminate_backends_kills_only_this_instances_pool(database
     from actors.faults import TerminateBackends
     from messages.config import Config, FaultsConfig
 
-    cfg = Config(database_url=database_url, faults=FaultsConfig(enabled=True))
-    admin = await PgConnection.connect(database_url, application_name="triage-test-admin")
+    cfg = Config(database_url=direct_database_url, faults=FaultsConfig(enabled=True))
+    admin = await PgConnection.connect(direct_database_url, application_name="triage-test-admin")
     with trio.fail_after(20):
         async with open_monitoring(cfg) as a, open_monitoring(cfg) as b:
             app_a, app_b = a.config.database.application_name, b.config.database.application_name
@@ -265,65 +265,27 @@ async def test_faults_terminate_backends_refused_behind_a_pooler(database_url):
     await bystander.close()
 
 
-async def test_faults_pooler_detection_tcp_unix_and_relay(database_url):
+async def test_faults_pooler_detection_tcp_unix_and_relay(direct_database_url):
     from actors.faults import through_pooler
     from actors.pg.embedded import open_embedded
 
     with trio.fail_after(60):
-        assert not await through_pooler(database_url)
+        assert not await through_pooler(direct_database_url)
         async with open_embedded() as db:  # a Unix socket: the postmaster accepted, then forked
             assert not await through_pooler(db.dsn)
-        async with FaultProxy.for_dsn(database_url) as relay:
-            assert await through_pooler(proxied_dsn(database_url, relay))
-
-
-def pgbouncer_user(host: str) -> str:
-    """PgBouncer refuses to run as root: run it as nobody, or as the owner of the server's
-    Unix socket directory (the embedded server's), which nobody may not enter."""
-    import os
-    import pwd
-
-    return pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "nobody"
+        async with FaultProxy.for_dsn(direct_database_url) as relay:
+            assert await through_pooler(proxied_dsn(direct_database_url, relay))
 
 
 @pytest.fixture
-def pgbouncer(database_url, tmp_path):
+def pgbouncer(direct_database_url):
     """A real PgBouncer (transaction pooling) in front of the test database; its URL."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import time
+    from actors.tools.pgbouncer import binary, running_pgbouncer
 
-    from psycopg.conninfo import conninfo_to_dict
-
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not os.access(binary, os.X_OK):
+    if binary() is None:
         pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
-    up = conninfo_to_dict(database_url)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tmp_path.chmod(0o777)
-    ini = tmp_path / "pgbouncer.ini"
-    ini.write_text(f"[databases]\nbounced = host={up.get('host') or '127.0.0.1'} port={up.get('port') or 5432} "
-                   f"dbname={up.get('dbname') or 'postgres'} user={up.get('user') or 'postgres'}\n"
-                   f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\n"
-                   "pool_mode = transaction\nunix_socket_dir =\n"
-                   "ignore_startup_parameters = extra_float_digits,options,statement_timeout\n")
-    user = ["-u", pgbouncer_user(up.get("host") or "")] if os.geteuid() == 0 else []
-    proc = subprocess.Popen([binary, *user, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"postgresql://postgres@127.0.0.1:{port}/bounced"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with running_pgbouncer(direct_database_url) as bouncer:
+        yield bouncer.url
 
 
 async def test_faults_terminate_backends_refused_behind_real_pgbouncer(pgbouncer):

@@ -115,11 +115,11 @@ async def _pids(admin: PgConnection, name: str) -> set[int]:
     return {row[0] for row in result.rows}
 
 
-async def test_admin_pool_reset_replaces_idle_connections_and_answers_the_probe(database_url):
+async def test_admin_pool_reset_replaces_idle_connections_and_answers_the_probe(direct_database_url):
     name = f"triage-reset-{os.getpid()}"
-    config = Config(database_url=database_url, database=DatabaseConfig(application_name=name))
+    config = Config(database_url=direct_database_url, database=DatabaseConfig(application_name=name))
     async with serving(config, admin_http()) as s, \
-            await PgConnection.connect(database_url) as admin:
+            await PgConnection.connect(direct_database_url) as admin:
         pooled = await s.mon.db.fetchval("select pg_backend_pid()")
         assert pooled in await _pids(admin, name)
         reset = await s.client.post("/api/admin/pool/reset", headers=AUTH)

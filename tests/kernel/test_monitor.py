@@ -426,17 +426,17 @@ OTHER_ROLE, OTHER_DB = "triage_scope_other", "triage_scope_other_db"
 
 
 @pytest.fixture
-def other_app(database_url):
+def other_app(direct_database_url):
     """Another application's role and database on the same server (needs CREATEROLE/CREATEDB)."""
     try:
-        with psycopg.connect(database_url, autocommit=True) as c:
+        with psycopg.connect(direct_database_url, autocommit=True) as c:
             if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [OTHER_ROLE]).fetchone():
                 c.execute(f"CREATE ROLE {OTHER_ROLE} LOGIN")
             if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", [OTHER_DB]).fetchone():
                 c.execute(f"CREATE DATABASE {OTHER_DB}")
     except psycopg.errors.InsufficientPrivilege:
         pytest.skip("the test server does not let us create another role and database")
-    return lambda **kw: make_conninfo(database_url, application_name="other-app", **kw)
+    return lambda **kw: make_conninfo(direct_database_url, application_name="other-app", **kw)
 
 
 def test_monitor_scope_picks_its_count_from_the_probe():
@@ -454,12 +454,12 @@ def test_monitor_scope_picks_its_count_from_the_probe():
         assert m.connections_by_scope == {"server": 9, "database": 5, "role": 4}
 
 
-async def test_monitor_connection_scope_database_and_role_exclude_other_applications(database_url, other_app):
+async def test_monitor_connection_scope_database_and_role_exclude_other_applications(direct_database_url, other_app):
     """Extra connections of "another application": 3 as another role in another database, 2 as
     our role in another database, 2 as another role in our database. `server` counts all 7,
     `database` only the 2 in ours, `role` only the 2 of ours elsewhere."""
     monitors = {scope: DatabaseMonitor(Config.from_toml(f'[health]\nconnection_scope = "{scope}"'),
-                                       database_url, lambda e: None) for scope in ("server", "database", "role")}
+                                       direct_database_url, lambda e: None) for scope in ("server", "database", "role")}
     extra = [other_app(user=OTHER_ROLE, dbname=OTHER_DB)] * 3 + [other_app(dbname=OTHER_DB)] * 2 + \
             [other_app(user=OTHER_ROLE)] * 2
     async with trio.open_nursery() as nursery:

@@ -25,10 +25,11 @@ DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/
 
 
 @pytest.fixture(autouse=True)
-def _use_session_database(database_url):
-    """The session's database (conftest: TEST_DATABASE_URL, local, or embedded)."""
+def _use_session_database(request, database_url, direct_database_url):
+    """The session's database (conftest: TEST_DATABASE_URL, local, or embedded); straight to
+    PostgreSQL for a test marked `direct_postgres` (it checks backends by pid)."""
     global DSN
-    DSN = database_url
+    DSN = direct_database_url if request.node.get_closest_marker("direct_postgres") else database_url
 CANARY = "canary-Pw-7f3e9b"
 
 
@@ -400,6 +401,7 @@ async def test_connect_statement_timeout_cancels_long_query(admin):
 # ---- connection loss ----------------------------------------------------------------
 
 
+@pytest.mark.direct_postgres
 async def test_execute_backend_terminated_mid_query_raises_connection_lost(conn, admin):
     async def kill_soon():
         await wait_for_state(admin, conn.backend_pid, lambda s: s == "active", 2.0)
@@ -417,6 +419,7 @@ async def test_execute_backend_terminated_mid_query_raises_connection_lost(conn,
     assert conn.broken
 
 
+@pytest.mark.direct_postgres
 async def test_execute_backend_terminated_while_idle_is_safe_to_retry(conn, admin):
     await terminate(admin, conn.backend_pid)
     with pytest.raises(ConnectionLost) as info:
@@ -426,6 +429,7 @@ async def test_execute_backend_terminated_while_idle_is_safe_to_retry(conn, admi
     assert conn.broken
 
 
+@pytest.mark.direct_postgres
 async def test_close_from_another_task_interrupts_query_and_stops_backend(conn, admin):
     async def close_soon():
         await wait_for_state(admin, conn.backend_pid, lambda s: s == "active", 2.0)
@@ -460,6 +464,7 @@ async def test_close_now_is_idempotent_and_safe_outside_trio(conn):
 # ---- connecting -------------------------------------------------------------------------
 
 
+@pytest.mark.direct_postgres
 async def test_connect_sets_identity_and_timestamps(conn, admin):
     assert conn.backend_pid > 0
     assert conn.created_at <= conn.last_used_at <= trio.current_time()

@@ -96,15 +96,29 @@ async def test_db_transaction_commits_and_rolls_back(database_url, table):
         assert snap.queue.in_flight == 0
 
 
-async def test_db_timeout_cancels_query_and_frees_backend(database_url):
+async def test_db_timeout_cancels_query_and_frees_backend(database_url, direct_database_url):
+    """The cancel reaches the backend running the statement (through PgBouncer too): the server
+    stops working on it, as PostgreSQL itself reports."""
     cfg = config_for(database_url)
-    app = cfg.database.application_name
+    sleeper = f"select pg_sleep(60) -- {cfg.database.application_name}"
+
+    async def running() -> int:
+        async with await PgConnection.connect(direct_database_url) as conn:
+            sql = "select count(*) from pg_stat_activity where query = %s and state = 'active'"
+            return (await conn.execute(sql, [sleeper])).rows[0][0]
+
     async with open_monitoring(cfg) as mon:
-        with pytest.raises(QueryTimeout) as info:
-            await mon.db.fetchval("select pg_sleep(60)", timeout_s=0.5)
-        assert info.value.retriable is False
+        async with trio.open_nursery() as nursery:
+            async def sleep() -> None:
+                with pytest.raises(QueryTimeout) as info:
+                    await mon.db.fetchval(sleeper, timeout_s=1.0)
+                assert info.value.retriable is False
+            nursery.start_soon(sleep)
+            with trio.fail_after(2):
+                while not await running():  # it did reach the server
+                    await trio.sleep(0.05)
         with trio.fail_after(2):
-            while await backends(database_url, app, "active"):
+            while await running():
                 await trio.sleep(0.05)
         assert await mon.db.fetchval("select 7") == 7
 
@@ -233,30 +247,30 @@ async def test_db_canary_password_never_emitted(database_url):
 
 # --- an idle pool keeps min_idle connections (issue #10 item 13, pool part) ------------------
 
-async def test_database_sequential_calls_reuse_one_connection(database_url):
+async def test_database_sequential_calls_reuse_one_connection(direct_database_url):
     """One caller at a time needs one connection: ten calls in a row must not open eight."""
-    cfg = config_for(database_url)
+    cfg = config_for(direct_database_url)
     async with open_monitoring(cfg) as mon:
         for _ in range(10):
             assert await mon.db.fetchval("select 1") == 1
-        assert await backends(database_url, cfg.database.application_name) == 1
+        assert await backends(direct_database_url, cfg.database.application_name) == 1
 
 
-async def test_database_after_a_burst_the_idle_pool_shrinks_to_min_idle(database_url):
-    cfg = config_for(database_url)
-    cfg = Config(database_url=database_url, database=cfg.database,
+async def test_database_after_a_burst_the_idle_pool_shrinks_to_min_idle(direct_database_url):
+    cfg = config_for(direct_database_url)
+    cfg = Config(database_url=direct_database_url, database=cfg.database,
                  queue=QueueConfig(max_concurrent=8, min_idle=1, max_idle_s=0.5))
     app = cfg.database.application_name
     async with open_monitoring(cfg) as mon:
         async with trio.open_nursery() as nursery:
             for _ in range(8):
                 nursery.start_soon(mon.db.fetchval, "select pg_sleep(0.1)")
-        assert await backends(database_url, app) == 8
+        assert await backends(direct_database_url, app) == 8
         with trio.fail_after(3.0):
-            while await backends(database_url, app) > 1:
+            while await backends(direct_database_url, app) > 1:
                 await trio.sleep(0.1)
         await trio.sleep(0.7)  # and the last one is kept: min_idle
-        assert await backends(database_url, app) == 1
+        assert await backends(direct_database_url, app) == 1
         assert await mon.db.fetchval("select 2") == 2  # the pool still works, and grows again
         snap = await mon.queue.snapshot()
         assert snap.pool.idle_closed == 7
@@ -274,20 +288,20 @@ async def test_database_min_idle_zero_closes_every_idle_connection(database_url)
         assert await mon.db.fetchval("select 1") == 1
 
 
-async def test_database_reference_service_start_up_leaves_one_pooled_connection(database_url):
+async def test_database_reference_service_start_up_leaves_one_pooled_connection(direct_database_url):
     """Schema and seed at start-up, then a few requests one after another: one connection, not
     a full pool (8 pooled + the monitor's of the spec's 10 read as 90 %: degraded)."""
     from examples.vet_tracker.harness import open_service
 
-    cfg = config_for(database_url)
+    cfg = config_for(direct_database_url)
     async with open_service(cfg) as svc:
         for _ in range(5):
             status, _ = await svc.send("GET", "/api/animals", None, {})
             assert status in (200, 401)
-        assert await backends(database_url, cfg.database.application_name) == 1
+        assert await backends(direct_database_url, cfg.database.application_name) == 1
 
 
-async def test_database_server_at_its_connection_limit_is_backpressure_not_a_breaker_failure(database_url):
+async def test_database_server_at_its_connection_limit_is_backpressure_not_a_breaker_failure(direct_database_url):
     """Another client takes every free connection of the server. The lazy pool holds one
     connection; callers that would need a new one are refused before any SQL was sent
     (`ConnectionLimitReached`: retriable, a `Refused`), the breaker stays CLOSED, and the
@@ -295,7 +309,7 @@ async def test_database_server_at_its_connection_limit_is_backpressure_not_a_bre
     from actors.faults import exhausted_connections
     from actors.pg.database import ConnectionLimitReached
 
-    cfg = Config(database_url=database_url, database=DatabaseConfig(application_name="triage-limit-test"))
+    cfg = Config(database_url=direct_database_url, database=DatabaseConfig(application_name="triage-limit-test"))
     outcomes: list[str] = []
 
     async def call() -> None:
@@ -309,7 +323,7 @@ async def test_database_server_at_its_connection_limit_is_backpressure_not_a_bre
     with trio.fail_after(30):
         async with open_monitoring(cfg) as mon:
             assert await mon.db.fetchval("select 1") == 1   # the pool holds one connection
-            async with exhausted_connections(database_url):
+            async with exhausted_connections(direct_database_url):
                 for _ in range(3):
                     async with trio.open_nursery() as nursery:
                         for _ in range(8):

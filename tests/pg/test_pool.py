@@ -139,23 +139,23 @@ async def pooled_in_health(mon, expected: int) -> int:
     return mon.health_report.value.detailed()["components"]["database"]["ownConnections"]["pooled"]
 
 
-async def test_pool_pooled_count_matches_pg_stat_activity_after_burst_and_after_reaper(database_url):
+async def test_pool_pooled_count_matches_pg_stat_activity_after_burst_and_after_reaper(direct_database_url):
     app = f"triage-pool-{uuid.uuid4().hex[:8]}"
-    cfg = Config(database_url=database_url, database=DatabaseConfig(application_name=app),
+    cfg = Config(database_url=direct_database_url, database=DatabaseConfig(application_name=app),
                  queue=QueueConfig(max_concurrent=4, min_idle=1, max_idle_s=3600.0))
     async with open_monitoring(cfg) as mon:
-        assert (await mon.queue.snapshot()).pool.opened == 0 == await backends(database_url, app)
+        assert (await mon.queue.snapshot()).pool.opened == 0 == await backends(direct_database_url, app)
         async with trio.open_nursery() as nursery:
             for _ in range(4):
                 nursery.start_soon(mon.db.fetchval, "select pg_sleep(0.05)")
-        assert await backends(database_url, app) == 4
+        assert await backends(direct_database_url, app) == 4
         assert (await mon.queue.snapshot()).pool.opened == 4
         assert await pooled_in_health(mon, 4) == 4
         # The reaper's pass as it runs an hour from now: all but min_idle go.
         reap(mon.queue.offers, 1, 3600.0, trio.current_time() + 3601.0)
         assert (await mon.queue.snapshot()).pool.opened == 1
         with trio.fail_after(3.0):  # a backend ends shortly after its socket closes: no event to wait on
-            while await backends(database_url, app) > 1:
+            while await backends(direct_database_url, app) > 1:
                 await trio.sleep(0.05)
-        assert await backends(database_url, app) == 1
+        assert await backends(direct_database_url, app) == 1
         assert await pooled_in_health(mon, 1) == 1

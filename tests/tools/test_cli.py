@@ -230,3 +230,43 @@ def test_cli_app_factory_default_is_the_reference_service_from_a_checkout():
     from examples.vet_tracker.app import create
 
     assert app_factory(REFERENCE_APP) is create
+
+
+# --- [database] priority_dsn (DATABASE_URL_<PRIORITY>) and faults.database_url ------------------
+
+def test_config_priority_dsn_from_toml_and_env_never_shown(tmp_path):
+    cfg = tmp_path / "triage.toml"
+    cfg.write_text('database_url = "postgresql://batch@127.0.0.1:6432/app"\n'
+                   f'[database]\npriority_dsn = {{ CRITICAL = "postgresql://urgent:{CANARY}@127.0.0.1:6432/app" }}\n')
+    env = {"TRIAGE_CONFIG": str(cfg), "DATABASE_URL_HIGH": f"postgresql://urgent:{CANARY}@127.0.0.1:6432/app",
+           "TRIAGE_FAULTS_DATABASE_URL": f"postgresql://postgres:{CANARY}@127.0.0.1:5432/app"}
+    config = Config.from_env(env)
+    assert config.database_url == "postgresql://batch@127.0.0.1:6432/app"
+    assert set(config.database.priority_dsn) == {"CRITICAL", "HIGH"}
+    assert config.database.named_dsns() == {0: config.database.priority_dsn["CRITICAL"],
+                                            1: config.database.priority_dsn["HIGH"]}
+    assert config.faults.database_url.endswith("127.0.0.1:5432/app")
+    for shown in (repr(config), repr(config.database), repr(config.faults)):
+        assert CANARY not in shown
+
+
+@pytest.mark.parametrize("env, field", [
+    ({"DATABASE_URL_CRITICAL": f"mysql://u:{CANARY}@h/db"}, "DATABASE_URL_CRITICAL"),
+    ({"DATABASE_URL_HIGH": f"postgresql://u:{CANARY}@h:99999/db"}, "DATABASE_URL_HIGH"),
+    ({"TRIAGE_FAULTS_DATABASE_URL": f"postgresql://u:{CANARY}%zz@h/db"}, "TRIAGE_FAULTS_DATABASE_URL"),
+])
+def test_config_bad_priority_or_faults_url_names_the_variable_never_the_password(env, field):
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"DATABASE_URL": "postgresql://u@127.0.0.1/db", **env})
+    assert info.value.field == field and info.value.value is None
+    assert CANARY not in str(info.value)
+
+
+def test_config_priority_dsn_unknown_priority_or_no_default_is_a_config_error():
+    with pytest.raises(ConfigError) as info:
+        Config.from_toml('database_url = "postgresql://u@h/db"\n'
+                         '[database]\npriority_dsn = { URGENT = "postgresql://u@h/db" }\n')
+    assert info.value.field == "database.priority_dsn.URGENT" and "CRITICAL" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        Config.from_toml('[database]\npriority_dsn = { CRITICAL = "postgresql://u@h/db" }\n')
+    assert info.value.field == "database.priority_dsn"
