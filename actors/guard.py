@@ -4,7 +4,10 @@
 breaker permit, admission (with a pooled connection for mon.db), outcome, metrics.
 
 Handles only read published values and talk to actors through their mailboxes;
-they own no state of their own beyond wiring.
+they own no state of their own beyond wiring, and the count of the refusals they
+decided themselves (`refused`): a refusal that the published state makes exact — the
+actor would answer it the same, and nothing waits in its inbox that could change that —
+costs no round trip. Those counts are added to the actor's in every snapshot.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import math
 from typing import Any
 
 import trio
+from msgspec.structs import replace
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
+from actors.breaker import refused_retry
 from actors.breaker import snapshot as breaker_snapshot
 from actors.pg.pool import ConnectionLease, Offers, corrected
 from actors.pg.pool_probe import check_pool
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
-from actors.scheduler import check_priority
+from actors.scheduler import check_priority, refuses
 from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import (
     Admit,
@@ -36,10 +42,12 @@ from messages.commands import (
     SetLimit,
     Withdraw,
 )
-from messages.config import check_breaker_field
+from messages.config import Priority, check_breaker_field
 from messages.errors import (
+    CircuitOpen,
     InvalidArgument,
     InvalidArgumentType,
+    QueueFull,
     ShuttingDown,
     TriageError,
     UnknownTier,
@@ -65,6 +73,7 @@ class BreakerHandle:
     def __init__(self, tier: str, inbox: Mailbox, view: AsyncValue,
                  ignore: tuple[type[BaseException], ...]) -> None:
         self.tier, self._inbox, self._view, self.ignore = tier, inbox, view, ignore
+        self.refused = 0  # CircuitOpen decided here (`refusal`), counted in `rejections`
 
     @property
     def state(self) -> str:
@@ -73,7 +82,21 @@ class BreakerHandle:
 
     def statistics(self) -> BreakerSnapshot:
         """The breaker as last published, as a frozen value: no round trip, no checkpoint."""
-        return breaker_snapshot(self._view.value, trio.current_time())
+        return self._counted(breaker_snapshot(self._view.value, trio.current_time()))
+
+    def _counted(self, snap: BreakerSnapshot) -> BreakerSnapshot:
+        return replace(snap, rejections=snap.rejections + self.refused) if self.refused else snap
+
+    def refusal(self, now: float) -> CircuitOpen | None:
+        """The CircuitOpen a permit would get now, from the published state without a round
+        trip; None if the breaker permits, or if only the actor can tell (mail is waiting)."""
+        if len(self._inbox):
+            return None
+        retry = refused_retry(self._view.value, now)
+        if retry is None:
+            return None
+        self.refused += 1
+        return CircuitOpen(self.tier, max(retry, 0.0))
 
     async def wait_state(self, state: str) -> None:
         if state not in _PHASES:  # a typo would wait forever
@@ -97,7 +120,7 @@ class BreakerHandle:
         await ask(self._inbox, lambda r: Configure(reply=r, **fields))
 
     async def snapshot(self) -> BreakerSnapshot:
-        return await ask(self._inbox, lambda r: GetSnapshot(reply=r))
+        return self._counted(await ask(self._inbox, lambda r: GetSnapshot(reply=r)))
 
     async def permit(self) -> tuple[bool, int]:
         """(trial, epoch) or CircuitOpen. Asks the actor only when it is not CLOSED."""
@@ -140,6 +163,7 @@ class QueueHandle:
         self._entries: Any = offers.entries if offers is not None else ()
         self._connections: Any = None
         self._probe_timeout_s = 5.0
+        self.refused = 0  # QueueFull decided here (`admit`), counted in `rejected`
 
     def attach_connections(self, connections: Any, probe_timeout_s: float) -> None:
         """How the pool's connections are made (mon.db's), for `health_check`: the queue starts
@@ -147,23 +171,37 @@ class QueueHandle:
         self._connections, self._probe_timeout_s = connections, probe_timeout_s
 
     async def admit(self, priority: int, timeout_s: float | None = None,
-                    conn: bool = False, probe: bool = False, now: float | None = None
-                    ) -> tuple[Reply, Admitted]:
+                    conn: bool = False, probe: bool = False, now: float | None = None,
+                    checkpoint: bool = False) -> tuple[Reply, Admitted]:
         """Wait for a slot (and a pooled connection if `conn`): (token for `release`, lease).
 
         Raises QueueFull, QueueTimeout (after `timeout_s`, default the queue's request
         timeout), QueueCleared or ShuttingDown. `now`: the caller's clock reading, if it has one.
+        `checkpoint`: the caller has checked for cancellation and wants one schedule point
+        (trio.Semaphore's pattern): an answer given here without waiting yields once first.
         """
         if self._entries and not probe:  # a slot offered in advance: held at once, no round trip
             taken = self.offers.take(conn)
             if taken is not None:
+                if checkpoint:
+                    await cancel_shielded_checkpoint()
                 return taken
         if now is None:
             now = trio.current_time()
-        reply = Reply()
         wait_s = self.timeout_s if timeout_s is None else check_timeout(timeout_s)
+        deadline = now + wait_s
+        offers = self.offers
+        # Refused from the scheduler's own state: exact while no message waits in its inbox.
+        if offers is not None and not len(self._inbox) and refuses(offers.state, check_priority(priority),
+                                                                   deadline, now):
+            self.refused += 1
+            refusal = QueueFull(Priority(priority), offers.state.depth)
+            if checkpoint:
+                await cancel_shielded_checkpoint()
+            raise refusal
+        reply = Reply()
         await self._inbox.put_ask(Admit(reply=reply, priority=priority, at=now,
-                                        deadline=now + wait_s, conn=conn, probe=probe))
+                                        deadline=deadline, conn=conn, probe=probe))
         try:
             admitted = await reply.wait()
         except BaseException:
@@ -192,7 +230,10 @@ class QueueHandle:
     def statistics(self) -> QueueSnapshot:
         """The queue (and pool) as last published, offered slots counted free: no round trip."""
         snap = queue_snapshot(self.offers.state, trio.current_time())
-        return corrected(snap, self.offers.counts())
+        return self._counted(corrected(snap, self.offers.counts()))
+
+    def _counted(self, snap: QueueSnapshot) -> QueueSnapshot:
+        return replace(snap, rejected=snap.rejected + self.refused) if self.refused else snap
 
     async def clear(self) -> None:
         """Answer every waiter with QueueCleared (holders keep their slots)."""
@@ -215,7 +256,7 @@ class QueueHandle:
 
     async def snapshot(self) -> QueueSnapshot:
         snap = await ask(self._inbox, lambda r: GetSnapshot(reply=r))
-        return corrected(snap, self.offers.counts()) if self.offers is not None else snap
+        return self._counted(corrected(snap, self.offers.counts()) if self.offers is not None else snap)
 
 
 def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: float,
@@ -249,11 +290,17 @@ class Guard:
         return self._token is not None
 
     async def enter(self) -> Admitted:
-        """Permit + slot, or the refusal (observed, and a trial permit handed back)."""
-        if self._checkpoint:
-            # A cancelled caller takes no slot and runs nothing, and a loop of guarded calls
-            # that never await still lets other tasks run.
-            await trio.lowlevel.checkpoint()
+        """Permit + slot, or the refusal (observed, and a trial permit handed back).
+
+        Entering is one checkpoint, as trio.Semaphore.acquire is: cancellation is checked
+        first (a cancelled caller takes no slot and runs nothing), then the call yields once —
+        waiting for an answer is that yield; an answer at once (an offered slot, a refusal
+        decided from published state) is followed by a cancel-shielded one, so a loop of
+        guarded calls that never await still lets other tasks run.
+        """
+        checkpoint = self._checkpoint
+        if checkpoint:
+            await checkpoint_if_cancelled()
         t0 = trio.current_time()
         breaker = self._breaker
         v = breaker._view.value
@@ -261,13 +308,20 @@ class Guard:
             self._trial, self._epoch = False, v.epoch
         else:
             try:
+                refusal = breaker.refusal(t0)
+                if refusal is not None:
+                    if checkpoint:
+                        await cancel_shielded_checkpoint()
+                    raise refusal
                 self._trial, self._epoch = await breaker.permit()
+                checkpoint = False  # waiting for the breaker's answer was the yield
             except BaseException as exc:
                 observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None, self._priority)
                 raise
         try:  # a trial that wants a connection may connect while the pool backs off
             token, admitted = await self._queue.admit(self._priority, self._timeout_s, conn=self._conn,
-                                                      probe=self._conn and self._trial, now=t0)
+                                                      probe=self._conn and self._trial, now=t0,
+                                                      checkpoint=checkpoint)
         except BaseException as exc:
             if self._trial:
                 await breaker.report("abandoned", True, self._epoch, 0.0)
