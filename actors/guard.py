@@ -24,6 +24,7 @@ from actors.breaker import refused_retry
 from actors.breaker import snapshot as breaker_snapshot
 from actors.pg.pool import ConnectionLease, Offers, corrected
 from actors.pg.pool_probe import check_pool
+from actors.runtime.actor import SupervisedActor, run_inline
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
 from actors.scheduler import check_priority, refuses
 from actors.scheduler import snapshot as queue_snapshot
@@ -60,6 +61,7 @@ from messages.snapshots import BreakerSnapshot, PoolCheck, QueueSnapshot
 # switch; only a breaker that is down (restarting after a crash) makes it wait this long.
 FAILURE_REPORT_TIMEOUT_S = 1.0
 _PHASES = ("closed", "open", "half_open")
+_PRIORITIES = tuple(Priority)
 
 
 class FaultsDisabled(TriageError):
@@ -130,6 +132,17 @@ class BreakerHandle:
         p = await ask(self._inbox, lambda r: Permit(reply=r))
         return p.trial, p.epoch
 
+    def count_success(self) -> bool:
+        """A success of a call that was no trial, counted without a message while the breaker
+        is CLOSED (True); False: it must be reported (`report`)."""
+        if self._view.value.phase != "closed":
+            return False
+        try:
+            self._inbox.tell_count()
+        except ShuttingDown:  # nothing to tell once the system is gone
+            pass
+        return True
+
     async def report(self, result: str, trial: bool, epoch: int, duration_s: float) -> None:
         """Tell the breaker how a call ended (nothing to tell once the system is gone).
 
@@ -137,11 +150,9 @@ class BreakerHandle:
         this returns every admission anywhere sees the verdict (a breaker just opened refuses).
         Shielded and bounded: the caller's own exception is never replaced by a cancellation.
         """
-        v = self._view.value
-        if result == "success" and not trial and v.phase == "closed":
-            with contextlib.suppress(ShuttingDown):
-                self._inbox.tell_count()
+        if result == "success" and not trial and self.count_success():
             return
+        v = self._view.value
         if result != "failure" or not v.enabled:
             tell_quietly(self._inbox, Outcome(result=result, epoch=epoch, trial=trial,
                                               duration_s=duration_s))
@@ -158,8 +169,9 @@ class BreakerHandle:
 class QueueHandle:
     """The admission queue as a caller sees it."""
 
-    def __init__(self, inbox: Mailbox, timeout_s: float, offers: Offers | None = None) -> None:
-        self._inbox, self.timeout_s, self.offers = inbox, timeout_s, offers
+    def __init__(self, inbox: Mailbox, timeout_s: float, offers: Offers | None = None,
+                 cell: SupervisedActor | None = None) -> None:
+        self._inbox, self.timeout_s, self.offers, self._cell = inbox, timeout_s, offers, cell
         self._entries: Any = offers.entries if offers is not None else ()
         self._connections: Any = None
         self._probe_timeout_s = 5.0
@@ -195,24 +207,36 @@ class QueueHandle:
         if offers is not None and not len(self._inbox) and refuses(offers.state, check_priority(priority),
                                                                    deadline, now):
             self.refused += 1
-            refusal = QueueFull(Priority(priority), offers.state.depth)
+            refusal = QueueFull(_PRIORITIES[priority], offers.state.depth)
             if checkpoint:
                 await cancel_shielded_checkpoint()
             raise refusal
         reply = Reply()
-        await self._inbox.put_ask(Admit(reply=reply, priority=priority, at=now,
-                                        deadline=deadline, conn=conn, probe=probe))
+        msg = Admit(reply=reply, priority=priority, at=now, deadline=deadline, conn=conn, probe=probe)
+        if not self._inline(msg, now):
+            await self._inbox.put_ask(msg)
+        elif checkpoint and reply.answered:  # granted or refused at once
+            await cancel_shielded_checkpoint()
         try:
             admitted = await reply.wait()
         except BaseException:
             if reply.abandoned:  # cancelled while waiting: leave the queue
-                tell_quietly(self._inbox, Withdraw(reply=reply, reason="cancelled"))
+                self._tell(Withdraw(reply=reply, reason="cancelled"))
             raise
         return reply, admitted
 
+    def _inline(self, msg: Any, now: float) -> bool:
+        """The scheduler's core applies `msg` in this task when the actor would do so next."""
+        return self._cell is not None and run_inline(self._cell, msg, now)
+
+    def _tell(self, msg: Any, now: float | None = None) -> bool:
+        if self._cell is not None and run_inline(self._cell, msg, trio.current_time() if now is None else now):
+            return True
+        return tell_quietly(self._inbox, msg)
+
     def release(self, token: Any, conn: Any = None, discarded: bool = False,
                 connect_failed: bool = False, lease: Admitted | None = None,
-                connect_limited: bool = False) -> bool:
+                connect_limited: bool = False, now: float | None = None) -> bool:
         """Give the slot back (with the pooled connection, if any). False once shut down.
 
         `lease`: what the holder got, returned as is when it used no connection. While nobody
@@ -223,9 +247,8 @@ class QueueHandle:
             return True
         if lease is not None and conn is None and not discarded:
             conn, discarded = lease.conn, lease.connect  # unused: the lease goes back as it came
-        return tell_quietly(self._inbox, Release(reply=token, conn=conn, discarded=discarded,
-                                                 connect_failed=connect_failed,
-                                                 connect_limited=connect_limited))
+        return self._tell(Release(reply=token, conn=conn, discarded=discarded,
+                                  connect_failed=connect_failed, connect_limited=connect_limited), now)
 
     def statistics(self) -> QueueSnapshot:
         """The queue (and pool) as last published, offered slots counted free: no round trip."""
@@ -335,11 +358,13 @@ class Guard:
         now = trio.current_time()
         token, self._token = self._token, None
         if held is None:
-            self._queue.release(token, lease=self._lease)
+            self._queue.release(token, lease=self._lease, now=now)
         else:
             held.give_back(self._queue, token)
         breaker = self._breaker
         observe_call(self._metrics, breaker.tier, exc, self._t0, now, self._waited, self._priority)
+        if exc is None and not self._trial and breaker.count_success():
+            return  # the usual end: counted, nothing to wait for
         await breaker.report(breaker_verdict(exc, breaker.ignore), self._trial, self._epoch,
                              now - self._t0 - self._waited)
 

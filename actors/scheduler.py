@@ -235,6 +235,13 @@ def _rollback(s: SchedulerState, saved: tuple, journal: list) -> None:
 
 # --- the decisions ----------------------------------------------------------------------
 
+def _free(s: SchedulerState) -> int:
+    """`s.free`, spelled out for the hot paths (a property call costs as much as the rest)."""
+    limit = s.limit
+    free = (s.cfg.max_concurrent if limit is None else limit) - len(s.holders)
+    return free if free > 0 else 0
+
+
 def _least_urgent_waiting(s: SchedulerState) -> int | None:
     waiting = s.waiting
     for p in _LEAST_URGENT_FIRST:
@@ -246,7 +253,7 @@ def _least_urgent_waiting(s: SchedulerState) -> int | None:
 def refuses(s: SchedulerState, priority: int, deadline: float, now: float) -> bool:
     """Whether an arrival (a valid priority) would be refused with QueueFull in state `s`:
     no free slot, still time to wait, the queue full, and nobody less urgent to displace."""
-    if deadline <= now or s.depth < s.cfg.max_queue_size or s.free > 0:
+    if s.depth < s.cfg.max_queue_size or deadline <= now or _free(s) > 0:
         return False
     lowest = _least_urgent_waiting(s)
     return lowest is None or lowest <= priority
@@ -256,7 +263,7 @@ def _offer(s: SchedulerState, now: float) -> list:
     if not s.offer or s.depth:
         return []
     effects = []
-    while s.free > 0:
+    while _free(s) > 0:
         token = Token()
         grant = _grant(s, token, now, now, wants_conn=True)
         s.admitted -= 1  # counted when taken (a `Taken` tally)
@@ -293,7 +300,7 @@ def _admit(s: SchedulerState, msg: Admit, now: float) -> list:
         prio = check_priority(msg.priority)
     except (InvalidArgument, InvalidArgumentType) as exc:
         return [Send(msg.reply, exc)]
-    if s.free > 0:
+    if _free(s) > 0:
         return [_grant(s, msg.reply, msg.at, now, msg.conn, msg.probe)]
     if msg.deadline <= now:
         s.timed_out += 1
@@ -317,8 +324,10 @@ def _admit(s: SchedulerState, msg: Admit, now: float) -> list:
 def _hand_over(s: SchedulerState, now: float) -> list:
     """Give free slots to the most urgent waiters, oldest first."""
     effects = []
-    while s.depth > 0 and s.free > 0:
-        q = next(q for q in s.waiting if q)
+    while s.depth > 0 and _free(s) > 0:
+        for q in s.waiting:
+            if q:
+                break
         first = _dequeue_oldest(s, q)
         effects.append(_grant(s, first.reply, first.at, now, first.conn, first.probe))
     return effects
@@ -373,7 +382,7 @@ def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> list:
     return ([CloseConns(gone)] if gone else []) + effects + offers
 
 
-def _clear(s: SchedulerState, msg: Clear) -> list:
+def _clear(s: SchedulerState, msg: Clear, now: float) -> list:
     effects = [Send(w.reply, QueueCleared(_PRIORITIES[w.priority])) for q in s.waiting for w in q]
     s.waiting, s.depth, s.next_deadline = _fifos(), 0, math.inf
     s.cleared += len(effects)
@@ -413,35 +422,35 @@ def snapshot(s: SchedulerState, now: float, restarts: int = 0) -> QueueSnapshot:
         configured_max_concurrent=None if s.limit is None else s.cfg.max_concurrent)
 
 
+def _taken(s: SchedulerState, msg: Taken, now: float) -> list:
+    s.admitted += msg.n
+    return []
+
+
+def _get_snapshot(s: SchedulerState, msg: GetSnapshot, now: float) -> list:
+    return [Send(msg.reply, snapshot(s, now))]
+
+
+def _tick(s: SchedulerState, msg: Tick, now: float) -> list:
+    return _expire(s, now)
+
+
+def _replenish(s: SchedulerState, msg: Replenish, now: float) -> list:
+    return _offer(s, now)
+
+
+# The whole behaviour of the admission queue, by message type (a dict: one lookup per message).
+_HANDLERS = {Admit: _admit, Release: _release, Withdraw: _withdraw, Clear: _clear, Reclaim: _reclaim,
+             Taken: _taken, Replenish: _replenish, GetSnapshot: _get_snapshot, Tick: _tick,
+             CloseIdle: _close_idle, SetLimit: _set_limit, DropIdle: _drop_idle_all}
+
+
 def apply(s: SchedulerState, msg: SchedulerIn, now: float) -> list:
     """No I/O, no trio: the whole behaviour of the admission queue, applied to `s` in place."""
-    match msg:
-        case Admit():
-            return _admit(s, msg, now)
-        case Release():
-            return _release(s, msg, now)
-        case Withdraw():
-            return _withdraw(s, msg, now)
-        case Clear():
-            return _clear(s, msg)
-        case Reclaim():
-            return _reclaim(s, msg, now)
-        case Taken():
-            s.admitted += msg.n
-            return []
-        case Replenish():
-            return _offer(s, now)
-        case GetSnapshot():
-            return [Send(msg.reply, snapshot(s, now))]
-        case Tick():
-            return _expire(s, now)
-        case CloseIdle():
-            return _close_idle(s, msg, now)
-        case SetLimit():
-            return _set_limit(s, msg, now)
-        case DropIdle():
-            return _drop_idle_all(s, msg, now)
-    raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
+    handler = _HANDLERS.get(type(msg))
+    if handler is None:
+        raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
+    return handler(s, msg, now)
 
 
 def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
@@ -466,14 +475,16 @@ class SchedulerCore:
         self.offers = offers
 
     def step(self, s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
-        saved = astuple(s)
+        saved, kind = astuple(s), type(msg)
         s.journal = journal = []
         entries, taken_back = self.offers.entries, []
         try:
-            if type(msg) is Admit:
-                effects = self._reclaim_one(s, msg, now, taken_back) + apply(s, msg, now)
-            elif type(msg) is SetLimit or type(msg) is DropIdle:
-                effects = self._reclaim_all(s, now, taken_back) + apply(s, msg, now)
+            if kind is Admit and entries:
+                effects = self._reclaim_one(s, msg, now, taken_back)
+                effects += apply(s, msg, now)
+            elif kind is SetLimit or kind is DropIdle:
+                effects = self._reclaim_all(s, now, taken_back)
+                effects += apply(s, msg, now)
             else:
                 effects = apply(s, msg, now)
         except BaseException:
@@ -482,7 +493,10 @@ class SchedulerCore:
             raise
         s.journal = None
         if effects:
-            effects = self._offer(effects)
+            for effect in effects:
+                if type(effect) is Offer:
+                    effects = self._offer(effects)
+                    break
         self.offers.state = s
         return s, effects
 

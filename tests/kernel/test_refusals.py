@@ -15,12 +15,22 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors import CircuitOpen, QueueFull, open_monitoring
+from actors import CircuitOpen, QueueCleared, QueueFull, open_monitoring
 from actors.breaker import BreakerState, refused_retry
 from actors.breaker import step as breaker_step
 from actors.runtime.actor import Send
 from actors.scheduler import SchedulerState, refuses, step
-from messages.commands import Admit, ForceOpen, Outcome, Permit, Release, Reset, Tick, Withdraw
+from messages.commands import (
+    Admit,
+    Clear,
+    ForceOpen,
+    Outcome,
+    Permit,
+    Release,
+    Reset,
+    Tick,
+    Withdraw,
+)
 from messages.config import Config, Priority, QueueConfig
 
 
@@ -145,28 +155,30 @@ async def test_refusals_higher_priority_arrival_still_displaces_through_the_acto
         release.set()
 
 
-async def test_refusals_release_waiting_in_the_inbox_means_the_arrival_asks_and_is_queued(autojump_clock):
+async def test_refusals_mail_waiting_in_the_inbox_means_the_arrival_asks_and_is_queued(autojump_clock):
     async with open_monitoring(small_queue(max_concurrent=1, max_queue_size=1)) as mon, \
             trio.open_nursery() as nursery:
-        release = trio.Event()
-        holder = mon.guard()
-        await holder.enter()
-        nursery.start_soon(mon.run, release.wait)          # the one waiter: the queue is full
+        release, outcomes = trio.Event(), []
+
+        async def call(fn) -> None:
+            try:
+                outcomes.append(await mon.run(fn))
+            except (QueueFull, QueueCleared) as exc:
+                outcomes.append(type(exc).__name__)
+
+        nursery.start_soon(call, release.wait)   # the holder
+        nursery.start_soon(call, release.wait)   # the one waiter: the queue is full
         await trio.testing.wait_all_tasks_blocked()
-        await holder.exit(None)  # its Release is told, not yet handled: the state is stale
+        mon.queue._inbox.put(Clear())  # told, not yet handled: the published state is stale
         assert mon.queue.statistics().depth == 1
-        done = []
-
-        async def arrival() -> None:
-            await mon.run(noop)
-            done.append(trio.current_time())
-
-        nursery.start_soon(arrival)
+        nursery.start_soon(call, noop)
         await trio.testing.wait_all_tasks_blocked()
         assert mon.queue.refused == 0 and mon.queue.statistics().depth == 1  # queued, not refused
+        assert outcomes == ["QueueCleared"]
         release.set()
         await trio.testing.wait_all_tasks_blocked()
-        assert len(done) == 1 and mon.queue.statistics().rejected == 0
+        assert sorted(map(str, outcomes)) == ["None", "None", "QueueCleared"]
+        assert mon.queue.statistics().rejected == 0
 
 
 async def test_refusals_loop_of_refused_calls_lets_others_run_and_honours_cancellation(autojump_clock):
