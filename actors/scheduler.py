@@ -27,10 +27,10 @@ Timeouts. Each waiter carries its deadline; the shell wakes the core with a
 `Tick` at the earliest one, and the core answers `QueueTimeout` — exactly at
 the deadline, so MockClock tests can assert it to the tick.
 
-State. Mutable inside, like the limiter's key table and the metrics rings: one FIFO
-(a deque) per priority and a set of holders, changed in place, so a message costs the
-same at depth 1,000 as at depth 1 (a frozen state copied its queues on every message).
-Only this actor changes it; what leaves is frozen (`snapshot()`, the `Send` effects).
+State (`actors.scheduler_state`). Mutable inside, like the limiter's key table and the
+metrics rings: one FIFO (a deque) per priority and a set of holders, changed in place, so
+a message costs the same at depth 1,000 as at depth 1 (a frozen state copied its queues on
+every message). Only this core changes it; what leaves is frozen (`snapshot()`, `Send`).
 `step(state, msg, now)` is the pure form the tests drive: it works on a copy and returns
 it. The shell runs `SchedulerCore.step`, which applies a message in place as one
 transaction: a journal records each in-place change, so if the core crashes half-way the
@@ -47,15 +47,13 @@ import math
 from collections import deque
 from typing import Any
 
-import msgspec
-from msgspec.structs import astuple, replace
+from msgspec.structs import astuple
 
 from actors.pg.pool import (
     CloseConns,
     CloseIdle,
     Offer,
     Offers,
-    Pool,
     Token,
     drop_idle,
     give_back,
@@ -64,6 +62,19 @@ from actors.pg.pool import (
     undo_lease,
 )
 from actors.runtime.actor import Send
+from actors.scheduler_state import (
+    N_PRIORITIES,
+    SchedulerState,
+    Waiter,
+    dequeue_newest,
+    dequeue_oldest,
+    enqueue,
+    fifos,
+    hold,
+    remove_at,
+    rollback,
+    unhold,
+)
 from messages.commands import (
     Admit,
     Admitted,
@@ -80,7 +91,7 @@ from messages.commands import (
     Tick,
     Withdraw,
 )
-from messages.config import Priority, QueueConfig
+from messages.config import Priority
 from messages.errors import (
     InvalidArgument,
     InvalidArgumentType,
@@ -90,7 +101,6 @@ from messages.errors import (
 )
 from messages.snapshots import QueueSnapshot
 
-N_PRIORITIES = len(Priority)
 _NAMES = ", ".join(f"{p.name}={p.value}" for p in Priority)
 _PRIORITIES = tuple(Priority)
 _LEAST_URGENT_FIRST = tuple(range(N_PRIORITIES - 1, -1, -1))
@@ -109,129 +119,6 @@ def check_priority(priority: object) -> int:
 
 SchedulerIn = (Admit | Release | Withdraw | Clear | Reclaim | Replenish | Taken | GetSnapshot | Tick
                | CloseIdle | SetLimit | DropIdle)
-
-class Waiter(msgspec.Struct, frozen=True, array_like=True):
-    reply: Any
-    priority: int
-    at: float
-    deadline: float
-    conn: bool
-    probe: bool = False
-
-
-def _fifos() -> list[deque]:
-    return [deque() for _ in range(N_PRIORITIES)]
-
-
-class SchedulerState(msgspec.Struct, kw_only=True):
-    """The admission queue's state: changed in place by this actor alone (see the module doc)."""
-
-    cfg: QueueConfig
-    holders: set = msgspec.field(default_factory=set)
-    # one FIFO (oldest first) per priority, most urgent first
-    waiting: list = msgspec.field(default_factory=_fifos)
-    depth: int = 0
-    # A lower bound on the earliest waiter deadline (exact after each Tick): waking early
-    # only costs a Tick, so removals need not recompute it.
-    next_deadline: float = math.inf
-    pool: Pool = Pool()
-    # Offer free slots ahead of demand (see `actors.pg.pool`): off in the pure-core tests' default.
-    offer: bool = False
-    # `set_limit`: temporarily fewer slots than configured (None: cfg.max_concurrent). Holders
-    # above it keep their slots, so in_flight may exceed it until they release.
-    limit: int | None = None
-    admitted: int = 0
-    rejected: int = 0
-    displaced: int = 0
-    timed_out: int = 0
-    cancelled: int = 0
-    cleared: int = 0
-    # While `SchedulerCore.step` applies a message: how to undo each in-place change.
-    journal: list | None = None
-
-    @classmethod
-    def initial(cls, cfg: QueueConfig) -> SchedulerState:
-        return cls(cfg=cfg)
-
-    def copy(self) -> SchedulerState:
-        return replace(self, holders=set(self.holders), waiting=[deque(q) for q in self.waiting],
-                       journal=None)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.holders)
-
-    @property
-    def max_concurrent(self) -> int:
-        return self.cfg.max_concurrent if self.limit is None else self.limit
-
-    @property
-    def free(self) -> int:
-        return max(self.max_concurrent - len(self.holders), 0)
-
-
-# --- the in-place changes of containers, each journaled (scalars are saved whole) ---------
-
-def _hold(s: SchedulerState, reply: Any) -> None:
-    s.holders.add(reply)
-    if s.journal is not None:
-        s.journal.append((s.holders.discard, reply))
-
-
-def _unhold(s: SchedulerState, reply: Any) -> None:
-    s.holders.discard(reply)
-    if s.journal is not None:
-        s.journal.append((s.holders.add, reply))
-
-
-def _enqueue(s: SchedulerState, w: Waiter) -> None:
-    q = s.waiting[w.priority]
-    q.append(w)
-    s.depth += 1
-    if s.journal is not None:
-        s.journal.append((_pop_last, q))
-
-
-def _pop_last(q: deque) -> None:
-    q.pop()
-
-
-def _dequeue_oldest(s: SchedulerState, q: deque) -> Waiter:
-    w = q.popleft()
-    s.depth -= 1
-    if s.journal is not None:
-        s.journal.append((q.appendleft, w))
-    return w
-
-
-def _dequeue_newest(s: SchedulerState, q: deque) -> Waiter:
-    w = q.pop()
-    s.depth -= 1
-    if s.journal is not None:
-        s.journal.append((q.append, w))
-    return w
-
-
-def _remove_at(s: SchedulerState, q: deque, i: int) -> None:
-    w = q[i]
-    del q[i]
-    s.depth -= 1
-    if s.journal is not None:
-        s.journal.append((_insert_at, (q, i, w)))
-
-
-def _insert_at(args: tuple) -> None:
-    q, i, w = args
-    q.insert(i, w)
-
-
-def _rollback(s: SchedulerState, saved: tuple, journal: list) -> None:
-    """Undo a message's in-place changes, newest first, then restore every field."""
-    for undo, arg in reversed(journal):
-        undo(arg)
-    for name, value in zip(s.__struct_fields__, saved, strict=True):
-        setattr(s, name, value)
-
 
 # --- the decisions ----------------------------------------------------------------------
 
@@ -278,7 +165,7 @@ def _reclaim(s: SchedulerState, msg: Reclaim, now: float) -> list:
     granted = msg.lease
     if granted.conn is not None or granted.connect:
         s.pool = undo_lease(s.pool, granted)
-    _unhold(s, msg.token)
+    unhold(s, msg.token)
     return _hand_over(s, now)
 
 
@@ -290,7 +177,7 @@ def _grant(s: SchedulerState, reply: Any, since: float, now: float,
         s.pool = pool
     else:
         value = Admitted(waited_s=max(now - since, 0.0))
-    _hold(s, reply)
+    hold(s, reply)
     s.admitted += 1
     return Send(reply, value)
 
@@ -312,12 +199,12 @@ def _admit(s: SchedulerState, msg: Admit, now: float) -> list:
         s.next_deadline = msg.deadline
     waiter = Waiter(msg.reply, prio, msg.at, msg.deadline, msg.conn, msg.probe)
     if s.depth < s.cfg.max_queue_size:
-        _enqueue(s, waiter)
+        enqueue(s, waiter)
         return []
     lowest = _least_urgent_waiting(s)  # a less urgent waiter than the arrival: displaced
-    victim = _dequeue_newest(s, s.waiting[lowest])
+    victim = dequeue_newest(s, s.waiting[lowest])
     s.displaced += 1
-    _enqueue(s, waiter)
+    enqueue(s, waiter)
     return [Send(victim.reply, QueueFull(_PRIORITIES[lowest], s.depth, displaced=True))]
 
 
@@ -328,7 +215,7 @@ def _hand_over(s: SchedulerState, now: float) -> list:
         for q in s.waiting:
             if q:
                 break
-        first = _dequeue_oldest(s, q)
+        first = dequeue_oldest(s, q)
         effects.append(_grant(s, first.reply, first.at, now, first.conn, first.probe))
     return effects
 
@@ -338,7 +225,7 @@ def _release(s: SchedulerState, msg: Release | Withdraw, now: float) -> list:
         return []
     if type(msg) is Release and (msg.conn is not None or msg.discarded):
         s.pool = give_back(s.pool, msg, now)
-    _unhold(s, msg.reply)
+    unhold(s, msg.reply)
     effects = _hand_over(s, now) if s.depth else []
     offers = _offer(s, now) if s.offer else []
     return effects + offers if offers else effects
@@ -349,7 +236,7 @@ def _withdraw(s: SchedulerState, msg: Withdraw, now: float) -> list:
     for q in s.waiting:
         for i, w in enumerate(q):
             if w.reply is reply:
-                _remove_at(s, q, i)
+                remove_at(s, q, i)
                 if msg.reason == "timeout":
                     s.timed_out += 1
                 else:
@@ -376,7 +263,7 @@ def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> list:
     tokens = [t for t in msg.tokens if t in s.holders]
     s.pool, gone = drop_idle(s.pool, msg.conns, len(tokens))
     for t in tokens:
-        _unhold(s, t)
+        unhold(s, t)
     effects = _hand_over(s, now)
     offers = _offer(s, now)
     return ([CloseConns(gone)] if gone else []) + effects + offers
@@ -384,7 +271,7 @@ def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> list:
 
 def _clear(s: SchedulerState, msg: Clear, now: float) -> list:
     effects = [Send(w.reply, QueueCleared(_PRIORITIES[w.priority])) for q in s.waiting for w in q]
-    s.waiting, s.depth, s.next_deadline = _fifos(), 0, math.inf
+    s.waiting, s.depth, s.next_deadline = fifos(), 0, math.inf
     s.cleared += len(effects)
     return [*effects, Send(msg.reply, Done())]
 
@@ -488,7 +375,7 @@ class SchedulerCore:
             else:
                 effects = apply(s, msg, now)
         except BaseException:
-            _rollback(s, saved, journal)
+            rollback(s, saved, journal)
             entries.extend(reversed(taken_back))  # the offers too are as they were
             raise
         s.journal = None
