@@ -89,16 +89,17 @@ class BreakerHandle:
     def _counted(self, snap: BreakerSnapshot) -> BreakerSnapshot:
         return replace(snap, rejections=snap.rejections + self.refused) if self.refused else snap
 
-    def refusal(self, now: float) -> CircuitOpen | None:
-        """The CircuitOpen a permit would get now, from the published state without a round
-        trip; None if the breaker permits, or if only the actor can tell (mail is waiting)."""
+    def refusal(self, now: float) -> float | None:
+        """The `retry_after_s` of the CircuitOpen a permit would get now, from the published
+        state without a round trip (counted); None if the breaker permits, or if only the
+        actor can tell (mail is waiting)."""
         if len(self._inbox):
             return None
         retry = refused_retry(self._view.value, now)
         if retry is None:
             return None
         self.refused += 1
-        return CircuitOpen(self.tier, max(retry, 0.0))
+        return max(retry, 0.0)
 
     async def wait_state(self, state: str) -> None:
         if state not in _PHASES:  # a typo would wait forever
@@ -207,10 +208,12 @@ class QueueHandle:
         if offers is not None and not len(self._inbox) and refuses(offers.state, check_priority(priority),
                                                                    deadline, now):
             self.refused += 1
-            refusal = QueueFull(_PRIORITIES[priority], offers.state.depth)
+            depth = offers.state.depth
             if checkpoint:
                 await cancel_shielded_checkpoint()
-            raise refusal
+            # Made in the raise itself: an exception kept in a local of the frame its traceback
+            # holds is a reference cycle, and a retry storm of those keeps the GC busy.
+            raise QueueFull(_PRIORITIES[priority], depth)
         reply = Reply()
         msg = Admit(reply=reply, priority=priority, at=now, deadline=deadline, conn=conn, probe=probe)
         if not self._inline(msg, now):
@@ -331,11 +334,11 @@ class Guard:
             self._trial, self._epoch = False, v.epoch
         else:
             try:
-                refusal = breaker.refusal(t0)
-                if refusal is not None:
+                retry = breaker.refusal(t0)
+                if retry is not None:
                     if checkpoint:
                         await cancel_shielded_checkpoint()
-                    raise refusal
+                    raise CircuitOpen(breaker.tier, retry)  # made in the raise: no reference cycle
                 self._trial, self._epoch = await breaker.permit()
                 checkpoint = False  # waiting for the breaker's answer was the yield
             except BaseException as exc:
