@@ -32,10 +32,12 @@ an outcome from an older epoch is counted in the totals but cannot move the
 state (a slow call started before a reset must not re-open the breaker).
 
 Callers don't ask for a permit while the breaker is CLOSED: they read the
-published state and go ahead, and report the outcome afterwards. They
-ask only when it is OPEN or HALF_OPEN. A success in CLOSED changes nothing
-but counters, so the mailbox coalesces those into one `Successes(n)`. A
-failure is the slow path: it is an ask, answered once applied and published,
+published state and go ahead, and report the outcome afterwards. A refusal
+(`refused_retry`) is decided from the published state too, when that is exact:
+nothing waits in the inbox (a reset or a trial's outcome could change it). They
+ask only to become a trial, or when OPEN is due for HALF_OPEN. A success in
+CLOSED changes nothing but counters, so the mailbox coalesces those into one
+`Successes(n)`. A failure is the slow path: it is an ask, answered once applied and published,
 so the call that reaches `failure_threshold` has opened the breaker by the
 time it raises to its caller, and every later admission is refused.
 """
@@ -51,8 +53,8 @@ from actors.runtime.actor import Emit, Send
 from messages.commands import (
     Configure,
     Done,
-    FleetShared,
     FleetQuorum,
+    FleetShared,
     FleetVerdict,
     ForceOpen,
     GetSnapshot,
@@ -136,17 +138,31 @@ def _maybe_half_open(s: BreakerState, now: float) -> tuple[BreakerState, list]:
     return s, []
 
 
+def refused_retry(s: BreakerState, now: float) -> float | None:
+    """The retry hint (seconds) if a Permit would be refused in state `s` at `now`, else None:
+    CLOSED or disabled, a free trial in HALF_OPEN, or OPEN with its recovery timeout elapsed
+    (the permit moves the breaker to HALF_OPEN first). A function of the state alone, so the
+    breaker's handle can refuse from the published state without a round trip."""
+    if not s.enabled or s.phase == "closed":
+        return None
+    if s.phase == "open":
+        if s.forced:
+            return s.cfg.recovery_timeout_s
+        if now < s.retry_at:
+            return s.retry_at - now
+        # Due: HALF_OPEN next, unless the fleet shares this recovery (its prober decides soon).
+        return HALF_OPEN_BUSY_RETRY_S if s.shared else None
+    return HALF_OPEN_BUSY_RETRY_S if s.trials >= s.cfg.half_open_max_calls else None
+
+
 def _permit(s: BreakerState, msg: Permit, now: float) -> tuple[BreakerState, list]:
     if not s.enabled or s.phase == "closed":
         return s, [Send(msg.reply, Permitted(trial=False, epoch=s.epoch))]
     s, effects = _maybe_half_open(s, now)
-    if s.phase == "half_open" and s.trials < s.cfg.half_open_max_calls:
+    retry = refused_retry(s, now)
+    if retry is None:  # HALF_OPEN with a trial free
         s = replace(s, trials=s.trials + 1)
         return s, [*effects, Send(msg.reply, Permitted(trial=True, epoch=s.epoch))]
-    retry = (s.retry_at - now if s.phase == "open" and not s.forced and not s.probe_wanted
-             else HALF_OPEN_BUSY_RETRY_S)
-    if s.forced:
-        retry = s.cfg.recovery_timeout_s
     s = replace(s, rejections=s.rejections + 1)
     return s, [*effects, Send(msg.reply, CircuitOpen(s.tier, max(retry, 0.0)))]
 

@@ -4,7 +4,10 @@
 breaker permit, admission (with a pooled connection for mon.db), outcome, metrics.
 
 Handles only read published values and talk to actors through their mailboxes;
-they own no state of their own beyond wiring.
+they own no state of their own beyond wiring, and the count of the refusals they
+decided themselves (`refused`): a refusal that the published state makes exact — the
+actor would answer it the same, and nothing waits in its inbox that could change that —
+costs no round trip. Those counts are added to the actor's in every snapshot.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import math
 from typing import Any
 
 import trio
+from msgspec.structs import replace
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
+from actors.breaker import refused_retry
 from actors.breaker import snapshot as breaker_snapshot
 from actors.pg.pool import ConnectionLease, Offers, corrected
 from actors.pg.pool_probe import check_pool
+from actors.runtime.actor import SupervisedActor, run_inline
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
-from actors.scheduler import check_priority
+from actors.scheduler import check_priority, refuses
 from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import (
     Admit,
@@ -36,10 +43,12 @@ from messages.commands import (
     SetLimit,
     Withdraw,
 )
-from messages.config import check_breaker_field
+from messages.config import Priority, check_breaker_field
 from messages.errors import (
+    CircuitOpen,
     InvalidArgument,
     InvalidArgumentType,
+    QueueFull,
     ShuttingDown,
     TriageError,
     UnknownTier,
@@ -52,6 +61,7 @@ from messages.snapshots import BreakerSnapshot, PoolCheck, QueueSnapshot
 # switch; only a breaker that is down (restarting after a crash) makes it wait this long.
 FAILURE_REPORT_TIMEOUT_S = 1.0
 _PHASES = ("closed", "open", "half_open")
+_PRIORITIES = tuple(Priority)
 
 
 class FaultsDisabled(TriageError):
@@ -65,6 +75,7 @@ class BreakerHandle:
     def __init__(self, tier: str, inbox: Mailbox, view: AsyncValue,
                  ignore: tuple[type[BaseException], ...]) -> None:
         self.tier, self._inbox, self._view, self.ignore = tier, inbox, view, ignore
+        self.refused = 0  # CircuitOpen decided here (`refusal`), counted in `rejections`
 
     @property
     def state(self) -> str:
@@ -73,7 +84,22 @@ class BreakerHandle:
 
     def statistics(self) -> BreakerSnapshot:
         """The breaker as last published, as a frozen value: no round trip, no checkpoint."""
-        return breaker_snapshot(self._view.value, trio.current_time())
+        return self._counted(breaker_snapshot(self._view.value, trio.current_time()))
+
+    def _counted(self, snap: BreakerSnapshot) -> BreakerSnapshot:
+        return replace(snap, rejections=snap.rejections + self.refused) if self.refused else snap
+
+    def refusal(self, now: float) -> float | None:
+        """The `retry_after_s` of the CircuitOpen a permit would get now, from the published
+        state without a round trip (counted); None if the breaker permits, or if only the
+        actor can tell (mail is waiting)."""
+        if len(self._inbox):
+            return None
+        retry = refused_retry(self._view.value, now)
+        if retry is None:
+            return None
+        self.refused += 1
+        return max(retry, 0.0)
 
     async def wait_state(self, state: str) -> None:
         if state not in _PHASES:  # a typo would wait forever
@@ -97,7 +123,7 @@ class BreakerHandle:
         await ask(self._inbox, lambda r: Configure(reply=r, **fields))
 
     async def snapshot(self) -> BreakerSnapshot:
-        return await ask(self._inbox, lambda r: GetSnapshot(reply=r))
+        return self._counted(await ask(self._inbox, lambda r: GetSnapshot(reply=r)))
 
     def fleet_report(self, msg: Any) -> None:
         """The fleet agent's news for this breaker (FleetShared, FleetQuorum, ProbeLease,
@@ -113,6 +139,17 @@ class BreakerHandle:
         p = await ask(self._inbox, lambda r: Permit(reply=r))
         return p.trial, p.epoch
 
+    def count_success(self) -> bool:
+        """A success of a call that was no trial, counted without a message while the breaker
+        is CLOSED (True); False: it must be reported (`report`)."""
+        if self._view.value.phase != "closed":
+            return False
+        try:
+            self._inbox.tell_count()
+        except ShuttingDown:  # nothing to tell once the system is gone
+            pass
+        return True
+
     async def report(self, result: str, trial: bool, epoch: int, duration_s: float) -> None:
         """Tell the breaker how a call ended (nothing to tell once the system is gone).
 
@@ -120,11 +157,9 @@ class BreakerHandle:
         this returns every admission anywhere sees the verdict (a breaker just opened refuses).
         Shielded and bounded: the caller's own exception is never replaced by a cancellation.
         """
-        v = self._view.value
-        if result == "success" and not trial and v.phase == "closed":
-            with contextlib.suppress(ShuttingDown):
-                self._inbox.tell_count()
+        if result == "success" and not trial and self.count_success():
             return
+        v = self._view.value
         if result != "failure" or not v.enabled:
             tell_quietly(self._inbox, Outcome(result=result, epoch=epoch, trial=trial,
                                               duration_s=duration_s))
@@ -141,11 +176,13 @@ class BreakerHandle:
 class QueueHandle:
     """The admission queue as a caller sees it."""
 
-    def __init__(self, inbox: Mailbox, timeout_s: float, offers: Offers | None = None) -> None:
-        self._inbox, self.timeout_s, self.offers = inbox, timeout_s, offers
+    def __init__(self, inbox: Mailbox, timeout_s: float, offers: Offers | None = None,
+                 cell: SupervisedActor | None = None) -> None:
+        self._inbox, self.timeout_s, self.offers, self._cell = inbox, timeout_s, offers, cell
         self._entries: Any = offers.entries if offers is not None else ()
         self._connections: Any = None
         self._probe_timeout_s = 5.0
+        self.refused = 0  # QueueFull decided here (`admit`), counted in `rejected`
 
     def attach_connections(self, connections: Any, probe_timeout_s: float) -> None:
         """How the pool's connections are made (mon.db's), for `health_check`: the queue starts
@@ -153,34 +190,62 @@ class QueueHandle:
         self._connections, self._probe_timeout_s = connections, probe_timeout_s
 
     async def admit(self, priority: int, timeout_s: float | None = None,
-                    conn: bool = False, probe: bool = False, now: float | None = None
-                    ) -> tuple[Reply, Admitted]:
+                    conn: bool = False, probe: bool = False, now: float | None = None,
+                    checkpoint: bool = False) -> tuple[Reply, Admitted]:
         """Wait for a slot (and a pooled connection if `conn`): (token for `release`, lease).
 
         Raises QueueFull, QueueTimeout (after `timeout_s`, default the queue's request
         timeout), QueueCleared or ShuttingDown. `now`: the caller's clock reading, if it has one.
+        `checkpoint`: the caller has checked for cancellation and wants one schedule point
+        (trio.Semaphore's pattern): an answer given here without waiting yields once first.
         """
         if self._entries and not probe:  # a slot offered in advance: held at once, no round trip
             taken = self.offers.take(conn, priority)
             if taken is not None:
+                if checkpoint:
+                    await cancel_shielded_checkpoint()
                 return taken
         if now is None:
             now = trio.current_time()
-        reply = Reply()
         wait_s = self.timeout_s if timeout_s is None else check_timeout(timeout_s)
-        await self._inbox.put_ask(Admit(reply=reply, priority=priority, at=now,
-                                        deadline=now + wait_s, conn=conn, probe=probe))
+        deadline = now + wait_s
+        offers = self.offers
+        # Refused from the scheduler's own state: exact while no message waits in its inbox.
+        if offers is not None and not len(self._inbox) and refuses(offers.state, check_priority(priority),
+                                                                   deadline, now):
+            self.refused += 1
+            depth = offers.state.depth
+            if checkpoint:
+                await cancel_shielded_checkpoint()
+            # Made in the raise itself: an exception kept in a local of the frame its traceback
+            # holds is a reference cycle, and a retry storm of those keeps the GC busy.
+            raise QueueFull(_PRIORITIES[priority], depth)
+        reply = Reply()
+        msg = Admit(reply=reply, priority=priority, at=now, deadline=deadline, conn=conn, probe=probe)
+        if not self._inline(msg, now):
+            await self._inbox.put_ask(msg)
+        elif checkpoint and reply.answered:  # granted or refused at once
+            await cancel_shielded_checkpoint()
         try:
             admitted = await reply.wait()
         except BaseException:
             if reply.abandoned:  # cancelled while waiting: leave the queue
-                tell_quietly(self._inbox, Withdraw(reply=reply, reason="cancelled"))
+                self._tell(Withdraw(reply=reply, reason="cancelled"))
             raise
         return reply, admitted
 
+    def _inline(self, msg: Any, now: float) -> bool:
+        """The scheduler's core applies `msg` in this task when the actor would do so next."""
+        return self._cell is not None and run_inline(self._cell, msg, now)
+
+    def _tell(self, msg: Any, now: float | None = None) -> bool:
+        if self._cell is not None and run_inline(self._cell, msg, trio.current_time() if now is None else now):
+            return True
+        return tell_quietly(self._inbox, msg)
+
     def release(self, token: Any, conn: Any = None, discarded: bool = False,
                 connect_failed: bool = False, lease: Admitted | None = None,
-                connect_limited: bool = False) -> bool:
+                connect_limited: bool = False, now: float | None = None) -> bool:
         """Give the slot back (with the pooled connection, if any). False once shut down.
 
         `lease`: what the holder got, returned as is when it used no connection. While nobody
@@ -191,14 +256,16 @@ class QueueHandle:
             return True
         if lease is not None and conn is None and not discarded:
             conn, discarded = lease.conn, lease.connect  # unused: the lease goes back as it came
-        return tell_quietly(self._inbox, Release(reply=token, conn=conn, discarded=discarded,
-                                                 connect_failed=connect_failed,
-                                                 connect_limited=connect_limited))
+        return self._tell(Release(reply=token, conn=conn, discarded=discarded,
+                                  connect_failed=connect_failed, connect_limited=connect_limited), now)
 
     def statistics(self) -> QueueSnapshot:
         """The queue (and pool) as last published, offered slots counted free: no round trip."""
         snap = queue_snapshot(self.offers.state, trio.current_time())
-        return corrected(snap, self.offers.counts())
+        return self._counted(corrected(snap, self.offers.counts()))
+
+    def _counted(self, snap: QueueSnapshot) -> QueueSnapshot:
+        return replace(snap, rejected=snap.rejected + self.refused) if self.refused else snap
 
     async def clear(self) -> None:
         """Answer every waiter with QueueCleared (holders keep their slots)."""
@@ -221,7 +288,7 @@ class QueueHandle:
 
     async def snapshot(self) -> QueueSnapshot:
         snap = await ask(self._inbox, lambda r: GetSnapshot(reply=r))
-        return corrected(snap, self.offers.counts()) if self.offers is not None else snap
+        return self._counted(corrected(snap, self.offers.counts()) if self.offers is not None else snap)
 
 
 def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: float,
@@ -255,11 +322,17 @@ class Guard:
         return self._token is not None
 
     async def enter(self) -> Admitted:
-        """Permit + slot, or the refusal (observed, and a trial permit handed back)."""
-        if self._checkpoint:
-            # A cancelled caller takes no slot and runs nothing, and a loop of guarded calls
-            # that never await still lets other tasks run.
-            await trio.lowlevel.checkpoint()
+        """Permit + slot, or the refusal (observed, and a trial permit handed back).
+
+        Entering is one checkpoint, as trio.Semaphore.acquire is: cancellation is checked
+        first (a cancelled caller takes no slot and runs nothing), then the call yields once —
+        waiting for an answer is that yield; an answer at once (an offered slot, a refusal
+        decided from published state) is followed by a cancel-shielded one, so a loop of
+        guarded calls that never await still lets other tasks run.
+        """
+        checkpoint = self._checkpoint
+        if checkpoint:
+            await checkpoint_if_cancelled()
         t0 = trio.current_time()
         breaker = self._breaker
         v = breaker._view.value
@@ -267,13 +340,20 @@ class Guard:
             self._trial, self._epoch = False, v.epoch
         else:
             try:
+                retry = breaker.refusal(t0)
+                if retry is not None:
+                    if checkpoint:
+                        await cancel_shielded_checkpoint()
+                    raise CircuitOpen(breaker.tier, retry)  # made in the raise: no reference cycle
                 self._trial, self._epoch = await breaker.permit()
+                checkpoint = False  # waiting for the breaker's answer was the yield
             except BaseException as exc:
                 observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None, self._priority)
                 raise
         try:  # a trial that wants a connection may connect while the pool backs off
             token, admitted = await self._queue.admit(self._priority, self._timeout_s, conn=self._conn,
-                                                      probe=self._conn and self._trial, now=t0)
+                                                      probe=self._conn and self._trial, now=t0,
+                                                      checkpoint=checkpoint)
         except BaseException as exc:
             if self._trial:
                 await breaker.report("abandoned", True, self._epoch, 0.0)
@@ -287,11 +367,13 @@ class Guard:
         now = trio.current_time()
         token, self._token = self._token, None
         if held is None:
-            self._queue.release(token, lease=self._lease)
+            self._queue.release(token, lease=self._lease, now=now)
         else:
             held.give_back(self._queue, token)
         breaker = self._breaker
         observe_call(self._metrics, breaker.tier, exc, self._t0, now, self._waited, self._priority)
+        if exc is None and not self._trial and breaker.count_success():
+            return  # the usual end: counted, nothing to wait for
         await breaker.report(breaker_verdict(exc, breaker.ignore), self._trial, self._epoch,
                              now - self._t0 - self._waited)
 

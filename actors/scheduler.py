@@ -26,22 +26,34 @@ holder runs on, and the slots offered ahead of demand — lives in `actors.pg.po
 Timeouts. Each waiter carries its deadline; the shell wakes the core with a
 `Tick` at the earliest one, and the core answers `QueueTimeout` — exactly at
 the deadline, so MockClock tests can assert it to the tick.
+
+State (`actors.scheduler_state`). Mutable inside, like the limiter's key table and the
+metrics rings: one FIFO (a deque) per priority and a set of holders, changed in place, so
+a message costs the same at depth 1,000 as at depth 1 (a frozen state copied its queues on
+every message). Only this core changes it; what leaves is frozen (`snapshot()`, `Send`).
+`step(state, msg, now)` is the pure form the tests drive: it works on a copy and returns
+it. The shell runs `SchedulerCore.step`, which applies a message in place as one
+transaction: a journal records each in-place change, so if the core crashes half-way the
+changes are undone and the supervisor restarts the actor from its last good state.
+
+Refusals without a round trip. Whether an arrival would be refused (`refuses`) is a
+function of the state alone; when no message waits in the inbox (one could free a slot
+first), the queue handle decides it from this state, exactly as the core would.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
-import msgspec
-from msgspec.structs import replace
+from msgspec.structs import astuple
 
 from actors.pg.pool import (
     CloseConns,
     CloseIdle,
     Offer,
     Offers,
-    Pool,
     Token,
     drop_idle,
     give_back,
@@ -50,6 +62,19 @@ from actors.pg.pool import (
     undo_lease,
 )
 from actors.runtime.actor import Send
+from actors.scheduler_state import (
+    N_PRIORITIES,
+    SchedulerState,
+    Waiter,
+    dequeue_newest,
+    dequeue_oldest,
+    enqueue,
+    fifos,
+    hold,
+    remove_at,
+    rollback,
+    unhold,
+)
 from messages.commands import (
     Admit,
     Admitted,
@@ -66,7 +91,7 @@ from messages.commands import (
     Tick,
     Withdraw,
 )
-from messages.config import Priority, QueueConfig
+from messages.config import Priority
 from messages.errors import (
     InvalidArgument,
     InvalidArgumentType,
@@ -76,8 +101,9 @@ from messages.errors import (
 )
 from messages.snapshots import QueueSnapshot
 
-N_PRIORITIES = len(Priority)
 _NAMES = ", ".join(f"{p.name}={p.value}" for p in Priority)
+_PRIORITIES = tuple(Priority)
+_LEAST_URGENT_FIRST = tuple(range(N_PRIORITIES - 1, -1, -1))
 
 
 def check_priority(priority: object) -> int:
@@ -94,248 +120,239 @@ def check_priority(priority: object) -> int:
 SchedulerIn = (Admit | Release | Withdraw | Clear | Reclaim | Replenish | Taken | GetSnapshot | Tick
                | CloseIdle | SetLimit | DropIdle)
 
-class Waiter(msgspec.Struct, frozen=True, array_like=True):
-    reply: Any
-    priority: int
-    at: float
-    deadline: float
-    conn: bool
-    probe: bool = False
+# --- the decisions ----------------------------------------------------------------------
+
+def _free(s: SchedulerState) -> int:
+    """`s.free`, spelled out for the hot paths (a property call costs as much as the rest)."""
+    limit = s.limit
+    free = (s.cfg.max_concurrent if limit is None else limit) - len(s.holders)
+    return free if free > 0 else 0
 
 
-class SchedulerState(msgspec.Struct, frozen=True, kw_only=True):
-    cfg: QueueConfig
-    holders: frozenset = frozenset()
-    # one FIFO (tuple, oldest first) per priority, most urgent first
-    waiting: tuple[tuple[Waiter, ...], ...] = ((),) * N_PRIORITIES
-    depth: int = 0
-    # A lower bound on the earliest waiter deadline (exact after each Tick): waking early
-    # only costs a Tick, so removals need not recompute it.
-    next_deadline: float = math.inf
-    pool: Pool = Pool()
-    # Offer free slots ahead of demand (see `actors.pg.pool`): off in the pure-core tests' default.
-    offer: bool = False
-    # `set_limit`: temporarily fewer slots than configured (None: cfg.max_concurrent). Holders
-    # above it keep their slots, so in_flight may exceed it until they release.
-    limit: int | None = None
-    admitted: int = 0
-    rejected: int = 0
-    displaced: int = 0
-    timed_out: int = 0
-    cancelled: int = 0
-    cleared: int = 0
-
-    @classmethod
-    def initial(cls, cfg: QueueConfig) -> SchedulerState:
-        return cls(cfg=cfg)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.holders)
-
-    @property
-    def max_concurrent(self) -> int:
-        return self.cfg.max_concurrent if self.limit is None else self.limit
-
-    @property
-    def free(self) -> int:
-        return max(self.max_concurrent - len(self.holders), 0)
+def _least_urgent_waiting(s: SchedulerState) -> int | None:
+    waiting = s.waiting
+    for p in _LEAST_URGENT_FIRST:
+        if waiting[p]:
+            return p
+    return None
 
 
-def _offer(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
+def refuses(s: SchedulerState, priority: int, deadline: float, now: float) -> bool:
+    """Whether an arrival (a valid priority) would be refused with QueueFull in state `s`:
+    no free slot, still time to wait, the queue full, and nobody less urgent to displace."""
+    if s.depth < s.cfg.max_queue_size or deadline <= now or _free(s) > 0:
+        return False
+    lowest = _least_urgent_waiting(s)
+    return lowest is None or lowest <= priority
+
+
+def _offer(s: SchedulerState, now: float) -> list:
     if not s.offer or s.depth:
-        return s, []
+        return []
     effects = []
-    while s.free > 0:
+    while _free(s) > 0:
         token = Token()
-        s, grant = _grant(s, token, now, now, wants_conn=True)
-        s = replace(s, admitted=s.admitted - 1)  # counted when taken (a `Taken` tally)
+        grant = _grant(s, token, now, now, wants_conn=True)
+        s.admitted -= 1  # counted when taken (a `Taken` tally)
         effects.append(Offer(token, grant.value))
-    return s, effects
+    return effects
 
 
-def _reclaim(s: SchedulerState, msg: Reclaim, now: float) -> tuple[SchedulerState, list]:
+def _reclaim(s: SchedulerState, msg: Reclaim, now: float) -> list:
     """An offer taken back unused: its slot and lease return, uncounted."""
     if msg.token not in s.holders:
-        return s, []
-    release = Release(reply=msg.token, conn=msg.lease.conn, discarded=msg.lease.connect)
-    if release.conn is not None or release.discarded:
-        s = replace(s, pool=undo_lease(s.pool, msg.lease))
-    s = replace(s, holders=s.holders - {msg.token})
+        return []
+    granted = msg.lease
+    if granted.conn is not None or granted.connect:
+        s.pool = undo_lease(s.pool, granted)
+    unhold(s, msg.token)
     return _hand_over(s, now)
-
-
-def _with_queue(s: SchedulerState, prio: int, queue: tuple, depth_delta: int, **changes) -> SchedulerState:
-    waiting = s.waiting[:prio] + (queue,) + s.waiting[prio + 1:]
-    return replace(s, waiting=waiting, depth=s.depth + depth_delta, **changes)
 
 
 def _grant(s: SchedulerState, reply: Any, since: float, now: float,
            wants_conn: bool = False, probe: bool = False,
-           priority: int | None = None) -> tuple[SchedulerState, Send]:
+           priority: int | None = None) -> Send:
     if wants_conn:
         pool, granted = lease(s.pool, now, probe, priority)
-        s = replace(s, pool=pool)
+        value = Admitted(waited_s=max(now - since, 0.0), **granted)
+        s.pool = pool
     else:
-        granted = {}
-    s = replace(s, holders=s.holders | {reply}, admitted=s.admitted + 1)
-    return s, Send(reply, Admitted(waited_s=max(now - since, 0.0), **granted))
+        value = Admitted(waited_s=max(now - since, 0.0))
+    hold(s, reply)
+    s.admitted += 1
+    return Send(reply, value)
 
 
-def _admit(s: SchedulerState, msg: Admit, now: float) -> tuple[SchedulerState, list]:
+def _admit(s: SchedulerState, msg: Admit, now: float) -> list:
     try:
         prio = check_priority(msg.priority)
     except (InvalidArgument, InvalidArgumentType) as exc:
-        return s, [Send(msg.reply, exc)]
-    if s.free > 0:
-        s, grant = _grant(s, msg.reply, msg.at, now, msg.conn, msg.probe, prio)
-        return s, [grant]
-    waiter = Waiter(msg.reply, prio, msg.at, msg.deadline, msg.conn, msg.probe)
+        return [Send(msg.reply, exc)]
+    if _free(s) > 0:
+        return [_grant(s, msg.reply, msg.at, now, msg.conn, msg.probe, prio)]
     if msg.deadline <= now:
-        s = replace(s, timed_out=s.timed_out + 1)
-        return s, [Send(msg.reply, QueueTimeout(Priority(prio), now - msg.at))]
-    s = replace(s, next_deadline=min(s.next_deadline, msg.deadline))
+        s.timed_out += 1
+        return [Send(msg.reply, QueueTimeout(_PRIORITIES[prio], now - msg.at))]
+    if refuses(s, prio, msg.deadline, now):
+        s.rejected += 1
+        return [Send(msg.reply, QueueFull(_PRIORITIES[prio], s.depth))]
+    if msg.deadline < s.next_deadline:
+        s.next_deadline = msg.deadline
+    waiter = Waiter(msg.reply, prio, msg.at, msg.deadline, msg.conn, msg.probe)
     if s.depth < s.cfg.max_queue_size:
-        return _with_queue(s, prio, s.waiting[prio] + (waiter,), +1), []
-    lowest = next((p for p in range(N_PRIORITIES - 1, -1, -1) if s.waiting[p]), None)
-    if lowest is None or lowest <= prio:
-        s = replace(s, rejected=s.rejected + 1)
-        return s, [Send(msg.reply, QueueFull(Priority(prio), s.depth))]
-    victim = s.waiting[lowest][-1]
-    s = _with_queue(s, lowest, s.waiting[lowest][:-1], -1, displaced=s.displaced + 1)
-    s = _with_queue(s, prio, s.waiting[prio] + (waiter,), +1)
-    return s, [Send(victim.reply, QueueFull(Priority(lowest), s.depth, displaced=True))]
+        enqueue(s, waiter)
+        return []
+    lowest = _least_urgent_waiting(s)  # a less urgent waiter than the arrival: displaced
+    victim = dequeue_newest(s, s.waiting[lowest])
+    s.displaced += 1
+    enqueue(s, waiter)
+    return [Send(victim.reply, QueueFull(_PRIORITIES[lowest], s.depth, displaced=True))]
 
 
-def _hand_over(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
+def _hand_over(s: SchedulerState, now: float) -> list:
     """Give free slots to the most urgent waiters, oldest first."""
     effects = []
-    while s.free > 0 and s.depth > 0:
-        prio = next(p for p in range(N_PRIORITIES) if s.waiting[p])
-        first = s.waiting[prio][0]
-        s = _with_queue(s, prio, s.waiting[prio][1:], -1)
-        s, grant = _grant(s, first.reply, first.at, now, first.conn, first.probe, prio)
-        effects.append(grant)
-    return s, effects
+    while s.depth > 0 and _free(s) > 0:
+        prio = next(p for p, queue in enumerate(s.waiting) if queue)
+        first = dequeue_oldest(s, s.waiting[prio])
+        effects.append(_grant(s, first.reply, first.at, now, first.conn, first.probe, prio))
+    return effects
 
 
-def _release(s: SchedulerState, msg: Release | Withdraw, now: float) -> tuple[SchedulerState, list]:
+def _release(s: SchedulerState, msg: Release | Withdraw, now: float) -> list:
     if msg.reply not in s.holders:
-        return s, []
+        return []
     if type(msg) is Release and (msg.conn is not None or msg.discarded):
-        s = replace(s, pool=give_back(s.pool, msg, now))
-    s, effects = _hand_over(replace(s, holders=s.holders - {msg.reply}), now)
-    s, offers = _offer(s, now)
-    return s, effects + offers
+        s.pool = give_back(s.pool, msg, now)
+    unhold(s, msg.reply)
+    effects = _hand_over(s, now) if s.depth else []
+    offers = _offer(s, now) if s.offer else []
+    return effects + offers if offers else effects
 
 
-
-def _withdraw(s: SchedulerState, msg: Withdraw, now: float) -> tuple[SchedulerState, list]:
-    for prio, queue in enumerate(s.waiting):
-        for i, w in enumerate(queue):
-            if w.reply is msg.reply:
-                count = "timed_out" if msg.reason == "timeout" else "cancelled"
-                s = _with_queue(s, prio, queue[:i] + queue[i + 1:], -1,
-                                **{count: getattr(s, count) + 1})
-                return s, []
+def _withdraw(s: SchedulerState, msg: Withdraw, now: float) -> list:
+    reply = msg.reply
+    for q in s.waiting:
+        for i, w in enumerate(q):
+            if w.reply is reply:
+                remove_at(s, q, i)
+                if msg.reason == "timeout":
+                    s.timed_out += 1
+                else:
+                    s.cancelled += 1
+                return []
     return _release(s, msg, now)
 
 
-def _expire(s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
+def _expire(s: SchedulerState, now: float) -> list:
     """Answer QueueTimeout to every waiter whose deadline has come."""
     if now < s.next_deadline:
-        return s, []
-    effects = [Send(w.reply, QueueTimeout(Priority(w.priority), now - w.at))
+        return []
+    effects = [Send(w.reply, QueueTimeout(_PRIORITIES[w.priority], now - w.at))
                for q in s.waiting for w in q if w.deadline <= now]
-    waiting = tuple(tuple(w for w in q if w.deadline > now) for q in s.waiting)
-    nxt = min((w.deadline for q in waiting for w in q), default=math.inf)
-    s = replace(s, waiting=waiting, depth=s.depth - len(effects), next_deadline=nxt,
-                timed_out=s.timed_out + len(effects))
-    return s, effects
+    if effects:
+        s.waiting = [deque(w for w in q if w.deadline > now) for q in s.waiting]
+        s.depth -= len(effects)
+        s.timed_out += len(effects)
+    s.next_deadline = min((w.deadline for q in s.waiting for w in q), default=math.inf)
+    return effects
 
 
-def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> tuple[SchedulerState, list]:
-    tokens = {t for t in msg.tokens if t in s.holders}
-    pool, gone = drop_idle(s.pool, msg.conns, len(tokens))
-    s, effects = _hand_over(replace(s, pool=pool, holders=s.holders - tokens), now)
-    s, offers = _offer(s, now)
-    return s, ([CloseConns(gone)] if gone else []) + effects + offers
+def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> list:
+    tokens = [t for t in msg.tokens if t in s.holders]
+    s.pool, gone = drop_idle(s.pool, msg.conns, len(tokens))
+    for t in tokens:
+        unhold(s, t)
+    effects = _hand_over(s, now)
+    offers = _offer(s, now)
+    return ([CloseConns(gone)] if gone else []) + effects + offers
 
 
-def _clear(s: SchedulerState, msg: Clear) -> tuple[SchedulerState, list]:
-    effects = [Send(w.reply, QueueCleared(Priority(w.priority))) for q in s.waiting for w in q]
-    s = replace(s, waiting=((),) * N_PRIORITIES, depth=0, next_deadline=math.inf,
-                cleared=s.cleared + len(effects))
-    return s, [*effects, Send(msg.reply, Done())]
+def _clear(s: SchedulerState, msg: Clear, now: float) -> list:
+    effects = [Send(w.reply, QueueCleared(_PRIORITIES[w.priority])) for q in s.waiting for w in q]
+    s.waiting, s.depth, s.next_deadline = fifos(), 0, math.inf
+    s.cleared += len(effects)
+    return [*effects, Send(msg.reply, Done())]
 
 
-def _set_limit(s: SchedulerState, msg: SetLimit, now: float) -> tuple[SchedulerState, list]:
+def _set_limit(s: SchedulerState, msg: SetLimit, now: float) -> list:
     """Fewer slots from now on (nobody is cut), or (None) the configured number again."""
     n, most = msg.max_concurrent, s.cfg.max_concurrent
     if n is not None and (type(n) is not int or not 1 <= n <= most):
-        return s, [Send(msg.reply, InvalidArgument(f"max_concurrent must be an int in 1..{most} "
-                                                   f"(the configured value) or None, got {n!r}"))]
-    s, effects = _hand_over(replace(s, limit=n), now)
-    s, offers = _offer(s, now)
-    return s, [*effects, *offers, Send(msg.reply, Done())]
+        return [Send(msg.reply, InvalidArgument(f"max_concurrent must be an int in 1..{most} "
+                                                f"(the configured value) or None, got {n!r}"))]
+    s.limit = n
+    effects = _hand_over(s, now)
+    offers = _offer(s, now)
+    return [*effects, *offers, Send(msg.reply, Done())]
 
 
-def _drop_idle_all(s: SchedulerState, msg: DropIdle, now: float) -> tuple[SchedulerState, list]:
+def _drop_idle_all(s: SchedulerState, msg: DropIdle, now: float) -> list:
     """Every idle connection closes; the next holders open fresh ones."""
-    pool, gone = drop_idle(s.pool, s.pool.idle, 0)
-    s, offers = _offer(replace(s, pool=pool), now)
-    return s, ([CloseConns(gone)] if gone else []) + offers + [Send(msg.reply, Dropped(conns=len(gone)))]
+    s.pool, gone = drop_idle(s.pool, s.pool.idle, 0)
+    offers = _offer(s, now)
+    return ([CloseConns(gone)] if gone else []) + offers + [Send(msg.reply, Dropped(conns=len(gone)))]
 
 
 def snapshot(s: SchedulerState, now: float, restarts: int = 0) -> QueueSnapshot:
     """The core's view: untaken offers count as held (`actors.pg.pool.corrected` frees them)."""
-    oldest = min((q[0].at for q in s.waiting if q), default=now)
+    waiting = s.waiting
+    oldest = min((q[0].at for q in waiting if q), default=now)
     return QueueSnapshot(
         max_concurrent=s.max_concurrent, max_queue_size=s.cfg.max_queue_size,
-        in_flight=s.in_flight, free=s.free, depth=s.depth,
-        depth_by_priority={Priority(p).name: len(q) for p, q in enumerate(s.waiting)},
+        in_flight=len(s.holders), free=s.free, depth=s.depth,
+        depth_by_priority={p.name: len(waiting[p]) for p in _PRIORITIES},
         oldest_wait_s=max(now - oldest, 0.0), admitted=s.admitted, rejected=s.rejected,
         displaced=s.displaced, timed_out=s.timed_out, cancelled=s.cancelled,
         cleared=s.cleared, pool=pool_snapshot(s.pool), restarts=restarts,
         configured_max_concurrent=None if s.limit is None else s.cfg.max_concurrent)
 
 
+def _taken(s: SchedulerState, msg: Taken, now: float) -> list:
+    s.admitted += msg.n
+    return []
+
+
+def _get_snapshot(s: SchedulerState, msg: GetSnapshot, now: float) -> list:
+    return [Send(msg.reply, snapshot(s, now))]
+
+
+def _tick(s: SchedulerState, msg: Tick, now: float) -> list:
+    return _expire(s, now)
+
+
+def _replenish(s: SchedulerState, msg: Replenish, now: float) -> list:
+    return _offer(s, now)
+
+
+# The whole behaviour of the admission queue, by message type (a dict: one lookup per message).
+_HANDLERS = {Admit: _admit, Release: _release, Withdraw: _withdraw, Clear: _clear, Reclaim: _reclaim,
+             Taken: _taken, Replenish: _replenish, GetSnapshot: _get_snapshot, Tick: _tick,
+             CloseIdle: _close_idle, SetLimit: _set_limit, DropIdle: _drop_idle_all}
+
+
+def apply(s: SchedulerState, msg: SchedulerIn, now: float) -> list:
+    """No I/O, no trio: the whole behaviour of the admission queue, applied to `s` in place."""
+    handler = _HANDLERS.get(type(msg))
+    if handler is None:
+        raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
+    return handler(s, msg, now)
+
+
 def step(s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
-    """No I/O, no trio: the whole behaviour of the admission queue."""
-    match msg:
-        case Admit():
-            return _admit(s, msg, now)
-        case Release():
-            return _release(s, msg, now)
-        case Withdraw():
-            return _withdraw(s, msg, now)
-        case Clear():
-            return _clear(s, msg)
-        case Reclaim():
-            return _reclaim(s, msg, now)
-        case Taken():
-            return replace(s, admitted=s.admitted + msg.n), []
-        case Replenish():
-            return _offer(s, now)
-        case GetSnapshot():
-            return s, [Send(msg.reply, snapshot(s, now))]
-        case Tick():
-            return _expire(s, now)
-        case CloseIdle():
-            return _close_idle(s, msg, now)
-        case SetLimit():
-            return _set_limit(s, msg, now)
-        case DropIdle():
-            return _drop_idle_all(s, msg, now)
-    raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
+    """The pure form: `apply` to a copy, so `s` stays as it was (the tests' and Hypothesis')."""
+    s = s.copy()
+    return s, apply(s, msg, now)
 
 
 class SchedulerCore:
     """The scheduler's core as its shell runs it, with the pool's offer list beside it.
 
-    Offers are shell state (callers take them without a message), so this is where the pure
-    `step` meets them: an arrival that must ask first takes one unused offer back, and the
-    slots the core offers go onto the list. The generic actor shell knows nothing of this.
+    Offers are shell state (callers take them without a message), so this is where the core
+    meets them: an arrival that must ask first takes one unused offer back, and the slots
+    the core offers go onto the list. Each message is one transaction (see the module doc):
+    if it crashes, the state and the offer list are as they were before it.
+    The generic actor shell knows nothing of this.
     """
 
     name = "scheduler"
@@ -344,34 +361,48 @@ class SchedulerCore:
         self.offers = offers
 
     def step(self, s: SchedulerState, msg: SchedulerIn, now: float) -> tuple[SchedulerState, list]:
-        first: list = []
-        if type(msg) is SetLimit or type(msg) is DropIdle:
-            s, first = self._reclaim_all(s, now)
-        reclaim = self.offers.reclaim_for(msg)
+        saved, kind = astuple(s), type(msg)
+        s.journal = journal = []
+        entries, taken_back = self.offers.entries, []
         try:
-            if reclaim is not None:
-                s, first = step(s, reclaim, now)
-            s, effects = step(s, msg, now)
+            if kind is Admit and entries:
+                effects = self._reclaim_one(s, msg, now, taken_back)
+                effects += apply(s, msg, now)
+            elif kind is SetLimit or kind is DropIdle:
+                effects = self._reclaim_all(s, now, taken_back)
+                effects += apply(s, msg, now)
+            else:
+                effects = apply(s, msg, now)
         except BaseException:
-            if reclaim is not None:  # the state stays as it was, so the offer does too
-                self.offers.entries.append((reclaim.token, reclaim.lease))
+            rollback(s, saved, journal)
+            entries.extend(reversed(taken_back))  # the offers too are as they were
             raise
-        if first:
-            effects = first + effects
+        s.journal = None
         if effects:
-            effects = self._offer(effects)
+            for effect in effects:
+                if type(effect) is Offer:
+                    effects = self._offer(effects)
+                    break
         self.offers.state = s
         return s, effects
 
-    def _reclaim_all(self, s: SchedulerState, now: float) -> tuple[SchedulerState, list]:
+    def _reclaim_one(self, s: SchedulerState, msg: Admit, now: float, taken_back: list) -> list:
+        """Before an arrival that had to ask, one unused offer comes back so it can be granted."""
+        reclaim = self.offers.reclaim_for(msg)
+        if reclaim is None:
+            return []
+        taken_back.append((reclaim.token, reclaim.lease))
+        return _reclaim(s, reclaim, now)
+
+    def _reclaim_all(self, s: SchedulerState, now: float, taken_back: list) -> list:
         """Offered slots come back first: a lower limit must not leave them pre-granted, and
         their idle connections must be in the core's list to be closed."""
         entries, effects = self.offers.entries, []
         while entries:
             token, granted = entries.pop()
-            s, more = _reclaim(s, Reclaim(token=token, lease=granted), now)
-            effects += more
-        return s, effects
+            taken_back.append((token, granted))
+            effects += _reclaim(s, Reclaim(token=token, lease=granted), now)
+        return effects
 
     def _offer(self, effects: list) -> list:
         """Offers go on the list; every other effect goes to the shell."""

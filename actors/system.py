@@ -132,11 +132,11 @@ class _Wiring:
         inbox = Mailbox("scheduler", INBOX_SIZE, count_msg=_taken)
         state = replace(scheduler_mod.SchedulerState.initial(self.config.queue), offer=True)
         self.offers = Offers(inbox, state)  # the pool's offered slots, beside the scheduler
-        await self.start("scheduler", scheduler_mod.SchedulerCore(self.offers), state, inbox)
+        cell = await self.start("scheduler", scheduler_mod.SchedulerCore(self.offers), state, inbox)
         inbox.put(Replenish())
         q = self.config.queue  # an idle pool shrinks to min_idle connections
         await self.nursery.start(run_reaper, self.offers, q.min_idle, q.max_idle_s)
-        return QueueHandle(inbox, self.config.queue.request_timeout_s, self.offers)
+        return QueueHandle(inbox, self.config.queue.request_timeout_s, self.offers, cell)
 
     async def metrics(self) -> tuple[Mailbox, AsyncValue]:
         inbox = Mailbox("metrics", METRICS_INBOX_SIZE, batch_msg=_observations)

@@ -34,7 +34,7 @@ import msgspec
 import trio
 from loguru import logger
 
-from messages.commands import FleetShared, FleetQuorum, FleetVerdict, ProbeLease
+from messages.commands import FleetQuorum, FleetShared, FleetVerdict, ProbeLease
 from messages.events import BreakerTransition, ProbeDue
 
 # A key written every heartbeat lives this many heartbeats: a dead instance's state is gone

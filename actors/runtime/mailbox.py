@@ -10,7 +10,9 @@ If the caller is cancelled while parked, the reply becomes *abandoned* and a
 later `deliver` returns False, so the actor knows its answer was not taken
 (the admission queue uses this to hand an undelivered slot straight back).
 Once `deliver` succeeds, the caller can no longer be cancelled out of the
-wait: exactly one of "got the value" and "was cancelled" happens.
+wait: exactly one of "got the value" and "was cancelled" happens. A reply
+answered before its caller parks (a message the caller's own task applied,
+`actors.runtime.actor.run_inline`) is kept, and `wait` returns it at once.
 
 A *tell* is fire-and-forget and never lossy (see `Mailbox`).
 """
@@ -29,17 +31,18 @@ from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
 
 from messages.errors import ShuttingDown
 
-_WAITING, _DELIVERED, _ABANDONED = 0, 1, 2
+_NEW, _PARKED, _DELIVERED, _ABANDONED = 0, 1, 2, 3
 
 
 class Reply:
-    """A one-shot reply slot for one parked caller."""
+    """A one-shot reply slot for one caller (parked, or about to park, in `wait`)."""
 
-    __slots__ = ("_task", "_state")
+    __slots__ = ("_task", "_state", "_early")
 
     def __init__(self) -> None:
         self._task = current_task()
-        self._state = _WAITING
+        self._state = _NEW
+        self._early: Any = None
 
     @property
     def abandoned(self) -> bool:
@@ -47,18 +50,32 @@ class Reply:
 
     @property
     def waiting(self) -> bool:
-        return self._state == _WAITING
+        """Still owed an answer."""
+        return self._state < _DELIVERED
+
+    @property
+    def answered(self) -> bool:
+        return self._state == _DELIVERED
 
     def deliver(self, value: Any) -> bool:
         """Wake the caller with `value` (raised if it is an exception). False if nobody waits."""
-        if self._state != _WAITING:
+        state = self._state
+        if state >= _DELIVERED:
             return False
         self._state = _DELIVERED
         result = outcome.Error(value) if isinstance(value, BaseException) else outcome.Value(value)
-        reschedule(self._task, result)
+        if state == _PARKED:
+            reschedule(self._task, result)
+        else:  # answered before the caller parked: `wait` returns it without parking
+            self._early = result
         return True
 
     async def wait(self) -> Any:
+        if self._state == _DELIVERED:
+            result, self._early = self._early, None
+            return result.unwrap()
+        self._state = _PARKED
+
         def abort(_raise_cancel: Any) -> Abort:
             self._state = _ABANDONED
             return Abort.SUCCEEDED
@@ -79,7 +96,7 @@ class Mailbox:
     """
 
     __slots__ = ("name", "capacity", "_queue", "_reader", "_senders", "closed", "_tally", "_tally_msg",
-                 "_batch", "_batch_msg")
+                 "_batch", "_batch_msg", "_armed")
 
     def __init__(self, name: str, capacity: int = 1024,
                  count_msg: Callable[[int], Any] | None = None,
@@ -92,6 +109,7 @@ class Mailbox:
         self._tally, self._tally_msg = 0, count_msg
         self._batch: list = []
         self._batch_msg = batch_msg
+        self._armed = math.inf  # the parked reader's deadline
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -157,10 +175,19 @@ class Mailbox:
         self._reader = None
         return Abort.SUCCEEDED
 
+    def wake_by(self, deadline: float) -> None:
+        """The actor must wake by `deadline` (its state changed without a message): a parked
+        reader waiting past it returns now with nothing, and parks again with the new one."""
+        if deadline < self._armed and self._reader is not None:
+            reader, self._reader = self._reader, None
+            self._armed = math.inf
+            reschedule(reader)
+
     async def get_batch(self, deadline: float = math.inf) -> deque:
         """Everything waiting (possibly nothing, once `deadline` passes)."""
         if not self._queue:
             self._reader = current_task()
+            self._armed = deadline
             if deadline == math.inf:
                 await wait_task_rescheduled(self._abort_reader)
             else:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from actors.breaker import BreakerCore, snapshot, step
 from actors.runtime.actor import Emit, Send
-from messages.commands import FleetShared, FleetQuorum, FleetVerdict, ProbeLease, Tick
+from messages.commands import FleetQuorum, FleetShared, FleetVerdict, ProbeLease, Tick
 from messages.errors import CircuitOpen
 from messages.events import BreakerTransition, ProbeDue
 from tests.kernel.test_breaker import fail, new, permit

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from actors.metrics import (
     BIN_LIMIT,
     FINE,
-    MERGES_PER_STEP,
-    SETTLE_EVERY_S,
     MAX_VALUE_S,
+    MERGES_PER_STEP,
     OTHER,
+    SETTLE_EVERY_S,
     WINDOWS,
     MetricsCore,
     MetricsState,

@@ -331,3 +331,36 @@ async def test_supervise_crashes_spread_beyond_the_period_keep_restarting(nurser
         await crash_and_time_restart(cell)
         await trio.sleep(10)                        # virtual: the last crash leaves the window
     assert (cell.restarts, await ask(cell.inbox, lambda r: Get(reply=r))) == (3, 0)
+
+
+# --- run_inline: the caller's task applies the message the actor would handle next ---------
+
+class Boom(msgspec.Struct, frozen=True):
+    """A message the core crashes on (a bug), before changing anything."""
+    reply: Any = None
+
+
+class CrashingCounter(Counter):
+    def step(self, state: Any, msg: Any, now: float) -> tuple[Any, list]:
+        if type(msg) is Boom:
+            raise RuntimeError("bug")
+        return super().step(state, msg, now)
+
+
+async def test_run_inline_applies_a_message_only_when_the_actor_would_handle_it_next(nursery):
+    from actors.runtime.actor import run_inline
+    from actors.runtime.mailbox import Reply
+
+    cell = SupervisedActor(CrashingCounter(), (0, ()), Mailbox("counter", 16), lambda _e: None)
+    assert not run_inline(cell, Add(1), 0.0)            # not running yet: it must be sent
+    await nursery.start(supervise, cell, POLICY, no_restart_hook)
+    reply = Reply()
+    assert run_inline(cell, Add(2, reply=reply), 0.0)    # idle: applied here, answered at once
+    assert reply.answered and await reply.wait() == 2 and cell.state[0] == 2
+    cell.inbox.put(Add(10))                              # mail waits: inline would jump the queue
+    assert not run_inline(cell, Add(100), 0.0) and cell.state[0] == 2
+    assert await ask(cell.inbox, lambda r: Get(reply=r)) == 12
+    assert not run_inline(cell, Boom(), 0.0) and cell.state[0] == 12  # a crash: not applied here
+    with pytest.raises(ActorCrashed):                    # ... but by the actor, supervised
+        await ask(cell.inbox, lambda r: Boom(reply=r))
+    assert cell.restarts == 1 and await ask(cell.inbox, lambda r: Get(reply=r)) == 12

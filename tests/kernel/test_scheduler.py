@@ -9,7 +9,7 @@ from msgspec.structs import replace
 
 from actors.runtime.actor import Send
 from actors.scheduler import SchedulerCore, SchedulerState, step
-from messages.commands import Admit, Admitted, Clear, Done, GetSnapshot, Release, Withdraw
+from messages.commands import Admit, Admitted, Clear, Done, GetSnapshot, Release, SetLimit, Withdraw
 from messages.config import Config, Priority, QueueConfig
 from messages.errors import ConfigError, QueueCleared, QueueFull
 
@@ -355,3 +355,76 @@ def test_scheduler_admit_malformed_priority_is_an_error_reply_not_a_clamp(priori
         assert after == s
         [effect] = effects
         assert effect.to is t and isinstance(effect.value, error) and "priority" in str(effect.value)
+
+
+# --- the mutable core: each message is one transaction (restart from the last good state) ---
+
+def fake_inbox():
+    import types
+    return types.SimpleNamespace(closed=False, put=lambda _m: None, tell_count=lambda: None)
+
+
+def test_scheduler_core_crash_half_way_through_a_message_leaves_the_last_good_state():
+    from actors.pg.pool import Offers
+
+    s = SchedulerState.initial(QueueConfig(max_concurrent=1, max_queue_size=5))
+    core = SchedulerCore(Offers(fake_inbox(), s))
+    holder, bad, good = Token("holder"), Token("bad"), Token("good")
+    s, _ = core.step(s, Admit(reply=holder, priority=Priority.NORMAL, at=0.0), 0.0)
+    s, _ = core.step(s, Admit(reply=bad, priority=Priority.HIGH, at="not a time"), 0.0)  # a bug, waiting
+    s, _ = core.step(s, Admit(reply=good, priority=Priority.LOW, at=0.0), 0.0)
+    before = s.copy()
+    with pytest.raises(TypeError):  # the slot goes to `bad`, whose grant cannot be computed
+        core.step(s, Release(reply=holder), 1.0)
+    assert s == before and s.holders == {holder} and s.depth == 2
+    s, effects = core.step(s, Withdraw(reply=bad), 1.0)  # the restarted core goes on from there
+    s, effects = core.step(s, Release(reply=holder), 2.0)
+    assert granted(effects) == [good] and effects[0].value.waited_s == 2.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 4),
+       st.lists(st.tuples(st.sampled_from(["admit", "release", "limit", "withdraw", "tick"]),
+                          st.integers(0, 9), st.integers(0, 3)), max_size=60))
+def test_scheduler_core_crash_at_any_grant_undoes_the_whole_message(max_concurrent, max_queue_size, ops):
+    """Whatever a message had changed in place when the core crashed, the state (and the offer
+    list beside it) are exactly as before that message."""
+    import actors.scheduler as sched
+    from actors.pg.pool import Offers
+
+    s = replace(SchedulerState.initial(QueueConfig(max_concurrent=max_concurrent,
+                                                   max_queue_size=max_queue_size)), offer=True)
+    offers = Offers(fake_inbox(), s)
+    core = SchedulerCore(offers)
+    s, _ = core.step(s, sched.Replenish(), 0.0)
+    real_grant, tokens = sched._grant, []
+    for now, (op, arg, crash_at) in enumerate(ops):
+        if op == "admit":
+            tokens.append(Token())
+            msg = Admit(reply=tokens[-1], priority=arg % 5, at=float(now), deadline=now + 2.5)
+        elif op == "limit":
+            msg = SetLimit(reply=None, max_concurrent=None if arg % 3 == 0 else min(arg % 3, max_concurrent))
+        elif op == "tick":
+            msg = sched.Tick()
+        elif tokens:
+            msg = (Release if op == "release" else Withdraw)(reply=tokens[arg % len(tokens)])
+        else:
+            continue
+        before, entries_before, calls = s.copy(), list(offers.entries), [0]
+
+        def grant(*args, calls=calls, crash_at=crash_at, **kw):
+            calls[0] += 1
+            if calls[0] > crash_at:
+                raise RuntimeError("injected")
+            return real_grant(*args, **kw)
+
+        sched._grant = grant
+        try:
+            s, _ = core.step(s, msg, float(now))
+        except RuntimeError:
+            assert s == before and list(offers.entries) == entries_before
+        finally:
+            sched._grant = real_grant
+        assert s.journal is None
+        assert s.depth == sum(len(q) for q in s.waiting) <= s.cfg.max_queue_size
+        assert {t for t, _ in offers.entries} <= s.holders
