@@ -126,8 +126,20 @@ async def test_db_black_holed_query_without_timeout_ends_in_query_timeout_at_its
             assert (info.value.timeout_s, info.value.retriable) == (0.5, False)
             proxy.remove("timeout")
             assert await mon.db.fetchval("select 3") == 3  # on a fresh connection
+            with trio.fail_after(5), pytest.raises(QueryTimeout):
+                async with mon.db.transaction() as tx:  # a statement in a transaction: the same bound
+                    await tx.execute("select 4")
+                    proxy.add(BlackHole())
+                    await tx.execute("select 5")
+            proxy.remove("timeout")
+            assert await mon.db.fetchval("select 6") == 6
             snap = await mon.snapshot()
-            assert (snap.queue.in_flight, snap.breakers["database"].failures) == (0, 1)
+            assert (snap.queue.in_flight, snap.breakers["database"].failures) == (0, 2)
+
+
+async def test_db_explicit_timeout_longer_than_the_watchdog_bound_is_honoured(database_url):
+    async with open_monitoring(config_for(database_url, query_timeout_s=0.3)) as mon:
+        assert await mon.db.fetchval("select pg_sleep(0.9)::text || 'done'", timeout_s=5) == "done"
 
 
 async def test_db_terminated_backend_gives_one_error_then_recovers(database_url):
