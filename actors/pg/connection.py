@@ -53,6 +53,7 @@ from actors.pg.psycopg_bridge import (  # noqa: F401  (tests reach the glue thro
     _ACTIVE,
     _BAD,
     _CANCEL_RETRY_S,
+    _COMMAND_OK,
     _COPY_STATES,
     _DONE_STATES,
     _FATAL_ERROR,
@@ -65,6 +66,7 @@ from actors.pg.psycopg_bridge import (  # noqa: F401  (tests reach the glue thro
     _POLL_WRITING,
     _SQLSTATE,
     _TUPLES_OK,
+    Adaptation,
     QueryResult,
     _addresses,
     _bind_server_side,
@@ -132,6 +134,7 @@ class PgConnection:
         self._goodbyes: list[tuple[str | None, str | None]] = []  # (sqlstate, message)
         conn.add_notice_handler(partial(_collect_fatal, self._goodbyes))
         self._flushed = False
+        self._adaptation = Adaptation(conn)
         self.backend_pid: int = self._pgconn.backend_pid
         self.created_at: float = trio.current_time()
         self.last_used_at: float = self.created_at
@@ -263,42 +266,46 @@ class PgConnection:
         so several ``;``-separated statements are allowed and ``%`` needs no
         escaping (as in psycopg).
         """
-        self._check_usable()
+        # The hot path of every query: written out flat, one coroutine deep below the caller
+        # (each helper call or coroutine layer costs a measurable share of a SELECT 1).
+        if self._busy or self._broken or self._pgconn.status != _OK:
+            self._check_usable()
+        tx = self._adaptation.current()
+        # Bind errors (wrong parameter count, unadaptable value) are raised before anything
+        # touches the connection.
+        if params is None:
+            sql = query.encode(self._adaptation.encoding) if type(query) is str else _query_bytes(self._conn, query)
+            values: Sequence[Any] = ()
+        else:
+            sql, values, types, formats = _bind_server_side(tx, query, params)
         self._busy = True
         try:
-            self._send(query, params)
-            results = await self._roundtrip()
+            self._flushed = False
+            self._check_alive()
+            pgconn = self._pgconn
+            try:
+                if values:
+                    pgconn.send_query_params(sql, values, types, formats)
+                else:
+                    pgconn.send_query(sql)  # simple protocol: allows several statements
+            except psycopg.OperationalError as exc:
+                raise self._lost(exc, statement_sent=False) from exc
+            last, failed = await self._roundtrip()
         finally:
             self._busy = False
             self.last_used_at = trio.current_time()
-        return self._build_result(results, row_factory)
+        if failed is not None or self._pgconn.status != _OK or self._broken or last is None:
+            self._raise_failed(last, failed)
+        status = last.status
+        if status != _TUPLES_OK and status != _COMMAND_OK:
+            self._check_done(last)
+        return _load_result(tx, self._conn, last, self._adaptation.encoding, row_factory)
 
     def _check_usable(self) -> None:
         if self._busy:
             raise psycopg.InterfaceError("another query is already running on this connection")
         if self.broken:
             raise ConnectionLost("the connection is closed", statement_sent=False)
-
-    def _send(self, query: Any, params: Any) -> None:
-        """Bind and hand the query to libpq, not yet flushed.
-
-        Bind errors (wrong parameter count, unadaptable value) are raised
-        before anything touches the connection.
-        """
-        self._flushed = False
-        values: Sequence[Any] = ()
-        if params is None:
-            sql = _query_bytes(self._conn, query)
-        else:
-            sql, values, types, formats = _bind_server_side(self._conn, query, params)
-        self._check_alive()
-        try:
-            if values:
-                self._pgconn.send_query_params(sql, values, types, formats)
-            else:
-                self._pgconn.send_query(sql)  # simple protocol: allows several statements
-        except psycopg.OperationalError as exc:
-            raise self._lost(exc, statement_sent=False) from exc
 
     def _check_alive(self) -> None:
         """Notice a connection the server dropped while we were idle, before sending.
@@ -314,9 +321,12 @@ class PgConnection:
         if self._goodbyes:
             raise self._lost_before_send(self._goodbyes[0])
 
-    async def _roundtrip(self) -> list[pq.abc.PGresult]:
+    async def _roundtrip(self) -> tuple[pq.abc.PGresult | None, pq.abc.PGresult | None]:
+        """Flush the query and collect its results: (the last result, the first failed one)."""
         try:
-            await self._flush()
+            pgconn = self._pgconn
+            if pgconn.flush():  # 1 = output left over, the socket buffer is full
+                await self._flush()
             self._flushed = True
             return await self._fetch_results()
         except trio.Cancelled:
@@ -330,46 +340,53 @@ class PgConnection:
 
     async def _flush(self) -> None:
         pgconn = self._pgconn
-        while pgconn.flush():  # 1 = output left over, the socket buffer is full
+        while True:
             # Read whatever arrived meanwhile, so a server that is writing to
             # us can't block us both.
             pgconn.consume_input()
             await trio.lowlevel.wait_writable(self._sock)
+            if not pgconn.flush():
+                return
 
-    async def _fetch_results(self) -> list[pq.abc.PGresult]:
-        """Collect results until libpq reports the end of the query cycle."""
+    async def _fetch_results(self) -> tuple[pq.abc.PGresult | None, pq.abc.PGresult | None]:
+        """Collect results until libpq reports the end of the query cycle.
+
+        (the last result, the first failed one); a multi-statement string yields several.
+        """
         pgconn = self._pgconn
-        results: list[pq.abc.PGresult] = []
+        wait_readable, sock = trio.lowlevel.wait_readable, self._sock
+        last = failed = None
         while True:
             try:
                 while pgconn.is_busy():
-                    await trio.lowlevel.wait_readable(self._sock)
+                    await wait_readable(sock)
                     pgconn.consume_input()
             except psycopg.OperationalError:
                 # The server often says why (e.g. 57P01) and then closes:
                 # keep its error rather than libpq's "connection closed".
-                if any(r.status == _FATAL_ERROR for r in results):
-                    return results
+                if failed is not None:
+                    return last, failed
                 raise
             result = pgconn.get_result()
             if result is None:
-                return results
-            results.append(result)
-            if result.status in _COPY_STATES:
-                return results  # libpq would hand out COPY results forever
+                return last, failed
+            last = result
+            status = result.status
+            if status == _FATAL_ERROR and failed is None:
+                failed = result
+            elif status in _COPY_STATES:
+                return last, failed  # libpq would hand out COPY results forever
 
-    def _build_result(
-        self, results: list[pq.abc.PGresult], row_factory: Callable[[Any], Any] | None
-    ) -> QueryResult:
+    def _raise_failed(self, last: pq.abc.PGresult | None, failed: pq.abc.PGresult | None) -> None:
+        """The query cycle ended badly: the connection went, a statement failed, or no result."""
         encoding = self._conn.info.encoding  # "utf-8" once the connection is gone
-        failed = next((r for r in results if r.status == _FATAL_ERROR), None)
-        if self.broken or self._pgconn.status != _OK:
+        if self.broken:
             raise self._lost_after_result(failed, encoding)
         if failed is not None:
             raise _error_from_result(failed, encoding)
-        if not results:
-            raise psycopg.InternalError("the server returned no result")
-        last = results[-1]
+        raise psycopg.InternalError("the server returned no result")
+
+    def _check_done(self, last: pq.abc.PGresult) -> None:
         if last.status in _COPY_STATES:
             self.close_now()  # mid-COPY: no cheap way back to idle
             raise psycopg.NotSupportedError("COPY is not supported by PgConnection")
@@ -377,7 +394,6 @@ class PgConnection:
             raise psycopg.InternalError(
                 f"unexpected result status {pq.ExecStatus(last.status).name}"
             )
-        return _load_result(self._conn, last, encoding, row_factory)
 
     # ---- failure handling ------------------------------------------------------
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-import msgspec
 import psycopg
 import psycopg.errors
 import trio
 from psycopg import pq
+from psycopg._queries import PostgresQuery  # internal: see _bind_server_side
 from psycopg.adapt import Transformer
 from psycopg.conninfo import conninfo_to_dict
 
@@ -29,6 +29,7 @@ _POLL_OK = pq.PollingStatus.OK
 _POLL_READING = pq.PollingStatus.READING
 _POLL_WRITING = pq.PollingStatus.WRITING
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 _COPY_STATES = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
 _DONE_STATES = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
@@ -46,13 +47,40 @@ _HAS_CANCEL_CONN = pq.version() >= 170000
 _CANCEL_RETRY_S = 0.25
 
 
-class QueryResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The last result of a query (a multi-statement string yields the last)."""
+class QueryResult:
+    """The last result of a query (a multi-statement string yields the last).
 
-    rows: list[Any]
-    status: str  # command tag: "SELECT 1", "UPDATE 3", "BEGIN"
-    rowcount: int  # rows affected/returned; -1 when the command has no count
-    columns: list[str]
+    ``rows`` are loaded when the query returns; ``status`` (the command tag: "SELECT 1",
+    "UPDATE 3", "BEGIN"), ``rowcount`` (rows affected or returned; -1 when the command has
+    no count) and ``columns`` are read from libpq's result when asked, as psycopg's
+    ``cursor.description`` is, so a caller that wants only the rows pays for nothing else.
+    The result (its raw text) lives as long as this object.
+    """
+
+    __slots__ = ("rows", "_result", "_encoding")
+
+    def __init__(self, rows: list[Any], result: pq.abc.PGresult, encoding: str) -> None:
+        self.rows, self._result, self._encoding = rows, result, encoding
+
+    @property
+    def status(self) -> str:
+        return (self._result.command_status or b"").decode(self._encoding, "replace")
+
+    @property
+    def rowcount(self) -> int:
+        result = self._result
+        if result.status == _TUPLES_OK:
+            return result.ntuples
+        count = result.command_tuples
+        return -1 if count is None else count
+
+    @property
+    def columns(self) -> list[str]:
+        result, encoding = self._result, self._encoding
+        return [(result.fname(i) or b"").decode(encoding, "replace") for i in range(result.nfields)]
+
+    def __repr__(self) -> str:
+        return f"<QueryResult {self.status!r} rowcount={self.rowcount} columns={self.columns}>"
 
 
 # ---- psycopg glue: everything here depends on psycopg's behaviour ---------------
@@ -80,21 +108,49 @@ def _wrap_pgconn(pgconn: pq.abc.PGconn) -> psycopg.Connection[Any]:
 
 
 def _bind_server_side(
-    conn: psycopg.Connection[Any], query: Any, params: Sequence[Any] | dict[str, Any]
+    tx: Transformer, query: Any, params: Sequence[Any] | dict[str, Any]
 ) -> tuple[bytes, Sequence[Any], Sequence[int], Sequence[pq.Format]]:
     """Convert ``%s`` / ``%(name)s`` to ``$n`` and dump the values, as ``psycopg.Cursor`` does.
 
+    ``tx`` is the connection's Transformer (kept across queries, as a cursor keeps its own).
     Server-side binding keeps psycopg's types (a float stays float8; with
     client-side quoting ``1.5`` becomes numeric) and keeps values out of the
     SQL text the server shows in pg_stat_activity and its logs.
     INTERNAL: ``psycopg._queries.PostgresQuery`` is psycopg's own converter
     (there is no public one). Guarded by test_pgconn_internals_*.
     """
-    from psycopg._queries import PostgresQuery
-
-    pgq = PostgresQuery(Transformer(conn))
+    pgq = PostgresQuery(tx)
     pgq.convert(query, params)
     return pgq.query, pgq.params or (), pgq.types, pgq.formats or ()
+
+
+class Adaptation:
+    """The connection's Transformer and encoding, kept across queries as a cursor keeps its own.
+
+    A fresh Transformer per query would look every column's loader up again (~0.7 µs for
+    one column, more for more); a kept one remembers them. psycopg's loaders and dumpers
+    read session settings when they are made (the text encoding, timestamptz's zone, the
+    date and interval formats), so `current()` checks those four (one libpq read each) and
+    starts afresh after a change, which a `SET` or `set_config()` in any query can make.
+    """
+
+    __slots__ = ("_conn", "_settings", "tx", "encoding")
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._settings: tuple = ()
+        self.tx: Transformer = Transformer(conn)
+        self.encoding = "utf-8"
+
+    def current(self) -> Transformer:
+        status = self._conn.pgconn.parameter_status
+        # Written out: a generator here costs as much as the four reads.
+        settings = (status(b"client_encoding"), status(b"TimeZone"), status(b"DateStyle"),
+                    status(b"IntervalStyle"))
+        if settings != self._settings:
+            self._settings, self.tx = settings, Transformer(self._conn)
+            self.encoding = self._conn.info.encoding
+        return self.tx
 
 
 def _query_bytes(conn: psycopg.Connection[Any], query: Any) -> bytes:
@@ -154,24 +210,20 @@ class _ResultCursor:
 
 
 def _load_result(
+    tx: Transformer,
     conn: psycopg.Connection[Any],
     result: pq.abc.PGresult,
     encoding: str,
     row_factory: Callable[[Any], Any] | None,
 ) -> QueryResult:
-    status = (result.command_status or b"").decode(encoding, "replace")
-    rowcount = result.command_tuples
     if result.status != _TUPLES_OK:
-        return QueryResult(
-            rows=[], status=status, rowcount=-1 if rowcount is None else rowcount, columns=[]
-        )
-    tx = Transformer(conn)
+        return QueryResult([], result, encoding)
     tx.set_pgresult(result)
     # tuple itself (not an equivalent function) hits psycopg's C fast path.
     make_row = tuple if row_factory is None else row_factory(_ResultCursor(conn, result, encoding))
     rows = tx.load_rows(0, result.ntuples, make_row)
-    columns = [(result.fname(i) or b"").decode(encoding, "replace") for i in range(result.nfields)]
-    return QueryResult(rows=rows, status=status, rowcount=result.ntuples, columns=columns)
+    tx.set_pgresult(None)  # the kept Transformer holds no result between queries
+    return QueryResult(rows, result, encoding)
 
 
 # ---- connecting ------------------------------------------------------------------

@@ -1,15 +1,20 @@
-"""SELECT 1 throughput on 8 connections: guarded `mon.db.fetchval` vs raw vs to_thread.
+"""Guarded queries on 8 slots (`mon.db`) against the bare libpq loop, in the same run.
 
     .venv/bin/python scripts/bench/db.py [--dsn DSN] [--conns 8] [--rounds 5] [--seconds 2]
+                                         [--workload select1,rows100,insert_tx]
 
 Without --dsn: DATABASE_URL if set, else an embedded PostgreSQL (the serving rule).
 
-In one run, alternating order each round (so drift in machine load hits all three):
-  (a) guarded: N trio tasks calling `mon.db.fetchval("SELECT 1")` with every guard on
-      (breaker, admission queue with N slots, pooled connection);
-  (b) raw: N trio tasks each driving its own `PgConnection` (the non-blocking path, no Triage);
-  (c) to_thread: N trio tasks calling a sync psycopg connection through `trio.to_thread`.
-Prints every round, the medians and the ratios. Targets: guarded >= 0.6x raw, >= 4x to_thread.
+Per workload (see `pg_raw.py`: `select1`, `rows100`, `insert_tx`), in one run, alternating
+order each round (so drift in machine load hits every mode):
+  guarded      N trio tasks calling `mon.db` with every guard on (breaker, admission queue
+               with N slots, pooled connection): `fetchval`, `fetch`, or `transaction()`;
+  PgConnection N trio tasks each driving its own `PgConnection` (no guard);
+  bare         the baseline: N trio tasks each running the bare libpq loop (`pg_raw.bare_query`:
+               psycopg's pgconn non-blocking under trio, nothing else);
+  to_thread    (select1) N trio tasks calling a sync psycopg connection through `trio.to_thread`.
+Prints every round, the medians and each mode's ratio to bare. Targets (select1):
+guarded >= 0.8x bare, PgConnection >= 0.9x bare.
 """
 
 from __future__ import annotations
@@ -26,19 +31,38 @@ import trio
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.append(str(Path(__file__).resolve().parent))
-from pg_raw import measure, to_thread_worker, trio_native_worker  # noqa: E402
+from pg_raw import (  # noqa: E402
+    INSERT,
+    ROWS100,
+    SELECT1,
+    Worker,
+    bare_worker,
+    measure,
+    parse_args,
+    report,
+    run_with_database,
+    to_thread_worker,
+    trio_native_worker,
+)
 
 from actors import open_monitoring  # noqa: E402
 from actors.pg.connection import PgConnection  # noqa: E402
-from actors.pg.embedded import serving_database  # noqa: E402
 from messages.config import Config, DatabaseConfig, QueueConfig  # noqa: E402
 
 
-def guarded_worker(mon):
+def guarded_worker(mon, workload: str) -> Worker:
+    db = mon.db
+
     async def work(deadline: float) -> int:
         done = 0
         while trio.current_time() < deadline:
-            await mon.db.fetchval("SELECT 1")
+            if workload == "select1":
+                await db.fetchval(SELECT1)
+            elif workload == "rows100":
+                await db.fetch(ROWS100)
+            else:
+                async with db.transaction() as tx:
+                    await tx.execute(INSERT, [done])
             done += 1
         return done
 
@@ -50,36 +74,26 @@ async def main(args: argparse.Namespace) -> None:
                  database=DatabaseConfig(application_name="triage-bench"),
                  health_check_interval_s=60.0)
     natives = [await PgConnection.connect(args.dsn) for _ in range(args.conns)]
+    bares = [psycopg.connect(args.dsn, autocommit=True) for _ in range(args.conns)]
     syncs = [psycopg.connect(args.dsn, autocommit=True) for _ in range(args.conns)]
     try:
         async with open_monitoring(cfg) as mon:
-            modes = {
-                "guarded": [guarded_worker(mon) for _ in range(args.conns)],
-                "raw": [trio_native_worker(c) for c in natives],
-                "to_thread": [to_thread_worker(c) for c in syncs],
-            }
-            med = await measure(modes, args.rounds, args.seconds)
+            for workload in args.workloads:
+                print(f"{workload}, {args.conns} connections, {args.rounds} rounds x {args.seconds}s:")
+                modes = {"guarded": [guarded_worker(mon, workload) for _ in range(args.conns)],
+                         "PgConnection": [trio_native_worker(c, workload) for c in natives],
+                         "bare": [bare_worker(c, workload) for c in bares]}
+                if workload == "select1":
+                    modes["to_thread"] = [to_thread_worker(c) for c in syncs]
+                medians = await measure(modes, args.rounds, args.seconds)
+                targets = {"guarded": 0.8, "PgConnection": 0.9} if workload == "select1" else {}
+                report(workload, medians, targets)
     finally:
         for conn in natives:
             await conn.close()
-        for sync_conn in syncs:
+        for sync_conn in bares + syncs:
             sync_conn.close()
-    print(f"\nSELECT 1, {args.conns} connections, {args.rounds} rounds x {args.seconds}s (medians):")
-    for name, value in med.items():
-        print(f"  {name:10} {value:9,.0f} q/s")
-    print(f"  guarded / raw       = {med['guarded'] / med['raw']:.2f}x  (target >= 0.6)")
-    print(f"  guarded / to_thread = {med['guarded'] / med['to_thread']:.2f}x  (target >= 4)")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", help="default: DATABASE_URL, else an embedded PostgreSQL")
-    parser.add_argument("--conns", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    args = parser.parse_args()
-    if args.dsn:
-        trio.run(main, args)
-    else:
-        with serving_database() as args.dsn:
-            trio.run(main, args)
+    run_with_database(main, parse_args(__doc__))

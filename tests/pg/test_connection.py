@@ -183,6 +183,21 @@ async def test_execute_empty_query_returns_empty_result(conn):
     assert (result.rows, result.status, result.rowcount) == ([], "", -1)
 
 
+async def test_execute_session_settings_changed_between_queries_take_effect(conn):
+    # Loaders read TimeZone, DateStyle and client_encoding when made: a connection that keeps
+    # them between queries must notice a change (as psycopg's fresh cursors do).
+    query = "SELECT '2024-01-02 03:04:05+00'::timestamptz, 'é'::text, '2024-01-02'::date"
+    first = (await conn.execute(query)).rows[0]
+    await conn.execute("SET TimeZone = 'Asia/Tokyo'")
+    await conn.execute("SET client_encoding = 'LATIN1'")
+    second = (await conn.execute(query)).rows[0]
+    assert first == second  # the same instant, text and date
+    assert second[0].utcoffset() == dt.timedelta(hours=9)
+    assert (await conn.execute("SELECT %s::text", ["ü"])).rows == [("ü",)]
+    await conn.execute("SET DateStyle = 'German'")
+    assert (await conn.execute("SELECT '2024-01-02'::date")).rows == [(dt.date(2024, 1, 2),)]
+
+
 async def test_execute_server_notice_does_not_disturb_the_connection(conn):
     await conn.execute("DO $$ BEGIN RAISE NOTICE 'hello'; RAISE WARNING 'careful'; END $$")
     assert (await conn.execute("SELECT 1")).rows == [(1,)]
@@ -564,12 +579,13 @@ async def test_pgconn_internals_row_factories_read_only_the_shim(conn):
 
 async def test_pgconn_internals_bind_server_side_matches_psycopg_cursor(conn):
     bind = pgconn_module._bind_server_side
-    query, values, types, _formats = bind(conn._conn, "SELECT %s, %s, '100%%'", [1, 1.5])
+    tx = psycopg.adapt.Transformer(conn._conn)
+    query, values, types, _formats = bind(tx, "SELECT %s, %s, '100%%'", [1, 1.5])
     assert query == b"SELECT $1, $2, '100%'"
     assert len(values) == 2
     assert types[1] == psycopg.adapters.types["float8"].oid
     query, values, _types, _formats = bind(
-        conn._conn, "SELECT %(a)s, %(b)s, %(a)s", {"a": 1, "b": 2}
+        tx, "SELECT %(a)s, %(b)s, %(a)s", {"a": 1, "b": 2}
     )
     assert query == b"SELECT $1, $2, $1"
     assert len(values) == 2

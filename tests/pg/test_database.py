@@ -16,6 +16,7 @@ import trio
 from psycopg.rows import dict_row
 
 from actors import CircuitOpen, open_monitoring
+from actors.faults import BlackHole, FaultProxy
 from actors.pg.connection import ConnectionLost, PgConnection
 from actors.pg.database import DatabaseNotConfigured, QueryTimeout
 from messages.config import Config, DatabaseConfig, Priority, QueueConfig
@@ -121,6 +122,38 @@ async def test_db_timeout_cancels_query_and_frees_backend(database_url, direct_d
             while await running():
                 await trio.sleep(0.05)
         assert await mon.db.fetchval("select 7") == 7
+
+
+async def test_db_black_holed_query_without_timeout_ends_in_query_timeout_at_its_bound(database_url):
+    # No timeout_s: the watchdog is the client-side bound (query_timeout_s). The network
+    # swallows everything, so only the client can end the call: outcome unknown, slot back.
+    async with FaultProxy.for_dsn(database_url) as proxy:
+        dsn = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
+        cfg = config_for(dsn, query_timeout_s=0.5, statement_timeout_s=30.0)
+        async with open_monitoring(cfg) as mon:
+            assert await mon.db.fetchval("select 1") == 1
+            proxy.add(BlackHole())
+            started = trio.current_time()
+            with trio.fail_after(5), pytest.raises(QueryTimeout) as info:
+                await mon.db.fetchval("select 2")
+            assert trio.current_time() - started >= 0.5
+            assert (info.value.timeout_s, info.value.retriable) == (0.5, False)
+            proxy.remove("timeout")
+            assert await mon.db.fetchval("select 3") == 3  # on a fresh connection
+            with trio.fail_after(5), pytest.raises(QueryTimeout):
+                async with mon.db.transaction() as tx:  # a statement in a transaction: the same bound
+                    await tx.execute("select 4")
+                    proxy.add(BlackHole())
+                    await tx.execute("select 5")
+            proxy.remove("timeout")
+            assert await mon.db.fetchval("select 6") == 6
+            snap = await mon.snapshot()
+            assert (snap.queue.in_flight, snap.breakers["database"].failures) == (0, 2)
+
+
+async def test_db_explicit_timeout_longer_than_the_watchdog_bound_is_honoured(database_url):
+    async with open_monitoring(config_for(database_url, query_timeout_s=0.3)) as mon:
+        assert await mon.db.fetchval("select pg_sleep(0.9)::text || 'done'", timeout_s=5) == "done"
 
 
 async def test_db_terminated_backend_gives_one_error_then_recovers(database_url):
