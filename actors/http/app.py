@@ -46,6 +46,7 @@ from actors.http.edge import EdgeMiddleware
 from actors.http.problems import exchange, handled_errors, problem
 from actors.http.prometheus import TriageCollector, new_registry
 from actors.http.ratelimit import RateLimitMiddleware
+from actors.http.routing import IndexedRouter
 from actors.http.sse import HEADERS, chunk, until_disconnect
 from actors.runtime.mailbox import AsyncValue
 from messages.http_config import HttpConfig
@@ -102,9 +103,10 @@ class TriageApp:
         table = service.table() if service is not None else []
         self._openapi = msgspec.json.encode(openapi.document(
             [*operations(http.degraded_status_code), *ADMIN_OPERATIONS, *map(_operation, table)]))
+        lifespan = service.lifespan if service is not None else None
         starlette = Starlette(routes=[*own, *(r.route for r in table), *routes],
-                              exception_handlers=handled_errors(),
-                              lifespan=service.lifespan if service is not None else None)
+                              exception_handlers=handled_errors(), lifespan=lifespan)
+        starlette.router = IndexedRouter(starlette.router.routes, lifespan=lifespan)
         starlette.state.mon = mon  # a host's own routes reach the handle as request.app.state.mon
         limited = RateLimitMiddleware(
             starlette, mon,
@@ -112,7 +114,8 @@ class TriageApp:
             exempt_paths=("/api/health", "/api/health/*", "/metrics", "/openapi.json", "/dashboard", "/dashboard/*", "/api/dashboard/*"),
             trusted_proxies=http.trusted_proxies, user_key=self.sessions.user_key)
         self.edge = EdgeMiddleware(limited, mon, max_body_bytes=http.max_body_bytes, body_timeout_s=http.body_timeout_s,
-                         grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table})
+                         grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table},
+                         shed_routes=table)
 
     def _dashboard_allowed(self, request: Request) -> bool:
         return self.access.sees_details(request.scope) or \
