@@ -17,6 +17,9 @@ body from a Starlette route; Triage is the full edge (`create_app`: edge,
 rate-limit middleware, Starlette routing, the health route) with a monitoring
 system whose database monitor probes PostgreSQL. Target: req/s ratio >= 0.8.
 
+``--baseline-tree DIR`` adds a third server, Triage from another checkout ("before", e.g.
+`git archive <commit> | tar -x -C DIR`), to every round.
+
 ``--route animals``: `GET /api/animals` of the reference service
 (examples/vet_tracker: edge, rate limit on the `general` policy -- its limit raised so
 that nothing is refused --, the guarded `mon.db.fetch`, JSON). The bare app runs the
@@ -31,6 +34,7 @@ rule); --no-database for none (health only).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +43,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -49,7 +52,8 @@ from functools import partial  # noqa: E402
 import trio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+# A server for --baseline-tree runs this file with that checkout's code on the path instead.
+sys.path.insert(0, os.environ.get("TRIAGE_BENCH_TREE") or str(ROOT))
 
 from actors.pg.embedded import serving_database  # noqa: E402
 
@@ -242,11 +246,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(kind: str, route: str, database_url: str | None) -> tuple[subprocess.Popen, int]:
-    args = [sys.executable, __file__, "--serve", kind, "--route", route]
+def start(kind: str, route: str, database_url: str | None, baseline: Path | None = None
+          ) -> tuple[subprocess.Popen, int]:
+    args = [sys.executable, __file__, "--serve", "bare" if kind == "bare" else "triage", "--route", route]
     if database_url:
         args += ["--database-url", database_url]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=_pin(0))
+    env = {**os.environ, "TRIAGE_BENCH_TREE": str(baseline)} if kind == "before" else None
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=_pin(0), env=env)
     return proc, int(proc.stdout.readline())
 
 
@@ -273,6 +279,7 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--database-url")
     p.add_argument("--no-database", action="store_true")
+    p.add_argument("--baseline-tree", type=Path, help="also serve Triage from this checkout ('before')")
     p.add_argument("--serve", choices=("bare", "triage"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve == "bare":
@@ -289,16 +296,17 @@ def compare(args: argparse.Namespace, url: str | None) -> None:
     _pin(1)()
     request = request_for(PATHS[args.route])
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    kinds = ("triage", "bare", *(("before",) if args.baseline_tree else ()))
     try:
-        for kind in ("triage", "bare"):  # Triage first: the reference service creates the tables
-            servers[kind] = start(kind, args.route, url)
+        for kind in kinds:  # Triage first: the reference service creates the tables
+            servers[kind] = start(kind, args.route, url, args.baseline_tree and args.baseline_tree.resolve())
             trio.run(ready, servers[kind][1], request)
         print(f"GET {PATHS[args.route]}, {args.connections} keep-alive connections, {args.seconds:g} s "
               f"per run, {args.rounds} rounds; Triage database: {'PostgreSQL' if url else 'none'}; "
               f"{os.cpu_count()} CPUs")
-        results: dict[str, list[tuple[float, float, float]]] = {"bare": [], "triage": []}
+        results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
         for r in range(args.rounds):
-            order = ("bare", "triage") if r % 2 == 0 else ("triage", "bare")
+            order = kinds[::-1] if r % 2 == 0 else kinds
             for kind in order:
                 proc, port = servers[kind]
                 rps, p99, cpu = trio.run(load, port, request, args.seconds, args.connections, proc.pid)
@@ -317,6 +325,9 @@ def compare(args: argparse.Namespace, url: str | None) -> None:
     per_round = [t[2] / b[2] for t, b in zip(results["triage"], results["bare"])]
     print(f"ratio triage/bare: req/s {rps_ratio:.2f}   CPU per request {cpu_ratio:.2f} "
           f"(per round {min(per_round):.2f}–{max(per_round):.2f})")
+    if "before" in med:
+        print(f"ratio before/bare: req/s {med['before'][0] / med['bare'][0]:.2f}   CPU per request "
+              f"{med['before'][2] / med['bare'][2]:.2f}   (triage/before CPU: {med['triage'][2] / med['before'][2]:.2f})")
     if args.route == "health":
         print(f"target req/s >= 0.80: {'OK' if rps_ratio >= 0.8 else 'BELOW TARGET'}")
     else:
