@@ -120,6 +120,10 @@ async def serve(config: Config, http: HttpConfig, factory: AppFactory, *,
             gc.freeze()
             stop = trio.Event()
             nursery.start_soon(_on_signals, signals, stop, everything, http.grace_s)
+            if http.ops_port is not None:  # health, live, ready and metrics on a listener of their own
+                from actors.http.ops import serve_ops
+
+                await nursery.start(serve_ops, app, http)
             hc = hypercorn_config(http, errorlog=std_logger("hypercorn.error"))
             # the edge's app drains its requests in flight itself; a bare ASGI app just stops
             drain = getattr(app, "shutdown_trigger", None)

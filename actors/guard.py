@@ -259,6 +259,15 @@ class QueueHandle:
         return self._tell(Release(reply=token, conn=conn, discarded=discarded,
                                   connect_failed=connect_failed, connect_limited=connect_limited), now)
 
+    def would_refuse(self, priority: int) -> bool:
+        """Whether an arrival at `priority` would be refused now (`QueueFull`: the queue is at
+        its limit and nobody less urgent waits, whom it would displace), judged from the
+        published state: no round trip, no checkpoint, no snapshot. False when in doubt."""
+        s = self.offers.state if self.offers is not None else None
+        if s is None or not s.depth or s.depth < s.cfg.max_queue_size:
+            return False
+        return not any(s.waiting[p] for p in range(priority + 1, len(s.waiting)))
+
     def statistics(self) -> QueueSnapshot:
         """The queue (and pool) as last published, offered slots counted free: no round trip."""
         snap = queue_snapshot(self.offers.state, trio.current_time())

@@ -67,6 +67,9 @@ class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 3000
+    # The operational listener (health, live, ready, metrics) on a port of its own, answered by a
+    # thread of its own: probes stay fast while the main listener is saturated. None: off.
+    ops_port: int | None = None
     health_token: str | None = None
     admin_token: str | None = None
     allow_networks: tuple[str, ...] = ()
@@ -103,7 +106,7 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                 raise ConfigError("http", None, str(exc).replace("`$.", "`http.")) from None
         if _given(env, "HOST"):
             fields["host"] = env["HOST"].strip()
-        for name, key, lo, hi in (("PORT", "port", 0, 65535),
+        for name, key, lo, hi in (("PORT", "port", 0, 65535), ("TRIAGE_OPS_PORT", "ops_port", 0, 65535),
                                   ("HEALTH_DEGRADED_STATUS", "degraded_status_code", 200, 599),
                                   ("MAX_BODY_BYTES", "max_body_bytes", 0, 2**40)):
             if _given(env, name):
@@ -138,7 +141,7 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         return f"HttpConfig({shown}, " + ", ".join(f"{k}={v!r}" for k, v in hidden.items()) + ")"
 
 
-_ENV_NAMES = {"host": "HOST", "port": "PORT", "health_token": "HEALTH_TOKEN", "admin_token": "ADMIN_TOKEN",
+_ENV_NAMES = {"host": "HOST", "port": "PORT", "ops_port": "TRIAGE_OPS_PORT", "health_token": "HEALTH_TOKEN", "admin_token": "ADMIN_TOKEN",
               "allow_networks": "HEALTH_ALLOW_NETWORKS", "trusted_proxies": "TRUSTED_PROXIES",
               "degraded_status_code": "HEALTH_DEGRADED_STATUS", "max_body_bytes": "MAX_BODY_BYTES",
               "body_timeout_s": "BODY_TIMEOUT", "grace_s": "SHUTDOWN_GRACE_PERIOD",
@@ -176,6 +179,9 @@ def _require(ok: bool, field: str, value: object, why: str) -> None:
 
 def validate(c: HttpConfig) -> None:
     _require(0 <= c.port <= 65535, "port", c.port, "expected 0-65535")
+    _require(c.ops_port is None or 0 <= c.ops_port <= 65535, "ops_port", c.ops_port, "expected 0-65535")
+    _require(c.ops_port is None or c.ops_port == 0 or c.ops_port != c.port, "ops_port", c.ops_port,
+             "must differ from port")
     _require(200 <= c.degraded_status_code <= 599, "degraded_status_code", c.degraded_status_code,
              "expected an HTTP status 200-599")
     for name in _SECRETS:

@@ -5,6 +5,7 @@
     .venv/bin/python scripts/load_test.py scenario normal     # normal | spike | stress | outage
     .venv/bin/python scripts/load_test.py scenario spike --speed 0.5 --json
     .venv/bin/python scripts/load_test.py scenario normal --url http://127.0.0.1:3000  # a running server
+    .venv/bin/python scripts/load_test.py flood --url http://127.0.0.1:3000 --clients 300 --seconds 20
 
 Without --url the service runs in-process on a loopback port, on DATABASE_URL if set, else
 on an embedded PostgreSQL (the serving rule). Arrivals are open-loop (requests start on schedule
@@ -13,6 +14,12 @@ status-code counts, and the outcome ledger — sent = ok + rate_limited + circui
 queue_full + queue_timeout + … + error (every outcome) — against the spec's targets (P95 < 2 s, error rate
 < 1 %, 5xx < 0.5 %). Exit status 1 if a target fails or a ledger does not balance
 (so it can gate a pipeline), 2 for bad arguments.
+
+`flood` is no scenario but the worst crowd: --clients keep-alive connections (default 300)
+to a running server (--url), each sending its next `GET --path` (default /api/animals) as
+soon as the last is answered, a refusal (429, 503) included -- at once, or after its
+Retry-After with --honour-retry-after -- for --seconds. Prints requests/s and the outcome
+ledger; exit status 1 only if the ledger does not balance (refusals are the point).
 """
 
 from __future__ import annotations
@@ -26,7 +33,15 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.tools.load import SCENARIOS, check_loopback, exit_status, run, summary, verdicts  # noqa: E402
+from actors.tools.load import (  # noqa: E402
+    SCENARIOS,
+    check_loopback,
+    exit_status,
+    flood,
+    run,
+    summary,
+    verdicts,
+)
 
 
 def print_summary(s: dict) -> None:
@@ -63,7 +78,29 @@ async def run_one(name: str, speed: float, send, mon=None) -> dict:
     return summary(ledger, trio.current_time() - start)
 
 
+async def run_flood(args: argparse.Namespace) -> int:
+    if not args.url:
+        print("flood needs --url (a running server)", file=sys.stderr)
+        return 2
+    t0 = trio.current_time()
+    ledger = await flood(args.url, args.path, clients=args.clients, seconds=args.seconds,
+                         honour_retry_after=args.honour_retry_after)
+    elapsed = trio.current_time() - t0
+    if args.json:
+        print(msgspec.json.encode({**msgspec.structs.asdict(ledger), "per_s": round(ledger.sent / elapsed, 1),
+                                   "balanced": ledger.balanced}).decode())
+    else:
+        print(f"=== flood {args.path}: {ledger.clients} clients, {ledger.sent} requests, "
+              f"{ledger.sent / elapsed:.0f} req/s")
+        print(f"  statuses {dict(sorted(ledger.statuses.items()))}")
+        terms = " + ".join(f"{k} {n}" for k, n in ledger.outcomes.items())
+        print(f"  ledger   sent {ledger.sent} = {terms}   ({'balanced' if ledger.balanced else 'DOES NOT BALANCE'})")
+    return 0 if ledger.balanced else 1
+
+
 async def main(args: argparse.Namespace) -> int:
+    if args.command == "flood":
+        return await run_flood(args)
     names = list(SCENARIOS) if args.command == "all" else [args.name]
     results = []
     if args.url:
@@ -108,4 +145,10 @@ if __name__ == "__main__":
     sub.add_parser("all", parents=[common])
     sc = sub.add_parser("scenario", parents=[common])
     sc.add_argument("name", choices=list(SCENARIOS))
+    fl = sub.add_parser("flood", parents=[common], help="closed-loop clients re-sending refusals at once")
+    fl.add_argument("--clients", type=int, default=300)
+    fl.add_argument("--seconds", type=float, default=20.0)
+    fl.add_argument("--path", default="/api/animals")
+    fl.add_argument("--honour-retry-after", action="store_true",
+                    help="wait a refusal's Retry-After before re-sending (default: re-send at once)")
     sys.exit(trio.run(main, ap.parse_args()))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
 import hypercorn.config
 import msgspec
@@ -44,9 +45,10 @@ from actors.http.admin import Admin
 from actors.http.auth import Access, Sessions
 from actors.http.broadcast import AlertLog, event_bytes
 from actors.http.edge import EdgeMiddleware
-from actors.http.problems import exchange, handled_errors, problem
+from actors.http.problems import exchange, handled_errors, problem, problem_body
 from actors.http.prometheus import TriageCollector, new_registry
 from actors.http.ratelimit import RateLimitMiddleware
+from actors.http.routing import IndexedRouter
 from actors.http.sse import HEADERS, chunk, until_disconnect
 from actors.runtime.mailbox import AsyncValue
 from messages.health import SEVERITY_RANK
@@ -59,6 +61,16 @@ NO_STORE = {"cache-control": "no-store"}
 _TRUE = ("1", "true", "yes", "on")
 _OPS = ("operations",)
 _JSON = "application/json"
+_LIVE = b'{"status":"live"}'
+_METRICS_403 = "Metrics need a health or admin bearer token, or an allow-listed network"
+
+
+def _detailed(query_string: bytes) -> bool:
+    """``?detailed=true`` (1, yes, on; any case)."""
+    if not query_string:
+        return False
+    values = parse_qs(query_string.decode("latin-1")).get("detailed", [""])
+    return values[-1].lower() in _TRUE
 
 
 def operations(degraded_status: int) -> tuple[openapi.Operation, ...]:
@@ -110,9 +122,10 @@ class TriageApp:
         table = service.table() if service is not None else []
         self._openapi = msgspec.json.encode(openapi.document(
             [*operations(http.degraded_status_code), *ADMIN_OPERATIONS, *map(_operation, table)]))
+        lifespan = service.lifespan if service is not None else None
         starlette = Starlette(routes=[*own, *(r.route for r in table), *routes],
-                              exception_handlers=handled_errors(),
-                              lifespan=service.lifespan if service is not None else None)
+                              exception_handlers=handled_errors(), lifespan=lifespan)
+        starlette.router = IndexedRouter(starlette.router.routes, lifespan=lifespan)
         starlette.state.mon = mon  # a host's own routes reach the handle as request.app.state.mon
         limited = RateLimitMiddleware(
             starlette, mon,
@@ -124,7 +137,7 @@ class TriageApp:
             trusted_proxies=http.trusted_proxies, user_key=self.sessions.user_key)
         self.edge = EdgeMiddleware(limited, mon, max_body_bytes=http.max_body_bytes, body_timeout_s=http.body_timeout_s,
                          grace_s=http.grace_s, route_tiers={f"{r.method} {r.path}": r.tier for r in table},
-                         routes=starlette.routes)
+                         routes=starlette.routes, shed_routes=table)
 
     def _dashboard_allowed(self, request: Request) -> bool:
         return self.access.sees_details(request.scope) or \
@@ -157,34 +170,47 @@ class TriageApp:
     async def health(self, request: Request) -> Response:
         ex = exchange(request)  # answered (its 503 reports the status, it is no failure): in no error rate
         ex.outcome, ex.rated = Outcome.OK, False
-        report = self.mon.health_report.value
-        detailed = bool(request.scope["query_string"]) and \
-            request.query_params.get("detailed", "").lower() in _TRUE
-        if not self.access.sees_details(request.scope):
-            body = report.minimal()
-        else:
-            body = report.detailed() if detailed else report.basic()
-        return Response(msgspec.json.encode(body), status_code=report.http_status(self.http.degraded_status_code),
-                        media_type="application/json", headers=NO_STORE)
+        status, body = self.health_answer(request.scope)
+        return Response(body, status_code=status, media_type="application/json", headers=NO_STORE)
 
     async def live(self, request: Request) -> Response:
         """Liveness: 200 whenever the process answers. A database outage never fails it (a
         restart would not bring the database back); a dead actor system ends `triage serve`."""
         ex = exchange(request)
         ex.outcome, ex.rated = Outcome.OK, False
-        return Response(b'{"status":"live"}', media_type="application/json", headers=NO_STORE)
+        return Response(_LIVE, media_type="application/json", headers=NO_STORE)
 
     async def ready(self, request: Request) -> Response:
         """Readiness: 503 while unhealthy or draining (take this instance out of rotation), else 200."""
         ex = exchange(request)
         ex.outcome, ex.rated = Outcome.OK, False
-        status = self.mon.health_report.value.status
-        if self.edge.draining:
-            body, code = {"status": "draining"}, 503
+        status, body = self.ready_answer()
+        return Response(body, status_code=status, media_type="application/json", headers=NO_STORE)
+
+    # The answers themselves, from published values only (the health actor's latest report,
+    # the drain flag): pure reads, so the operational listener's thread answers them too.
+
+    def health_answer(self, scope: dict) -> tuple[int, bytes]:
+        report = self.mon.health_report.value
+        if not self.access.sees_details(scope):
+            body = report.minimal()
         else:
-            body, code = {"status": status}, 503 if status == "unhealthy" else 200
-        return Response(msgspec.json.encode(body), status_code=code, media_type="application/json",
-                        headers=NO_STORE)
+            body = report.detailed() if _detailed(scope["query_string"]) else report.basic()
+        return report.http_status(self.http.degraded_status_code), msgspec.json.encode(body)
+
+    def ready_answer(self) -> tuple[int, bytes]:
+        if self.edge.draining:
+            return 503, b'{"status":"draining"}'
+        status = self.mon.health_report.value.status
+        return (503 if status == "unhealthy" else 200), msgspec.json.encode({"status": status})
+
+    async def metrics_answer(self, scope: dict) -> tuple[int, bytes, str]:
+        """(status, body, content type) of `/metrics`."""
+        if not self.access.sees_details(scope):
+            return 403, problem_body(403, _METRICS_403), "application/problem+json"
+        accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), None)
+        body, content_type = await self._collector.render(self._registry, accept)
+        return 200, body, content_type
 
     async def openapi(self, request: Request) -> Response:
         """The OpenAPI document (built once, at start); in production it needs details access."""
@@ -195,7 +221,7 @@ class TriageApp:
 
     async def metrics(self, request: Request) -> Response:
         if not self.access.sees_details(request.scope):
-            return problem(403, "Metrics need a health or admin bearer token, or an allow-listed network")
+            return problem(403, _METRICS_403)
         body, content_type = await self._collector.render(self._registry, request.headers.get("accept"))
         return Response(body, headers={**NO_STORE, "content-type": content_type})
 

@@ -5,21 +5,29 @@ handlers). For each HTTP request it
 
 1. answers 503 + ``Retry-After`` itself in maintenance mode, except on the
    operational routes (health, metrics, the alert stream, admin);
-2. answers 400 and closes the connection when a request has both
+2. sheds a request to a service route (one of `shed_routes`: the route table's rows,
+   each with its breaker tier and admission priority) before its body is read or its
+   route runs, when the route's breaker is open (unless the row has a ``fallback``:
+   its handler answers from cache) or when the published queue depth is at its limit
+   and nobody less urgent waits (`QueueHandle.would_refuse`): the same 503 problem body
+   and ``Retry-After`` as the kernel's `CircuitOpen` / `QueueFull`, outcome
+   ``circuit_open`` / ``queue_full`` in the request metrics; a request with a body is
+   answered ``Connection: close`` (its body is never read);
+3. answers 400 and closes the connection when a request has both
    ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.1: request
    smuggling); answers 413 itself when ``Content-Length`` is over the cap, without
    reading a byte of the body; otherwise hands the app a `receive` that counts
    body bytes (`BodyTooLarge` past the cap, for chunked bodies) and enforces
    one deadline for the whole body (`BodyTimeout` -> 408), so a client
    trickling bytes cannot hold a handler;
-3. runs the app inside a cancel scope it keeps until the request ends. At
+4. runs the app inside a cancel scope it keeps until the request ends. At
    shutdown (`begin_drain`) every scope gets the deadline ``now + grace``
    (streams end at once): a request that finishes in time is answered
    normally, one that does not is cancelled and answered 503 here, a
    streaming response is ended cleanly;
-4. turns an exception that escaped everything into a 500 problem body (never
+5. turns an exception that escaped everything into a 500 problem body (never
    a traceback) carrying a request id, logged once with that id;
-5. records the request with `mon.observe_request("METHOD /template", status,
+6. records the request with `mon.observe_request("METHOD /template", status,
    duration, outcome, tier)`, an unknown method as "OTHER" -- except a stream (SSE): it is not a request,
    and its duration would pass for latency. An answer given before routing (the rate
    limiter's 429, maintenance, a body refused) is matched against `routes` for its
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -42,7 +50,16 @@ from loguru import logger
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 
-from actors.http.problems import BodyTimeout, BodyTooLarge, RequestState, log_500, send_problem
+from actors.http.problems import (
+    BodyTimeout,
+    BodyTooLarge,
+    RequestState,
+    log_500,
+    problem_body,
+    problem_for,
+    send_problem,
+)
+from messages.errors import CircuitOpen, QueueFull
 from messages.outcome import Outcome, outcome_of
 
 log = logger.bind(actor="web")
@@ -62,11 +79,12 @@ class EdgeMiddleware:
 
     def __init__(self, app: Any, mon: Any, *, max_body_bytes: int, body_timeout_s: float,
                  grace_s: float, route_tiers: Mapping[str, str] | None = None,
-                 routes: Sequence[BaseRoute] = ()) -> None:
+                 routes: Sequence[BaseRoute] = (), shed_routes: Iterable[Any] = ()) -> None:
         self.app, self.mon = app, mon
         self.routes = tuple(routes)
         self.max_body_bytes, self.body_timeout_s, self.grace_s = max_body_bytes, body_timeout_s, grace_s
         self.route_tiers = dict(route_tiers or {})
+        self.shedder = Shedder(mon, shed_routes)
         self.draining = False
         self._drain_deadline = math.inf
         self._inflight: dict[trio.CancelScope, RequestState] = {}
@@ -113,6 +131,8 @@ class EdgeMiddleware:
                                       [(b"connection", b"close")], limit=self.max_body_bytes)
         if length == -1:
             return await send_problem(reply, 400, "Invalid Content-Length", [(b"connection", b"close")])
+        if self.shedder.routes and await self.shedder.shed(scope, reply, ex, bool(length or chunked)):
+            return
         if length or chunked:
             receive = _BodyReader(receive, self.max_body_bytes, t0 + self.body_timeout_s).receive
         with trio.CancelScope(deadline=self._drain_deadline) as cancel_scope:
@@ -154,6 +174,84 @@ class EdgeMiddleware:
         outcome = ex.outcome or (Outcome.ERROR if status >= 500 else Outcome.OK)
         tier = ex.tier or self.route_tiers.get(route)
         self.mon.observe_request(route, status, duration_s, outcome, tier, rated=ex.rated, stale=ex.stale)
+
+
+# -- shedding ------------------------------------------------------------------------------
+
+class Shedder:
+    """Refuses, at the edge, what the kernel would refuse anyway (see the module doc, item 2).
+
+    Rows are matched by method and path before routing: exact paths by a dict, templated
+    ones (``{param}``) by their Starlette route's pattern. The queue's verdict comes from its
+    published state and the breaker's from its published phase: two attribute reads while
+    neither refuses.
+    """
+
+    def __init__(self, mon: Any, rows: Iterable[Any]) -> None:
+        self.mon = mon
+        self.routes: dict[tuple[str, str], Any] = {}
+        self._templated: list[Any] = []
+        for row in rows:
+            if "{" in row.path:
+                self._templated.append(row)
+            else:
+                self.routes.setdefault((row.method, row.path), row)
+        if self._templated:
+            self.routes.setdefault(("", ""), None)  # non-empty: `shed` is consulted
+        self._queue_full = _pre_encoded(QueueFull(None, 0))
+
+    def row_for(self, scope: dict) -> Any:
+        method, path = scope.get("method", "GET"), scope["path"]
+        row = self.routes.get((method, path))
+        if row is None and self._templated:
+            row = next((r for r in self._templated if r.method == method and
+                        r.route.path_regex.match(path)), None)
+        return row
+
+    async def shed(self, scope: dict, reply: _Reply, ex: RequestState, has_body: bool) -> bool:
+        """True when it answered the request (503) itself."""
+        row = self.row_for(scope)
+        if row is None:
+            return False
+        breaker = self.mon.breakers.get(getattr(row, "tier", None))
+        if breaker is not None and breaker.state == "open" and not getattr(row, "fallback", False):
+            stats = breaker.statistics()
+            if stats.state == "open":  # (not enabled, or its open time is over: the guard decides)
+                exc: Exception = CircuitOpen(row.tier, stats.retry_after_s)
+                status, detail, headers, extra = problem_for(exc)
+                body = problem_body(status, detail, outcome=Outcome.CIRCUIT_OPEN, **extra)
+                fields = _headers(headers) + [(b"content-length", b"%d" % len(body))]
+                return await self._answer(scope, reply, ex, row, Outcome.CIRCUIT_OPEN, fields, body,
+                                          has_body)
+        priority = getattr(row, "priority", None)
+        if priority is not None and self.mon.queue.would_refuse(priority):
+            headers, body = self._queue_full
+            return await self._answer(scope, reply, ex, row, Outcome.QUEUE_FULL, headers, body, has_body)
+        return False
+
+    @staticmethod
+    async def _answer(scope: dict, reply: _Reply, ex: RequestState, row: Any, outcome: Outcome,
+                      headers: list[tuple[bytes, bytes]], body: bytes, has_body: bool) -> bool:
+        ex.outcome, ex.tier = outcome, getattr(row, "tier", None)
+        if getattr(row, "route", None) is not None:
+            scope["route"] = row.route  # the request metrics name its route template
+        if has_body:  # never read: the connection cannot carry another request
+            headers = [*headers, (b"connection", b"close")]
+        await reply({"type": "http.response.start", "status": 503, "headers": headers})
+        await reply({"type": "http.response.body", "body": body})
+        return True
+
+
+def _pre_encoded(exc: Exception) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The kernel's problem body for `exc` (as `problems.error_response` would answer it), once."""
+    status, detail, headers, extra = problem_for(exc)
+    body = problem_body(status, detail, outcome=outcome_of(exc), **extra)
+    return _headers(headers) + [(b"content-length", b"%d" % len(body))], body
+
+
+def _headers(fields: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/problem+json"), (b"cache-control", b"no-store"),
+            *((k.encode(), v.encode()) for k, v in fields.items())]
 
 
 def _template(scope: dict, routes: Sequence[BaseRoute]) -> str:

@@ -97,7 +97,7 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 class RequestState:
     """What a handler tells the edge about its request."""
 
-    __slots__ = ("outcome", "rated", "stale", "tier", "stream", "request_id", "logged")
+    __slots__ = ("outcome", "rated", "stale", "tier", "stream", "_request_id", "logged")
 
     def __init__(self) -> None:
         self.outcome: Outcome | None = None
@@ -105,8 +105,15 @@ class RequestState:
         self.stale = False  # True: a fallback answer (cached data while the database is refused)
         self.tier: str | None = None
         self.stream = False
-        self.request_id = secrets.token_hex(8)  # carried by a 500's body and its one log line
+        self._request_id: str | None = None
         self.logged = False
+
+    @property
+    def request_id(self) -> str:
+        """Carried by a 500's body and its one log line; made on first use (most requests never need one)."""
+        if self._request_id is None:
+            self._request_id = secrets.token_hex(8)
+        return self._request_id
 
 
 def log_500(scope: dict, ex: RequestState, exc: BaseException) -> None:

@@ -44,6 +44,7 @@ not duplicated.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -67,6 +68,7 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Await
 Headers = list[tuple[bytes, bytes]]
 V = TypeVar("V")
 
+PEER_KEYS = 4096    # peer addresses whose key is remembered (cleared when full)
 LOG_EVERY_S = 10.0  # at most one refusal summary line per policy per this many seconds
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
@@ -199,22 +201,32 @@ def rate_headers(d: RateDecision, window_s: float, reset_after_s: float, wall_no
                  more_after_s: float) -> Headers:
     """The header fields for decision `d`; `reset_after_s` (quota full) and `more_after_s`
     (more quota: the draft's ``t``) count from the response instant."""
-    reset_after_s = max(0.0, reset_after_s)
-    more = max(0, math.ceil(more_after_s))
-    name = _sf_string(d.policy)
-    window = max(1, math.ceil(window_s))
+    name, limit_field, policy_field = _policy_fields(d.policy, d.limit, window_s)
+    reset = wall_now + reset_after_s if reset_after_s > 0.0 else wall_now
+    more = math.ceil(more_after_s) if more_after_s > 0.0 else 0
     out = [
-        (b"x-ratelimit-limit", b"%d" % d.limit),
+        limit_field,
         (b"x-ratelimit-remaining", b"%d" % d.remaining),
-        (b"x-ratelimit-reset", b"%d" % math.ceil(wall_now + reset_after_s)),
-        (b"ratelimit-policy", b"%s;q=%d;w=%d" % (name, d.limit, window)),
+        (b"x-ratelimit-reset", b"%d" % math.ceil(reset)),
+        policy_field,
+        (b"ratelimit", b"%s;r=%d;t=%d" % (name, d.remaining, more)),
     ]
-    out.append((b"ratelimit", b"%s;r=%d;t=%d" % (name, d.remaining, more)))
     if not d.allowed:
         retry = retry_after(d)
         if retry is not None:  # a cost above the limit: retrying never helps, so no hint
             out += [(b"x-ratelimit-retry-after", b"%d" % retry), (b"retry-after", b"%d" % retry)]
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_fields(policy: str, limit: int, window_s: float) -> tuple[bytes, tuple[bytes, bytes],
+                                                                     tuple[bytes, bytes]]:
+    """What a policy's fields share on every response: its sf-string name, the limit field and
+    the `RateLimit-Policy` field (a few distinct (policy, limit, window) triples per process)."""
+    name = _sf_string(policy)
+    window = max(1, math.ceil(window_s))
+    return (name, (b"x-ratelimit-limit", b"%d" % limit),
+            (b"ratelimit-policy", b"%s;q=%d;w=%d" % (name, limit, window)))
 
 
 def retry_after(d: RateDecision) -> int | None:
@@ -237,10 +249,17 @@ def _problem(status: int, title: str, detail: str, type_: str = "about:blank",
     return headers, body
 
 
+_OURS = frozenset({b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset",
+                   b"ratelimit-policy", b"ratelimit", b"x-ratelimit-retry-after", b"retry-after"})
+
+
 def _merge_headers(own: Iterable[tuple[bytes, bytes]], extra: Headers) -> Headers:
     own = list(own)
-    taken = {k.lower() for k, _ in own}
-    return own + [(k, v) for k, v in extra if k not in taken]
+    taken = [k for k, _ in own if k.lower() in _OURS]  # usually none: a plain concatenation
+    if not taken:
+        return own + extra
+    names = {k.lower() for k in taken}
+    return own + [(k, v) for k, v in extra if k not in names]
 
 
 # -- refusal log ------------------------------------------------------------------------------
@@ -301,6 +320,7 @@ class RateLimitMiddleware:
         self._nets = _networks(trusted_proxies)
         self._user_key, self._cost, self._on_refusal = user_key, cost, on_refusal
         self._summary = RefusalSummary()
+        self._peer_keys: dict[Any, str] = {}  # peer address -> its key ("" for a trusted proxy)
         self._windows, self._override_windows = _windows(mon.config)
         for policy in (route_policies or {}).values():
             _check_policy(policy, self._windows, "route_policies")
@@ -338,17 +358,25 @@ class RateLimitMiddleware:
     def key_for(self, scope: Scope) -> str:
         """``user:<id>`` for an authenticated user, else ``ip:<addr>``."""
         user = self._user_key(scope) if self._user_key is not None else None
-        return f"user:{user}" if user else _client_key(scope, self._nets)
+        if user:
+            return f"user:{user}"
+        client = scope.get("client")
+        if not client:
+            return "ip:unknown"
+        # The peer's own key, parsed once per address (a bounded memo: cleared when full). A
+        # trusted proxy's requests are keyed by their X-Forwarded-For, which is read each time.
+        key = self._peer_keys.get(client[0])
+        if key is None:
+            key = _client_key({"client": client}, self._nets)
+            trusted = bool(self._nets) and (peer := _ip(str(client[0]))) is not None and _trusted(peer, self._nets)
+            key = "" if trusted else key
+            if len(self._peer_keys) >= PEER_KEYS:
+                self._peer_keys.clear()
+            self._peer_keys[client[0]] = key
+        return key or _client_key(scope, self._nets)
 
     def _sender(self, send: Any, decision: RateDecision, window_s: float) -> Any:
-        async def send_with_rate_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                now = trio.current_time()
-                extra = rate_headers(decision, window_s, decision.reset_at - now, time.time(),
-                                     decision.more_at - now)
-                message = {**message, "headers": _merge_headers(message.get("headers", ()), extra)}
-            await send(message)
-        return send_with_rate_headers
+        return _RateHeaderSend(send, decision, window_s)
 
     async def _refuse(self, scope: Scope, send: Any, policy: str, key: str, d: RateDecision, window_s: float) -> None:
         retry = retry_after(d)
@@ -378,6 +406,24 @@ class RateLimitMiddleware:
         if per_key is not None and key in per_key:
             return per_key[key]
         return self._windows[policy]
+
+
+class _RateHeaderSend:
+    """`send`, adding the decision's header fields to ``http.response.start`` (once; the body
+    messages after it pass straight through)."""
+
+    __slots__ = ("_send", "_decision", "_window_s", "_started")
+
+    def __init__(self, send: Any, decision: RateDecision, window_s: float) -> None:
+        self._send, self._decision, self._window_s, self._started = send, decision, window_s, False
+
+    async def __call__(self, message: dict) -> None:
+        if not self._started and message["type"] == "http.response.start":
+            self._started = True
+            d, now = self._decision, trio.current_time()
+            extra = rate_headers(d, self._window_s, d.reset_at - now, time.time(), d.more_at - now)
+            message = {**message, "headers": _merge_headers(message.get("headers", ()), extra)}
+        await self._send(message)
 
 
 async def _answer(send: Any, status: int, headers: Headers, body: bytes) -> None:

@@ -24,6 +24,7 @@ import random
 import statistics
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -226,3 +227,102 @@ def per_second(ledger: Ledger) -> list[dict]:
                     "p95_ms": _ms(percentile(lat, 0.95)),
                     "outcomes": {str(k): n for k, n in Counter(r.outcome for r in rows).items()}})
     return out
+
+
+# -- flood: closed-loop clients that re-send refused requests at once ---------------------------
+
+class FloodLedger(msgspec.Struct, kw_only=True):
+    """What a flood did: every request sent has exactly one outcome (and a status; 0 = none)."""
+
+    path: str
+    clients: int
+    seconds: float
+    sent: int = 0
+    outcomes: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+
+    def record(self, status: int, outcome: Outcome) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+
+    @property
+    def balanced(self) -> bool:
+        return self.sent == sum(self.outcomes.values()) == sum(self.statuses.values())
+
+
+async def flood(url: str, path: str = "/api/animals", *, clients: int = 300, seconds: float = 10.0,
+                honour_retry_after: bool = False, timeout_s: float = 10.0) -> FloodLedger:
+    """`clients` keep-alive connections, each sending its next request as soon as the last is
+    answered -- a refusal (429, 503) too, at once unless `honour_retry_after` -- for `seconds`.
+
+    The worst a crowd of impatient clients can do. HTTP/1.1 on raw trio sockets (a small
+    client, so the generator spends little CPU per request); a connection the server closed is
+    reopened; loopback only.
+    """
+    check_loopback(url)
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = f"GET {path} HTTP/1.1\r\nhost: {parts.netloc}\r\n\r\n".encode()
+    ledger = FloodLedger(path=path, clients=clients, seconds=seconds)
+    until = trio.current_time() + seconds
+
+    async def client() -> None:
+        stream: Any = None
+        while trio.current_time() < until:
+            ledger.sent += 1
+            status, outcome, wait_s = 0, Outcome.ERROR, 0.0
+            with trio.move_on_after(timeout_s) as scope:
+                try:
+                    if stream is None:
+                        stream = _Conn(await trio.open_tcp_stream(host, port))
+                    status, headers, body = await stream.exchange(request)
+                    outcome = outcome_of_response(status, body)
+                    if honour_retry_after and status in (429, 503):
+                        wait_s = float(headers.get(b"retry-after", b"1") or 1)
+                    if headers.get(b"connection") == b"close":
+                        stream = await _close(stream)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                    stream = await _close(stream)
+            if scope.cancelled_caught:  # no answer in time: the connection's state is unknown
+                stream = await _close(stream)
+            ledger.record(status, outcome)
+            if wait_s:
+                await trio.sleep(min(wait_s, max(until - trio.current_time(), 0.0)))
+        await _close(stream)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(client)
+    return ledger
+
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection: send a request, read one Content-Length answer."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream, self.buffer = stream, b""
+
+    async def exchange(self, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        await self.stream.send_all(request)
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            await self._more()
+        lines = self.buffer[:end].split(b"\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+        length = int(headers.get(b"content-length", b"0"))
+        while len(self.buffer) < end + 4 + length:
+            await self._more()
+        body, self.buffer = self.buffer[end + 4:end + 4 + length], self.buffer[end + 4 + length:]
+        return int(lines[0].split()[1]), headers, body
+
+    async def _more(self) -> None:
+        chunk = await self.stream.receive_some(65536)
+        if not chunk:
+            raise trio.BrokenResourceError("the server closed the connection")
+        self.buffer += chunk
+
+
+async def _close(conn: _Conn | None) -> None:
+    if conn is not None:
+        with trio.CancelScope(shield=True):
+            await conn.stream.aclose()
+    return None

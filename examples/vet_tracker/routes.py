@@ -30,6 +30,7 @@ class RouteSpec(msgspec.Struct, frozen=True):
     summary: str = ""       # the OpenAPI document's one line
     body: Any = None        # the request body's msgspec type, None without a body
     status: int = 200       # the success answer's status
+    fallback: bool = False  # answers from cache when its breaker is open: the edge must not shed it
 
 
 ROUTES = (
@@ -38,9 +39,9 @@ ROUTES = (
     RouteSpec("POST", "/api/auth/logout", "general", Priority.HIGH, "critical", "logout",
               "Log out: revoke the session", status=204),
     RouteSpec("GET", "/api/animals", "general", Priority.NORMAL, "database", "animals",
-              "The animals, with their owners (stale when the database is out)"),
+              "The animals, with their owners (stale when the database is out)", fallback=True),
     RouteSpec("GET", "/api/trpc/animals.list", "general", Priority.NORMAL, "database", "trpc_animals",
-              "The animals, tRPC style"),
+              "The animals, tRPC style", fallback=True),
     RouteSpec("POST", "/api/administrations", "recording", Priority.CRITICAL, "critical", "administer",
               "Record a dose given (login, Idempotency-Key)", AdministrationIn, 201),
     RouteSpec("GET", "/api/reports/adherence", "heavy", Priority.LOW, "analytics", "adherence",

@@ -72,12 +72,31 @@ class ServiceRoute(msgspec.Struct, frozen=True):
     summary: str = ""
     body: Any = None        # the request body's msgspec type (the OpenAPI document shows it)
     status: int = 200       # the success answer's status (ditto)
+    fallback: bool = False  # serves cached data when its breaker is open (the edge never sheds it then)
 
 
 class AnimalsQuery(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
     offset: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     owner: Id | None = None
+
+
+DEFAULT_ANIMALS = AnimalsQuery()  # no query string at all: no parsing, no conversion
+
+
+class Owner(msgspec.Struct, frozen=True):
+    id: int
+    name: str
+
+
+class Animal(msgspec.Struct, frozen=True, rename={"born_on": "bornOn"}):
+    """One animal as the list shows it (msgspec encodes a Struct faster than a dict)."""
+
+    id: int
+    name: str
+    species: str
+    born_on: Any
+    owner: Owner
 
 
 class DemoService:
@@ -102,7 +121,7 @@ class DemoService:
     def table(self) -> list[ServiceRoute]:
         return [ServiceRoute(r.method, r.path, r.policy, r.priority, r.tier,
                              Route(r.path, self._ready_first(r), methods=[r.method]), r.summary, r.body,
-                             r.status)
+                             r.status, r.fallback)
                 for r in self.routes]
 
     def _handler(self, name: str) -> Any:
@@ -163,7 +182,8 @@ class DemoService:
     # -- routes -----------------------------------------------------------------------------
 
     async def animals(self, request: Request) -> Response:
-        animals, stale = await self._animals(request, dict(request.query_params))
+        params = dict(request.query_params) if request.scope["query_string"] else None
+        animals, stale = await self._animals(request, params)
         return json_response({"animals": animals, "stale": stale}, headers=_stale_header(stale))
 
     async def trpc_animals(self, request: Request) -> Response:
@@ -175,8 +195,8 @@ class DemoService:
         animals, stale = await self._animals(request, params if isinstance(params, dict) else {"input": params})
         return json_response({"result": {"data": animals}, "stale": stale}, headers=_stale_header(stale))
 
-    async def _animals(self, request: Request, params: dict[str, Any]) -> tuple[list[dict], bool]:
-        query = _query(params, AnimalsQuery)
+    async def _animals(self, request: Request, params: dict[str, Any] | None) -> tuple[list[Animal], bool]:
+        query = _query(params, AnimalsQuery) if params else DEFAULT_ANIMALS
         key = (query.limit, query.offset, query.owner)
         try:
             rows = await self.mon.db.fetch(self.q.animals, {"limit": query.limit, "offset": query.offset,
@@ -187,8 +207,7 @@ class DemoService:
             ex = exchange(request)
             ex.outcome, ex.stale = Outcome.OK, True  # degraded, but answered: counted as stale
             return self._stale[key], True
-        animals = [{"id": r[0], "name": r[1], "species": r[2], "bornOn": r[3],
-                    "owner": {"id": r[4], "name": r[5]}} for r in rows]
+        animals = [Animal(r[0], r[1], r[2], r[3], Owner(r[4], r[5])) for r in rows]
         self._stale[key] = animals
         self._stale.move_to_end(key)
         while len(self._stale) > STALE_CACHE_KEYS:
