@@ -322,7 +322,7 @@ def compare(args: argparse.Namespace, url: str | None) -> None:
         print(f"median {kind:<6}  {rps:8.0f} req/s   p99 {p99 * 1000:6.2f} ms   CPU {cpu * 1e6:6.0f} µs/request")
     rps_ratio = med["triage"][0] / med["bare"][0]
     cpu_ratio = med["triage"][2] / med["bare"][2]
-    per_round = [t[2] / b[2] for t, b in zip(results["triage"], results["bare"])]
+    per_round = [t[2] / b[2] for t, b in zip(results["triage"], results["bare"], strict=True)]
     print(f"ratio triage/bare: req/s {rps_ratio:.2f}   CPU per request {cpu_ratio:.2f} "
           f"(per round {min(per_round):.2f}–{max(per_round):.2f})")
     if "before" in med:
