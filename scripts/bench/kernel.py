@@ -7,7 +7,7 @@ Prints, in one run:
   * `mon.guard()` block overhead the same way;
   * a bare `trio.lowlevel.checkpoint()` in the same run: every guarded call is a checkpoint
     (one schedule point), so that much of the overhead is trio's own, not the guard's;
-  * limiter decisions/s through the actor (`mon.check_rate`) and through the bare core;
+  * limiter decisions/s through `mon.check_rate` (a lent key, see actors.limiter) and the bare core;
   * bytes per limiter key at 100k and 1M keys (tracemalloc, key strings included).
 Targets on the 2-core reference machine: guard overhead <= 25 µs, <= 150 bytes per key.
 """
@@ -71,7 +71,7 @@ async def bench_guard(rounds: int, calls: int) -> None:
           f"   without the checkpoint {r - d - p:6.2f} µs")
     print(f"async with mon.guard()     {g:8.2f} µs/call   overhead {g - d:6.2f} µs"
           f"   without the checkpoint {g - d - p:6.2f} µs")
-    print(f"mon.check_rate (actor ask) {c:8.2f} µs/call   {1e6 / c:10,.0f} decisions/s")
+    print(f"mon.check_rate (one key)  {c:8.2f} µs/call   {1e6 / c:10,.0f} decisions/s")
 
 
 def bench_core_checks(rounds: int, calls: int) -> None:
