@@ -49,6 +49,7 @@ class Monitoring:
                  bus: EventBus) -> None:
         self.config, self.breakers, self.queue, self.limiter = config, breakers, queue, limiter
         self._limiter, self._metrics = limiter.inbox, metrics_inbox
+        self._lent = limiter.lent
         self._cells, self._bus = cells, bus
         self.closed = False
         # The one maker of guards: mon.run, mon.guard and mon.db (see actors.guard.Guard).
@@ -103,22 +104,29 @@ class Monitoring:
         """
         if self.closed:
             raise ShuttingDown()
-        if not isinstance(policy, str):
+        if type(policy) is not str and not isinstance(policy, str):
             raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
         if cost != 1 or type(cost) is not int:
             check_cost(cost)
+        if type(key) is not str:
+            key = str(key)
+        # The checkpoint first (cancelled: nothing spent); then the fleet's cached refusal (the
+        # local quota is kept), then a key the limiter has lent is decided here, with no await
+        # between look-up and decision; any other is asked (see "Lending" in actors.limiter).
+        # The fleet's limit comes after a local allow.
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
         fleet = self.fleet_handle
-        refused = fleet.gate.refusal(policy, str(key)) if fleet is not None else None
-        if refused is not None:  # the fleet has no token for this key: the local quota is kept
-            await trio.lowlevel.checkpoint()
-            decision = refused
-        else:
-            decision = await ask(self._limiter, lambda r: Check(reply=r, policy=policy, key=str(key), cost=cost))
-            if decision.allowed and fleet is not None:  # the fleet's limit, after the local one
-                decision = await fleet.gate.admit(decision, str(key), cost)
+        decision = fleet.gate.refusal(policy, key) if fleet is not None else None
+        if decision is None:
+            decision = self._lent.check(policy, key, now, cost)
+            if decision is None:
+                decision = await ask(self._limiter, lambda r: Check(reply=r, policy=policy, key=key, cost=cost))
+            if decision.allowed and fleet is not None:
+                decision = await fleet.gate.admit(decision, key, cost)
+                now = trio.current_time()
         if not decision.allowed:
-            self._metrics.tell_lazy(Count(what="rate_limit_violation", label=policy,
-                                         at=trio.current_time()))
+            self._metrics.tell_lazy(Count(what="rate_limit_violation", label=policy, at=now))
         return decision
 
     async def peek_rate(self, policy: str, key: str) -> RateDecision:
@@ -128,7 +136,12 @@ class Monitoring:
             raise ShuttingDown()
         if not isinstance(policy, str):
             raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
-        return await ask(self._limiter, lambda r: PeekRate(reply=r, policy=policy, key=str(key)))
+        key = str(key)
+        await trio.lowlevel.checkpoint()
+        decision = self._lent.peek(policy, key, trio.current_time())
+        if decision is None:
+            return await ask(self._limiter, lambda r: PeekRate(reply=r, policy=policy, key=key))
+        return decision
 
     async def enforce_rate(self, policy: str, key: str, cost: int = 1) -> RateDecision:
         """`check_rate`, raising `RateLimited` (with the decision) when refused."""

@@ -74,6 +74,15 @@ by deleted entries (LRU pops, evictions, expiry) needs room, it re-allocates for
 and, above it, rebuilds the dict: an O(len) copy that CPython sizes for
 1.5 x len, about 7 ms for 100k keys and 160 ms for 1M (a pause of the same order
 as CPython's own resize). That also returns the memory of expired keys.
+
+Lending (`lend` > 0; the limiter actor lends, see `actors.limiter`). After deciding on a key
+the table may lend it: its state moves into a `Lease` (the dict keeps the key, valued by the
+lease, so counts, LRU place and eviction still see it) listed in `lent`, where callers decide
+on it themselves (`LentKeys.check` / `peek`) with the same `_decide` the table uses, counted
+in the same policy stats. The owner reaches a lent key's state through its lease (a check,
+peek, expiry) and takes leases back: `review_lent()` returns those no caller used since the
+last review, reset drops them with their keys. Eviction passes over lent keys (they are in
+use; their LRU place is only refreshed at reviews). At most `lend` keys are lent at once.
 """
 
 from __future__ import annotations
@@ -88,7 +97,8 @@ import msgspec
 from actors.sliding_window import LogDecision, fresh_log, log_idle, log_peek, log_take
 from messages.errors import InvalidArgument, InvalidArgumentType, TriageError
 
-__all__ = ["ALGORITHMS", "LimiterTable", "PolicySpec", "RateDecision", "UnknownPolicy", "check_cost"]
+__all__ = ["ALGORITHMS", "Lease", "LentKeys", "LimiterTable", "PolicySpec", "RateDecision",
+           "UnknownPolicy", "check_cost"]
 
 ALGORITHMS = ("gcra", "sliding_window")
 
@@ -197,8 +207,71 @@ class _Policy(_Rate):
         self.keys = 0
 
 
+class Lease:
+    """One key's state lent to callers (see "Lending" in the module doc)."""
+
+    __slots__ = ("state", "policy", "rate", "used")
+
+    def __init__(self, state: float | bytearray, policy: _Policy, rate: _Rate) -> None:
+        self.state, self.policy, self.rate = state, policy, rate
+        self.used = True  # since the last review
+
+
+class LentKeys:
+    """The callers' side of lending: a decision on a lent key (or a bypassed one) made in the
+    caller's task with the table's own `_decide`, or None when the caller must ask the owner.
+
+    Nothing here awaits, so a caller's lookup and its decision see the same lease; the owner
+    takes leases back only in its own step, which never runs between the two.
+    """
+
+    __slots__ = ("_policies", "_leases", "_bypass", "_exempt")
+
+    def __init__(self, policies: dict[str, _Policy], leases: dict[str, Lease],
+                 bypass: frozenset | None, exempt: frozenset) -> None:
+        self._policies, self._leases = policies, leases
+        self._bypass, self._exempt = bypass, exempt
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def check(self, policy: str, key: str, now: float, cost: int = 1) -> RateDecision | None:
+        """`LimiterTable.check` for a lent or bypassed key; None for any other (ask the owner).
+        `cost` must already be valid (`check_cost`)."""
+        p = self._policies.get(policy)
+        if p is None:
+            return None  # the owner answers UnknownPolicy
+        bypass = self._bypass
+        if bypass is not None and (bypass is _ALL or key in bypass):
+            r = p if p.overrides is None else p.overrides.get(key, p)
+            return _free_pass(p, r, key, now, self._exempt)
+        lease = self._leases.get(p.prefix + key)
+        if lease is None or cost > lease.rate.limit:
+            return None  # not lent, or a refusal the owner words (cost_exceeds_limit)
+        lease.used = True
+        lease.state, decision = _decide(p, lease.rate, lease.state, _floor(now * 1e6 + 0.5), cost)
+        return decision
+
+    def peek(self, policy: str, key: str, now: float) -> RateDecision | None:
+        """`LimiterTable.peek` for a lent or bypassed key; None for any other (ask the owner)."""
+        p = self._policies.get(policy)
+        if p is None:
+            return None
+        bypass = self._bypass
+        if bypass is not None and (bypass is _ALL or key in bypass):
+            return _pass(policy, (p if p.overrides is None else p.overrides.get(key, p)).limit, now)
+        lease = self._leases.get(p.prefix + key)
+        if lease is None:
+            return None
+        return _peek(policy, lease.rate, lease.state, _floor(now * 1e6 + 0.5))
+
+
 class LimiterTable:
-    """Per (policy, key) GCRA quotas in a bounded LRU table. Not thread-safe; one owner."""
+    """Per (policy, key) GCRA quotas in a bounded LRU table. Not thread-safe; one owner.
+
+    `lend` > 0: up to that many keys at once are lent to callers (see "Lending" in the module
+    doc) through `lent`; 0 (the default): every decision is the owner's, `lent` decides none.
+    """
 
     def __init__(
         self,
@@ -208,9 +281,12 @@ class LimiterTable:
         overrides: dict[str, dict[str, PolicySpec]] | None = None,
         exempt: frozenset[str] = frozenset(),
         enabled: bool = True,
+        lend: int = 0,
     ) -> None:
         if type(max_keys) is not int or max_keys < 1:
             raise ValueError(f"max_keys must be an int >= 1, got {max_keys!r}")
+        if type(lend) is not int or lend < 0:
+            raise ValueError(f"lend must be an int >= 0, got {lend!r}")
         overrides = overrides or {}
         for name in overrides:
             if name not in policies:
@@ -231,7 +307,10 @@ class LimiterTable:
         self._enabled = bool(enabled)
         # One attribute test on the hot path: None, or _ALL (disabled), or the exempt keys.
         self._bypass = _ALL if not self._enabled else (self._exempt or None)
-        self._tat: dict[str, float | bytearray] = {}  # GCRA: TAT; sliding window: its log
+        self._tat: dict[str, float | bytearray | Lease] = {}  # TAT, or a log; or lent: its Lease
+        self._lend = lend
+        self._lent: dict[str, Lease] = {}  # never rebound: `lent` reads it
+        self.lent = LentKeys(self._policies, self._lent, self._bypass, self._exempt)
         self._evictions = 0
         self._expired = 0
         self._compactions = 0
@@ -250,7 +329,7 @@ class LimiterTable:
             check_cost(cost)
         bypass = self._bypass
         if bypass is not None and (bypass is _ALL or key in bypass):
-            return self._free_pass(p, r, key, now)
+            return _free_pass(p, r, key, now, self._exempt)
         if cost > r.limit:
             return self._beyond_limit(p, key, now)
         self._tick -= 1
@@ -259,63 +338,23 @@ class LimiterTable:
         nu = _floor(now * 1e6 + 0.5)  # whole microseconds
         k = p.prefix + key
         d = self._tat
-        tat = d.pop(k, None)  # pop + re-insert: the dict's order is the LRU order
-        if tat is None:
+        state = d.pop(k, None)  # pop + re-insert: the dict's order is the LRU order
+        if state is None:
             if len(d) >= self._max_keys:
                 self._evict()
             p.keys += 1
-            if r.sliding:
-                return self._take_log(p, r, k, fresh_log(r.limit), nu, cost)
-            tat = nu
-        elif r.sliding:
-            return self._take_log(p, r, k, tat, nu, cost)
-        elif tat < nu:
-            tat = nu  # idle: same as a fresh key
-        new = tat + cost * r.interval
-        window = r.window
-        interval = r.interval
-        if new - nu <= window:
-            d[k] = new
-            p.allowed += 1
-            left = int((nu + window - new) // interval)
-            more = new - window + (left + 1) * interval  # when `left` next grows by one
-            return RateDecision(
-                allowed=True,
-                policy=policy,
-                limit=r.limit,
-                remaining=left,
-                reset_at=new / 1e6,
-                reset_after_s=(new - nu) / 1e6,
-                more_at=more / 1e6,
-                retry_after_s=0.0,
-            )
-        # Refused: TAT is unchanged (and > now, as cost <= limit); the key still counts as used.
-        d[k] = tat
-        p.rejected += 1
-        left = nu + window - tat  # < 0 only if `now` went backwards
-        units = int(left // interval) if left > 0 else 0
-        more = tat - window + (units + 1) * interval
-        return RateDecision(
-            allowed=False,
-            policy=policy,
-            limit=r.limit,
-            remaining=units,
-            reset_at=tat / 1e6,
-            reset_after_s=(tat - nu) / 1e6,
-            more_at=more / 1e6,
-            retry_after_s=(new - window - nu) / 1e6,
-        )
-
-    def _take_log(self, p: _Policy, r: _Rate, k: str, log: bytearray, nu: float,
-                  cost: int) -> RateDecision:
-        """A sliding-window check: `log` is re-inserted (LRU end) whether allowed or not."""
-        self._tat[k] = log  # type: ignore[assignment]
-        out = log_take(log, nu, r.window, cost)
-        if out[0]:
-            p.allowed += 1
+            state = fresh_log(r.limit) if r.sliding else 0.0
+        elif type(state) is Lease:  # lent, yet asked here (callers raced the loan): stays lent
+            lease = state
+            lease.state, decision = _decide(p, r, lease.state, nu, cost)
+            d[k] = lease
+            return decision
+        state, decision = _decide(p, r, state, nu, cost)
+        if self._lend and self._lend > len(self._lent):
+            d[k] = self._lent[k] = Lease(state, p, r)
         else:
-            p.rejected += 1
-        return _from_log(p.name, r.limit, nu, out)
+            d[k] = state
+        return decision
 
     def peek(self, policy: str, key: str, now: float) -> RateDecision:
         """The state of `key` as a cost-1 check would see it, consuming nothing.
@@ -332,28 +371,10 @@ class LimiterTable:
         bypass = self._bypass
         if bypass is not None and (bypass is _ALL or key in bypass):
             return _pass(policy, r.limit, now)
-        nu = _floor(now * 1e6 + 0.5)
-        tat = self._tat.get(p.prefix + key)
-        if r.sliding:
-            return _from_log(policy, r.limit, nu, log_peek(tat, nu, r.limit))  # type: ignore[arg-type]
-        if tat is None or tat < nu:
-            tat = nu
-        new = tat + r.interval
-        window = r.window
-        allowed = new - nu <= window
-        left = nu + window - tat
-        units = int(left // r.interval) if left > 0 else 0
-        more = nu if units >= r.limit else tat - window + (units + 1) * r.interval
-        return RateDecision(
-            allowed=allowed,
-            policy=policy,
-            limit=r.limit,
-            remaining=units,
-            reset_at=tat / 1e6,
-            reset_after_s=(tat - nu) / 1e6,
-            more_at=more / 1e6,
-            retry_after_s=0.0 if allowed else (new - window - nu) / 1e6,
-        )
+        state = self._tat.get(p.prefix + key)
+        if type(state) is Lease:
+            state = state.state
+        return _peek(policy, r, state, _floor(now * 1e6 + 0.5))
 
     def _beyond_limit(self, p: _Policy, key: str, now: float) -> RateDecision:
         """A cost above the limit can never be allowed: a refusal that says so, consuming nothing."""
@@ -362,11 +383,23 @@ class LimiterTable:
         return msgspec.structs.replace(seen, allowed=False, retry_after_s=math.inf,
                                        reason="cost_exceeds_limit")
 
-    def _free_pass(self, p: _Policy, r: _Rate, key: str, now: float) -> RateDecision:
-        p.allowed += 1
-        if key in self._exempt:
-            p.exempted += 1
-        return _pass(p.name, r.limit, now)
+    # -- lending -------------------------------------------------------------------------------
+
+    def review_lent(self) -> int:
+        """Take back the leases no caller used since the last review; return how many.
+
+        A lease still in use stays lent and moves to the LRU end (its key is in use: that is
+        its LRU refresh); one taken back keeps its LRU place, its state back in the table.
+        """
+        d, lent = self._tat, self._lent
+        back = [k for k, lease in lent.items() if not lease.used]
+        for k in back:
+            d[k] = lent.pop(k).state  # an existing key: its LRU place is kept
+        for k, lease in lent.items():
+            lease.used = False
+            del d[k]
+            d[k] = lease
+        return len(back)
 
     # -- table maintenance -------------------------------------------------------------------
 
@@ -380,15 +413,19 @@ class LimiterTable:
             pols = [self._policies[policy]] if policy is not None else self._policies.values()
             for p in pols:
                 if d.pop(p.prefix + key, None) is not None:
+                    self._lent.pop(p.prefix + key, None)
                     p.keys -= 1
                     self._tick -= 1
         elif policy is not None:
             p = self._policies[policy]
             prefix = p.prefix
             self._tat = {k: v for k, v in d.items() if k[0] != prefix}
+            for k in [k for k in self._lent if k[0] == prefix]:
+                del self._lent[k]
             p.keys = 0
         else:
             self._tat = {}
+            self._lent.clear()
             for p in self._policies.values():
                 p.keys = 0
 
@@ -408,20 +445,37 @@ class LimiterTable:
             return 0
         nu = _floor(now * 1e6 + 0.5)
         d = self._tat
-        idle = [k for k, v in islice(d.items(), budget)
-                if (log_idle(v, nu) if type(v) is bytearray else v <= nu)]
-        by_prefix = self._by_prefix
+        idle = [k for k, v in islice(d.items(), budget) if (v <= nu if type(v) is float else _idle(v, nu))]
+        by_prefix, lent = self._by_prefix, self._lent
         for k in idle:
             del d[k]
             by_prefix[k[0]].keys -= 1
+            if lent:
+                lent.pop(k, None)
         self._expired += len(idle)
         self._maintain()  # O(1) unless the dict needs a rebuild (amortised O(1) per key)
         return len(idle)
 
     def _evict(self) -> None:
         """Make room for a new key: drop the least-recently-used batch from the front."""
-        d = self._tat
-        victims = list(islice(d, self._evict_batch))
+        d, lent, batch = self._tat, self._lent, self._evict_batch
+        if not lent:
+            victims = list(islice(d, batch))
+        else:
+            # A lent key is in use by callers (its LRU place is refreshed only at reviews): it
+            # is passed over and goes to the LRU end, unless only lent keys are left.
+            victims, passed = [], []
+            for k in islice(d, batch + len(lent)):
+                (passed if k in lent else victims).append(k)
+                if len(victims) == batch:
+                    break
+            if victims:
+                for k in passed:
+                    d[k] = d.pop(k)
+            else:
+                victims = passed[:batch]
+                for k in victims:
+                    del lent[k]
         by_prefix = self._by_prefix
         for k in victims:
             del d[k]
@@ -459,6 +513,7 @@ class LimiterTable:
             "evictions": self._evictions,
             "expired": self._expired,
             "compactions": self._compactions,
+            "lent": len(self._lent),
             "policies": {
                 name: {
                     "limit": p.limit,
@@ -485,6 +540,68 @@ def _pass(policy: str, limit: int, now: float) -> RateDecision:
         more_at=now,
         retry_after_s=0.0,
     )
+
+
+def _free_pass(p: _Policy, r: _Rate, key: str, now: float, exempt: frozenset) -> RateDecision:
+    p.allowed += 1
+    if key in exempt:
+        p.exempted += 1
+    return _pass(p.name, r.limit, now)
+
+
+def _decide(p: _Policy, r: _Rate, state: float | bytearray, nu: float,
+            cost: int) -> tuple[float | bytearray, RateDecision]:
+    """The one decision: `cost` units at `nu` (whole µs) for a key whose state is `state`.
+
+    Returns the key's new state (a window log is updated in place) and the answer, counted in
+    the policy's stats. The owner (`LimiterTable.check`) and callers on lent keys
+    (`LentKeys.check`) both decide here. (A second gate, such as fleet-wide credits, would
+    plug in here: consulted once the local rule allows, before the new state is kept.)
+    """
+    if r.sliding:
+        allowed, remaining, more, reset, retry = log_take(state, nu, r.window, cost)  # type: ignore[arg-type]
+    else:  # GCRA, see the module doc
+        tat = state if state > nu else nu  # type: ignore[operator]
+        interval, window = r.interval, r.window
+        new = tat + cost * interval
+        if new - nu <= window:
+            allowed, state, reset, retry = True, new, new, nu
+            remaining = int((nu + window - new) // interval)
+            more = new - window + (remaining + 1) * interval  # when `remaining` next grows by one
+        else:  # refused: TAT unchanged (and > now, as cost <= limit)
+            left = nu + window - tat  # < 0 only if `now` went backwards
+            remaining = int(left // interval) if left > 0 else 0
+            allowed, state, reset, retry = False, tat, tat, new - window
+            more = tat - window + (remaining + 1) * interval
+    if allowed:
+        p.allowed += 1
+    else:
+        p.rejected += 1
+    return state, RateDecision(allowed=allowed, policy=p.name, limit=r.limit, remaining=remaining,
+                               reset_at=reset / 1e6, reset_after_s=(reset - nu) / 1e6,
+                               more_at=more / 1e6, retry_after_s=(retry - nu) / 1e6)
+
+
+def _peek(policy: str, r: _Rate, state: float | bytearray | None, nu: float) -> RateDecision:
+    """What a cost-1 `_decide` would answer, changing nothing."""
+    if r.sliding:
+        return _from_log(policy, r.limit, nu, log_peek(state, nu, r.limit))  # type: ignore[arg-type]
+    tat = nu if state is None or state < nu else state  # type: ignore[operator]
+    interval, window = r.interval, r.window
+    new = tat + interval
+    allowed = new - nu <= window
+    left = nu + window - tat
+    units = int(left // interval) if left > 0 else 0
+    more = nu if units >= r.limit else tat - window + (units + 1) * interval
+    return RateDecision(allowed=allowed, policy=policy, limit=r.limit, remaining=units,
+                        reset_at=tat / 1e6, reset_after_s=(tat - nu) / 1e6, more_at=more / 1e6,
+                        retry_after_s=0.0 if allowed else (new - window - nu) / 1e6)
+
+
+def _idle(v: float | bytearray | Lease, nu: float) -> bool:
+    if type(v) is Lease:
+        v = v.state
+    return log_idle(v, nu) if type(v) is bytearray else v <= nu
 
 
 def _from_log(policy: str, limit: int, nu: float, out: LogDecision) -> RateDecision:

@@ -10,7 +10,7 @@ Prints, in one run:
     (one schedule point), so that much of the overhead is trio's own, not the guard's;
   * refusals, a retry storm and admission under contention against a trio.Semaphore
     baseline in the same run (see `kernel_admission.py`);
-  * limiter decisions/s through the actor (`mon.check_rate`) and through the bare core;
+  * limiter decisions/s through `mon.check_rate` (a lent key, see actors.limiter) and the bare core;
   * bytes per limiter key at 100k and 1M keys (tracemalloc, key strings included).
 Targets on the 2-core reference machine: guard overhead <= 25 µs, a refusal <= 10 µs in the
 kernel, contention <= 1.5x the semaphore, <= 150 bytes per key.
@@ -89,7 +89,7 @@ async def bench_guard(rounds: int, calls: int, quiet: bool = False) -> dict[str,
           f"   without the checkpoint {r - d - p:6.2f} µs")
     print(f"async with mon.guard()     {g:8.2f} µs/call   overhead {g - d:6.2f} µs"
           f"   without the checkpoint {g - d - p:6.2f} µs")
-    print(f"mon.check_rate (actor ask) {c:8.2f} µs/call   {1e6 / c:10,.0f} decisions/s")
+    print(f"mon.check_rate (one key)  {c:8.2f} µs/call   {1e6 / c:10,.0f} decisions/s")
     return {"direct": d, "checkpoint": p, "mon.run": r, "mon.guard": g, "check_rate": c}
 
 
