@@ -703,6 +703,8 @@ def validate(cfg: Config) -> None:
     _validate_health(cfg.health)
     validate_sinks(cfg.sinks)
     validate_fleet(cfg.fleet)
+    for tier in cfg.fleet.shared_tiers:
+        _require(tier in cfg.tiers, "fleet.share_breakers", tier, "not a configured tier")
 
 
 def _validate_health(h: HealthConfig) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import trio
 from loguru import logger
 
+from actors.fleet.breaker_agent import BreakerAgent
 from actors.fleet.gate import FleetGate
 from actors.fleet.heartbeat import Heartbeat
 from actors.fleet.link import RTT_BUCKETS, RedisLink, RedisUnavailable
@@ -48,6 +49,10 @@ class Fleet:
         self.link = RedisLink(f, on_change=self._link_changed)
         self.heartbeat = Heartbeat(f, self.instance_id, self.link, self.summary)
         self.gate = FleetGate(config, self.link, lambda: self.heartbeat.live)
+        self.breakers = BreakerAgent(
+            mon, prefix=f.key_prefix, instance_id=self.instance_id, tiers=f.shared_tiers,
+            follow=f.follow_recovery, heartbeat_s=f.heartbeat_s, live_ids=self._live_ids,
+            run=self.link.call, pubsub_client=lambda: self.link.client, unavailable=(RedisUnavailable,))
         self._down_since: str | None = None
         self._last_instances: list[dict[str, Any]] = []
 
@@ -101,6 +106,9 @@ class Fleet:
                           else round(link.rtt_last_s * 1000, 3), "round_trips": link.round_trips,
                           "errors": link.errors},
                 "live": self.heartbeat.live, "modes": dict(self.gate.modes),
+                "breakers": {"shared": list(self.breakers.tiers),
+                             "mode": "fleet" if self.breakers.shared else "local",
+                             "probes": dict(self.breakers.probes)},
                 "instances": self._last_instances}
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -112,7 +120,12 @@ class Fleet:
             except RedisUnavailable:
                 log.warning("Redis unreachable at start: fleet rate limits fall back until it answers")
             await nursery.start(self.heartbeat.run)
+            if self.config.fleet.share_breakers:  # opt-in for now: see README, fleet breaker
+                await nursery.start(self.breakers.run)
             task_status.started(self)
+
+    async def _live_ids(self) -> set[str]:
+        return {i["instance_id"] for i in await self.heartbeat.instances()}
 
 
 async def run_fleet(config: Config, mon: Any, emit: Callable[[Any], None], *,

@@ -79,11 +79,21 @@ class _Unreachable(Exception):
 class BreakerAgent:
     """Links this instance's shared breakers to the fleet (see the module's docstring)."""
 
-    def __init__(self, mon: Any, redis: Any, *, prefix: str, instance_id: str,
+    def __init__(self, mon: Any, redis: Any = None, *, prefix: str, instance_id: str,
                  tiers: Iterable[str], follow: str = "half_open", heartbeat_s: float = 1.0,
                  timeout_s: float = 0.05,
-                 live_ids: Callable[[], Awaitable[set[str]]] | None = None) -> None:
+                 live_ids: Callable[[], Awaitable[set[str]]] | None = None,
+                 run: Callable[[Callable[[Any], Awaitable[Any]]], Awaitable[Any]] | None = None,
+                 pubsub_client: Callable[[], Any] | None = None,
+                 unavailable: tuple[type[BaseException], ...] = ()) -> None:
+        """`redis`: a coredis client, each call bounded by `timeout_s`; or, in a system, `run`
+        (``await run(fn)`` is ``await fn(client)``: the fleet's RedisLink.call, its breaker
+        and bounds), `pubsub_client` (the client to subscribe with, None while none) and
+        `unavailable` (the exceptions `run` raises when Redis cannot be had)."""
         self.mon, self.redis, self.prefix, self.id = mon, redis, prefix, instance_id
+        self._run = run or self._direct
+        self._pubsub_client = pubsub_client or (lambda: redis)
+        self._unavailable = unavailable
         self.tiers = tuple(t for t in tiers if t in mon.breakers)
         self.follow, self.heartbeat_s, self.timeout_s = follow, heartbeat_s, timeout_s
         self._live_ids = live_ids or self._scan_heartbeats
@@ -107,25 +117,44 @@ class BreakerAgent:
     def _channel(self, tier: str) -> str:
         return f"{self.prefix}brk:{tier}"
 
-    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+    async def _direct(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        with trio.fail_after(self.timeout_s):
+            return await fn(self.redis)
+
+    async def _call(self, name: str, *args: Any, **kw: Any) -> Any:
+        """``client.<name>(*args, **kw)`` through `run`; `_Unreachable` when Redis can't be had."""
+        return await self._bounded(lambda c: getattr(c, name)(*args, **kw))
+
+    async def _bounded(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         try:
-            with trio.fail_after(self.timeout_s):
-                return await fn(*args, **kw)
-        except (trio.TooSlowError, OSError, ConnectionError) as exc:
-            raise _Unreachable(type(exc).__name__) from None
-        except Exception as exc:  # coredis's own errors (ConnectionError, TimeoutError, ...)
-            if type(exc).__module__.startswith("coredis"):
+            return await self._run(fn)
+        except Exception as exc:  # a timeout, a cut connection, coredis's own errors
+            if (isinstance(exc, (trio.TooSlowError, OSError, *self._unavailable))
+                    or type(exc).__module__.startswith("coredis")):
+                raise _Unreachable(type(exc).__name__) from None
+            raise
+
+    async def _live(self) -> set[str]:
+        try:
+            return await self._live_ids()
+        except Exception as exc:
+            if (isinstance(exc, (trio.TooSlowError, OSError, *self._unavailable))
+                    or type(exc).__module__.startswith("coredis")):
                 raise _Unreachable(type(exc).__name__) from None
             raise
 
     async def _scan_heartbeats(self) -> set[str]:
-        ids: set[str] = set()
         pattern = f"{self.prefix}fleet:*"
         cut = len(self.prefix) + len("fleet:")
-        async for key in self.redis.scan_iter(match=pattern, count=500):
-            key = key.decode() if isinstance(key, bytes) else key
-            ids.add(key[cut:])
-        return ids
+
+        async def scan(client: Any) -> set[str]:
+            ids: set[str] = set()
+            async for key in client.scan_iter(match=pattern, count=500):
+                key = key.decode() if isinstance(key, bytes) else key
+                ids.add(key[cut:])
+            return ids
+
+        return await self._run(scan)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -170,7 +199,7 @@ class BreakerAgent:
     async def _heartbeat(self) -> None:
         """Refresh this instance's keys, count the open peers, retry a lease a dead prober left."""
         try:
-            live = await self._call(self._live_ids)
+            live = await self._live()
             self.live = len(live | {self.id})
             for tier in self.tiers:
                 await self._refresh(tier)
@@ -186,7 +215,7 @@ class BreakerAgent:
         body = _encode(PeerState(id=self.id, state=snap.state, epoch=snap.epoch,
                                  known_ok=self._entered_ok[tier]))
         ttl_ms = int(self.heartbeat_s * KEY_TTL_HEARTBEATS * 1000)
-        await self._call(self.redis.set, self._key(tier), body, px=ttl_ms)
+        await self._call("set", self._key(tier), body, px=ttl_ms)
 
     async def _look(self, tier: str, live: set[str] | None = None) -> None:
         """Quorum, then — while waiting for a prober — the lease and the verdict key."""
@@ -201,11 +230,11 @@ class BreakerAgent:
             self._epoch[tier] = snap.epoch
         self._lagging.discard(tier)
         if live is None:
-            live = await self._call(self._live_ids)
+            live = await self._live()
         peers = sorted(live - {self.id})
         opened = 0
         if peers:
-            values = await self._call(self.redis.mget, [self._key(tier, p) for p in peers])
+            values = await self._call("mget", [self._key(tier, p) for p in peers])
             for raw in values:
                 if raw is None:
                     continue
@@ -232,8 +261,8 @@ class BreakerAgent:
         seq = 0
         if verdict is not None:
             counter = f"{self.prefix}verdict_seq:{tier}"
-            seq = await self._call(self.redis.incr, counter)
-            await self._call(self.redis.pexpire, counter, VERDICT_SEQ_TTL_MS)
+            seq = await self._call("incr", counter)
+            await self._call("pexpire", counter, VERDICT_SEQ_TTL_MS)
         if verdict == "ok":
             self._last_ok[tier] = max(self._last_ok[tier], seq)
         self._entered_ok[tier] = self._last_ok[tier]
@@ -241,21 +270,21 @@ class BreakerAgent:
         body = _encode(PeerState(id=self.id, state=event.to_state, epoch=event.epoch,
                                  verdict=verdict, seq=seq, known_ok=self._entered_ok[tier]))
         ttl_ms = int(self.heartbeat_s * KEY_TTL_HEARTBEATS * 1000)
-        await self._call(self.redis.set, self._key(tier), body, px=ttl_ms)
+        await self._call("set", self._key(tier), body, px=ttl_ms)
         if verdict is not None:
             recovery_ms = self._recovery_ms(tier)
-            await self._call(self.redis.set, f"{self.prefix}verdict:{tier}", body, px=recovery_ms)
+            await self._call("set", f"{self.prefix}verdict:{tier}", body, px=recovery_ms)
             # The lease is kept for the rest of its period either way: a peer that missed the
             # verdict's message finds the verdict key, not a free lease. After a failed trial it
             # is this instance's to probe next period too; the others keep waiting.
             del self.probing[tier]
             if verdict == "failed":
                 lease = f"{self.prefix}probe:{tier}"
-                await self._call(self.redis.eval, _EXTEND, [lease], [self.id, recovery_ms])
+                await self._call("eval", _EXTEND, [lease], [self.id, recovery_ms])
             self._verdict_seen[tier] = max(self._verdict_seen[tier], seq)
         elif event.to_state == "closed":
             self.probing.pop(tier, None)
-        await self._call(self.redis.publish, self._channel(tier), body)
+        await self._call("publish", self._channel(tier), body)
 
     def _recovery_ms(self, tier: str) -> int:
         return max(int(self.mon.breakers[tier].statistics().recovery_timeout_s * 1000), 1)
@@ -263,7 +292,7 @@ class BreakerAgent:
     async def _try_lease(self, tier: str, epoch: int) -> None:
         lease = f"{self.prefix}probe:{tier}"
         # Free, or this instance's own (kept after a failed trial): taken for one more period.
-        won = await self._call(self.redis.eval, _ACQUIRE, [lease], [self.id, self._recovery_ms(tier)])
+        won = await self._call("eval", _ACQUIRE, [lease], [self.id, self._recovery_ms(tier)])
         if won and self.probing.get(tier) != epoch:  # (a heartbeat and ProbeDue may both try)
             self.probing[tier] = epoch
             self.probes[tier] += 1
@@ -272,7 +301,7 @@ class BreakerAgent:
 
     async def _verdict_key(self, tier: str) -> bool:
         """Follow a verdict this instance has not followed yet; True if there was one."""
-        raw = await self._call(self.redis.get, f"{self.prefix}verdict:{tier}")
+        raw = await self._call("get", f"{self.prefix}verdict:{tier}")
         return raw is not None and self._follow(tier, _decode(raw))
 
     def _follow(self, tier: str, peer: PeerState) -> bool:
@@ -291,7 +320,11 @@ class BreakerAgent:
         channels = {self._channel(t): t for t in self.tiers}
         while True:
             try:
-                async with self.redis.pubsub(channels=list(channels)) as pubsub:
+                client = self._pubsub_client()
+                if client is None:  # the link is making a fresh client
+                    await trio.sleep(self.heartbeat_s)
+                    continue
+                async with client.pubsub(channels=list(channels)) as pubsub:
                     async for message in pubsub:
                         if message.get("type") != "message":
                             continue
@@ -310,7 +343,8 @@ class BreakerAgent:
                             self._follow(tier, peer)
                         elif peer.state == "open":
                             await self._guarded(self._look, tier)
-            except Exception as exc:  # the subscription dropped: Redis is down or restarting
-                if not type(exc).__module__.startswith("coredis") and not isinstance(exc, OSError):
-                    raise
+            except Exception as exc:  # noqa: BLE001 — the subscription dropped (Redis down, the
+                # link replacing its client): the keys still carry the news; subscribe again soon.
+                logger.debug("fleet breakers: subscription lost ({}); again in {} s",
+                             type(exc).__name__, self.heartbeat_s)
                 await trio.sleep(self.heartbeat_s)

@@ -33,6 +33,7 @@ import hypercorn.trio
 import trio
 from loguru import logger
 
+from actors.http.app import hypercorn_config
 from actors.http.problems import problem_body
 from messages.errors import ConfigError
 from messages.http_config import HttpConfig
@@ -113,8 +114,6 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 
 def ops_config(http: HttpConfig, port: int) -> Any:
-    from actors.http.app import hypercorn_config
-
     hc = hypercorn_config(http, errorlog=None)
     host = f"[{http.host}]" if ":" in http.host and not http.host.startswith("[") else http.host
     hc.bind = [f"{host}:{port}"]

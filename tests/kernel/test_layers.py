@@ -27,6 +27,8 @@ UPPER = ("actors.http", "actors.faults", "actors.tools", "examples")
 LOCAL_IMPORTS_ALLOWED = {
     # `triage --help` works without the `http` extra: serve imports the edge when it runs.
     ("actors.cli", "actors.http.app"),
+    # ... nor the ops listener, started only when `ops_port` is set.
+    ("actors.cli", "actors.http.ops"),
 }
 
 
