@@ -34,6 +34,7 @@ import msgspec
 import trio
 from loguru import logger
 
+from actors.runtime.mailbox import AsyncValue
 from messages.commands import FleetQuorum, FleetShared, FleetVerdict, ProbeLease
 from messages.events import BreakerTransition, ProbeDue
 
@@ -108,6 +109,8 @@ class BreakerAgent:
         self._lagging: set[str] = set()
         self.probes: dict[str, int] = {t: 0 for t in self.tiers}    # leases won (probes run)
         self.live: int = 1
+        # Heartbeats done, for whoever must wait for "the fleet has looked again" (tests, tools).
+        self.beats = AsyncValue(0)
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -209,6 +212,7 @@ class BreakerAgent:
         await self._gate(True)
         for tier in self.tiers:
             await self._guarded(self._look, tier, live)
+        self.beats.set(self.beats.value + 1)
 
     async def _refresh(self, tier: str) -> None:
         snap = self.mon.breakers[tier].statistics()

@@ -110,11 +110,21 @@ async def traffic(instances, stop: trio.Event) -> None:
             nursery.start_soon(one, inst)
 
 
-async def stays_closed(instances, seconds: float) -> None:
-    """From then on: no instance leaves CLOSED (a recovered fleet must not flap)."""
+async def heartbeats(instances, n: int) -> None:
+    """Until every instance's agent has looked at the fleet `n` more times."""
+    with trio.fail_after(n * HEARTBEAT_S + 5):
+        for inst in instances:
+            beats = inst.agent.beats
+            start = beats.value
+            await beats.wait_value(lambda v, start=start: v >= start + n)
+
+
+async def stays_closed(instances, beats: int) -> None:
+    """From then on, for `beats` heartbeats of every instance: none leaves CLOSED (a recovered
+    fleet must not flap)."""
     async with contextlib.AsyncExitStack() as stack:
         subs = [await stack.enter_async_context(i.mon.events()) for i in instances]
-        await trio.sleep(seconds)
+        await heartbeats(instances, beats)
         for inst, sub in zip(instances, subs, strict=True):
             assert inst.state == "closed", inst.name
             moved = []
@@ -128,10 +138,31 @@ async def stays_closed(instances, seconds: float) -> None:
             assert moved == [], (inst.name, moved)
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:
+async def failed_trials(instances, n: int, timeout: float) -> None:
+    """Until `n` trial calls have failed, on any instances: `n` recovery periods have passed."""
+    failed = 0
+    async with contextlib.AsyncExitStack() as stack:
+        subs = [await stack.enter_async_context(i.mon.events()) for i in instances]
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as nursery:
+                async def count(sub) -> None:
+                    nonlocal failed
+                    async for event in sub:
+                        if getattr(event, "reason", None) == "trial call failed":
+                            failed += 1
+                            if failed >= n:
+                                nursery.cancel_scope.cancel()
+
+                for sub in subs:
+                    nursery.start_soon(count, sub)
+
+
+async def all_in(instances, state: str, timeout: float = 5.0) -> None:
+    """Until every instance's database breaker is in `state` (its published state, no polling)."""
     with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
+        for inst in instances:
+            await inst.mon.breakers["database"].wait_state(state)
+        assert all(i.state == state for i in instances)  # none left it meanwhile
 
 
 async def test_one_down_opens_only_that_one():
@@ -141,8 +172,8 @@ async def test_one_down_opens_only_that_one():
         for _ in range(2):
             await a.call()
         assert a.state == "open"
-        # Three heartbeats: every peer has seen A's key; one OPEN of three is no quorum.
-        await trio.sleep(3 * HEARTBEAT_S)
+        # Three heartbeats each: every peer has seen A's key; one OPEN of three is no quorum.
+        await heartbeats(instances, 3)
         assert (b.state, c.state) == ("closed", "closed")
 
 
@@ -173,17 +204,19 @@ async def test_recovery_one_prober_per_period_then_all_close():
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(traffic, instances, stop)
-            await wait_for(lambda: all(i.state == "open" for i in instances))
-            # Still down through two recovery periods: each period, one instance probes.
-            await trio.sleep(2 * RECOVERY_S + 0.3)
+            await all_in(instances, "open")
+            # Still down through two recovery periods: each period, one instance probes (and
+            # its trial fails), every other instance waits.
+            await failed_trials(instances, 2, timeout=3 * RECOVERY_S + 5)
+            await heartbeats(instances, 1)
             probes_while_down = sum(i.agent.probes["database"] for i in instances)
             assert 1 <= probes_while_down <= 3
             assert all(i.state == "open" for i in instances)
             for inst in instances:
                 inst.db_up = True
             before = probes_while_down
-            await wait_for(lambda: all(i.state == "closed" for i in instances), timeout=3 * RECOVERY_S + 2)
-            await stays_closed(instances, 5 * HEARTBEAT_S)
+            await all_in(instances, "closed", timeout=3 * RECOVERY_S + 2)
+            await stays_closed(instances, 5)
             stop.set()
         probes_recovery = sum(i.agent.probes["database"] for i in instances) - before
         assert probes_recovery <= 1  # the lease holder of the period probes; the others follow
@@ -196,11 +229,11 @@ async def test_followers_close_with_follow_close():
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(traffic, instances, stop)
-            await wait_for(lambda: all(i.state == "open" for i in instances))
+            await all_in(instances, "open")
             for inst in instances:
                 inst.db_up = True
-            await wait_for(lambda: all(i.state == "closed" for i in instances), timeout=RECOVERY_S + 3)
-            await stays_closed(instances, 5 * HEARTBEAT_S)
+            await all_in(instances, "closed", timeout=RECOVERY_S + 3)
+            await stays_closed(instances, 5)
             stop.set()
         assert sum(i.agent.probes["database"] for i in instances) == 1
 
@@ -211,7 +244,7 @@ async def test_keys_have_ttls_and_the_prefix():
         a.db_up = False
         for _ in range(2):
             await a.call()
-        await trio.sleep(2 * HEARTBEAT_S)
+        await heartbeats(instances, 2)
         keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
         assert keys
         for key in keys:

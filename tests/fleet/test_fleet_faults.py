@@ -26,12 +26,20 @@ async def _until_mode(mon, policy, mode):
             await trio.sleep(0.02)
 
 
+async def _until_live(mon, n: int) -> None:
+    """Until this instance's heartbeat has counted `n` live instances (its next beat, at most)."""
+    with trio.fail_after(5):
+        while mon.fleet_handle.heartbeat.live != n:
+            await trio.sleep(0.02)
+
+
 async def test_fleet_redis_down_share_and_local_bounds_then_global_again():
     async with redis_prefix() as (_, prefix), FaultProxy("127.0.0.1", 6379) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         async with open_monitoring(fleet_config(prefix, "a", url=url)) as a, \
                 open_monitoring(fleet_config(prefix, "b", url=url)) as b:
-            await trio.sleep(0.3)  # a heartbeat each: both know N = 2
+            await _until_live(a, 2)  # a heartbeat each: both know N = 2
+            await _until_live(b, 2)
             assert a.fleet_handle.heartbeat.live == 2
             async with a.subscribe("warning") as alerts:
                 proxy.add(Down())
