@@ -31,6 +31,7 @@ from typing import IO
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from actors.pg.embedded import testing_database
+from actors.tools.procs import free_port, stop
 
 BINARY = "/usr/sbin/pgbouncer"
 DATABASE = "bounced"
@@ -53,12 +54,6 @@ class Bouncer:
 def binary() -> str | None:
     found = shutil.which("pgbouncer") or BINARY
     return found if os.access(found, os.X_OK) else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_as(host: str) -> list[str]:
@@ -105,7 +100,7 @@ def running_pgbouncer(upstream_dsn: str, *, max_db_connections: int = 0,
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="triage-pgbouncer-"))
         os.chmod(workdir, 0o755)
-        port = _free_port()
+        port = free_port()
         auth_file = os.path.join(workdir, "userlist.txt")
         with open(auth_file, "w") as f:
             f.writelines(f'"{u}" ""\n' for u in (users or {}))
@@ -125,12 +120,7 @@ def running_pgbouncer(upstream_dsn: str, *, max_db_connections: int = 0,
             user = next(iter(users)) if users else conninfo_to_dict(upstream_dsn).get("user") or "postgres"
             yield Bouncer(url=f"postgresql://{user}@127.0.0.1:{port}/{DATABASE}", port=port, pid=proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def _wait_listening(proc: subprocess.Popen, port: int, log: IO[bytes], timeout_s: float = 10.0) -> None:

@@ -15,6 +15,12 @@ from pathlib import Path
 import trio
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # this tree's own tools (the servers run may be another tree)
+    sys.path.insert(0, str(ROOT))
+
+from actors.tools.procs import stop  # noqa: E402
+
+__all__ = ["stop"]
 SERVED = Path(__file__).resolve().parent / "_served.py"
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -37,15 +43,6 @@ def start(tree: Path, database_url: str | None, routes: int, rate: float) -> tup
         proc.kill()
         raise RuntimeError(f"the server did not start (tree {tree})")
     return proc, int(line)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:

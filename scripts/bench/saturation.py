@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import psycopg  # noqa: E402
 import trio  # noqa: E402
 
 from actors.pg.embedded import serving_database  # noqa: E402
+from actors.tools.procs import free_port  # noqa: E402
 
 CONFIG = """
 [policies.general]
@@ -55,12 +55,6 @@ SCHEMA = "triage_demo"
 PROBE_EVERY_S = 0.25
 PROBE_TIMEOUT_S = 10.0
 FILL_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(tree: Path, url: str, config: Path, ops_port: int | None) -> tuple[subprocess.Popen, int]:

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 import shutil
-import socket
 import subprocess
 import time
 
@@ -21,6 +20,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from actors import open_monitoring
+from actors.tools.procs import free_port
 from messages.config import (
     AlertmanagerSink,
     AlertsConfig,
@@ -34,12 +34,6 @@ from messages.config import (
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 DASHBOARD = "http://127.0.0.1:8000/dashboard"
 QUIET = AlertsConfig(summary_every_s=3600.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
