@@ -129,17 +129,15 @@ class BreakerAgent:
         return await self._bounded(lambda c: getattr(c, name)(*args, **kw))
 
     async def _bounded(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
-        try:
-            return await self._run(fn)
-        except Exception as exc:  # a timeout, a cut connection, coredis's own errors
-            if (isinstance(exc, (trio.TooSlowError, OSError, *self._unavailable))
-                    or type(exc).__module__.startswith("coredis")):
-                raise _Unreachable(type(exc).__name__) from None
-            raise
+        return await self._reaching(self._run(fn))
 
     async def _live(self) -> set[str]:
+        return await self._reaching(self._live_ids())
+
+    async def _reaching(self, call: Awaitable[Any]) -> Any:
+        """`await call`, with a timeout, a cut connection or coredis's own errors as `_Unreachable`."""
         try:
-            return await self._live_ids()
+            return await call
         except Exception as exc:
             if (isinstance(exc, (trio.TooSlowError, OSError, *self._unavailable))
                     or type(exc).__module__.startswith("coredis")):
