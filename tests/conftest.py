@@ -67,8 +67,9 @@ def direct_database_url(database_url: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "chromium: drives Debian's headless Chromium")
     config.addinivalue_line("markers", "direct_postgres: checks PostgreSQL's backends of its own "
-                            "connections by pid, so it connects straight to PostgreSQL (see "
-                            "direct_database_url)")
+                            "connections by pid, or sets session state a pooler would leave on a "
+                            "shared server connection, so it connects straight to PostgreSQL "
+                            "(see direct_database_url)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -405,6 +405,7 @@ async def test_cancel_unanswered_closes_connection_within_cancel_timeout(admin, 
     await terminate(admin, pid)  # the backend never heard the cancel
 
 
+@pytest.mark.direct_postgres  # a session SET: behind PgBouncer it would stay on a shared server connection
 async def test_connect_statement_timeout_cancels_long_query(admin):
     async with await PgConnection.connect(DSN, statement_timeout_s=0.2) as conn:
         assert (await conn.execute("SHOW statement_timeout")).rows == [("200ms",)]
