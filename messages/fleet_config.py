@@ -34,10 +34,10 @@ class FleetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     redis_retry_s: float = 1.0        # open Redis breaker: the next call tried after this
     heartbeat_s: float = 1.0          # each instance writes its summary this often ...
     heartbeat_ttl_s: float = 3.0      # ... and is gone from the fleet this long after its last
-    # Tiers whose breaker the fleet agrees on (quorum opening, one prober), e.g.
-    # ["database"]; empty (the default for now): breakers stay per instance. After the
-    # prober's success the others go half_open (a trial of their own) or, with "close", closed.
-    share_breakers: tuple[str, ...] = ()
+    # Tiers whose breaker the fleet agrees on (quorum opening, one prober); [] turns it off
+    # (breakers per instance). After the prober's success the others go half_open (a trial
+    # of their own) or, with "close", closed.
+    share_breakers: tuple[str, ...] = ("database",)
     follow_recovery: Literal["half_open", "close"] = "half_open"
 
     @property

@@ -120,7 +120,7 @@ class Fleet:
             except RedisUnavailable:
                 log.warning("Redis unreachable at start: fleet rate limits fall back until it answers")
             await nursery.start(self.heartbeat.run)
-            if self.config.fleet.share_breakers:  # opt-in for now: see README, fleet breaker
+            if self.config.fleet.share_breakers:
                 await nursery.start(self.breakers.run)
             task_status.started(self)
 
