@@ -151,10 +151,17 @@ class Monitoring:
         return decision
 
     async def reset_rate(self, policy: str | None = None, key: str | None = None) -> None:
-        """Forget quotas: all, one policy's, one key's (in every policy), or one (policy, key)."""
+        """Forget quotas: all, one policy's, one key's (in every policy), or one (policy, key).
+        With `[fleet]`, the fleet's shared counts in Redis too (`RedisUnavailable` when Redis
+        can't be reached; this instance's counts are reset all the same)."""
         for name, value in (("policy", policy), ("key", key)):
             if value is not None and not isinstance(value, str):
                 raise InvalidArgumentType(f"{name} must be a str or None, got {value!r}")
+        await self._reset_here(policy, key)
+        if self.fleet_handle is not None:  # and the fleet's: RedisUnavailable if it can't be had
+            await self.fleet_handle.reset_rate(policy, key)
+
+    async def _reset_here(self, policy: str | None, key: str | None) -> None:
         await ask(self._limiter, lambda r: ResetKeys(reply=r, policy=policy, key=key))
 
     async def fleet(self) -> dict[str, Any]:

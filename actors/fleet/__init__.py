@@ -16,20 +16,29 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import trio
 from loguru import logger
 
 from actors.fleet.breaker_agent import BreakerAgent
 from actors.fleet.gate import FleetGate
 from actors.fleet.heartbeat import Heartbeat
-from actors.fleet.link import RTT_BUCKETS, RedisLink, RedisUnavailable
+from actors.fleet.link import RTT_BUCKETS, RedisLink, RedisUnavailable, listen
 from messages.config import Config
+from messages.errors import TriageError
 from messages.health import Alert
 
 __all__ = ["RTT_BUCKETS", "Fleet", "RedisUnavailable", "default_instance_id", "run_fleet"]
 
 ALERT_ID = "fleet_redis_down"
 log = logger.bind(actor="fleet")
+
+
+class _ResetNews(msgspec.Struct, frozen=True):
+    """`mon.reset_rate` on one instance, told to the others on `<prefix>reset`."""
+    source: str = msgspec.field(name="from")
+    policy: str | None = None
+    key: str | None = None
 
 
 def default_instance_id() -> str:
@@ -54,6 +63,7 @@ class Fleet:
             follow=f.follow_recovery, heartbeat_s=f.heartbeat_s, live_ids=self._live_ids,
             run=self.link.call, pubsub_client=lambda: self.link.client, unavailable=(RedisUnavailable,))
         self._down_since: str | None = None
+        self._reset_channel = f"{f.key_prefix}reset"
         self._last_instances: list[dict[str, Any]] = []
 
     def _link_changed(self, up: bool) -> None:
@@ -111,6 +121,41 @@ class Fleet:
                              "probes": dict(self.breakers.probes)},
                 "instances": self._last_instances}
 
+    async def reset_rate(self, policy: str | None, key: str | None) -> None:
+        """`mon.reset_rate` with a fleet: the fleet's counts in Redis are deleted and every
+        instance is told (pub/sub) to drop what it holds for those keys — its credits, its
+        cached refusals, its own local counts — so the reset holds wherever the next request
+        lands. `RedisUnavailable` if Redis can't be had (this instance's counts are reset all
+        the same); an instance that misses the message holds its credits at most `credit_ttl_s`,
+        its cached refusal until it was due to end."""
+        exact, patterns = self.gate.forget(policy, key)
+        news = msgspec.json.encode(_ResetNews(source=self.instance_id, policy=policy, key=key))
+
+        async def delete(client: Any) -> None:
+            keys: list[Any] = list(exact)
+            for pattern in patterns:
+                keys += [k async for k in client.scan_iter(match=pattern, count=1000)]
+            if keys:
+                await client.delete(keys)
+            await client.publish(self._reset_channel, news)
+
+        await self.link.call(delete)
+
+    async def _on_reset(self, channel: str, data: bytes) -> None:
+        try:
+            news = msgspec.json.decode(data, type=_ResetNews)
+        except msgspec.DecodeError:
+            return  # not ours
+        if news.source == self.instance_id:
+            return
+        try:
+            await self.mon._reset_here(news.policy, news.key)
+        except TriageError as exc:  # a policy this instance's configuration does not have
+            log.debug("Fleet reset of {policy!r} not applied here: {error}", policy=news.policy,
+                      error=type(exc).__name__)
+            return
+        self.gate.forget(news.policy, news.key)
+
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.link.run)
@@ -120,6 +165,8 @@ class Fleet:
             except RedisUnavailable:
                 log.warning("Redis unreachable at start: fleet rate limits fall back until it answers")
             await nursery.start(self.heartbeat.run)
+            nursery.start_soon(listen, lambda: self.link.client, [self._reset_channel], self._on_reset,
+                               self.config.fleet.heartbeat_s)
             if self.config.fleet.share_breakers:
                 await nursery.start(self.breakers.run)
             task_status.started(self)

@@ -34,6 +34,7 @@ import msgspec
 import trio
 from loguru import logger
 
+from actors.fleet.link import listen
 from actors.runtime.mailbox import AsyncValue
 from messages.commands import FleetQuorum, FleetShared, FleetVerdict, ProbeLease
 from messages.events import BreakerTransition, ProbeDue
@@ -320,33 +321,20 @@ class BreakerAgent:
     async def _listen(self) -> None:
         """The fast path: a peer's OPEN counts at once, a verdict is followed at once."""
         channels = {self._channel(t): t for t in self.tiers}
-        while True:
+
+        async def on_message(channel: str, data: bytes) -> None:
+            tier = channels.get(channel)
+            if tier is None:
+                return
             try:
-                client = self._pubsub_client()
-                if client is None:  # the link is making a fresh client
-                    await trio.sleep(self.heartbeat_s)
-                    continue
-                async with client.pubsub(channels=list(channels)) as pubsub:
-                    async for message in pubsub:
-                        if message.get("type") != "message":
-                            continue
-                        channel = message["channel"]
-                        channel = channel.decode() if isinstance(channel, bytes) else channel
-                        tier = channels.get(channel)
-                        if tier is None:
-                            continue
-                        try:
-                            peer = _decode(message["data"])
-                        except (msgspec.DecodeError, TypeError):
-                            continue  # not ours: nothing to follow
-                        if peer.id == self.id or not self.shared:
-                            continue
-                        if peer.verdict is not None:
-                            self._follow(tier, peer)
-                        elif peer.state == "open":
-                            await self._guarded(self._look, tier)
-            except Exception as exc:  # noqa: BLE001 — the subscription dropped (Redis down, the
-                # link replacing its client): the keys still carry the news; subscribe again soon.
-                logger.debug("fleet breakers: subscription lost ({}); again in {} s",
-                             type(exc).__name__, self.heartbeat_s)
-                await trio.sleep(self.heartbeat_s)
+                peer = _decode(data)
+            except (msgspec.DecodeError, TypeError):
+                return  # not ours: nothing to follow
+            if peer.id == self.id or not self.shared:
+                return
+            if peer.verdict is not None:
+                self._follow(tier, peer)
+            elif peer.state == "open":
+                await self._guarded(self._look, tier)
+
+        await listen(self._pubsub_client, list(channels), on_message, self.heartbeat_s)

@@ -250,6 +250,28 @@ class FleetGate:
         if not up:
             self._drop_all()
 
+    def forget(self, policy: str | None, key: str | None) -> tuple[list[str], list[str]]:
+        """A reset (`mon.reset_rate`): drop what this instance holds for the matching keys (its
+        credits, cached refusals, the share table's counts). Returns the Redis keys of the
+        fleet's counts to delete: (exact keys, SCAN patterns of whole policies)."""
+        policies = [policy] if policy is not None else list(self.rates)
+        if key is None:
+            starts = tuple(f"{self.prefix}{p}:" for p in policies)
+            gone, exact, patterns = [k for k in self._entries if k.startswith(starts)], [], \
+                [f"{_glob_escape(start)}*" for start in starts]
+        else:
+            gone = exact = [f"{self.prefix}{p}:{key}" for p in policies]
+            patterns = []
+        for rkey in gone:
+            entry = self._entries.pop(rkey, None)
+            if entry is not None:  # a waiter on it finishes with what its lease brings
+                entry.batches.clear()
+                entry.credits = entry.debt = 0
+                entry.zero_until = -math.inf
+        if self._share is not None:
+            self._share[1].reset(policy, key)
+        return [*exact, *(f"{k}:seq" for k in exact)], patterns
+
     def _drop_all(self) -> None:
         for entry in self._entries.values():
             entry.batches.clear()
@@ -370,3 +392,8 @@ class FleetGate:
                 "fallbacks": self.fallbacks, "refused": self.refused, "leases": self.leases,
                 "granted": self.granted, "refunded": self.refunded,
                 "credits": sum(e.credits for e in self._entries.values())}
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by a Redis SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -36,7 +36,7 @@ from actors.runtime.mailbox import AsyncValue
 from messages.errors import TriageError
 from messages.fleet_config import FleetConfig
 
-__all__ = ["RTT_BUCKETS", "RedisLink", "RedisUnavailable"]
+__all__ = ["RTT_BUCKETS", "RedisLink", "RedisUnavailable", "listen"]
 
 T = TypeVar("T")
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -155,3 +155,27 @@ class RedisLink:
             log.info("Redis reachable again: fleet rate limits are global")
             self.up.set(True)
             self.on_change(True)
+
+
+async def listen(client_of: Callable[[], Any], channels: list[str],
+                 on_message: Callable[[str, bytes], Awaitable[None]], retry_s: float) -> None:
+    """Subscribe to `channels` for good: ``await on_message(channel, data)`` for each message
+    (pub/sub is at-most-once: whatever must not be missed is in keys too). A dropped
+    subscription (Redis down, the link replacing its client) is made again `retry_s` later;
+    `client_of()` is the client to subscribe with, None while there is none."""
+    while True:
+        try:
+            client = client_of()
+            if client is None:
+                await trio.sleep(retry_s)
+                continue
+            async with client.pubsub(channels=channels) as pubsub:
+                async for message in pubsub:
+                    if message.get("type") != "message":
+                        continue
+                    channel = message["channel"]
+                    await on_message(channel.decode() if isinstance(channel, bytes) else channel,
+                                     message["data"])
+        except Exception as exc:  # noqa: BLE001 — the subscription dropped: again soon
+            log.debug("Redis subscription lost ({error}); again in {s} s", error=type(exc).__name__, s=retry_s)
+            await trio.sleep(retry_s)

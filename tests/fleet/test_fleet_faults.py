@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from actors import open_monitoring
 from actors.faults.kinds import BlackHole, Down, Latency
 from actors.faults.proxy import FaultProxy
+from actors.fleet.link import RedisUnavailable
 from tests.fleet.redis_helpers import redis_prefix
 from tests.fleet.test_fleet_gate import fleet_config
 
@@ -55,6 +57,9 @@ async def test_fleet_redis_down_share_and_local_bounds_then_global_again():
             assert sum(general) == 40  # today's per-instance limits, never fail closed
             view = await a.fleet()
             assert view["stale"] and not view["redis"]["up"] and view["modes"]["auth"] == "share"
+            with pytest.raises(RedisUnavailable):  # the fleet's counts can't be reset: said so ...
+                await a.reset_rate("auth", "ip:192.0.2.1")
+            assert (await a.check_rate("auth", "ip:192.0.2.1")).allowed  # ... this instance's are
             proxy.remove("down")
             await _until_mode(a, "auth", "global")
             await _until_mode(a, "general", "global")

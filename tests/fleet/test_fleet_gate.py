@@ -116,3 +116,38 @@ async def test_fleet_instance_stopped_cleanly_leaves_the_view_at_once():
         async with open_monitoring(fleet_config(prefix, "b")):
             assert len((await a.fleet())["instances"]) == 2
         assert [i["instance_id"] for i in (await a.fleet())["instances"]] == ["a"]
+
+
+async def _spend_all(mons, policy: str, key: str) -> int:
+    """Requests round robin until both instances refuse; how many were allowed."""
+    allowed = refused = 0
+    while refused < 2:
+        for m in mons:
+            d = await m.check_rate(policy, key)
+            allowed += d.allowed
+            refused = 0 if d.allowed else refused + 1
+    return allowed
+
+
+async def _until_heard(b, policy: str, key: str) -> None:
+    """Until `b` has heard of a reset on another instance (pub/sub): nothing held, nothing counted."""
+    with trio.fail_after(2):
+        while not (await b.peek_rate(policy, key)).allowed or b.fleet_handle.gate.refusal(policy, key) is not None:
+            await trio.sleep(0.01)
+
+
+async def test_fleet_reset_rate_on_one_instance_holds_on_every_instance():
+    # An operator lets a locked-out user in again: the reset is the fleet's, not one instance's.
+    async with redis_prefix() as (client, prefix), \
+            open_monitoring(fleet_config(prefix, "a")) as a, open_monitoring(fleet_config(prefix, "b")) as b:
+        for reset in (lambda: a.reset_rate("auth", "user:7"), lambda: a.reset_rate(key="user:7"),
+                      lambda: a.reset_rate("auth"), lambda: a.reset_rate()):
+            assert await _spend_all([a, b], "auth", "user:7") == 6  # 6 per 2 s for the fleet
+            assert not (await b.check_rate("auth", "user:7")).allowed
+            await reset()
+            await _until_heard(b, "auth", "user:7")
+            assert (await b.check_rate("auth", "user:7")).allowed  # at once, on the other instance
+            assert (await a.check_rate("auth", "user:7")).allowed
+            await a.reset_rate()
+            await _until_heard(b, "auth", "user:7")
+        assert [k async for k in client.scan_iter(match=f"{prefix}auth:*")] == []  # no old count left
