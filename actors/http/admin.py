@@ -176,9 +176,11 @@ class Admin:
         wanted = await read_json(request, LimitIn)
         try:
             await self.mon.queue.set_limit(wanted.max_concurrent)
-        except InvalidArgument as exc:
-            said = str(exc).replace(" or None,", " or null,")  # the kernel's words, in JSON's
-            raise WebError(f"Invalid request body: {said} - at `$.max_concurrent`", 422,
+        except InvalidArgument:
+            most = self.mon.config.queue.max_concurrent
+            raise WebError(f"Invalid request body: max_concurrent must be an integer from 1 to {most} "
+                           f"(the configured value), or null for the configured value again, got "
+                           f"{wanted.max_concurrent} - at `$.max_concurrent`", 422,
                            field="$.max_concurrent") from None
         snap = self.mon.queue.statistics()
         log.warning("Admin: Queue limit set to {limit} slot(s)", limit=snap.max_concurrent)

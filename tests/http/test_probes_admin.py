@@ -106,7 +106,7 @@ async def test_admin_queue_limit_reduces_slots_shows_in_health_and_restores(data
         assert bad.status_code == 422
         assert "max_concurrent" in problem(bad)["detail"]
         assert "None" not in problem(bad)["detail"]  # JSON's words: null
-    assert "or null" in problem(zero)["detail"]
+    assert "from 1 to 3 (the configured value), or null" in problem(zero)["detail"]
     assert restored.json() == {"maxConcurrent": 3, "configuredMaxConcurrent": 3, "limitReduced": False}
 
 
