@@ -148,6 +148,7 @@ async def test_fleet_reset_rate_on_one_instance_holds_on_every_instance():
             await _until_heard(b, "auth", "user:7")
             assert (await b.check_rate("auth", "user:7")).allowed  # at once, on the other instance
             assert (await a.check_rate("auth", "user:7")).allowed
+            assert [k async for k in client.scan_iter(match=f"{prefix}rl:auth:*")]  # counted in Redis
             await a.reset_rate()
+            assert [k async for k in client.scan_iter(match=f"{prefix}rl:auth:*")] == []  # not any more
             await _until_heard(b, "auth", "user:7")
-        assert [k async for k in client.scan_iter(match=f"{prefix}auth:*")] == []  # no old count left
