@@ -111,6 +111,7 @@ class FleetGate:
         self._scripts_on: Any = None  # the client the scripts were loaded on
         self._share: tuple[int, LimiterTable] | None = None
         self.fallbacks = self.refused = self.waits = 0
+        self.fallback_admitted = dict.fromkeys(config.policies, 0)
         self.granted = self.refunded = self.leases = 0
 
     # -- the hot path ------------------------------------------------------------------------
@@ -228,9 +229,11 @@ class FleetGate:
 
     def _fallback(self, decision: RateDecision, key: str, cost: int, now: float) -> RateDecision:
         self.fallbacks += 1
-        if self.down[decision.policy] == "local":
-            return decision
-        return self._share_table().check(decision.policy, key, now, cost)
+        if self.down[decision.policy] != "local":
+            decision = self._share_table().check(decision.policy, key, now, cost)
+        if decision.allowed:  # beyond the fleet's bound while Redis is up: counted, per policy
+            self.fallback_admitted[decision.policy] += cost
+        return decision
 
     def _share_table(self) -> LimiterTable:
         n = max(1, self.live_count())
@@ -389,7 +392,8 @@ class FleetGate:
 
     def statistics(self) -> dict[str, Any]:
         return {"modes": dict(self.modes), "keys": len(self._entries), "waits": self.waits,
-                "fallbacks": self.fallbacks, "refused": self.refused, "leases": self.leases,
+                "fallbacks": self.fallbacks, "fallback_admitted": dict(self.fallback_admitted),
+                "refused": self.refused, "leases": self.leases,
                 "granted": self.granted, "refunded": self.refunded,
                 "credits": sum(e.credits for e in self._entries.values())}
 

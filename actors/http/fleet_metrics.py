@@ -7,6 +7,7 @@
     triage_fleet_redis_rtt_seconds             Redis round trips (histogram; a pipeline is one)
     triage_fleet_redis_errors_total            failed or timed-out Redis calls
     triage_fleet_leases_total, _fallbacks_total  leases sent; decisions made without Redis
+    triage_fleet_fallback_admitted_total{policy}  what those decisions admitted (Redis late or down)
 """
 
 from __future__ import annotations
@@ -55,4 +56,9 @@ class FleetCollector:
         yield CounterMetricFamily("triage_fleet_leases", "Token leases granted by Redis", value=s["leases"])
         yield CounterMetricFamily("triage_fleet_fallbacks", "Rate decisions made without Redis (share "
                                   "or local)", value=s["fallbacks"])
+        admitted = CounterMetricFamily("triage_fleet_fallback_admitted", "Requests (cost) the fallback "
+                                       "admitted without Redis's word, per policy", labels=("policy",))
+        for policy, n in sorted(s["fallback_admitted"].items()):
+            admitted.add_metric([policy], n)
+        yield admitted
 

