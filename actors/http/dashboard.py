@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from actors.http.broadcast import AlertLog, Feed, event_bytes
 from actors.http.sse import HEADERS, chunk, until_disconnect
+from actors.http.wire import Wire, wire_of
 from messages.events import BreakerTransition
 from messages.health import camel
 
@@ -132,15 +133,20 @@ class Snapshots:
 
 
 class DashboardStream:
-    """ASGI app: SSE of the shared snapshot frames (at most every DASHBOARD_PERIOD_S) and alerts."""
+    """ASGI app: SSE of the shared snapshot frames (at most every DASHBOARD_PERIOD_S) and alerts.
+
+    On a plain HTTP/1.1 connection the feed's builder writes the frames to the socket itself
+    (`actors.http.wire`); this task only wakes when the socket could not take one."""
 
     def __init__(self, mon: Any, feed: Feed, alerts: AlertLog) -> None:
         self.mon, self.feed, self.alerts = mon, feed, alerts
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("triage") is not None:  # a stream, not a request: no latency; ends at drain
-            scope["triage"].stream = True
+        ex = scope.get("triage")
+        if ex is not None:  # a stream, not a request: no latency; ends at drain
+            ex.stream = True
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        wire = wire_of(scope, ex.server_send) if ex is not None else None
         seen = self.alerts.join()
         group = self.feed.join()
         try:
@@ -150,10 +156,15 @@ class DashboardStream:
                 for alert in self.mon.health_report.value.alerts:
                     await chunk(send, event_bytes(alert))
                 nursery.start_soon(self._alerts, seen, send)
-                await self._snapshots(send, group)
+                if wire is None:
+                    await self._snapshots(send, group)
+                else:
+                    await self._wired(wire, group)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away mid-write
         finally:
+            if wire is not None:
+                self.feed.detach(wire, group)
             self.feed.leave()
             self.alerts.leave()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -163,6 +174,16 @@ class DashboardStream:
         while True:
             seen, frame = await self.feed.newer(seen, group)
             await chunk(send, frame)
+
+    async def _wired(self, wire: Wire, group: int) -> None:
+        """The builder writes our frames; we write the current one now, and catch up when it
+        could not (a slow reader, an alert being written)."""
+        self.feed.attach(wire, group)
+        wire.stalled.set()
+        while not wire.closed:
+            await wire.stalled.wait()
+            await wire.catch_up(self.feed.number, self.feed.chunk)
+        await trio.sleep_forever()  # the socket failed: the disconnect ends the stream
 
     async def _alerts(self, seen: int, send: Any) -> None:
         while True:
