@@ -42,6 +42,7 @@ from messages.health import camel
 
 DASHBOARD_PERIOD_S = 1.0     # every open stream costs a socket write per frame: 1,000 streams, 1,000 a second
 METRICS_EVERY_S = 1.0
+FINISH_S = 5.0               # at most this long for a chunk cut short to go out when a stream ends
 TRANSITIONS_KEPT = 50
 ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
@@ -165,6 +166,8 @@ class DashboardStream:
         finally:
             if wire is not None:
                 self.feed.detach(wire, group)
+                with trio.move_on_after(FINISH_S, shield=True):
+                    await wire.finish()
             self.feed.leave()
             self.alerts.leave()
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -101,6 +101,12 @@ class Wire:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.closed = True
 
+    async def finish(self) -> None:
+        """The stream ends: write the rest of a chunk cut short, so that what hypercorn sends
+        next (the last chunk) lands on a chunk boundary."""
+        if self.pending and not self.closed:
+            await self.catch_up(0, None)
+
 
 def wire_of(scope: dict, send: Any) -> Wire | None:
     """The socket behind hypercorn's `send` of a started, chunked HTTP/1.1 response; None when

@@ -21,9 +21,10 @@ from actors.http.wire import Wire, chunk_of, wire_of
 class Served:
     """A raw ASGI app whose GET / streams what the test offers through the wire (if it gets one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, catches_up: bool = True) -> None:
+        self.catches_up = catches_up  # False: the stream's task leaves a stalled wire alone until it ends
         self.wires: list[Wire | None] = []
-        self.arrived = trio.Event()
+        self.arrived, self.end = trio.Event(), trio.Event()
         self.number, self.chunk = 0, None
 
     def frame(self, body: bytes) -> bytes:
@@ -48,10 +49,20 @@ class Served:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(until_disconnect, receive, nursery.cancel_scope)
-            while not wire.closed:
-                await wire.stalled.wait()
-                await wire.catch_up(self.number, self.chunk)
-            await trio.sleep_forever()
+            nursery.start_soon(self._ends, nursery.cancel_scope)
+            try:
+                while not wire.closed and self.catches_up:
+                    await wire.stalled.wait()
+                    await wire.catch_up(self.number, self.chunk)
+                await trio.sleep_forever()
+            finally:
+                with trio.move_on_after(5, shield=True):
+                    await wire.finish()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _ends(self, scope: trio.CancelScope) -> None:
+        await self.end.wait()
+        scope.cancel()
 
 
 async def serve(nursery: trio.Nursery, app: Served) -> int:
@@ -135,6 +146,23 @@ async def test_wire_a_reader_that_stops_reading_skips_to_the_newest_frame_and_ch
         assert stalled_at + 1 not in ids and stalled_at + 2 not in ids  # skipped, never queued
         for event in client.body.split(b"id: ")[1:]:  # every frame whole
             assert event.partition(b"\ndata: ")[2] == big + b"\n\n"
+        await client.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_wire_a_stream_ended_with_a_chunk_cut_short_still_ends_on_a_chunk_boundary():
+    app = Served(catches_up=False)  # cancelled before its task could catch up (a drain, say)
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, app)
+        client = await Client.open(port)
+        with trio.fail_after(20):
+            await app.arrived.wait()
+            (wire,) = app.wires
+            wire.offer(1, app.frame(b"w" * (4 << 20)))   # more than the socket takes at once
+            assert wire.pending
+            app.end.set()                                # the stream ends: `finish` writes the rest
+            await client.read_until(lambda c: c.ended)  # h11 raises on a broken chunk
+        assert client.ids() == [1] and client.body.endswith(b"w" * 1000 + b"\n\n")
         await client.stream.aclose()
         nursery.cancel_scope.cancel()
 
