@@ -10,8 +10,10 @@ actor; plus an `alert` event for every alert as it happens. Reading snapshots
 costs the actors nothing but a published value (the metrics actor is asked
 without per-route series). The browser keeps the history for the charts.
 Every open stream reads the same frames: the snapshot is built and encoded once per tick
-by one builder (`actors.http.broadcast.Feed`), the alerts encoded once into the app's
-shared `AlertLog`; a slow stream skips to the newest snapshot and never queues them.
+by one builder (`actors.http.broadcast.Feed`), which also writes it, framed once as a chunk,
+straight to each plain HTTP/1.1 stream's socket (`actors.http.wire`: no wake-up and no trip
+through hypercorn's send path per stream), the alerts encoded once into the app's shared
+`AlertLog`; a slow stream skips to the newest snapshot and never queues them.
 
 Access is the detailed health report's: open in development; in production a
 bearer token, the `triage_token` cookie, or an allow-listed network. A browser
