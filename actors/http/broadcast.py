@@ -10,6 +10,10 @@ snapshot is built once per tick however many streams are open. Readers are woken
 `GROUPS` groups spread over half a period rather than all at once: 1,000 socket writes in
 one scheduler batch would hold every other task (a health probe) for the whole burst.
 
+A reader with a `Wire` (a plain HTTP/1.1 socket, `actors.http.wire`) is not woken at all:
+the builder writes the frame, pre-framed once as a chunk for all of them, straight to its
+socket, group by group; only a wire that could not take it wakes its own task to catch up.
+
 `AlertLog` does the same for alerts, which must not be skipped while a reader keeps up: a
 tap on the event bus encodes each alert once, as its server-sent event, into a bounded log
 of (number, severity rank, bytes); each reader keeps its own place and takes what is newer
@@ -29,6 +33,7 @@ import msgspec
 import trio
 from loguru import logger
 
+from actors.http.wire import Wire, chunk_of
 from messages.health import SEVERITY_RANK, Alert
 
 ALERTS_KEPT = 256
@@ -43,10 +48,12 @@ class Feed:
     def __init__(self, name: str, build: Callable[[], Awaitable[bytes | None]], period_s: float) -> None:
         self.name, self.build, self.period_s = name, build, period_s
         self.frame: bytes | None = None
+        self.chunk: bytes | None = None  # the frame as one chunk of a chunked body (for wires)
         self.number = 0          # of the newest frame; 0 before the first
         self.readers = 0
         self.builds = 0          # frames built so far (once per tick, not once per reader)
         self._changed = [trio.Event() for _ in range(GROUPS)]
+        self._wires: list[set[Wire]] = [set() for _ in range(GROUPS)]
         self._joined = 0
         self._running = False
 
@@ -62,6 +69,13 @@ class Feed:
     def leave(self) -> None:
         self.readers -= 1
 
+    def attach(self, wire: Wire, group: int) -> None:
+        """From now on the builder writes each new frame to `wire` itself (see the module doc)."""
+        self._wires[group].add(wire)
+
+    def detach(self, wire: Wire, group: int) -> None:
+        self._wires[group].discard(wire)
+
     async def newer(self, seen: int, group: int = 0) -> tuple[int, bytes]:
         """The newest frame once its number is above `seen`: (number, frame)."""
         while self.number <= seen or self.frame is None:
@@ -69,11 +83,14 @@ class Feed:
         return self.number, self.frame
 
     async def publish(self, frame: bytes) -> None:
-        """The new frame; its readers are woken group by group over half a period."""
-        self.frame, self.number = frame, self.number + 1
+        """The new frame; its readers are written to, or woken, group by group over half a period."""
+        self.frame, self.chunk, self.number = frame, chunk_of(frame), self.number + 1
+        number, chunk = self.number, self.chunk
         for group in range(GROUPS):
             if group:
                 await trio.sleep(self.period_s / 2 / GROUPS)
+            for wire in tuple(self._wires[group]):
+                wire.offer(number, chunk)
             event, self._changed[group] = self._changed[group], trio.Event()
             event.set()
 
@@ -97,7 +114,7 @@ class Feed:
                 await trio.sleep_until(due)
         finally:
             self._running = False
-            self.frame = None    # a reader who comes later waits for a fresh one
+            self.frame = self.chunk = None  # a reader who comes later waits for a fresh one
 
 
 class AlertLog:

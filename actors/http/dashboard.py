@@ -10,8 +10,10 @@ actor; plus an `alert` event for every alert as it happens. Reading snapshots
 costs the actors nothing but a published value (the metrics actor is asked
 without per-route series). The browser keeps the history for the charts.
 Every open stream reads the same frames: the snapshot is built and encoded once per tick
-by one builder (`actors.http.broadcast.Feed`), the alerts encoded once into the app's
-shared `AlertLog`; a slow stream skips to the newest snapshot and never queues them.
+by one builder (`actors.http.broadcast.Feed`), which also writes it, framed once as a chunk,
+straight to each plain HTTP/1.1 stream's socket (`actors.http.wire`: no wake-up and no trip
+through hypercorn's send path per stream), the alerts encoded once into the app's shared
+`AlertLog`; a slow stream skips to the newest snapshot and never queues them.
 
 Access is the detailed health report's: open in development; in production a
 bearer token, the `triage_token` cookie, or an allow-listed network. A browser
@@ -36,11 +38,13 @@ from starlette.routing import Route
 
 from actors.http.broadcast import AlertLog, Feed, event_bytes
 from actors.http.sse import HEADERS, chunk, until_disconnect
+from actors.http.wire import Wire, wire_of
 from messages.events import BreakerTransition
 from messages.health import camel
 
 DASHBOARD_PERIOD_S = 1.0     # every open stream costs a socket write per frame: 1,000 streams, 1,000 a second
 METRICS_EVERY_S = 1.0
+FINISH_S = 5.0               # at most this long for a chunk cut short to go out when a stream ends
 TRANSITIONS_KEPT = 50
 ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
@@ -132,15 +136,20 @@ class Snapshots:
 
 
 class DashboardStream:
-    """ASGI app: SSE of the shared snapshot frames (at most every DASHBOARD_PERIOD_S) and alerts."""
+    """ASGI app: SSE of the shared snapshot frames (at most every DASHBOARD_PERIOD_S) and alerts.
+
+    On a plain HTTP/1.1 connection the feed's builder writes the frames to the socket itself
+    (`actors.http.wire`); this task only wakes when the socket could not take one."""
 
     def __init__(self, mon: Any, feed: Feed, alerts: AlertLog) -> None:
         self.mon, self.feed, self.alerts = mon, feed, alerts
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("triage") is not None:  # a stream, not a request: no latency; ends at drain
-            scope["triage"].stream = True
+        ex = scope.get("triage")
+        if ex is not None:  # a stream, not a request: no latency; ends at drain
+            ex.stream = True
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        wire = wire_of(scope, ex.server_send) if ex is not None else None
         seen = self.alerts.join()
         group = self.feed.join()
         try:
@@ -150,10 +159,17 @@ class DashboardStream:
                 for alert in self.mon.health_report.value.alerts:
                     await chunk(send, event_bytes(alert))
                 nursery.start_soon(self._alerts, seen, send)
-                await self._snapshots(send, group)
+                if wire is None:
+                    await self._snapshots(send, group)
+                else:
+                    await self._wired(wire, group)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away mid-write
         finally:
+            if wire is not None:
+                self.feed.detach(wire, group)
+                with trio.move_on_after(FINISH_S, shield=True):
+                    await wire.finish()
             self.feed.leave()
             self.alerts.leave()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -163,6 +179,16 @@ class DashboardStream:
         while True:
             seen, frame = await self.feed.newer(seen, group)
             await chunk(send, frame)
+
+    async def _wired(self, wire: Wire, group: int) -> None:
+        """The builder writes our frames; we write the current one now, and catch up when it
+        could not (a slow reader, an alert being written)."""
+        self.feed.attach(wire, group)
+        wire.stalled.set()
+        while not wire.closed:
+            await wire.stalled.wait()
+            await wire.catch_up(self.feed.number, self.feed.chunk)
+        await trio.sleep_forever()  # the socket failed: the disconnect ends the stream
 
     async def _alerts(self, seen: int, send: Any) -> None:
         while True:

@@ -109,7 +109,7 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = trio.current_time()
-        ex = scope["triage"] = RequestState()
+        ex = scope["triage"] = RequestState(send)
         reply = _Reply(send)
         try:
             await self._handle(scope, receive, reply, ex, t0)

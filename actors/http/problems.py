@@ -95,11 +95,13 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 
 
 class RequestState:
-    """What a handler tells the edge about its request."""
+    """What a handler tells the edge about its request; and, for a stream, the server's own
+    `send` (before any middleware wraps it: `actors.http.wire` writes past it)."""
 
-    __slots__ = ("outcome", "rated", "stale", "tier", "stream", "_request_id", "logged")
+    __slots__ = ("outcome", "rated", "stale", "tier", "stream", "_request_id", "logged", "server_send")
 
-    def __init__(self) -> None:
+    def __init__(self, server_send: Any = None) -> None:
+        self.server_send = server_send
         self.outcome: Outcome | None = None
         self.rated = True  # False: in no error rate (health's own answers, see `app.health`)
         self.stale = False  # True: a fallback answer (cached data while the database is refused)

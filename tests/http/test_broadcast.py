@@ -111,8 +111,8 @@ def test_alert_log_a_reader_far_behind_loses_the_oldest_counted_and_memory_stays
     assert not log.items
 
 
-@pytest.mark.parametrize("streams", [3])
-async def test_dashboard_streams_get_the_same_frames(database_url, streams):
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])  # 1.1: written by the feed (a wire); 1.0: through ASGI
+async def test_dashboard_streams_get_the_same_frames(database_url, version, streams=3):
     from functools import partial
 
     import hypercorn.trio
@@ -126,7 +126,7 @@ async def test_dashboard_streams_get_the_same_frames(database_url, streams):
         stream = await trio.open_tcp_stream(host, port)
         got: list[bytes] = []
         async with stream:
-            await stream.send_all(b"GET /api/dashboard/stream HTTP/1.1\r\nhost: t\r\n\r\n")
+            await stream.send_all(b"GET /api/dashboard/stream HTTP/%s\r\nhost: t\r\n\r\n" % version)
             buffer = b""
             while len(got) < n:
                 buffer += await stream.receive_some(65536)
