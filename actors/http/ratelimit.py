@@ -2,7 +2,9 @@
 
 Theory of operation. For each HTTP request the middleware picks a policy from
 the route (or none: the app is called untouched), builds the key, asks the
-limiter (`Monitoring.check_rate`) once, and then either calls the app with a
+limiter once (`Monitoring.check_rate_nowait`: a lent key decided in place, no
+checkpoint, since the request goes on to its handler; else `check_rate`), and
+then either calls the app with a
 `send` that adds the rate-limit header fields to `http.response.start`, or
 answers 429 itself with an RFC 9457 problem body, without calling the app.
 
