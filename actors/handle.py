@@ -102,14 +102,7 @@ class Monitoring:
         `cost` is an int >= 1 (else TypeError / ValueError). A cost above the policy's limit
         can never be allowed: a refusal with `retry_after_s=inf`, `reason="cost_exceeds_limit"`.
         """
-        if self.closed:
-            raise ShuttingDown()
-        if type(policy) is not str and not isinstance(policy, str):
-            raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
-        if cost != 1 or type(cost) is not int:
-            check_cost(cost)
-        if type(key) is not str:
-            key = str(key)
+        key = self._rate_args(policy, key, cost)
         # The checkpoint first (cancelled: nothing spent); then the fleet's cached refusal (the
         # local quota is kept), then a key the limiter has lent is decided here, with no await
         # between look-up and decision; any other is asked (see "Lending" in actors.limiter).
@@ -128,6 +121,33 @@ class Monitoring:
         if not decision.allowed:
             self._metrics.tell_lazy(Count(what="rate_limit_violation", label=policy, at=now))
         return decision
+
+    def check_rate_nowait(self, policy: str, key: str, cost: int = 1) -> RateDecision:
+        """`check_rate` decided in this task without waiting, and not a checkpoint (trio's
+        ``*_nowait`` convention): for a key the limiter has lent (or an exempt one) when no
+        `[fleet]` is configured. Otherwise raises `trio.WouldBlock`, having spent nothing:
+        then `await check_rate(...)`. For a caller that checkpoints anyway, such as an HTTP
+        request on its way to a handler (`actors.http.ratelimit`)."""
+        key = self._rate_args(policy, key, cost)
+        if self.fleet_handle is not None:
+            raise trio.WouldBlock
+        now = trio.current_time()
+        decision = self._lent.check(policy, key, now, cost)
+        if decision is None:
+            raise trio.WouldBlock
+        if not decision.allowed:
+            self._metrics.tell_lazy(Count(what="rate_limit_violation", label=policy, at=now))
+        return decision
+
+    def _rate_args(self, policy: str, key: str, cost: int) -> str:
+        """Checks `check_rate`'s arguments; the key as a str."""
+        if self.closed:
+            raise ShuttingDown()
+        if type(policy) is not str and not isinstance(policy, str):
+            raise InvalidArgumentType(f"policy must be a str, got {policy!r}")
+        if cost != 1 or type(cost) is not int:
+            check_cost(cost)
+        return key if type(key) is str else str(key)
 
     async def peek_rate(self, policy: str, key: str) -> RateDecision:
         """The decision a cost-1 `check_rate` would get now, spending no quota (like `limits`'

@@ -45,8 +45,28 @@ class BreakerConfigIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(msgspec.json.encode(data), status_code=status, media_type="application/json",
+    """`data` as JSON, ``Cache-Control: no-store``; `headers` added (or overriding those)."""
+    body = msgspec.json.encode(data)
+    if headers is None and 200 <= status and status not in (204, 304):
+        return JSONBody(body, status)
+    return Response(body, status_code=status, media_type="application/json",
                     headers={"cache-control": "no-store", **(headers or {})})
+
+
+_NO_STORE = (b"cache-control", b"no-store")
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+class JSONBody(Response):
+    """Encoded JSON with ``Cache-Control: no-store``: the header fields and their order that
+    `Response(body, media_type="application/json", headers=NO_STORE)` gives, built directly
+    (Starlette builds them through a header mapping: a few µs on every answer)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        self.status_code, self.body, self.background = status, body, None
+        self.raw_headers = [_NO_STORE, (b"content-length", b"%d" % len(body)), _JSON_TYPE]
 
 
 async def read_json(request: Request, kind: Any) -> Any:

@@ -284,19 +284,24 @@ def _body_headers(scope: dict) -> tuple[int | None, bool]:
 class _Reply:
     """`send`, remembering what was sent."""
 
-    __slots__ = ("_send", "status", "started", "finished", "chunked")
+    __slots__ = ("_send", "status", "started", "finished", "_headers")
 
     def __init__(self, send: Any) -> None:
         self._send = send
         self.status: int | None = None
         self.started = self.finished = False
-        self.chunked = True
+        self._headers: Any = ()
+
+    @property
+    def chunked(self) -> bool:
+        """The response started has no Content-Length (read only when a request is cut off)."""
+        return not any(k.lower() == b"content-length" for k, _ in self._headers)
 
     async def __call__(self, message: dict) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.started, self.status = True, message["status"]
-            self.chunked = not any(k.lower() == b"content-length" for k, _ in message.get("headers", ()))
+            self._headers = message.get("headers", ())
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)

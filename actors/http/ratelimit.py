@@ -2,7 +2,9 @@
 
 Theory of operation. For each HTTP request the middleware picks a policy from
 the route (or none: the app is called untouched), builds the key, asks the
-limiter (`Monitoring.check_rate`) once, and then either calls the app with a
+limiter once (`Monitoring.check_rate_nowait`: a lent key decided in place, no
+checkpoint, since the request goes on to its handler; else `check_rate`), and
+then either calls the app with a
 `send` that adds the rate-limit header fields to `http.response.start`, or
 answers 429 itself with an RFC 9457 problem body, without calling the app.
 
@@ -69,6 +71,8 @@ Headers = list[tuple[bytes, bytes]]
 V = TypeVar("V")
 
 PEER_KEYS = 4096    # peer addresses whose key is remembered (cleared when full)
+POLICY_MEMO = 4096  # (method, path) pairs whose policy is remembered (cleared when full)
+_UNKNOWN = object()
 LOG_EVERY_S = 10.0  # at most one refusal summary line per policy per this many seconds
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
@@ -321,6 +325,7 @@ class RateLimitMiddleware:
         self._user_key, self._cost, self._on_refusal = user_key, cost, on_refusal
         self._summary = RefusalSummary()
         self._peer_keys: dict[Any, str] = {}  # peer address -> its key ("" for a trusted proxy)
+        self._policies: dict[tuple[str, str], str | None] = {}  # (method, path) -> policy_for's answer
         self._windows, self._override_windows = _windows(mon.config)
         for policy in (route_policies or {}).values():
             _check_policy(policy, self._windows, "route_policies")
@@ -335,7 +340,11 @@ class RateLimitMiddleware:
             return await self.app(scope, receive, send)
         try:
             key = self.key_for(scope)
-            decision = await self.mon.check_rate(policy, key, self._cost(scope) if self._cost else 1)
+            cost = self._cost(scope) if self._cost else 1
+            try:  # a lent key: decided here, no checkpoint (the request reaches one soon enough)
+                decision = self.mon.check_rate_nowait(policy, key, cost)
+            except trio.WouldBlock:
+                decision = await self.mon.check_rate(policy, key, cost)
         except (ShuttingDown, ActorCrashed):
             return await _answer(send, 503, *_problem(
                 503, "Service Unavailable", "Rate limiting is unavailable; retry shortly"))
@@ -345,11 +354,21 @@ class RateLimitMiddleware:
         window_s = self._window(policy, key)
         if not decision.allowed:
             return await self._refuse(scope, send, policy, key, decision, window_s)
-        await self.app(scope, receive, self._sender(send, decision, window_s))
+        await self.app(scope, receive, _RateHeaderSend(send, decision, window_s))
 
     def policy_for(self, scope: Scope) -> str | None:
         """The policy limiting this request, or None."""
-        method, path = scope.get("method", "GET").upper(), scope.get("path", "")
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        memo = self._policies
+        policy = memo.get((method, path), _UNKNOWN)
+        if policy is _UNKNOWN:  # first time for this (method, path): remembered (a bounded memo)
+            policy = self._policy_for(method.upper(), path)
+            if len(memo) >= POLICY_MEMO:
+                memo.clear()
+            memo[(method, path)] = policy
+        return policy
+
+    def _policy_for(self, method: str, path: str) -> str | None:
         if self._exempt.match(method, path):
             return None
         policy = self._routes.match(method, path)
@@ -374,9 +393,6 @@ class RateLimitMiddleware:
                 self._peer_keys.clear()
             self._peer_keys[client[0]] = key
         return key or _client_key(scope, self._nets)
-
-    def _sender(self, send: Any, decision: RateDecision, window_s: float) -> Any:
-        return _RateHeaderSend(send, decision, window_s)
 
     async def _refuse(self, scope: Scope, send: Any, policy: str, key: str, d: RateDecision, window_s: float) -> None:
         retry = retry_after(d)
@@ -418,12 +434,12 @@ class _RateHeaderSend:
         self._send, self._decision, self._window_s, self._started = send, decision, window_s, False
 
     async def __call__(self, message: dict) -> None:
-        if not self._started and message["type"] == "http.response.start":
-            self._started = True
-            d, now = self._decision, trio.current_time()
-            extra = rate_headers(d, self._window_s, d.reset_at - now, time.time(), d.more_at - now)
-            message = {**message, "headers": _merge_headers(message.get("headers", ()), extra)}
-        await self._send(message)
+        if self._started or message["type"] != "http.response.start":
+            return await self._send(message)
+        self._started = True
+        d, now = self._decision, trio.current_time()
+        extra = rate_headers(d, self._window_s, d.reset_at - now, time.time(), d.more_at - now)
+        await self._send({**message, "headers": _merge_headers(message.get("headers", ()), extra)})
 
 
 async def _answer(send: Any, status: int, headers: Headers, body: bytes) -> None:

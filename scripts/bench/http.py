@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench/http.py [--route health|animals] [--seconds 3] [--rounds 5]
                                            [--connections 32] [--database-url URL | --no-database]
+                                           [--baseline-tree DIR] [--in-process [--requests N]]
 
 Both servers run as subprocesses on loopback with the same hypercorn settings
 (trio worker, one process each, pinned to CPU 0; the load on CPU 1). This
@@ -28,6 +29,14 @@ same query on 8 connections of raw non-blocking psycopg (`pgconn` driven with
 Triage class) from one Starlette route and encodes the same body with msgspec.
 Target: CPU per request ratio <= 1.3. Needs PostgreSQL.
 
+``--in-process``: Triage's own share, without hypercorn and sockets (the same in both
+servers, and most of the noise on a shared machine): both ASGI apps, built exactly as the
+servers build them, called directly in this process by `--connections` callers at once,
+alternating rounds of `--requests`; prints each app's process CPU per request, the
+difference (Triage's own work a request) and the ratio of the apps alone. Both apps live in
+one process, so Triage's background actors are charged to the bare app's rounds too (a
+fraction of a µs a request).
+
 The database: --database-url; else DATABASE_URL, else an embedded one (the serving
 rule); --no-database for none (health only).
 """
@@ -48,6 +57,7 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 from contextlib import AbstractContextManager, nullcontext  # noqa: E402
 from functools import partial  # noqa: E402
+from typing import Any  # noqa: E402
 
 import trio  # noqa: E402
 
@@ -63,7 +73,7 @@ SLOTS = 8  # the bare app's connections: Triage's default max_concurrent
 
 # -- the servers (child processes) ----------------------------------------------------------
 
-async def serve_bare(route: str, database_url: str | None) -> None:
+async def serve_bare(route: str, database_url: str | None, run: Any = None) -> None:
     import hypercorn.trio
     from starlette.applications import Starlette
     from starlette.responses import Response
@@ -79,7 +89,7 @@ async def serve_bare(route: str, database_url: str | None) -> None:
 
     if route == "health":
         app = Starlette(routes=[Route("/api/health", health)])
-        return await _serve(hypercorn.trio.serve, app, hypercorn_config(HttpConfig(port=0)))
+        return await (run or _serve)(hypercorn.trio.serve, app, hypercorn_config(HttpConfig(port=0)))
     pool = BarePool(database_url, SLOTS)
     sql = BARE_ANIMALS.format(s=HttpConfig().demo_schema).encode()
 
@@ -92,7 +102,7 @@ async def serve_bare(route: str, database_url: str | None) -> None:
                         headers={"cache-control": "no-store"})
 
     app = Starlette(routes=[Route("/api/animals", animals)])
-    await _serve(hypercorn.trio.serve, app, hypercorn_config(HttpConfig(port=0)))
+    await (run or _serve)(hypercorn.trio.serve, app, hypercorn_config(HttpConfig(port=0)))
 
 
 # The reference service's query (examples/vet_tracker/schema.py), in libpq's $n form.
@@ -152,7 +162,7 @@ class BarePool:
         return rows
 
 
-async def serve_triage(route: str, database_url: str | None) -> None:
+async def serve_triage(route: str, database_url: str | None, run: Any = None) -> None:
     import hypercorn.trio
 
     from actors import open_monitoring
@@ -171,7 +181,7 @@ async def serve_triage(route: str, database_url: str | None) -> None:
 
             service = DemoService(mon, http)
             app = create_app(mon, http, service=service)
-        await _serve(hypercorn.trio.serve, app, hypercorn_config(http))
+        await (run or _serve)(hypercorn.trio.serve, app, hypercorn_config(http))
 
 
 async def _serve(serve, app, hc) -> None:
@@ -179,6 +189,117 @@ async def _serve(serve, app, hc) -> None:
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, app, hc))
         print(binds[0].rsplit(":", 1)[1], flush=True)  # the port, for the parent
+
+
+# -- in process: the two ASGI apps alone ----------------------------------------------------
+
+async def in_process(route: str, database_url: str | None, rounds: int, requests: int,
+                     connections: int) -> dict[str, list[float]]:
+    """CPU µs per request of each app called directly (no hypercorn, no sockets), alternating."""
+    apps: dict[str, Any] = {}
+
+    def keep(kind: str) -> Any:
+        async def run(serve: Any, app: Any, hc: Any) -> None:
+            apps[kind] = app
+            await trio.sleep_forever()
+        return run
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_triage, route, database_url, keep("triage"))
+        nursery.start_soon(serve_bare, route, database_url, keep("bare"))
+        while len(apps) < 2:
+            await trio.sleep(0.05)
+        await nursery.start(_lifespan, apps["triage"])  # the reference service sets its tables up
+        path = PATHS[route]
+        for app in apps.values():
+            with trio.fail_after(60):
+                while not await _answers(app, path):
+                    await trio.sleep(0.2)
+            await _drive(app, path, 2000, connections)  # warm-up
+        results: dict[str, list[float]] = {"triage": [], "bare": []}
+        for r in range(rounds):
+            for kind in (("triage", "bare") if r % 2 == 0 else ("bare", "triage")):
+                results[kind].append(await _drive(apps[kind], path, requests, connections))
+                print(f"  round {r + 1} {kind:<6}  CPU {results[kind][-1] * 1e6:6.1f} µs/request", flush=True)
+        nursery.cancel_scope.cancel()
+    return results
+
+
+async def _lifespan(app: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    started = False
+
+    async def receive() -> dict:
+        if not started:
+            return {"type": "lifespan.startup"}
+        await trio.sleep_forever()
+
+    async def send(message: dict) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            task_status.started()
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+
+
+def _http_scope(path: str) -> dict:
+    """A request's scope as hypercorn builds it."""
+    return {"type": "http", "asgi": {"spec_version": "2.3", "version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "headers": [(b"host", b"bench")], "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000), "extensions": {}, "state": {}}
+
+
+_REQUEST = {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _receive() -> dict:
+    return _REQUEST
+
+
+async def _answers(app: Any, path: str) -> bool:
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+    await app(_http_scope(path), _receive, send)
+    return sent[0]["status"] == 200
+
+
+async def _drive(app: Any, path: str, requests: int, connections: int) -> float:
+    """Process CPU seconds per request over `requests`, `connections` callers at once."""
+    failed: list[int] = []
+
+    async def caller(n: int) -> None:
+        for _ in range(n):
+            status = 0
+
+            async def send(message: dict) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+            await app(_http_scope(path), _receive, send)
+            if status != 200:
+                failed.append(status)
+
+    per = requests // connections
+    cpu0 = time.process_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(connections):
+            nursery.start_soon(caller, per)
+    cpu = time.process_time() - cpu0
+    if failed:
+        raise RuntimeError(f"{len(failed)} answers were not 200 (first: {failed[0]})")
+    return cpu / (per * connections)
+
+
+def report_in_process(results: dict[str, list[float]]) -> None:
+    med = {k: statistics.median(v) for k, v in results.items()}
+    per_round = [t / b for t, b in zip(results["triage"], results["bare"], strict=True)]
+    print(f"median triage {med['triage'] * 1e6:6.1f} µs/request   bare {med['bare'] * 1e6:6.1f} µs/request   "
+          f"Triage's own share {(med['triage'] - med['bare']) * 1e6:5.1f} µs")
+    print(f"ratio triage/bare (the apps alone): CPU per request {med['triage'] / med['bare']:.2f} "
+          f"(per round {min(per_round):.2f}–{max(per_round):.2f})")
 
 
 # -- the load (this process) ----------------------------------------------------------------
@@ -280,6 +401,9 @@ def main() -> None:
     p.add_argument("--database-url")
     p.add_argument("--no-database", action="store_true")
     p.add_argument("--baseline-tree", type=Path, help="also serve Triage from this checkout ('before')")
+    p.add_argument("--in-process", action="store_true",
+                   help="call both ASGI apps in this process, without hypercorn or sockets")
+    p.add_argument("--requests", type=int, default=10_000, help="per round, with --in-process")
     p.add_argument("--serve", choices=("bare", "triage"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve == "bare":
@@ -289,6 +413,11 @@ def main() -> None:
     if args.route == "animals" and args.no_database:
         p.error("--route animals needs a database")
     with database(args) as url:
+        if args.in_process:
+            print(f"GET {PATHS[args.route]} in process, {args.connections} callers at once, {args.requests} "
+                  f"requests per round, {args.rounds} rounds; Triage database: {'PostgreSQL' if url else 'none'}")
+            return report_in_process(trio.run(in_process, args.route, url, args.rounds, args.requests,
+                                              args.connections))
         compare(args, url)
 
 

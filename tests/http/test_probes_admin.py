@@ -10,11 +10,12 @@ import sys
 import trio
 import trio.testing
 from _http import problem, serving, wait_status
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from actors import CircuitOpen
 from actors.faults import Down, FaultProxy, proxied_dsn
+from actors.http.admin import json_response
 from actors.pg.connection import PgConnection
 from messages.config import BreakerConfig, Config, DatabaseConfig, QueueConfig, RatePolicy
 from messages.http_config import HttpConfig
@@ -223,3 +224,17 @@ async def test_admin_422_names_the_field_for_a_wrong_type_an_unknown_or_a_missin
     for r, (_, body, field) in zip(answers, cases, strict=True):
         assert r.status_code == 422, (body, r.text)
         assert problem(r).get("field") == field, (body, r.text)
+
+
+def test_json_response_header_fields_are_starlettes_own():
+    """`json_response` builds its fields directly (`JSONBody`): the same fields, in the same
+    order, as Starlette's `Response` with the JSON media type and ``Cache-Control: no-store``."""
+    for status, data in ((200, {"animals": [], "stale": False}), (201, [1, 2]), (422, {"a": "é"})):
+        ours = json_response(data, status)
+        theirs = Response(ours.body, status_code=status, media_type="application/json",
+                          headers={"cache-control": "no-store"})
+        assert (ours.status_code, ours.raw_headers, ours.body) == (theirs.status_code, theirs.raw_headers,
+                                                                   theirs.body)
+        assert ours.headers["content-type"] == "application/json"
+    stale = json_response({}, headers={"x-triage-stale": "true"})  # extra fields: Starlette's path
+    assert stale.raw_headers[:2] == [(b"cache-control", b"no-store"), (b"x-triage-stale", b"true")]

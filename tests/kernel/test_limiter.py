@@ -112,6 +112,26 @@ async def test_mon_peek_rate_on_a_lent_key_spends_nothing(autojump_clock):
         assert [(await mon.check_rate("auth", "user:1")).allowed for _ in range(3)] == [True, True, False]
 
 
+async def test_mon_check_rate_nowait_decides_a_lent_key_in_place_and_refuses_to_guess_others(autojump_clock):
+    async with open_monitoring(config()) as mon:
+        with pytest.raises(trio.WouldBlock):  # not lent yet: only the limiter can decide
+            mon.check_rate_nowait("auth", "user:1")
+        assert (await mon.peek_rate("auth", "user:1")).remaining == 5  # nothing spent
+        await mon.check_rate("auth", "user:1")
+        assert len(mon.limiter.lent) == 1
+        with trio.CancelScope() as scope:  # no checkpoint: a cancelled scope does not stop it
+            scope.cancel()
+            decisions = [mon.check_rate_nowait("auth", "user:1") for _ in range(5)]
+        assert not scope.cancelled_caught
+        assert [d.allowed for d in decisions] == [True, True, True, True, False]
+        assert decisions[-1].remaining == 0
+        assert mon.check_rate_nowait("auth", "vip").allowed  # an exempt key
+        await trio.sleep(1)  # the metrics actor applies the counted violation
+        assert (await mon.metrics()).rate_limit_violations_per_hour["auth"] == 1
+        with pytest.raises(ValueError):
+            mon.check_rate_nowait("auth", "user:1", 0)
+
+
 @pytest.mark.parametrize("lent", [True, False])
 async def test_mon_check_rate_cancelled_spends_nothing(autojump_clock, lent):
     async with open_monitoring(config()) as mon:
