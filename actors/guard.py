@@ -24,9 +24,9 @@ from actors.breaker import refused_retry
 from actors.breaker import snapshot as breaker_snapshot
 from actors.pg.pool import ConnectionLease, Offers, corrected
 from actors.pg.pool_probe import check_pool
-from actors.runtime.actor import SupervisedActor, run_inline
+from actors.runtime.actor import SupervisedActor, inline_ready, run_inline
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
-from actors.scheduler import check_priority, refuses
+from actors.scheduler import check_priority, park, pass_on, refuses
 from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import (
     Admit,
@@ -221,11 +221,12 @@ class QueueHandle:
             # holds is a reference cycle, and a retry storm of those keeps the GC busy.
             raise QueueFull(_PRIORITIES[priority], depth)
         reply = Reply()
-        msg = Admit(reply=reply, priority=priority, at=now, deadline=deadline, conn=conn, probe=probe)
-        if not self._inline(msg, now):
-            await self._inbox.put_ask(msg)
-        elif checkpoint and reply.answered:  # granted or refused at once
-            await cancel_shielded_checkpoint()
+        if conn or probe or not self._park(reply, priority, now, deadline):
+            msg = Admit(reply=reply, priority=priority, at=now, deadline=deadline, conn=conn, probe=probe)
+            if not self._inline(msg, now):
+                await self._inbox.put_ask(msg)
+            elif checkpoint and reply.answered:  # granted or refused at once
+                await cancel_shielded_checkpoint()
         try:
             admitted = await reply.wait()
         except BaseException:
@@ -237,6 +238,35 @@ class QueueHandle:
     def _inline(self, msg: Any, now: float) -> bool:
         """The scheduler's core applies `msg` in this task when the actor would do so next."""
         return self._cell is not None and run_inline(self._cell, msg, now)
+
+    def _park(self, reply: Reply, priority: int, now: float, deadline: float) -> bool:
+        """An arrival that must wait parks from this task, without a message, when the actor
+        would handle its Admit next (`actors.scheduler.park`); False: send the Admit."""
+        cell = self._cell
+        if cell is None or self._entries or not inline_ready(cell):
+            return False
+        s = cell.state
+        if not park(s, reply, check_priority(priority), now, deadline):
+            return False
+        cell.inbox.wake_by(s.next_deadline)  # the actor wakes for the earliest deadline
+        return True
+
+    def _pass_on(self, token: Any, now: float) -> Any:
+        """Hand the slot of a holder with no connection straight to the next waiter from this
+        task, when the actor would handle its Release next (`actors.scheduler.pass_on`); a
+        waiter that has just gone passes it on in turn, as `undelivered` would. Returns the
+        token whose Release is still owed (None: none is)."""
+        cell = self._cell
+        if cell is None or not inline_ready(cell):
+            return token
+        s = cell.state
+        while True:
+            handed = pass_on(s, token, now)
+            if handed is None:
+                return token
+            token, granted = handed
+            if token.deliver(granted):
+                return None
 
     def _tell(self, msg: Any, now: float | None = None) -> bool:
         if self._cell is not None and run_inline(self._cell, msg, trio.current_time() if now is None else now):
@@ -252,6 +282,14 @@ class QueueHandle:
         waits, a clean slot goes straight back on the offer list (see `actors.pg.pool.Offers`).
         """
         offers = self.offers
+        if conn is None and not discarded and (lease is None or (lease.conn is None and not lease.connect)):
+            if now is None:
+                now = trio.current_time()
+            left = self._pass_on(token, now)  # callers wait: the slot goes straight on
+            if left is None:
+                return True
+            if left is not token:  # granted to a caller that had just gone: back as `undelivered`
+                return self._tell(Release(reply=left), now)
         if offers is not None and not discarded and offers.put_back(token, conn, lease):
             return True
         if lease is not None and conn is None and not discarded:

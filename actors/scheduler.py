@@ -258,6 +258,49 @@ def _expire(s: SchedulerState, now: float) -> list:
     return effects
 
 
+# --- the contended hot path: an Admit that waits, a Release that hands over, no message ----
+
+def park(s: SchedulerState, reply: Any, priority: int, now: float, deadline: float) -> bool:
+    """Park an arrival (a valid priority, no connection, no probe) exactly as `_admit` would
+    when it must wait: no free slot, its deadline ahead, room in the queue. False: any other
+    case, which goes through `apply`. Everything that can fail comes before the one change."""
+    if s.depth >= s.cfg.max_queue_size or deadline <= now or _free(s) > 0:
+        return False
+    waiter = Waiter(reply, priority, now, deadline, False)
+    s.waiting[priority].append(waiter)
+    s.depth += 1
+    if deadline < s.next_deadline:
+        s.next_deadline = deadline
+    return True
+
+
+def pass_on(s: SchedulerState, token: Any, now: float) -> tuple[Any, Admitted] | None:
+    """A holder with no connection to give back releases while callers wait: its slot goes
+    to the most urgent waiter, oldest first, exactly as `_release` hands it over, and that
+    (reply, grant) is returned to deliver. None: any other case (a connection to lease or
+    return, a lowered limit, nobody waiting), which goes through `apply`. The grant is
+    computed before anything changes, so a failure leaves the state as it was."""
+    holders = s.holders
+    if not s.depth or token not in holders:
+        return None
+    limit = s.limit
+    if len(holders) != (s.cfg.max_concurrent if limit is None else limit):
+        return None  # above a lowered limit, the slot is not handed on
+    for q in s.waiting:
+        if q:
+            break
+    first = q[0]
+    if first.conn:
+        return None
+    granted = Admitted(waited_s=max(now - first.at, 0.0))
+    holders.discard(token)
+    q.popleft()
+    s.depth -= 1
+    holders.add(first.reply)
+    s.admitted += 1
+    return first.reply, granted
+
+
 def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> list:
     tokens = [t for t in msg.tokens if t in s.holders]
     s.pool, gone = drop_idle(s.pool, msg.conns, len(tokens))
