@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from msgspec.structs import astuple
@@ -260,18 +261,21 @@ def _expire(s: SchedulerState, now: float) -> list:
 
 # --- the contended hot path: an Admit that waits, a Release that hands over, no message ----
 
-def park(s: SchedulerState, reply: Any, priority: int, now: float, deadline: float) -> bool:
+def park(s: SchedulerState, make_reply: Callable[[], Any], priority: int, now: float,
+         deadline: float) -> Any:
     """Park an arrival (a valid priority, no connection, no probe) exactly as `_admit` would
-    when it must wait: no free slot, its deadline ahead, room in the queue. False: any other
-    case, which goes through `apply`. Everything that can fail comes before the one change."""
+    when it must wait: no free slot, its deadline ahead, room in the queue. Returns its reply
+    (`make_reply()`, made only then); None: any other case, which goes through `apply`.
+    Everything that can fail comes before the one change."""
     if s.depth >= s.cfg.max_queue_size or deadline <= now or _free(s) > 0:
-        return False
+        return None
+    reply = make_reply()
     waiter = Waiter(reply, priority, now, deadline, False)
     s.waiting[priority].append(waiter)
     s.depth += 1
     if deadline < s.next_deadline:
         s.next_deadline = deadline
-    return True
+    return reply
 
 
 def pass_on(s: SchedulerState, token: Any, now: float) -> tuple[Any, Admitted] | None:
