@@ -365,7 +365,7 @@ class Guard:
                  "_trial", "_epoch", "_token", "_t0", "_waited", "_lease")
 
     def __init__(self, breaker: BreakerHandle, queue: QueueHandle, metrics: Mailbox, priority: int,
-                 timeout_s: float | None, *, conn: bool = False, checkpoint: bool = True) -> None:
+                 timeout_s: float | None, conn: bool = False, checkpoint: bool = True) -> None:
         self._breaker, self._queue, self._metrics = breaker, queue, metrics
         self._priority = priority if type(priority) is Priority else check_priority(priority)
         self._timeout_s = None if timeout_s is None else check_timeout(timeout_s)
@@ -467,7 +467,7 @@ class Guards:
         breaker = self.breakers.get(tier)
         if breaker is None:
             raise UnknownTier(tier, tuple(self.breakers))
-        return Guard(breaker, self.queue, self._metrics, priority, timeout_s, conn=conn, checkpoint=not conn)
+        return Guard(breaker, self.queue, self._metrics, priority, timeout_s, conn, not conn)
 
 
 def check_timeout(timeout_s: object) -> float | None:

@@ -5,14 +5,15 @@ many values at once.
 per value would, at a fraction of the cost: each value's bin key is computed here with the
 sketch's own mapping (`LogarithmicMapping`, the same floating-point operations, checked
 against the library in the tests), and each bin then takes its values in one weighted
-`add`. Percentiles, counts and merges read only bins and counts, so they are unchanged.
-The representative value of a bin is its values' mean (or, should rounding carry the mean
-across the bin's edge, its first value), so the sketch's sum stays the values' sum.
+`add` of one of them. Percentiles, counts and merges read only bins and counts, so they are
+unchanged; the sketch's own sum, min and max are then only within its relative accuracy,
+and nothing in Triage reads them (the Prometheus totals keep their own exact sums).
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from ddsketch import LogCollapsingLowestDenseDDSketch as Sketch
 from ddsketch.mapping import LogarithmicMapping
@@ -45,23 +46,14 @@ def add_all(sketch: Sketch, values: list[float]) -> None:
         for v in values:
             sketch.add(v)
         return
-    log, ceil, multiplier = math.log, math.ceil, _MULTIPLIER
-    bins: dict[int, list] = {}
-    for v in values:
-        if v > _MIN_POSSIBLE:
-            k = int(ceil(log(v, 2) * multiplier))
-            b = bins.get(k)
-            if b is None:
-                bins[k] = [v, 1, v]
-            else:
-                b[0] += v
-                b[1] += 1
-        else:
-            sketch.add(v)  # zero (a clamped duration): the sketch's zero count
+    log, ceil, multiplier, low = math.log, math.ceil, _MULTIPLIER, _MIN_POSSIBLE
+    positive = [v for v in values if v > low]
+    if len(positive) < len(values):
+        for v in values:
+            if not v > low:
+                sketch.add(v)  # zero (a clamped duration): the sketch's zero count
+    keys = [int(ceil(log(v, 2) * multiplier)) for v in positive]
+    member = dict(zip(keys, positive, strict=True))  # a value of each bin: it stands for the bin
     add = sketch.add
-    for k, (total, n, first) in bins.items():
-        if n == 1:
-            add(first)
-        else:
-            mean = total / n
-            add(mean if key(mean) == k else first, n)
+    for k, n in Counter(keys).items():
+        add(member[k], n)

@@ -31,7 +31,7 @@ def test_sketch_add_all_leaves_the_bins_and_count_of_one_add_each(first, then):
     add_all(at_once, first)
     add_all(at_once, then)
     assert ranks(at_once) == ranks(one_by_one)
-    assert abs(at_once.sum - one_by_one.sum) <= 1e-9 * max(one_by_one.sum, 1.0)
+    assert abs(at_once.sum - one_by_one.sum) <= RELATIVE_ACCURACY * one_by_one.sum + 1e-12
 
 
 def test_sketch_add_all_values_of_one_bin_read_back_as_that_bin_and_zeros_as_zero():
