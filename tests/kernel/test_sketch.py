@@ -40,3 +40,17 @@ def test_sketch_add_all_values_of_one_bin_read_back_as_that_bin_and_zeros_as_zer
     n, values = ranks(s)
     assert n == 1003 and values[:3] == [0, 0, 0] and len(set(values[3:])) == 1
     assert abs(values[3] - 0.001) <= 0.01 * 0.001
+
+
+def test_sketch_add_all_values_on_and_beside_every_bin_edge_land_where_the_library_puts_them():
+    import math
+
+    from actors.sketch import _MULTIPLIER
+
+    edges = [2 ** (k / _MULTIPLIER) for k in range(-1700, 1500, 3)]  # ~1e-7 ... 3e6 seconds
+    values = [x for v in edges for x in (math.nextafter(v, 0.0), v, math.nextafter(v, math.inf))]
+    one_by_one, at_once = new_sketch(), new_sketch()
+    for v in values:
+        one_by_one.add(v)
+    add_all(at_once, values)
+    assert ranks(at_once) == ranks(one_by_one)
