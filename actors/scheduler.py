@@ -36,6 +36,15 @@ it. The shell runs `SchedulerCore.step`, which applies a message in place as one
 transaction: a journal records each in-place change, so if the core crashes half-way the
 changes are undone and the supervisor restarts the actor from its last good state.
 
+Contended, without a message (`park`, `pass_on`). When the actor would handle an Admit or a
+Release next (it runs and its inbox is empty: `actors.runtime.actor.inline_ready`), the two
+messages of a contended admission are applied by the callers' own tasks, with no message
+built and no journal: an arrival that must wait parks, and a holder with no connection to
+give back hands its slot straight to the most urgent waiter, as `_admit` and `_release`
+would (the tests check the state after each against `step`'s). Each computes all that can
+fail before its first change, so a failure leaves the state as it was and the message goes
+the usual way.
+
 Refusals without a round trip. Whether an arrival would be refused (`refuses`) is a
 function of the state alone; when no message waits in the inbox (one could free a slot
 first), the queue handle decides it from this state, exactly as the core would.
