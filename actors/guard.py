@@ -24,9 +24,9 @@ from actors.breaker import refused_retry
 from actors.breaker import snapshot as breaker_snapshot
 from actors.pg.pool import ConnectionLease, Offers, corrected
 from actors.pg.pool_probe import check_pool
-from actors.runtime.actor import SupervisedActor, run_inline
+from actors.runtime.actor import SupervisedActor, inline_ready, run_inline
 from actors.runtime.mailbox import AsyncValue, Mailbox, Reply, ask, tell_quietly
-from actors.scheduler import check_priority, refuses
+from actors.scheduler import check_priority, park, pass_on, refuses
 from actors.scheduler import snapshot as queue_snapshot
 from messages.commands import (
     Admit,
@@ -54,6 +54,7 @@ from messages.errors import (
     UnknownTier,
     breaker_verdict,
 )
+from messages.outcome import Outcome as CallOutcome
 from messages.outcome import outcome_of
 from messages.snapshots import BreakerSnapshot, PoolCheck, QueueSnapshot
 
@@ -210,9 +211,9 @@ class QueueHandle:
         wait_s = self.timeout_s if timeout_s is None else check_timeout(timeout_s)
         deadline = now + wait_s
         offers = self.offers
+        priority = check_priority(priority)
         # Refused from the scheduler's own state: exact while no message waits in its inbox.
-        if offers is not None and not len(self._inbox) and refuses(offers.state, check_priority(priority),
-                                                                   deadline, now):
+        if offers is not None and not len(self._inbox) and refuses(offers.state, priority, deadline, now):
             self.refused += 1
             depth = offers.state.depth
             if checkpoint:
@@ -220,23 +221,56 @@ class QueueHandle:
             # Made in the raise itself: an exception kept in a local of the frame its traceback
             # holds is a reference cycle, and a retry storm of those keeps the GC busy.
             raise QueueFull(_PRIORITIES[priority], depth)
-        reply = Reply()
-        msg = Admit(reply=reply, priority=priority, at=now, deadline=deadline, conn=conn, probe=probe)
-        if not self._inline(msg, now):
-            await self._inbox.put_ask(msg)
-        elif checkpoint and reply.answered:  # granted or refused at once
-            await cancel_shielded_checkpoint()
+        reply = None if conn or probe else self.park(priority, wait_s, now)
+        if reply is None:
+            reply = Reply()
+            msg = Admit(reply=reply, priority=priority, at=now, deadline=deadline, conn=conn, probe=probe)
+            if not self._inline(msg, now):
+                await self._inbox.put_ask(msg)
+            elif checkpoint and reply.answered:  # granted or refused at once
+                await cancel_shielded_checkpoint()
         try:
             admitted = await reply.wait()
         except BaseException:
-            if reply.abandoned:  # cancelled while waiting: leave the queue
-                self._tell(Withdraw(reply=reply, reason="cancelled"))
+            self.leave(reply)
             raise
         return reply, admitted
+
+    def park(self, priority: int, timeout_s: float | None, now: float) -> Reply | None:
+        """The contended hot path: an arrival (a checked priority and timeout, no connection)
+        that must wait parks from the caller's task, without a message, when the actor would
+        handle its Admit next (`actors.scheduler.park`). The caller then waits on the reply
+        (its token for `release`) and calls `leave` if that raises. None: `admit` instead."""
+        cell = self._cell
+        if cell is None or self._entries or not inline_ready(cell):
+            return None
+        s = cell.state
+        reply = park(s, Reply, priority, now, now + (self.timeout_s if timeout_s is None else timeout_s))
+        if reply is not None:
+            cell.inbox.wake_by(s.next_deadline)  # the actor wakes for the earliest deadline
+        return reply
+
+    def leave(self, reply: Reply) -> None:
+        """The wait for a slot raised: if the caller was cancelled while waiting, it leaves."""
+        if reply.abandoned:
+            self._tell(Withdraw(reply=reply, reason="cancelled"))
 
     def _inline(self, msg: Any, now: float) -> bool:
         """The scheduler's core applies `msg` in this task when the actor would do so next."""
         return self._cell is not None and run_inline(self._cell, msg, now)
+
+    @staticmethod
+    def _pass_on(s: Any, token: Any, now: float) -> Any:
+        """Hand the slot of a holder with no connection straight to the next waiter from this
+        task (`actors.scheduler.pass_on`); a waiter that has just gone passes it on in turn,
+        as `undelivered` would. Returns the token whose Release is still owed (None: none is)."""
+        while True:
+            handed = pass_on(s, token, now)
+            if handed is None:
+                return token
+            token, granted = handed
+            if token.deliver(granted):
+                return None
 
     def _tell(self, msg: Any, now: float | None = None) -> bool:
         if self._cell is not None and run_inline(self._cell, msg, trio.current_time() if now is None else now):
@@ -251,7 +285,17 @@ class QueueHandle:
         `lease`: what the holder got, returned as is when it used no connection. While nobody
         waits, a clean slot goes straight back on the offer list (see `actors.pg.pool.Offers`).
         """
-        offers = self.offers
+        offers, cell = self.offers, self._cell
+        # Callers wait, and the actor would handle this Release next: the slot goes straight on.
+        if (cell is not None and cell.state.depth and conn is None and not discarded
+                and (lease is None or (lease.conn is None and not lease.connect)) and inline_ready(cell)):
+            if now is None:
+                now = trio.current_time()
+            left = self._pass_on(cell.state, token, now)
+            if left is None:
+                return True
+            if left is not token:  # granted to a caller that had just gone: back as `undelivered`
+                return self._tell(Release(reply=left), now)
         if offers is not None and not discarded and offers.put_back(token, conn, lease):
             return True
         if lease is not None and conn is None and not discarded:
@@ -304,7 +348,8 @@ def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: flo
                  now: float, waited_s: float | None, priority: int) -> None:
     """Tell the metrics actor how a guarded call ended (lazily: it reads its mail in batches).
     `waited_s` None: never admitted (refused by the breaker or the queue)."""
-    metrics.tell_batched(("call", None, tier, outcome_of(exc), None, now - t0, waited_s, True, priority))
+    outcome = CallOutcome.OK if exc is None else outcome_of(exc)
+    metrics.tell_batched(("call", None, tier, outcome, None, now - t0, waited_s, True, priority))
 
 
 class Guard:
@@ -320,9 +365,10 @@ class Guard:
                  "_trial", "_epoch", "_token", "_t0", "_waited", "_lease")
 
     def __init__(self, breaker: BreakerHandle, queue: QueueHandle, metrics: Mailbox, priority: int,
-                 timeout_s: float | None, *, conn: bool = False, checkpoint: bool = True) -> None:
+                 timeout_s: float | None, conn: bool = False, checkpoint: bool = True) -> None:
         self._breaker, self._queue, self._metrics = breaker, queue, metrics
-        self._priority, self._timeout_s = check_priority(priority), check_timeout(timeout_s)
+        self._priority = priority if type(priority) is Priority else check_priority(priority)
+        self._timeout_s = None if timeout_s is None else check_timeout(timeout_s)
         self._conn, self._checkpoint, self._token = conn, checkpoint, None
 
     @property
@@ -359,10 +405,20 @@ class Guard:
             except BaseException as exc:
                 observe_call(self._metrics, breaker.tier, exc, t0, trio.current_time(), None, self._priority)
                 raise
-        try:  # a trial that wants a connection may connect while the pool backs off
-            token, admitted = await self._queue.admit(self._priority, self._timeout_s, conn=self._conn,
-                                                      probe=self._conn and self._trial, now=t0,
-                                                      checkpoint=checkpoint)
+        queue = self._queue
+        reply = None if self._conn else queue.park(self._priority, self._timeout_s, t0)  # contended
+        try:
+            if reply is None:  # a trial that wants a connection may connect while the pool backs off
+                token, admitted = await queue.admit(self._priority, self._timeout_s, conn=self._conn,
+                                                    probe=self._conn and self._trial, now=t0,
+                                                    checkpoint=checkpoint)
+            else:  # parked: waiting for the slot is the yield
+                token = reply
+                try:
+                    admitted = await reply.wait()
+                except BaseException:
+                    queue.leave(reply)
+                    raise
         except BaseException as exc:
             if self._trial:
                 await breaker.report("abandoned", True, self._epoch, 0.0)
@@ -411,7 +467,7 @@ class Guards:
         breaker = self.breakers.get(tier)
         if breaker is None:
             raise UnknownTier(tier, tuple(self.breakers))
-        return Guard(breaker, self.queue, self._metrics, priority, timeout_s, conn=conn, checkpoint=not conn)
+        return Guard(breaker, self.queue, self._metrics, priority, timeout_s, conn, not conn)
 
 
 def check_timeout(timeout_s: object) -> float | None:

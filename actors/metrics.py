@@ -100,6 +100,8 @@ from ddsketch import LogCollapsingLowestDenseDDSketch as Sketch
 
 from actors.metrics_totals import Totals
 from actors.runtime.actor import Send
+from actors.sketch import BIN_LIMIT as BIN_LIMIT  # the sketches' bound, named in the doc above
+from actors.sketch import add_all, new_sketch
 from messages.commands import GetSnapshot, Tick
 from messages.events import BreakerTransition
 from messages.metrics import (
@@ -116,8 +118,6 @@ from messages.outcome import Outcome
 
 MetricsIn = Observation | Observations | Count | BreakerTransition | GetSnapshot | GetMetrics | Tick
 
-RELATIVE_ACCURACY = 0.01
-BIN_LIMIT = 1024
 WINDOWS = (("1m", 10.0, 6), ("5m", 30.0, 10), ("1h", 300.0, 12))  # (name, bucket width s, buckets)
 FINE = ("10s", 2.0, 5)   # the overall series' extra window, in front of WINDOWS (see the module doc)
 NOT_ERRORS = frozenset({Outcome.OK, Outcome.RATE_LIMITED, Outcome.CANCELLED, Outcome.SHUTTING_DOWN})
@@ -133,8 +133,7 @@ SETTLE_EVERY_S = 0.002   # while merges are owed, the actor wakes this often to 
 _NO_VALUES = Percentiles(p50=None, p95=None, p99=None, count=0)
 
 
-def _sketch() -> Sketch:
-    return Sketch(relative_accuracy=RELATIVE_ACCURACY, bin_limit=BIN_LIMIT)
+_sketch = new_sketch
 
 
 def _merged(into: Sketch | None, other: Sketch | None) -> Sketch | None:
@@ -179,6 +178,25 @@ class _Bucket:
             if self.queue_wait is None:
                 self.queue_wait = _sketch()
             self.queue_wait.add(queue_wait)
+
+    def record_many(self, durations: list[float], waits: list[float] | None, error: bool,
+                    server_error: bool, excluded: bool) -> None:
+        """`record` for each duration (and queue wait, if `waits`) of one verdict."""
+        n = len(durations)
+        self.requests += n
+        if excluded:
+            self.excluded += n
+        if error:
+            self.errors += n
+        if server_error:
+            self.server_errors += n
+        if self.latency is None:
+            self.latency = _sketch()
+        add_all(self.latency, durations)
+        if waits is not None:
+            if self.queue_wait is None:
+                self.queue_wait = _sketch()
+            add_all(self.queue_wait, waits)
 
     def absorb(self, other: _Bucket) -> None:
         self.absorb_counts(other)
@@ -410,6 +428,43 @@ def _record(s: MetricsState, source: str, route: str | None, tier: str | None, o
             s.totals.call(tier, outcome, duration, priority, admitted=queue_wait_s is not None)
 
 
+def _record_many(s: MetricsState, items: list) -> None:
+    """`Observations`, the hot path's batches: `_record` of each item. Guarded calls, the bulk,
+    are folded by (tier, outcome, priority, admitted) first, so a batch costs one series and
+    one totals look-up per label set, and each sketch one add per bin (`actors.sketch`)."""
+    calls: dict[tuple, tuple[list, list]] = {}
+    for item in items:
+        if item[0] == "call" and len(item) == 9 and item[1] is None and item[4] is None and item[7] is True:
+            label = (item[2], item[3], item[8], item[6] is not None)
+            group = calls.get(label)
+            if group is None:
+                group = calls[label] = ([], [])
+            group[0].append(item[5])
+            if label[3]:
+                group[1].append(item[6])
+        else:
+            _record(s, *item)
+    for (tier, outcome, priority, admitted), (durations, waits) in calls.items():
+        _record_calls(s, tier, outcome, priority, durations, waits if admitted else None)
+
+
+def _record_calls(s: MetricsState, tier: str | None, outcome: str, priority: int | None,
+                  durations: list[float], waits: list[float] | None) -> None:
+    """`_record` of guarded calls (source "call", rated, no route or status) of one label set."""
+    excluded = outcome in EXCLUDED
+    error = outcome not in NOT_ERRORS
+    top = MAX_VALUE_S  # `_clamp`, inline: the hot path
+    durations = [v if 0.0 < v < top else (top if v >= top else 0.0) for v in durations]
+    if waits is not None:
+        waits = [v if 0.0 < v < top else (top if v >= top else 0.0) for v in waits]
+    if "call" in s.overall_sources:
+        s.overall.rings[0].open.record_many(durations, waits, error, False, excluded)
+    if tier is not None:
+        _series(s, s.tiers, tier, s.max_tiers).rings[0].open.record_many(durations, waits, error, False,
+                                                                           excluded)
+        s.totals.call_many(tier, outcome, durations, priority, admitted=waits is not None)
+
+
 def _count(s: MetricsState, c: Count) -> None:
     table = s.counts[c.what]
     key = _slot(table, c.label, s.max_labels)
@@ -486,8 +541,7 @@ def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, lis
             _observe(s, msg)
             return s, []
         case Observations():
-            for item in msg.items:
-                _record(s, *item)
+            _record_many(s, msg.items)
             return s, []
         case Count():
             _count(s, msg)

@@ -53,6 +53,13 @@ class _Histogram:
         self.counts[bisect_left(BUCKETS_S, value)] += 1
         self.sum += value
 
+    def add_all(self, values: list[float]) -> None:
+        counts, total = self.counts, self.sum
+        for value in values:
+            counts[bisect_left(BUCKETS_S, value)] += 1
+            total += value  # in order, as `add` would: the same sum to the last bit
+        self.sum = total
+
     def freeze(self, labels: tuple[str, ...]) -> HistogramSeries:
         cumulative, running = [], 0
         for n in self.counts:
@@ -102,6 +109,15 @@ class Totals:
         if priority is not None and (admitted or outcome in QUEUE_REFUSALS):
             decision = (PRIORITY_NAMES.get(priority, OTHER), "admitted" if admitted else str(outcome))
             self.queue[decision] = self.queue.get(decision, 0) + 1
+
+    def call_many(self, tier: str, outcome: str, durations: list[float], priority: int | None = None,
+                  admitted: bool = False) -> None:
+        """`call` for each of `durations`, calls of one label set."""
+        key = (_capped(self.tiers, tier, self.max_tiers), str(outcome))
+        _histogram(self.calls, key).add_all(durations)
+        if priority is not None and (admitted or outcome in QUEUE_REFUSALS):
+            decision = (PRIORITY_NAMES.get(priority, OTHER), "admitted" if admitted else str(outcome))
+            self.queue[decision] = self.queue.get(decision, 0) + len(durations)
 
     def transition(self, tier: str, from_state: str, to_state: str) -> None:
         key = (_capped(self.tiers, tier, self.max_tiers), from_state, to_state)

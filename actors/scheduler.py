@@ -36,6 +36,15 @@ it. The shell runs `SchedulerCore.step`, which applies a message in place as one
 transaction: a journal records each in-place change, so if the core crashes half-way the
 changes are undone and the supervisor restarts the actor from its last good state.
 
+Contended, without a message (`park`, `pass_on`). When the actor would handle an Admit or a
+Release next (it runs and its inbox is empty: `actors.runtime.actor.inline_ready`), the two
+messages of a contended admission are applied by the callers' own tasks, with no message
+built and no journal: an arrival that must wait parks, and a holder with no connection to
+give back hands its slot straight to the most urgent waiter, as `_admit` and `_release`
+would (the tests check the state after each against `step`'s). Each computes all that can
+fail before its first change, so a failure leaves the state as it was and the message goes
+the usual way.
+
 Refusals without a round trip. Whether an arrival would be refused (`refuses`) is a
 function of the state alone; when no message waits in the inbox (one could free a slot
 first), the queue handle decides it from this state, exactly as the core would.
@@ -45,6 +54,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from msgspec.structs import astuple
@@ -256,6 +266,52 @@ def _expire(s: SchedulerState, now: float) -> list:
         s.timed_out += len(effects)
     s.next_deadline = min((w.deadline for q in s.waiting for w in q), default=math.inf)
     return effects
+
+
+# --- the contended hot path: an Admit that waits, a Release that hands over, no message ----
+
+def park(s: SchedulerState, make_reply: Callable[[], Any], priority: int, now: float,
+         deadline: float) -> Any:
+    """Park an arrival (a valid priority, no connection, no probe) exactly as `_admit` would
+    when it must wait: no free slot, its deadline ahead, room in the queue. Returns its reply
+    (`make_reply()`, made only then); None: any other case, which goes through `apply`.
+    Everything that can fail comes before the one change."""
+    if s.depth >= s.cfg.max_queue_size or deadline <= now or _free(s) > 0:
+        return None
+    reply = make_reply()
+    waiter = Waiter(reply, priority, now, deadline, False)
+    s.waiting[priority].append(waiter)
+    s.depth += 1
+    if deadline < s.next_deadline:
+        s.next_deadline = deadline
+    return reply
+
+
+def pass_on(s: SchedulerState, token: Any, now: float) -> tuple[Any, Admitted] | None:
+    """A holder with no connection to give back releases while callers wait: its slot goes
+    to the most urgent waiter, oldest first, exactly as `_release` hands it over, and that
+    (reply, grant) is returned to deliver. None: any other case (a connection to lease or
+    return, a lowered limit, nobody waiting), which goes through `apply`. The grant is
+    computed before anything changes, so a failure leaves the state as it was."""
+    holders = s.holders
+    if not s.depth or token not in holders:
+        return None
+    limit = s.limit
+    if len(holders) != (s.cfg.max_concurrent if limit is None else limit):
+        return None  # above a lowered limit, the slot is not handed on
+    for q in s.waiting:
+        if q:
+            break
+    first = q[0]
+    if first.conn:
+        return None
+    granted = Admitted(waited_s=max(now - first.at, 0.0))
+    holders.discard(token)
+    q.popleft()
+    s.depth -= 1
+    holders.add(first.reply)
+    s.admitted += 1
+    return first.reply, granted
 
 
 def _close_idle(s: SchedulerState, msg: CloseIdle, now: float) -> list:

@@ -124,6 +124,13 @@ def _handle(cell: SupervisedActor, msg: Any, now: float) -> None:
     _perform(cell, effects, now)
 
 
+def inline_ready(cell: SupervisedActor) -> bool:
+    """Whether a message applied now in the calling task is the one the actor would handle
+    next: it runs, and nothing waits in its inbox (see "Inline" in the module doc)."""
+    inbox = cell.inbox
+    return cell.running and not len(inbox) and not inbox.closed
+
+
 def run_inline(cell: SupervisedActor, msg: Any, now: float) -> bool:
     """Handle `msg` in the calling task if the actor would handle it next (see the module
     doc); False: not handled, send it. Never raises for the core's sake."""

@@ -121,6 +121,13 @@ def compare(args: argparse.Namespace) -> None:
         b = statistics.median(r[key] for r in runs["before"])
         a = statistics.median(r[key] for r in runs["after"])
         print(f"{key:36} {b:12.2f} {a:12.2f} {a / b:12.2f}x")
+    # Against the semaphore, a ratio within each run: load varies between runs more than within one.
+    pairs = [(k, k.replace("triage", "semaphore")) for k in runs["after"][0] if "triage" in k]
+    for label in ("before", "after"):
+        for t, s in pairs:
+            ratios = [r[t] / r[s] for r in runs[label]]
+            print(f"{label:6} {t.replace('_triage', '').replace(' triage', '')}: triage / semaphore {statistics.median(ratios):.2f}x"
+                  f"  (runs {', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 def bench_core_checks(rounds: int, calls: int) -> None:

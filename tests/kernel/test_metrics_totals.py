@@ -81,3 +81,30 @@ def test_totals_an_observation_message_carries_priority():
     s, _ = step(s, Observation(source="call", route=None, tier="critical", outcome="queue_full", status=None,
                                duration_s=0.0, priority=0, at=0.0), 0.0)
     assert snapshot(s, 0.0, totals=True).totals.queue == [("CRITICAL", "queue_full", 1)]
+
+
+durations = st.one_of(st.floats(min_value=0.0, max_value=2.0), st.sampled_from([0.0, -1.0, 1e6, float("nan")]))
+calls = st.tuples(st.just("call"), st.none(), st.sampled_from(["database", "batch", None]),
+                  st.sampled_from(["ok", "error", "queue_full", "queue_timeout", "circuit_open", "cancelled"]),
+                  st.none(), durations, st.one_of(st.none(), durations), st.just(True),
+                  st.one_of(st.none(), st.integers(0, 4)))
+requests = st.tuples(st.just("http"), st.sampled_from(["GET /a", "POST /b"]), st.sampled_from(["database", None]),
+                     st.sampled_from(["ok", "error", "rate_limited"]), st.sampled_from([200, 429, 503]),
+                     durations, st.none(), st.booleans())
+
+
+@given(st.lists(st.lists(st.one_of(calls, requests), max_size=40), max_size=4),
+       st.sampled_from([("http",), ("http", "call")]))
+def test_metrics_a_batch_of_observations_records_exactly_what_each_one_alone_would(batches, overall):
+    """Calls are folded by label set before they are recorded: every window, percentile and
+    total since start is still what recording the items one by one gives."""
+    import actors.metrics as metrics
+
+    batched = MetricsState.initial(now=0.0, overall_sources=overall)
+    one_by_one = MetricsState.initial(now=0.0, overall_sources=overall)
+    for now, items in enumerate(batches):
+        batched, _ = step(batched, Observations(items=list(items)), now * 3.0)
+        one_by_one, _ = step(one_by_one, metrics.Tick(), now * 3.0)
+        for item in items:
+            metrics._record(one_by_one, *item)
+    assert snapshot(batched, 20.0, totals=True) == snapshot(one_by_one, 20.0, totals=True)

@@ -9,7 +9,17 @@ from msgspec.structs import replace
 
 from actors.runtime.actor import Send
 from actors.scheduler import SchedulerCore, SchedulerState, step
-from messages.commands import Admit, Admitted, Clear, Done, GetSnapshot, Release, SetLimit, Withdraw
+from messages.commands import (
+    Admit,
+    Admitted,
+    Clear,
+    Done,
+    GetSnapshot,
+    Release,
+    SetLimit,
+    Tick,
+    Withdraw,
+)
 from messages.config import Config, Priority, QueueConfig
 from messages.errors import ConfigError, QueueCleared, QueueFull
 
@@ -428,3 +438,67 @@ def test_scheduler_core_crash_at_any_grant_undoes_the_whole_message(max_concurre
         assert s.journal is None
         assert s.depth == sum(len(q) for q in s.waiting) <= s.cfg.max_queue_size
         assert {t for t, _ in offers.entries} <= s.holders
+
+
+# --- the contended hot path: park and pass_on are Admit and Release, without the message ---
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 5),
+       st.lists(st.tuples(st.sampled_from(["admit", "admit_conn", "release", "withdraw", "limit", "tick"]),
+                          st.integers(0, 9)), max_size=60))
+def test_scheduler_park_and_pass_on_change_the_state_exactly_as_admit_and_release(
+        max_concurrent, max_queue_size, ops):
+    """Wherever the fast path takes an Admit or a Release, the state after it (and the one
+    grant it hands out) is exactly what `step` makes of the message; elsewhere it declines."""
+    from actors.scheduler import park, pass_on
+
+    s = new(max_concurrent=max_concurrent, max_queue_size=max_queue_size)
+    tokens: list = []
+    for now, (op, arg) in enumerate(ops):
+        now = float(now)
+        if op in ("admit", "admit_conn"):
+            tokens.append(Token(str(now)))
+            deadline = now + 1.0 + arg % 3
+            msg = Admit(reply=tokens[-1], priority=arg % 5, at=now, deadline=deadline, conn=op == "admit_conn")
+            after, effects = step(s, msg, now)
+            fast = s.copy()
+            if op == "admit" and park(fast, lambda: tokens[-1], arg % 5, now, deadline) is tokens[-1]:
+                assert fast == after and effects == []
+            else:
+                assert fast == s
+        elif op == "limit":
+            after, _ = step(s, SetLimit(reply=None, max_concurrent=None if arg % 2 else 1), now)
+        elif op == "tick":
+            after, _ = step(s, Tick(), now + arg)
+        elif tokens:
+            token = tokens[arg % len(tokens)]
+            after, effects = step(s, (Release if op == "release" else Withdraw)(reply=token), now)
+            fast = s.copy()
+            handed = pass_on(fast, token, now) if op == "release" else None
+            if handed is not None:
+                assert fast == after
+                [grant] = effects
+                assert handed == (grant.to, grant.value)
+            else:
+                assert fast == s
+        else:
+            continue
+        s = after
+        assert s.depth == sum(len(q) for q in s.waiting) <= s.cfg.max_queue_size
+        assert s.free == 0 or s.depth == 0
+
+
+def test_scheduler_pass_on_declines_a_waiter_that_wants_a_connection_and_a_lowered_limit():
+    from actors.scheduler import pass_on
+
+    s = new(max_concurrent=2, max_queue_size=3)
+    s, a, _ = admit(s, Priority.NORMAL)
+    s, b, _ = admit(s, Priority.NORMAL)
+    s, _ = step(s, Admit(reply=Token("db"), priority=Priority.NORMAL, at=0.0, conn=True), 0.0)
+    assert pass_on(s.copy(), a, 1.0) is None  # its grant leases a connection: through `step`
+    s, _ = step(s, Withdraw(reply=s.waiting[Priority.NORMAL][0].reply), 1.0)
+    s, w, _ = admit(s, Priority.HIGH, now=1.0)
+    s, _ = step(s, SetLimit(reply=None, max_concurrent=1), 1.0)
+    assert pass_on(s.copy(), a, 2.0) is None  # above the lowered limit: the slot is not handed on
+    s, effects = step(s, Release(reply=a), 2.0)
+    assert effects == [] and pass_on(s.copy(), b, 3.0) == (w, Admitted(waited_s=2.0))

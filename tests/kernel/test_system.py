@@ -149,6 +149,40 @@ async def test_system_queue_serves_priority_order(autojump_clock):
         assert order == ["critical", "high", "n1", "n2", "low", "batch"]
 
 
+async def test_system_slot_handed_to_a_caller_cancelled_while_waiting_moves_on_to_the_next(autojump_clock):
+    """The holder's release hands its slot on from its own task: a waiter cancelled a moment
+    before (it has not left the queue yet) cannot take it, so it goes to the one after."""
+    async with open_monitoring(small_queue(max_concurrent=1)) as mon:
+        gate, ran = trio.Event(), []
+        waiter = trio.CancelScope()
+
+        async def record(name: str):
+            ran.append(name)
+
+        async def hold():
+            await gate.wait()
+            waiter.cancel()  # just before this call's release, in the same step of this task
+
+        async def cancelled():
+            with waiter:
+                await mon.run(record, "cancelled")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mon.run, trio.sleep, 1.5)  # the offered slot: `hold` is granted it
+            await trio.sleep(1)
+            nursery.start_soon(mon.run, hold)
+            await trio.sleep(1)
+            nursery.start_soon(cancelled)
+            await trio.sleep(1)
+            nursery.start_soon(mon.run, record, "next")
+            await trio.sleep(1)
+            assert mon.queue.statistics().depth == 2
+            gate.set()
+        assert ran == ["next"]
+        snap = await mon.queue.snapshot()
+        assert (snap.in_flight, snap.depth, snap.free) == (0, 0, 1)
+
+
 async def test_system_queue_timeout_at_exactly_request_timeout(autojump_clock):
     async with open_monitoring(small_queue(max_concurrent=1)) as mon:
         async with trio.open_nursery() as nursery:
