@@ -191,9 +191,19 @@ class Database:
         exc_out: BaseException | None = None
         try:
             guard, held = self._guarded(tier, priority)
-            conn = await held.take(await guard.enter())
+            # The usual call takes an offered slot and its connection without a coroutine
+            # (breaker CLOSED, a slot on offer, the connection fit for use); else the full path.
+            now: float | None = trio.current_time()
+            admitted = guard.enter_now(now)
+            if admitted is None:
+                conn = await held.take(await guard.enter())
+                now = None
+            else:
+                conn = held.vet(admitted, now)
+                if conn is None:
+                    conn, now = await held.open(), None
             try:
-                return await self._execute(conn, query, params, row_factory, timeout_s)
+                return await self._execute(conn, query, params, row_factory, timeout_s, now)
             except ConnectionLost as exc:
                 if connection_limit_reached(exc):  # a pooler found no server connection: nothing ran
                     raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
@@ -206,28 +216,30 @@ class Database:
             _mark(exc, _retriable(exc))
             raise
         finally:
-            if guard is not None and guard.entered:
-                await guard.exit(exc_out, held)
+            if guard is not None and guard.entered and not guard.leave(exc_out, held):
+                await guard.report(exc_out)
 
     async def _execute(self, conn: PgConnection, query: str, params: Params, row_factory: Any,
-                       timeout_s: float | None) -> QueryResult:
-        """Run one statement: the caller's `timeout_s` exactly, else the watchdog's bound."""
+                       timeout_s: float | None, now: float | None = None) -> QueryResult:
+        """Run one statement: the caller's `timeout_s` exactly, else the watchdog's bound.
+        `now`: the clock as the statement starts, if the caller has just read it."""
         if timeout_s is not None:
             return await _execute(conn, query, params, row_factory, timeout_s)
+        watchdog = self.watchdog
         key = id(conn)
-        self.watchdog.watch(key, conn, trio.current_time() + self.query_timeout_s)
+        watchdog.watch(key, conn, (trio.current_time() if now is None else now) + self.query_timeout_s)
         try:
             return await conn.execute(query, params, row_factory=row_factory)
         except ConnectionLost:
-            if key in self.watchdog.expired:
+            if key in watchdog.expired:
                 raise QueryTimeout(self.query_timeout_s) from None
             raise
         except psycopg.errors.QueryCanceled:
-            if key in self.watchdog.cancelled:  # the statement timeout, applied by the watchdog
+            if key in watchdog.cancelled:  # the statement timeout, applied by the watchdog
                 raise QueryTimeout(self.statement_timeout_s) from None
             raise
         finally:
-            self.watchdog.unwatch(key)
+            watchdog.unwatch(key)
 
     async def fetch(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
                     tier: str = "database", timeout_s: float | None = None, row_factory: Any = None) -> list:
@@ -289,8 +301,8 @@ class Database:
             _mark(exc, _retriable(exc))
             raise
         finally:
-            if guard is not None and guard.entered:
-                await guard.exit(exc_out, held)
+            if guard is not None and guard.entered and not guard.leave(exc_out, held):
+                await guard.report(exc_out)
 
     async def metrics(self) -> Any:
         """The spec's ConnectionMetrics from the latest probe (probes now if there was none)."""

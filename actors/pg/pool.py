@@ -309,6 +309,14 @@ class ConnectionLease:
     async def take(self, granted: Admitted) -> Any:
         """The granted connection, or a fresh one if it broke, outlived `max_lifetime_s`, or
         goes to another DSN than this call's priority's (`priority_dsn`)."""
+        conn = self.vet(granted, trio.current_time())
+        if conn is None:
+            conn = self.conn = await self._open()
+        return conn
+
+    def vet(self, granted: Admitted, now: float) -> Any:
+        """`take` without a coroutine: the granted connection if it can be used as is, else
+        None (then `await take(granted)` or `open()`); the pool's refusals raise here."""
         # The pool counts a connection for this slot when it gave one or leave to open one.
         self.counted = granted.conn is not None or granted.connect
         if granted.unavailable_s:
@@ -316,11 +324,16 @@ class ConnectionLease:
                 raise ConnectionLimitReached(granted.unavailable_s)
             raise DatabaseUnavailable(granted.unavailable_s)
         conn = granted.conn
-        if conn is not None and (conn.broken or trio.current_time() - conn.created_at > self._max_lifetime_s
+        if conn is not None and (conn.broken or now - conn.created_at > self._max_lifetime_s
                                  or not serves(conn, self._priority)):
             conn.close_now()
             conn = None
-        self.conn = conn if conn is not None else await self._open()
+        self.conn = conn
+        return conn
+
+    async def open(self) -> Any:
+        """A fresh connection for a slot `vet` found none usable for."""
+        self.conn = await self._open()
         return self.conn
 
     async def _open(self) -> Any:
