@@ -137,6 +137,34 @@ def _sketch() -> Sketch:
     return Sketch(relative_accuracy=RELATIVE_ACCURACY, bin_limit=BIN_LIMIT)
 
 
+def _add(sketch: Sketch, value: float) -> None:
+    """`sketch.add(value)` for a clamped value (0 <= value <= MAX_VALUE_S), in one function.
+
+    Every guarded call and request adds two values; ddsketch's `add` spends ~1.5 µs on four
+    method calls around a few lines of arithmetic. This is that arithmetic (its
+    LogarithmicMapping's key, the dense store's bin) with the usual case, a key inside the
+    store's range, done in place, and everything else left to ddsketch. Reads ddsketch 3's
+    private fields: pinned by test_metrics_sketch_add_matches_ddsketch.
+    """
+    mapping = sketch._mapping
+    if value > mapping.min_possible:
+        key = int(math.ceil(math.log(value, 2) * mapping._multiplier) + mapping._offset)
+        store = sketch._store
+        if store.min_key <= key <= store.max_key:
+            store.bins[key - store.offset] += 1.0
+            store.count += 1.0
+        else:
+            store.add(key, 1.0)
+    else:
+        sketch._zero_count += 1.0
+    sketch._count += 1.0
+    sketch._sum += value
+    if value < sketch._min:
+        sketch._min = value
+    if value > sketch._max:
+        sketch._max = value
+
+
 def _merged(into: Sketch | None, other: Sketch | None) -> Sketch | None:
     if other is None:
         return into
@@ -174,11 +202,11 @@ class _Bucket:
             self.server_errors += 1
         if self.latency is None:
             self.latency = _sketch()
-        self.latency.add(duration)
+        _add(self.latency, duration)
         if queue_wait is not None:
             if self.queue_wait is None:
                 self.queue_wait = _sketch()
-            self.queue_wait.add(queue_wait)
+            _add(self.queue_wait, queue_wait)
 
     def absorb(self, other: _Bucket) -> None:
         self.absorb_counts(other)
@@ -394,18 +422,19 @@ def _record(s: MetricsState, source: str, route: str | None, tier: str | None, o
     excluded = not rated or outcome in EXCLUDED
     server_error = not excluded and status is not None and status >= 500
     error = server_error or outcome not in NOT_ERRORS
-    verdict = (error, server_error, excluded)
     duration = _clamp(duration_s)
     wait = None if queue_wait_s is None else _clamp(queue_wait_s)
     if source in s.overall_sources:
-        s.overall.rings[0].open.record(duration, wait, *verdict)
+        s.overall.rings[0].open.record(duration, wait, error, server_error, excluded)
         if stale:  # only the overall series counts fallbacks: the dashboard's error tile reads it
             s.overall.rings[0].open.stale += 1
     if route is not None:
-        _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, *verdict)
+        _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, error, server_error,
+                                                                       excluded)
         s.totals.request(route, status, outcome, duration)
     if tier is not None:
-        _series(s, s.tiers, tier, s.max_tiers).rings[0].open.record(duration, wait, *verdict)
+        series = s.tiers.get(tier) or _series(s, s.tiers, tier, s.max_tiers)
+        series.rings[0].open.record(duration, wait, error, server_error, excluded)
         if source == "call":
             s.totals.call(tier, outcome, duration, priority, admitted=queue_wait_s is not None)
 

@@ -22,6 +22,8 @@ from actors.metrics import (
     WINDOWS,
     MetricsCore,
     MetricsState,
+    _add,
+    _sketch,
     snapshot,
     step,
 )
@@ -484,3 +486,24 @@ def test_metrics_stale_answers_are_counted_apart_from_errors_in_every_window():
     assert window(now, "1m", "GET /api/animals").stale == 0  # the overall series only
     later = snapshot(s, 75.0)  # the 10 s bucket has closed and been folded into the 5m ring
     assert [(w.stale, w.errors) for w in later.overall.windows.values()] == [(0, 0), (1, 1), (1, 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.just(0.0), st.floats(min_value=1e-12, max_value=MAX_VALUE_S),
+                          st.floats(min_value=1e-4, max_value=2e-3)), max_size=300))
+def test_metrics_sketch_add_matches_ddsketch(values):
+    # `_add` reads ddsketch's private fields: it must leave a sketch exactly as `add` does,
+    # bins (and their collapse at BIN_LIMIT), counts, sum, min and max alike.
+    ours, theirs = _sketch(), _sketch()
+    for value in values:
+        _add(ours, value)
+        theirs.add(value)
+    assert ours._store.bins == theirs._store.bins
+    assert (ours._store.offset, ours._store.min_key, ours._store.max_key, ours._store.count) == \
+        (theirs._store.offset, theirs._store.min_key, theirs._store.max_key, theirs._store.count)
+    assert (ours._store.is_collapsed, ours._zero_count, ours.count, ours.sum) == \
+        (theirs._store.is_collapsed, theirs._zero_count, theirs.count, theirs.sum)
+    if values:
+        assert (ours._min, ours._max) == (theirs._min, theirs._max)
+        for q in (0.0, 0.5, 0.95, 0.99, 1.0):
+            assert ours.get_quantile_value(q) == theirs.get_quantile_value(q)
