@@ -342,6 +342,11 @@ class PgConnection:
         if failed is not None or last is None or self._broken or pgconn.status != _OK:
             self._raise_failed(last, failed)
         status = last.status
+        if status == _TUPLES_OK and row_factory is None:  # `_load_result`'s usual case, inline
+            tx.set_pgresult(last)
+            rows = tx.load_rows(0, last.ntuples, tuple)  # tuple itself: psycopg's C fast path
+            tx.set_pgresult(None)  # the kept Transformer holds no result between queries
+            return QueryResult(rows, last, adaptation.encoding)
         if status != _TUPLES_OK and status != _COMMAND_OK:
             self._check_done(last)
         return _load_result(tx, self._conn, last, adaptation.encoding, row_factory)

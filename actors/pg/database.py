@@ -203,7 +203,18 @@ class Database:
                 if conn is None:
                     conn, now = await held.open(), None
             try:
-                return await self._execute(conn, query, params, row_factory, timeout_s, now)
+                if timeout_s is not None:
+                    return await _execute(conn, query, params, row_factory, timeout_s)
+                # `_execute`'s watchdog path, written out: one coroutine layer less per query.
+                watchdog, key = self.watchdog, id(conn)
+                watchdog.watch(key, conn, (trio.current_time() if now is None else now) + self.query_timeout_s)
+                try:
+                    return await conn.execute(query, params, row_factory=row_factory)
+                except (ConnectionLost, psycopg.errors.QueryCanceled) as exc:
+                    self._raise_if_timed_out(key, exc)
+                    raise
+                finally:
+                    watchdog.unwatch(key)
             except ConnectionLost as exc:
                 if connection_limit_reached(exc):  # a pooler found no server connection: nothing ran
                     raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
@@ -220,26 +231,29 @@ class Database:
                 await guard.report(exc_out)
 
     async def _execute(self, conn: PgConnection, query: str, params: Params, row_factory: Any,
-                       timeout_s: float | None, now: float | None = None) -> QueryResult:
-        """Run one statement: the caller's `timeout_s` exactly, else the watchdog's bound.
-        `now`: the clock as the statement starts, if the caller has just read it."""
+                       timeout_s: float | None) -> QueryResult:
+        """Run one statement: the caller's `timeout_s` exactly, else the watchdog's bound."""
         if timeout_s is not None:
             return await _execute(conn, query, params, row_factory, timeout_s)
-        watchdog = self.watchdog
-        key = id(conn)
-        watchdog.watch(key, conn, (trio.current_time() if now is None else now) + self.query_timeout_s)
+        watchdog, key = self.watchdog, id(conn)
+        watchdog.watch(key, conn, trio.current_time() + self.query_timeout_s)
         try:
             return await conn.execute(query, params, row_factory=row_factory)
-        except ConnectionLost:
-            if key in watchdog.expired:
-                raise QueryTimeout(self.query_timeout_s) from None
-            raise
-        except psycopg.errors.QueryCanceled:
-            if key in watchdog.cancelled:  # the statement timeout, applied by the watchdog
-                raise QueryTimeout(self.statement_timeout_s) from None
+        except (ConnectionLost, psycopg.errors.QueryCanceled) as exc:
+            self._raise_if_timed_out(key, exc)
             raise
         finally:
             watchdog.unwatch(key)
+
+    def _raise_if_timed_out(self, key: int, exc: BaseException) -> None:
+        """QueryTimeout if the watchdog ended the statement: it closed the connection past
+        `query_timeout_s` (ConnectionLost), or had the server cancel it at the statement
+        timeout (QueryCanceled). Called while `exc` is being handled, before `unwatch`."""
+        if isinstance(exc, ConnectionLost):
+            if key in self.watchdog.expired:
+                raise QueryTimeout(self.query_timeout_s) from None
+        elif key in self.watchdog.cancelled:
+            raise QueryTimeout(self.statement_timeout_s) from None
 
     async def fetch(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
                     tier: str = "database", timeout_s: float | None = None, row_factory: Any = None) -> list:
