@@ -322,7 +322,9 @@ class Guard:
     def __init__(self, breaker: BreakerHandle, queue: QueueHandle, metrics: Mailbox, priority: int,
                  timeout_s: float | None, *, conn: bool = False, checkpoint: bool = True) -> None:
         self._breaker, self._queue, self._metrics = breaker, queue, metrics
-        self._priority, self._timeout_s = check_priority(priority), check_timeout(timeout_s)
+        # The checks' usual answers first, without a call: a Priority, and no timeout of its own.
+        self._priority = priority if type(priority) is Priority else check_priority(priority)
+        self._timeout_s = None if timeout_s is None else check_timeout(timeout_s)
         self._conn, self._checkpoint, self._token = conn, checkpoint, None
 
     @property

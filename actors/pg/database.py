@@ -190,7 +190,8 @@ class Database:
         guard = held = None
         exc_out: BaseException | None = None
         try:
-            guard, held = self._guarded(tier, priority)
+            guard = self._guards(tier, priority, None, conn=True)  # as `_guarded`, one call less
+            held = self.connections.lease(priority)
             # The usual call takes an offered slot and its connection without a coroutine
             # (breaker CLOSED, a slot on offer, the connection fit for use); else the full path.
             now: float | None = trio.current_time()
