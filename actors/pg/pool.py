@@ -325,7 +325,7 @@ class ConnectionLease:
             raise DatabaseUnavailable(granted.unavailable_s)
         conn = granted.conn
         if conn is not None and (conn.broken or now - conn.created_at > self._max_lifetime_s
-                                 or not serves(conn, self._priority)):
+                                 or (conn.serves is not None and not serves(conn, self._priority))):
             conn.close_now()
             conn = None
         self.conn = conn
@@ -362,12 +362,14 @@ class ConnectionLease:
         conn, self.conn = self.conn, None
         keep = (conn is not None and not conn.broken and not conn.in_transaction
                 and not getattr(conn, "cancel_requested", False))
-        if conn is not None and not keep:
+        if keep:  # the usual end (a kept connection was never a failed connect)
+            if not queue.release(token, conn):
+                conn.close_now()  # the system has shut down: nobody to give it back to
+            return
+        if conn is not None:
             conn.close_now()
-        sent = queue.release(token, conn=conn if keep else None, discarded=self.counted and not keep,
-                             connect_failed=self.connect_failed, connect_limited=self.connect_limited)
-        if not sent and conn is not None and keep:
-            conn.close_now()  # the system has shut down: nobody to give it back to
+        queue.release(token, discarded=self.counted, connect_failed=self.connect_failed,
+                      connect_limited=self.connect_limited)
 
 
 class Connections:
