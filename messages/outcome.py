@@ -34,12 +34,6 @@ class Outcome(StrEnum):
     SHUTTING_DOWN = "shutting_down"    # refused or cut off by a shutdown
     CANCELLED = "cancelled"            # the caller went away
 
-    # The str's own hash, as `str.__eq__` already decides equality: Enum's `__hash__` is a
-    # Python-level call (hash of the member's name), paid by every set or dict lookup of an
-    # outcome (the metrics actor does two per recorded call), and it disagreed with `==`
-    # (`Outcome.OK == "ok"`, yet `"ok" in {Outcome.OK}` was False).
-    __hash__ = str.__hash__
-
 
 def outcome_of(exc: BaseException | None) -> Outcome:
     """The outcome of a call that raised `exc` (None: it returned)."""
