@@ -141,8 +141,9 @@ def _sketch() -> Sketch:
 def _add_all(sketch: Sketch, values: list[float]) -> None:
     """`sketch.add(v)` for each clamped value (0 <= v <= MAX_VALUE_S), in order, in one loop.
 
-    Every guarded call and request adds two values; ddsketch's `add` spends ~1.5 µs on four
-    method calls around a few lines of arithmetic. This is that arithmetic (its
+    Every guarded call and request adds two values; ddsketch's `add` takes ~0.65 µs a value
+    here, mostly four method calls around a few lines of arithmetic, and this loop ~0.33 µs
+    (128 values of 0.2-0.6 ms at a time, a loaded 2-core machine). It is that arithmetic (its
     LogarithmicMapping's key, the dense store's bin) with the usual case, a key inside the
     store's range, done in place, and everything else left to ddsketch's store. Leaves the
     sketch exactly as the adds would (same bins, counts, sum, min, max). Reads ddsketch 3's
