@@ -362,11 +362,12 @@ class Guard:
     """
 
     __slots__ = ("_breaker", "_queue", "_metrics", "_priority", "_timeout_s", "_conn", "_checkpoint",
-                 "_trial", "_epoch", "_token", "_t0", "_waited", "_lease")
+                 "_trial", "_epoch", "_token", "_t0", "_waited", "_lease", "_ended_at")
 
     def __init__(self, breaker: BreakerHandle, queue: QueueHandle, metrics: Mailbox, priority: int,
                  timeout_s: float | None, conn: bool = False, checkpoint: bool = True) -> None:
         self._breaker, self._queue, self._metrics = breaker, queue, metrics
+        # The checks' usual answers first, without a call: a Priority, and no timeout of its own.
         self._priority = priority if type(priority) is Priority else check_priority(priority)
         self._timeout_s = None if timeout_s is None else check_timeout(timeout_s)
         self._conn, self._checkpoint, self._token = conn, checkpoint, None
@@ -375,6 +376,23 @@ class Guard:
     def entered(self) -> bool:
         """Whether a slot is held (so `exit` is owed)."""
         return self._token is not None
+
+    def enter_now(self, now: float) -> Admitted | None:
+        """`enter` when it has nothing to wait for, without a coroutine (mon.db's usual call):
+        the breaker admits from its published state (CLOSED, or off) and a slot is on offer.
+        None: `await enter()`, which decides afresh. Only for a guard that is no checkpoint
+        (`checkpoint=False`: mon.db's queries are one anyway). `now`: the caller's clock."""
+        v = self._breaker._view.value
+        queue = self._queue
+        if (v.phase != "closed" and v.enabled) or not queue._entries or self._checkpoint:
+            return None
+        taken = queue.offers.take(self._conn, self._priority)
+        if taken is None:
+            return None
+        token, admitted = taken
+        self._trial, self._epoch = False, v.epoch
+        self._token, self._t0, self._waited, self._lease = token, now, admitted.waited_s, admitted
+        return admitted
 
     async def enter(self) -> Admitted:
         """Permit + slot, or the refusal (observed, and a trial permit handed back).
@@ -429,6 +447,12 @@ class Guard:
 
     async def exit(self, exc: BaseException | None, held: ConnectionLease | None = None) -> None:
         """The slot back (with `held`'s connection), then the outcome to metrics and breaker."""
+        if not self.leave(exc, held):
+            await self.report(exc)
+
+    def leave(self, exc: BaseException | None, held: ConnectionLease | None = None) -> bool:
+        """`exit` up to the breaker's verdict, without a coroutine: the slot back, the outcome
+        to metrics, and a success counted. False: the breaker must hear it (`await report`)."""
         now = trio.current_time()
         token, self._token = self._token, None
         if held is None:
@@ -438,9 +462,15 @@ class Guard:
         breaker = self._breaker
         observe_call(self._metrics, breaker.tier, exc, self._t0, now, self._waited, self._priority)
         if exc is None and not self._trial and breaker.count_success():
-            return  # the usual end: counted, nothing to wait for
+            return True  # the usual end: counted, nothing to wait for
+        self._ended_at = now
+        return False
+
+    async def report(self, exc: BaseException | None) -> None:
+        """The breaker's verdict on the call `leave` ended (a failure: applied before this returns)."""
+        breaker = self._breaker
         await breaker.report(breaker_verdict(exc, breaker.ignore), self._trial, self._epoch,
-                             now - self._t0 - self._waited)
+                             self._ended_at - self._t0 - self._waited)
 
     async def __aenter__(self) -> Guard:
         await self.enter()

@@ -77,7 +77,7 @@ Bounded memory. At most `max_routes` routes, `max_tiers` tiers and `max_labels`
 labels per counted event get their own series; the rest share "other". A
 series with nothing left in any window is dropped, freeing its place. A series
 holds at most 28 buckets and 3 cached merges (the overall one 33 and 4), each with at most two sketches of
-at most BIN_LIMIT bins.
+at most BIN_LIMIT bins, and at most PENDING_VALUES values on their way into them.
 
 Counts since start. Beside the windows, every HTTP observation and guarded call
 is also counted into `actors.metrics_totals` (latency histograms by route,
@@ -128,12 +128,52 @@ MAX_VALUE_S = 86_400.0
 _TICK_S = FINE[1]
 _COARSE_S = WINDOWS[0][1]
 _HOUR_WIDTH, _HOUR_BUCKETS = WINDOWS[-1][1], WINDOWS[-1][2]
+PENDING_VALUES = 128     # a bucket's recorded values (two a call) held before they go into its sketches
 MERGES_PER_STEP = 8      # sketch merges a step pays of what rotations owe (~0.4 ms)
 SETTLE_EVERY_S = 0.002   # while merges are owed, the actor wakes this often to pay them
 _NO_VALUES = Percentiles(p50=None, p95=None, p99=None, count=0)
 
 
 _sketch = new_sketch
+
+
+def _add_all(sketch: Sketch, values: list[float]) -> None:
+    """`sketch.add(v)` for each clamped value (0 <= v <= MAX_VALUE_S), in order, in one loop.
+
+    Every guarded call and request adds two values; ddsketch's `add` takes ~0.65 µs a value
+    here, mostly four method calls around a few lines of arithmetic, and this loop ~0.33 µs
+    (128 values of 0.2-0.6 ms at a time, a loaded 2-core machine). It is that arithmetic (its
+    LogarithmicMapping's key, the dense store's bin) with the usual case, a key inside the
+    store's range, done in place, and everything else left to ddsketch's store. Leaves the
+    sketch exactly as the adds would (same bins, counts, sum, min, max). Reads ddsketch 3's
+    private fields: pinned by test_metrics_sketch_add_all_matches_ddsketch.
+    """
+    mapping, store = sketch._mapping, sketch._store
+    floor, multiplier, key_offset = mapping.min_possible, mapping._multiplier, mapping._offset
+    log, ceil = math.log, math.ceil
+    bins, offset, min_key, max_key = store.bins, store.offset, store.min_key, store.max_key
+    total, low, high = sketch._sum, sketch._min, sketch._max
+    zeros = in_place = 0  # whole counts: adding them at the end is exact, as 1.0 at a time is
+    for value in values:
+        if value > floor:
+            key = int(ceil(log(value, 2) * multiplier) + key_offset)
+            if min_key <= key <= max_key:
+                bins[key - offset] += 1.0
+                in_place += 1
+            else:  # outside the range: ddsketch grows (or collapses) the store
+                store.add(key, 1.0)
+                bins, offset, min_key, max_key = store.bins, store.offset, store.min_key, store.max_key
+        else:
+            zeros += 1
+        total += value
+        if value < low:
+            low = value
+        if value > high:
+            high = value
+    store.count += in_place
+    sketch._zero_count += zeros
+    sketch._count += len(values)
+    sketch._sum, sketch._min, sketch._max = total, low, high
 
 
 def _merged(into: Sketch | None, other: Sketch | None) -> Sketch | None:
@@ -152,15 +192,22 @@ def _clamp(value: float) -> float:
 
 
 class _Bucket:
-    """Counters and sketches of one time slice; a sketch appears with its first value."""
+    """Counters and sketches of one time slice; a sketch appears with its first value.
 
-    __slots__ = ("idx", "requests", "errors", "server_errors", "excluded", "stale", "latency", "queue_wait")
+    Values reach the sketches in bulk: `record` keeps them in `_pending` (at most
+    PENDING_VALUES of them) and they are added, in order, when that fills or when a sketch
+    is read, so what `latency` and `queue_wait` return always holds every value recorded.
+    """
+
+    __slots__ = ("idx", "requests", "errors", "server_errors", "excluded", "stale", "_latency",
+                 "_queue_wait", "_pending")
 
     def __init__(self, idx: int) -> None:
         self.idx = idx
         self.requests = self.errors = self.server_errors = self.excluded = self.stale = 0
-        self.latency: Sketch | None = None
-        self.queue_wait: Sketch | None = None
+        self._latency: Sketch | None = None
+        self._queue_wait: Sketch | None = None
+        self._pending: list[float | None] = []  # duration, queue wait (or None), duration, ...
 
     def record(self, duration: float, queue_wait: float | None, error: bool, server_error: bool,
                excluded: bool = False) -> None:
@@ -171,13 +218,34 @@ class _Bucket:
             self.errors += 1
         if server_error:
             self.server_errors += 1
-        if self.latency is None:
-            self.latency = _sketch()
-        self.latency.add(duration)
-        if queue_wait is not None:
-            if self.queue_wait is None:
-                self.queue_wait = _sketch()
-            self.queue_wait.add(queue_wait)
+        pending = self._pending
+        pending.append(duration)
+        pending.append(queue_wait)
+        if len(pending) >= PENDING_VALUES:
+            self._add_pending()
+
+    def _add_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if self._latency is None:
+            self._latency = _sketch()
+        _add_all(self._latency, pending[0::2])  # type: ignore[arg-type]
+        waits = [w for w in pending[1::2] if w is not None]
+        if waits:
+            if self._queue_wait is None:
+                self._queue_wait = _sketch()
+            _add_all(self._queue_wait, waits)
+
+    @property
+    def latency(self) -> Sketch | None:
+        if self._pending:
+            self._add_pending()
+        return self._latency
+
+    @property
+    def queue_wait(self) -> Sketch | None:
+        if self._pending:
+            self._add_pending()
+        return self._queue_wait
 
     def record_many(self, durations: list[float], waits: list[float] | None, error: bool,
                     server_error: bool, excluded: bool) -> None:
@@ -210,8 +278,8 @@ class _Bucket:
         self.stale += other.stale
 
     def absorb_sketches(self, other: _Bucket) -> None:
-        self.latency = _merged(self.latency, other.latency)
-        self.queue_wait = _merged(self.queue_wait, other.queue_wait)
+        latency, queue_wait = _merged(self.latency, other.latency), _merged(self.queue_wait, other.queue_wait)
+        self._latency, self._queue_wait = latency, queue_wait
 
 
 class _Ring:
@@ -412,18 +480,20 @@ def _record(s: MetricsState, source: str, route: str | None, tier: str | None, o
     excluded = not rated or outcome in EXCLUDED
     server_error = not excluded and status is not None and status >= 500
     error = server_error or outcome not in NOT_ERRORS
-    verdict = (error, server_error, excluded)
-    duration = _clamp(duration_s)
-    wait = None if queue_wait_s is None else _clamp(queue_wait_s)
+    # _clamp's test inline: the usual value needs no call.
+    duration = duration_s if 0.0 <= duration_s < MAX_VALUE_S else _clamp(duration_s)
+    wait = queue_wait_s if queue_wait_s is None or 0.0 <= queue_wait_s < MAX_VALUE_S else _clamp(queue_wait_s)
     if source in s.overall_sources:
-        s.overall.rings[0].open.record(duration, wait, *verdict)
+        s.overall.rings[0].open.record(duration, wait, error, server_error, excluded)
         if stale:  # only the overall series counts fallbacks: the dashboard's error tile reads it
             s.overall.rings[0].open.stale += 1
     if route is not None:
-        _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, *verdict)
+        _series(s, s.routes, route, s.max_routes).rings[0].open.record(duration, wait, error, server_error,
+                                                                       excluded)
         s.totals.request(route, status, outcome, duration)
     if tier is not None:
-        _series(s, s.tiers, tier, s.max_tiers).rings[0].open.record(duration, wait, *verdict)
+        series = s.tiers.get(tier) or _series(s, s.tiers, tier, s.max_tiers)
+        series.rings[0].open.record(duration, wait, error, server_error, excluded)
         if source == "call":
             s.totals.call(tier, outcome, duration, priority, admitted=queue_wait_s is not None)
 

@@ -72,7 +72,7 @@ class Totals:
     """Everything since start. `http` and `call` are keyed by their label tuples."""
 
     __slots__ = ("max_routes", "max_tiers", "routes", "tiers", "http", "calls", "transitions", "queue",
-                 "_by_route")
+                 "_by_route", "_by_call")
 
     def __init__(self, max_routes: int, max_tiers: int) -> None:
         self.max_routes, self.max_tiers = max_routes, max_tiers
@@ -85,6 +85,8 @@ class Totals:
         # (edge route, status, outcome) -> its histogram: the hot path's one lookup. Only routes
         # under the cap are kept here, so it is no larger than `http`.
         self._by_route: dict[tuple[str, int | None, str], _Histogram] = {}
+        # (tier, outcome) -> its histogram, likewise for guarded calls (tiers under the cap only).
+        self._by_call: dict[tuple[str, str], _Histogram] = {}
 
     def request(self, route: str, status: int | None, outcome: str, duration_s: float) -> None:
         """`route` is the edge's "METHOD /template"."""
@@ -104,8 +106,13 @@ class Totals:
              admitted: bool = False) -> None:
         """`admitted`: the call held a slot. A refusal before the queue (an open breaker) is
         no admission decision."""
-        key = (_capped(self.tiers, tier, self.max_tiers), str(outcome))
-        _histogram(self.calls, key).add(duration_s)
+        h = self._by_call.get((tier, outcome))
+        if h is None:
+            label = _capped(self.tiers, tier, self.max_tiers)
+            h = _histogram(self.calls, (label, str(outcome)))
+            if label != OTHER:
+                self._by_call[(tier, outcome)] = h
+        h.add(duration_s)
         if priority is not None and (admitted or outcome in QUEUE_REFUSALS):
             decision = (PRIORITY_NAMES.get(priority, OTHER), "admitted" if admitted else str(outcome))
             self.queue[decision] = self.queue.get(decision, 0) + 1

@@ -266,23 +266,35 @@ class PgConnection:
         so several ``;``-separated statements are allowed and ``%`` needs no
         escaping (as in psycopg).
         """
-        # The hot path of every query: written out flat, one coroutine deep below the caller
-        # (each helper call or coroutine layer costs a measurable share of a SELECT 1).
-        if self._busy or self._broken or self._pgconn.status != _OK:
+        # The hot path of every query, written out flat: no coroutine below this one until
+        # trio's wait_readable (each helper call or coroutine layer costs a measurable share
+        # of a SELECT 1). In order: check, bind, notice a dead connection, send, flush, and
+        # collect the results as `_fetch_results` does.
+        pgconn = self._pgconn
+        if self._busy or self._broken or pgconn.status != _OK:
             self._check_usable()
-        tx = self._adaptation.current()
+        adaptation = self._adaptation
+        tx = adaptation.current()
         # Bind errors (wrong parameter count, unadaptable value) are raised before anything
         # touches the connection.
         if params is None:
-            sql = query.encode(self._adaptation.encoding) if type(query) is str else _query_bytes(self._conn, query)
+            sql = query.encode(adaptation.encoding) if type(query) is str else _query_bytes(self._conn, query)
             values: Sequence[Any] = ()
         else:
             sql, values, types, formats = _bind_server_side(tx, query, params)
         self._busy = True
+        self._flushed = False
         try:
-            self._flushed = False
-            self._check_alive()
-            pgconn = self._pgconn
+            # A connection the server dropped while we were idle is noticed before sending,
+            # so that failure is safely retriable (statement_sent=False), not "outcome
+            # unknown". Costs one non-blocking recv.
+            try:
+                pgconn.consume_input()  # EOF raises here
+                pgconn.is_busy()  # parses what was read: runs the notice handler (goodbyes)
+            except psycopg.OperationalError as exc:
+                raise self._lost(exc, statement_sent=False) from exc
+            if self._goodbyes:
+                raise self._lost_before_send(self._goodbyes[0])
             try:
                 if values:
                     pgconn.send_query_params(sql, values, types, formats)
@@ -290,53 +302,60 @@ class PgConnection:
                     pgconn.send_query(sql)  # simple protocol: allows several statements
             except psycopg.OperationalError as exc:
                 raise self._lost(exc, statement_sent=False) from exc
-            last, failed = await self._roundtrip()
+            last = failed = None
+            try:
+                if pgconn.flush():  # 1 = output left over, the socket buffer is full
+                    await self._flush()
+                self._flushed = True
+                wait_readable, sock = trio.lowlevel.wait_readable, self._sock
+                while True:
+                    try:
+                        while pgconn.is_busy():
+                            await wait_readable(sock)
+                            pgconn.consume_input()
+                    except psycopg.OperationalError:
+                        # The server often says why (e.g. 57P01) and then closes: keep its
+                        # error rather than libpq's "connection closed".
+                        if failed is None:
+                            raise
+                        break
+                    result = pgconn.get_result()
+                    if result is None:
+                        break
+                    last = result
+                    status = result.status
+                    if status == _FATAL_ERROR and failed is None:
+                        failed = result
+                    elif status in _COPY_STATES:
+                        break  # libpq would hand out COPY results forever
+            except trio.Cancelled:
+                await self._abandon_query()
+                raise
+            except (psycopg.OperationalError, trio.ClosedResourceError, OSError) as exc:
+                raise self._lost(exc, statement_sent=self._flushed) from exc
+            except BaseException:
+                self.close_now()  # e.g. KeyboardInterrupt: protocol state unknown
+                raise
         finally:
             self._busy = False
             self.last_used_at = trio.current_time()
-        if failed is not None or self._pgconn.status != _OK or self._broken or last is None:
+        if failed is not None or last is None or self._broken or pgconn.status != _OK:
             self._raise_failed(last, failed)
         status = last.status
+        if status == _TUPLES_OK and row_factory is None:  # `_load_result`'s usual case, inline
+            tx.set_pgresult(last)
+            rows = tx.load_rows(0, last.ntuples, tuple)  # tuple itself: psycopg's C fast path
+            tx.set_pgresult(None)  # the kept Transformer holds no result between queries
+            return QueryResult(rows, last, adaptation.encoding)
         if status != _TUPLES_OK and status != _COMMAND_OK:
             self._check_done(last)
-        return _load_result(tx, self._conn, last, self._adaptation.encoding, row_factory)
+        return _load_result(tx, self._conn, last, adaptation.encoding, row_factory)
 
     def _check_usable(self) -> None:
         if self._busy:
             raise psycopg.InterfaceError("another query is already running on this connection")
         if self.broken:
             raise ConnectionLost("the connection is closed", statement_sent=False)
-
-    def _check_alive(self) -> None:
-        """Notice a connection the server dropped while we were idle, before sending.
-
-        That failure is then safely retriable (``statement_sent=False``)
-        instead of "outcome unknown". Costs one non-blocking recv.
-        """
-        try:
-            self._pgconn.consume_input()  # EOF raises here
-            self._pgconn.is_busy()  # parses what was read: runs the notice handler
-        except psycopg.OperationalError as exc:
-            raise self._lost(exc, statement_sent=False) from exc
-        if self._goodbyes:
-            raise self._lost_before_send(self._goodbyes[0])
-
-    async def _roundtrip(self) -> tuple[pq.abc.PGresult | None, pq.abc.PGresult | None]:
-        """Flush the query and collect its results: (the last result, the first failed one)."""
-        try:
-            pgconn = self._pgconn
-            if pgconn.flush():  # 1 = output left over, the socket buffer is full
-                await self._flush()
-            self._flushed = True
-            return await self._fetch_results()
-        except trio.Cancelled:
-            await self._abandon_query()
-            raise
-        except (psycopg.OperationalError, trio.ClosedResourceError, OSError) as exc:
-            raise self._lost(exc, statement_sent=self._flushed) from exc
-        except BaseException:
-            self.close_now()  # e.g. KeyboardInterrupt: protocol state unknown
-            raise
 
     async def _flush(self) -> None:
         pgconn = self._pgconn

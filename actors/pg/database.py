@@ -190,10 +190,31 @@ class Database:
         guard = held = None
         exc_out: BaseException | None = None
         try:
-            guard, held = self._guarded(tier, priority)
-            conn = await held.take(await guard.enter())
+            guard = self._guards(tier, priority, None, conn=True)  # as `_guarded`, one call less
+            held = self.connections.lease(priority)
+            # `_enter`, written out (a coroutine less per query), keeping its clock reading.
+            now: float | None = trio.current_time()
+            admitted = guard.enter_now(now)
+            if admitted is None:
+                conn = await held.take(await guard.enter())
+                now = None
+            else:
+                conn = held.vet(admitted, now)
+                if conn is None:
+                    conn, now = await held.open(), None
             try:
-                return await self._execute(conn, query, params, row_factory, timeout_s)
+                if timeout_s is not None:
+                    return await _execute(conn, query, params, row_factory, timeout_s)
+                # `_execute`'s watchdog path, written out: one coroutine layer less per query.
+                watchdog, key = self.watchdog, id(conn)
+                watchdog.watch(key, conn, (trio.current_time() if now is None else now) + self.query_timeout_s)
+                try:
+                    return await conn.execute(query, params, row_factory=row_factory)
+                except (ConnectionLost, psycopg.errors.QueryCanceled) as exc:
+                    self._raise_if_timed_out(key, exc)
+                    raise
+                finally:
+                    watchdog.unwatch(key)
             except ConnectionLost as exc:
                 if connection_limit_reached(exc):  # a pooler found no server connection: nothing ran
                     raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
@@ -206,28 +227,33 @@ class Database:
             _mark(exc, _retriable(exc))
             raise
         finally:
-            if guard is not None and guard.entered:
-                await guard.exit(exc_out, held)
+            if guard is not None and guard.entered and not guard.leave(exc_out, held):
+                await guard.report(exc_out)
 
     async def _execute(self, conn: PgConnection, query: str, params: Params, row_factory: Any,
                        timeout_s: float | None) -> QueryResult:
         """Run one statement: the caller's `timeout_s` exactly, else the watchdog's bound."""
         if timeout_s is not None:
             return await _execute(conn, query, params, row_factory, timeout_s)
-        key = id(conn)
-        self.watchdog.watch(key, conn, trio.current_time() + self.query_timeout_s)
+        watchdog, key = self.watchdog, id(conn)
+        watchdog.watch(key, conn, trio.current_time() + self.query_timeout_s)
         try:
             return await conn.execute(query, params, row_factory=row_factory)
-        except ConnectionLost:
-            if key in self.watchdog.expired:
-                raise QueryTimeout(self.query_timeout_s) from None
-            raise
-        except psycopg.errors.QueryCanceled:
-            if key in self.watchdog.cancelled:  # the statement timeout, applied by the watchdog
-                raise QueryTimeout(self.statement_timeout_s) from None
+        except (ConnectionLost, psycopg.errors.QueryCanceled) as exc:
+            self._raise_if_timed_out(key, exc)
             raise
         finally:
-            self.watchdog.unwatch(key)
+            watchdog.unwatch(key)
+
+    def _raise_if_timed_out(self, key: int, exc: BaseException) -> None:
+        """QueryTimeout if the watchdog ended the statement: it closed the connection past
+        `query_timeout_s` (ConnectionLost), or had the server cancel it at the statement
+        timeout (QueryCanceled). Called while `exc` is being handled, before `unwatch`."""
+        if isinstance(exc, ConnectionLost):
+            if key in self.watchdog.expired:
+                raise QueryTimeout(self.query_timeout_s) from None
+        elif key in self.watchdog.cancelled:
+            raise QueryTimeout(self.statement_timeout_s) from None
 
     async def fetch(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
                     tier: str = "database", timeout_s: float | None = None, row_factory: Any = None) -> list:
@@ -262,7 +288,7 @@ class Database:
         exc_out: BaseException | None = None
         try:
             guard, held = self._guarded(tier, priority)
-            conn = await held.take(await guard.enter())
+            conn = await _enter(guard, held)
             with _deadline(timeout_s) as scope:
                 try:
                     await self._execute(conn, "BEGIN", None, None, None)
@@ -289,8 +315,8 @@ class Database:
             _mark(exc, _retriable(exc))
             raise
         finally:
-            if guard is not None and guard.entered:
-                await guard.exit(exc_out, held)
+            if guard is not None and guard.entered and not guard.leave(exc_out, held):
+                await guard.report(exc_out)
 
     async def metrics(self) -> Any:
         """The spec's ConnectionMetrics from the latest probe (probes now if there was none)."""
@@ -334,6 +360,17 @@ class _deadline:
 
     def __exit__(self, *exc: Any) -> bool | None:
         return self._scope.__exit__(*exc) if self._scope is not None else None
+
+
+async def _enter(guard: Guard, held: ConnectionLease) -> PgConnection:
+    """The slot and its connection. The usual call takes an offered slot and its connection
+    without a coroutine (breaker CLOSED, a slot on offer, the connection fit for use)."""
+    now = trio.current_time()
+    admitted = guard.enter_now(now)
+    if admitted is None:
+        return await held.take(await guard.enter())
+    conn = held.vet(admitted, now)
+    return conn if conn is not None else await held.open()
 
 
 async def _execute(conn: PgConnection, query: str, params: Params, row_factory: Any,

@@ -309,6 +309,14 @@ class ConnectionLease:
     async def take(self, granted: Admitted) -> Any:
         """The granted connection, or a fresh one if it broke, outlived `max_lifetime_s`, or
         goes to another DSN than this call's priority's (`priority_dsn`)."""
+        conn = self.vet(granted, trio.current_time())
+        if conn is None:
+            conn = self.conn = await self._open()
+        return conn
+
+    def vet(self, granted: Admitted, now: float) -> Any:
+        """`take` without a coroutine: the granted connection if it can be used as is, else
+        None (then `await take(granted)` or `open()`); the pool's refusals raise here."""
         # The pool counts a connection for this slot when it gave one or leave to open one.
         self.counted = granted.conn is not None or granted.connect
         if granted.unavailable_s:
@@ -316,11 +324,16 @@ class ConnectionLease:
                 raise ConnectionLimitReached(granted.unavailable_s)
             raise DatabaseUnavailable(granted.unavailable_s)
         conn = granted.conn
-        if conn is not None and (conn.broken or trio.current_time() - conn.created_at > self._max_lifetime_s
-                                 or not serves(conn, self._priority)):
+        if conn is not None and (conn.broken or now - conn.created_at > self._max_lifetime_s
+                                 or (conn.serves is not None and not serves(conn, self._priority))):
             conn.close_now()
             conn = None
-        self.conn = conn if conn is not None else await self._open()
+        self.conn = conn
+        return conn
+
+    async def open(self) -> Any:
+        """A fresh connection for a slot `vet` found none usable for."""
+        self.conn = await self._open()
         return self.conn
 
     async def _open(self) -> Any:
@@ -349,12 +362,14 @@ class ConnectionLease:
         conn, self.conn = self.conn, None
         keep = (conn is not None and not conn.broken and not conn.in_transaction
                 and not getattr(conn, "cancel_requested", False))
-        if conn is not None and not keep:
+        if keep:  # the usual end (a kept connection was never a failed connect)
+            if not queue.release(token, conn):
+                conn.close_now()  # the system has shut down: nobody to give it back to
+            return
+        if conn is not None:
             conn.close_now()
-        sent = queue.release(token, conn=conn if keep else None, discarded=self.counted and not keep,
-                             connect_failed=self.connect_failed, connect_limited=self.connect_limited)
-        if not sent and conn is not None and keep:
-            conn.close_now()  # the system has shut down: nobody to give it back to
+        queue.release(token, discarded=self.counted, connect_failed=self.connect_failed,
+                      connect_limited=self.connect_limited)
 
 
 class Connections:

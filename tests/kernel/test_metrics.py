@@ -18,10 +18,13 @@ from actors.metrics import (
     MAX_VALUE_S,
     MERGES_PER_STEP,
     OTHER,
+    PENDING_VALUES,
     SETTLE_EVERY_S,
     WINDOWS,
     MetricsCore,
     MetricsState,
+    _add_all,
+    _sketch,
     snapshot,
     step,
 )
@@ -484,3 +487,43 @@ def test_metrics_stale_answers_are_counted_apart_from_errors_in_every_window():
     assert window(now, "1m", "GET /api/animals").stale == 0  # the overall series only
     later = snapshot(s, 75.0)  # the 10 s bucket has closed and been folded into the 5m ring
     assert [(w.stale, w.errors) for w in later.overall.windows.values()] == [(0, 0), (1, 1), (1, 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.just(0.0), st.floats(min_value=1e-12, max_value=MAX_VALUE_S),
+                          st.floats(min_value=1e-4, max_value=2e-3)), max_size=300),
+       st.integers(min_value=1, max_value=64))
+def test_metrics_sketch_add_all_matches_ddsketch(values, chunk):
+    # `_add_all` reads ddsketch's private fields: it must leave a sketch exactly as `add` does,
+    # bins (and their collapse at BIN_LIMIT), counts, sum, min and max alike, in any chunking.
+    ours, theirs = _sketch(), _sketch()
+    for i in range(0, len(values), chunk):
+        _add_all(ours, values[i:i + chunk])
+    for value in values:
+        theirs.add(value)
+    assert ours._store.bins == theirs._store.bins
+    assert (ours._store.offset, ours._store.min_key, ours._store.max_key, ours._store.count) == \
+        (theirs._store.offset, theirs._store.min_key, theirs._store.max_key, theirs._store.count)
+    assert (ours._store.is_collapsed, ours._zero_count, ours.count, ours.sum) == \
+        (theirs._store.is_collapsed, theirs._zero_count, theirs.count, theirs.sum)
+    if values:
+        assert (ours._min, ours._max) == (theirs._min, theirs._max)
+        for q in (0.0, 0.5, 0.95, 0.99, 1.0):
+            assert ours.get_quantile_value(q) == theirs.get_quantile_value(q)
+
+
+def test_metrics_values_held_back_are_in_every_read():
+    # Recorded values wait in the bucket (PENDING_VALUES) until a sketch is read: a snapshot
+    # taken after fewer than that still counts each one, and a later one counts the rest.
+    s = MetricsState.initial(now=0.0)
+    for i in range(PENDING_VALUES // 2 - 1):
+        step(s, Observation(source="call", route=None, tier="database", outcome="ok", status=None,
+                            duration_s=0.001 * (i + 1), queue_wait_s=0.0, at=1.0), 1.0)
+    first = snapshot(s, 1.0).tiers["database"].windows["1m"]
+    assert (first.requests, first.latency.count, first.queue_wait.count) == (63, 63, 63)
+    for _ in range(PENDING_VALUES):
+        step(s, Observation(source="call", route=None, tier="database", outcome="ok", status=None,
+                            duration_s=0.5, at=2.0), 2.0)
+    later = snapshot(s, 2.0).tiers["database"].windows["1m"]
+    assert (later.requests, later.latency.count, later.queue_wait.count) == (191, 191, 63)
+    assert later.latency.p99 == pytest.approx(0.5, rel=0.01)
