@@ -23,12 +23,14 @@ from actors.metrics import (
     WINDOWS,
     MetricsCore,
     MetricsState,
-    _add_all,
     _sketch,
     snapshot,
     step,
 )
+from actors.metrics import (
+)
 from actors.runtime.actor import Send
+from actors.sketch import add_all
 from messages.commands import GetSnapshot, Tick
 from messages.metrics import Count, MetricsSnapshot, Observation, WindowStats
 
@@ -494,11 +496,11 @@ def test_metrics_stale_answers_are_counted_apart_from_errors_in_every_window():
                           st.floats(min_value=1e-4, max_value=2e-3)), max_size=300),
        st.integers(min_value=1, max_value=64))
 def test_metrics_sketch_add_all_matches_ddsketch(values, chunk):
-    # `_add_all` reads ddsketch's private fields: it must leave a sketch exactly as `add` does,
+    # `add_all` reads ddsketch's private fields: it must leave a sketch exactly as `add` does,
     # bins (and their collapse at BIN_LIMIT), counts, sum, min and max alike, in any chunking.
     ours, theirs = _sketch(), _sketch()
     for i in range(0, len(values), chunk):
-        _add_all(ours, values[i:i + chunk])
+        add_all(ours, values[i:i + chunk])
     for value in values:
         theirs.add(value)
     assert ours._store.bins == theirs._store.bins
