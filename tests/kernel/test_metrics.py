@@ -27,8 +27,6 @@ from actors.metrics import (
     snapshot,
     step,
 )
-from actors.metrics import (
-)
 from actors.runtime.actor import Send
 from actors.sketch import add_all
 from messages.commands import GetSnapshot, Tick
