@@ -93,10 +93,17 @@ class Watchdog:
         self._watched[key] = (deadline, conn)
 
     def unwatch(self, key: int) -> bool:
-        """Stop watching; True if the watchdog had closed the connection."""
-        self._watched.pop(key, None)
-        if self.cancelled:
+        """Stop watching; True if the watchdog had closed the connection.
+
+        A statement that ended while its cancel request was on its way (it finished just as
+        the statement timeout came) leaves that request to land on whatever the connection
+        runs next — another caller's insert, the next statement of a transaction: such a
+        connection is closed here, never reused (the pool opens another)."""
+        watched = self._watched.pop(key, None)
+        if self.cancelled and key in self.cancelled:
             self.cancelled.discard(key)
+            if watched is not None:
+                watched[1].close_now()
         if key in self.expired:
             self.expired.discard(key)
             return True

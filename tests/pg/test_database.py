@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from actors import CircuitOpen, open_monitoring
 from actors.faults import BlackHole, FaultProxy
 from actors.pg.connection import ConnectionLost, PgConnection
-from actors.pg.database import DatabaseNotConfigured, QueryTimeout
+from actors.pg.database import DatabaseNotConfigured, QueryTimeout, Watchdog
 from messages.config import Config, DatabaseConfig, Priority, QueueConfig
 
 
@@ -122,6 +122,25 @@ async def test_db_timeout_cancels_query_and_frees_backend(database_url, direct_d
             while await running():
                 await trio.sleep(0.05)
         assert await mon.db.fetchval("select 7") == 7
+
+
+async def test_db_watchdog_never_reuses_a_connection_its_cancel_request_is_on_its_way_to(database_url):
+    """A statement that ends by itself just as its statement timeout comes, after the watchdog
+    sent the server its cancel request: that request lands on whatever the connection runs
+    next (another caller's insert, the next statement of a transaction), so the connection
+    is retired, never handed out again."""
+    watchdog = Watchdog(cancel_lead_s=1.0)
+    async with await PgConnection.connect(database_url) as conn, trio.open_nursery() as nursery:
+        key = id(conn)
+        watchdog.watch(key, conn, trio.current_time() + 1.0)  # its statement timeout: now
+        assert (await conn.execute("select 1")).rows == [(1,)]  # done by itself, just in time
+        await nursery.start(watchdog.run)
+        with trio.fail_after(2):
+            while key not in watchdog.cancelled:  # the watchdog's next round sends the cancel
+                await trio.sleep(0.01)
+        watchdog.unwatch(key)
+        assert conn.broken
+        nursery.cancel_scope.cancel()
 
 
 async def test_db_black_holed_query_without_timeout_ends_in_query_timeout_at_its_bound(database_url):
