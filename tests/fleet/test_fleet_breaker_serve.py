@@ -14,12 +14,8 @@ Each instance is sent a `SELECT 1` request every 0.1 s all along.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -29,6 +25,7 @@ from actors.faults.kinds import Down
 from actors.faults.proxy import FaultProxy
 from actors.tools.procs import free_port, stop
 from tests.fleet.redis_helpers import REDIS_URL, redis_prefix
+from tests.fleet.test_fleet_serve import _ready, _start
 
 ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT_S = 1.0   # FleetConfig's default
@@ -58,15 +55,6 @@ redis_failures = 5
 """
 
 
-def _start(i: int, port: int, config: Path, database_url: str, log: Any) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("NODE_ENV", "TRIAGE_FAULTS", "REDIS_URL")}
-    env.update(PYTHONPATH=str(ROOT), DATABASE_URL=database_url, TRIAGE_CONFIG=str(config),
-               HEALTH_CHECK_INTERVAL="1000", LOG_LEVEL="INFO")
-    return subprocess.Popen([sys.executable, "-m", "actors.cli", "serve", "--app",
-                             "tests.fleet.fleet_app:create", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-
-
 class _Instance:
     def __init__(self, i: int, port: int, proxy: FaultProxy, client: httpx.AsyncClient) -> None:
         self.name, self.url, self.proxy, self.client = f"i{i + 1}", f"http://127.0.0.1:{port}", proxy, client
@@ -89,17 +77,6 @@ class _Instance:
             try:
                 await self.client.get(f"{self.url}/db")
                 self.answered += 1
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.1)
-
-
-async def _ready(inst: _Instance) -> None:
-    with trio.fail_after(30):
-        while True:
-            try:
-                if (await inst.client.get(f"{inst.url}/api/health/live")).status_code == 200:
-                    return
             except httpx.TransportError:
                 pass
             await trio.sleep(0.1)
@@ -140,12 +117,12 @@ async def test_fleet_three_serve_processes_agree_on_the_database_breaker(databas
             config = tmp_path / f"i{i + 1}.toml"
             config.write_text(_toml(prefix).replace("__ID__", f"i{i + 1}"))
             dsn = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
-            procs.append(_start(i, port, config, dsn, files[i]))
+            procs.append(_start(port, config, dsn, files[i]))
         try:
             async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as nursery:
                 fleet = [_Instance(i, port, proxy, client) for i, (port, proxy) in enumerate(zip(ports, proxies, strict=True))]
                 for inst in fleet:
-                    await _ready(inst)
+                    await _ready(client, inst.url)
                 with trio.fail_after(10):  # every instance counts the three
                     for inst in fleet:
                         while (await client.get(f"{inst.url}/api/fleet")).json()["live"] < 3:
