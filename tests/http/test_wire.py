@@ -6,6 +6,8 @@ two or written between two of hypercorn's shows as a protocol error, not as a lo
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -72,6 +74,21 @@ async def serve(nursery: trio.Nursery, app: Served) -> int:
     return int(binds[0].rsplit(":", 1)[1])
 
 
+@asynccontextmanager
+async def wired(app: Served, within_s: float) -> AsyncIterator[tuple[Client, Wire]]:
+    """`app` served, one client's GET / under way and its stream's wire found: (client, wire),
+    all within `within_s`; then the client closed and the server stopped."""
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, app)
+        client = await Client.open(port)
+        with trio.fail_after(within_s):
+            await app.arrived.wait()
+            (wire,) = app.wires
+            yield client, wire
+        await client.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 class Client:
     """One HTTP/1.1 request, its response read through h11."""
 
@@ -108,78 +125,51 @@ class Client:
 
 async def test_wire_frames_offered_reach_the_client_as_valid_chunks():
     app = Served()
-    async with trio.open_nursery() as nursery:
-        port = await serve(nursery, app)
-        client = await Client.open(port)
-        with trio.fail_after(10):
-            await app.arrived.wait()
-            (wire,) = app.wires
-            assert isinstance(wire, Wire), "hypercorn's internals changed: the streams lost their fast path"
-            for _ in range(5):
-                wire.offer(app.number + 1, app.frame(b"x" * 3000))
-                assert not wire.stalled.is_set()    # written at once, by the offering task
-            await client.read_until(lambda c: c.ids()[-1:] == [5])
+    async with wired(app, within_s=10) as (client, wire):
+        assert isinstance(wire, Wire), "hypercorn's internals changed: the streams lost their fast path"
+        for _ in range(5):
+            wire.offer(app.number + 1, app.frame(b"x" * 3000))
+            assert not wire.stalled.is_set()    # written at once, by the offering task
+        await client.read_until(lambda c: c.ids()[-1:] == [5])
         assert client.status == 200 and client.ids() == [1, 2, 3, 4, 5]
         assert client.body.startswith(b"retry: 1000\n\n")
-        await client.stream.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def test_wire_a_reader_that_stops_reading_skips_to_the_newest_frame_and_chunks_stay_whole():
     app = Served()
-    async with trio.open_nursery() as nursery:
-        port = await serve(nursery, app)
-        client = await Client.open(port)
-        with trio.fail_after(20):
-            await app.arrived.wait()
-            (wire,) = app.wires
-            big = b"y" * (256 * 1024)
-            while not wire.stalled.is_set():      # the client reads nothing: the socket fills
-                wire.offer(app.number + 1, app.frame(big))
-            stalled_at = app.number
-            for _ in range(3):                     # not taken: left to the stream's own task
-                wire.offer(app.number + 1, app.frame(big))
-            newest = app.number
-            await client.read_until(lambda c: c.ids()[-1:] == [newest])
+    async with wired(app, within_s=20) as (client, wire):
+        big = b"y" * (256 * 1024)
+        while not wire.stalled.is_set():      # the client reads nothing: the socket fills
+            wire.offer(app.number + 1, app.frame(big))
+        stalled_at = app.number
+        for _ in range(3):                     # not taken: left to the stream's own task
+            wire.offer(app.number + 1, app.frame(big))
+        newest = app.number
+        await client.read_until(lambda c: c.ids()[-1:] == [newest])
         ids = client.ids()
         assert ids == sorted(set(ids)) and ids[-1] == newest
         assert stalled_at + 1 not in ids and stalled_at + 2 not in ids  # skipped, never queued
         for event in client.body.split(b"id: ")[1:]:  # every frame whole
             assert event.partition(b"\ndata: ")[2] == big + b"\n\n"
-        await client.stream.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def test_wire_a_stream_ended_with_a_chunk_cut_short_still_ends_on_a_chunk_boundary():
     app = Served(catches_up=False)  # cancelled before its task could catch up (a drain, say)
-    async with trio.open_nursery() as nursery:
-        port = await serve(nursery, app)
-        client = await Client.open(port)
-        with trio.fail_after(20):
-            await app.arrived.wait()
-            (wire,) = app.wires
-            wire.offer(1, app.frame(b"w" * (4 << 20)))   # more than the socket takes at once
-            assert wire.pending
-            app.end.set()                                # the stream ends: `finish` writes the rest
-            await client.read_until(lambda c: c.ended)  # h11 raises on a broken chunk
+    async with wired(app, within_s=20) as (client, wire):
+        wire.offer(1, app.frame(b"w" * (4 << 20)))   # more than the socket takes at once
+        assert wire.pending
+        app.end.set()                                # the stream ends: `finish` writes the rest
+        await client.read_until(lambda c: c.ended)  # h11 raises on a broken chunk
         assert client.ids() == [1] and client.body.endswith(b"w" * 1000 + b"\n\n")
-        await client.stream.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def test_wire_a_client_gone_closes_the_wire_without_an_error():
     app = Served()
-    async with trio.open_nursery() as nursery:
-        port = await serve(nursery, app)
-        client = await Client.open(port)
-        with trio.fail_after(10):
-            await app.arrived.wait()
-            (wire,) = app.wires
-            await client.stream.aclose()
-            while not wire.closed:
-                wire.offer(app.number + 1, app.frame(b"z" * 3000))
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
+    async with wired(app, within_s=10) as (client, wire):
+        await client.stream.aclose()
+        while not wire.closed:
+            wire.offer(app.number + 1, app.frame(b"z" * 3000))
+            await trio.sleep(0.01)
 
 
 async def test_wire_of_none_for_head_http10_and_any_other_send():
