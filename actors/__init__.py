@@ -45,7 +45,7 @@ from messages.errors import (
     TriageError,
     UnknownTier,
 )
-from messages.events import ActorRestarted, BreakerTransition, MaintenanceChanged
+from messages.events import ActorRestarted, BreakerTransition, MaintenanceChanged, QueueLimitChanged
 from messages.health import Alert, Degradation, HealthReport
 from messages.metrics import MetricsSnapshot, Percentiles, WindowStats
 from messages.outcome import Outcome, outcome_of
@@ -94,7 +94,7 @@ __all__ = [
     # snapshots and events
     "ActorRestarted", "ActorStatus", "Alert", "BreakerSnapshot", "BreakerTransition",
     "DatabaseDown", "DatabaseMetrics", "DatabaseUp", "Degradation", "HealthReport",
-    "LimiterSnapshot", "MaintenanceChanged", "MetricsSnapshot", "Percentiles", "PolicyStats", "PoolCheck",
+    "LimiterSnapshot", "MaintenanceChanged", "QueueLimitChanged", "MetricsSnapshot", "Percentiles", "PolicyStats", "PoolCheck",
     "PoolSnapshot", "QueueSnapshot", "SystemSnapshot", "SystemStatistics", "ThresholdCleared",
     "ThresholdViolated",
     "WindowStats",

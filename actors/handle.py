@@ -194,7 +194,8 @@ class Monitoring:
         return await self.fleet_handle.view()
 
     def events(self, buffer: int = 256):
-        """`async with mon.events() as ch: async for event in ch` — transitions and restarts."""
+        """`async with mon.events() as ch: async for event in ch` — breaker transitions, actor
+        restarts, maintenance and queue-limit changes, alerts."""
         return self._bus.subscribe(buffer)
 
     def actors(self) -> dict[str, ActorStatus]:

@@ -71,7 +71,7 @@ from actors.pg.pool import (
     pool_snapshot,
     undo_lease,
 )
-from actors.runtime.actor import Send
+from actors.runtime.actor import Emit, Send
 from actors.scheduler_state import (
     N_PRIORITIES,
     SchedulerState,
@@ -109,6 +109,7 @@ from messages.errors import (
     QueueFull,
     QueueTimeout,
 )
+from messages.events import QueueLimitChanged
 from messages.snapshots import QueueSnapshot
 
 _NAMES = ", ".join(f"{p.name}={p.value}" for p in Priority)
@@ -340,7 +341,7 @@ def _set_limit(s: SchedulerState, msg: SetLimit, now: float) -> list:
     s.limit = n
     effects = _hand_over(s, now)
     offers = _offer(s, now)
-    return [*effects, *offers, Send(msg.reply, Done())]
+    return [*effects, *offers, Emit(QueueLimitChanged(max_concurrent=n, at=now)), Send(msg.reply, Done())]
 
 
 def _drop_idle_all(s: SchedulerState, msg: DropIdle, now: float) -> list:

@@ -33,3 +33,11 @@ class ActorRestarted(Message):
 
 class MaintenanceChanged(Message):
     on: bool
+
+
+class QueueLimitChanged(Message):
+    """`mon.queue.set_limit`: the admission queue's slots from now on (None: the configured
+    number again)."""
+
+    max_concurrent: int | None
+    at: float

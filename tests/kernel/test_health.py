@@ -508,3 +508,16 @@ async def test_health_actor_samples_this_process_memory(autojump_clock):
         memory = r.detailed()["metrics"]["resources"]["memory"]
     assert memory["limitSource"] in ("cgroup", "host")
     assert 0 < memory["rssBytes"] < memory["limitBytes"]
+
+
+async def test_health_shows_a_changed_queue_limit_at_once(autojump_clock):
+    # An operator reduces the slots and reads /api/health at once: it says so, without the
+    # second's wait for the next evaluation (and the same when the limit is restored).
+    cfg = Config(queue=QueueConfig(max_concurrent=3))
+    async with open_monitoring(cfg) as mon:
+        for limit, shown in ((1, 1), (None, 3)):
+            await trio.sleep(0.4)  # between two evaluations
+            asked_at = trio.current_time()
+            await mon.queue.set_limit(limit)
+            report = await mon.health_report.wait_value(lambda r, n=shown: r.components["queue"]["maxConcurrent"] == n)
+            assert report.at == asked_at

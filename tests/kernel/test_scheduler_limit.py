@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from actors import ActorCrashed, InvalidArgument, open_monitoring
 from actors.pg.pool import Offers
-from actors.runtime.actor import Send
+from actors.runtime.actor import Emit, Send
 from actors.runtime.mailbox import ask
 from actors.scheduler import SchedulerCore, SchedulerState, step
 from messages.commands import Admit, Admitted, Crash, Done, Release, SetLimit
 from messages.config import Config, Priority, QueueConfig
+from messages.events import QueueLimitChanged
 
 
 class Token:
@@ -46,7 +47,9 @@ def test_scheduler_set_limit_lets_holders_above_it_finish_and_new_arrivals_wait(
     s, (a, b, c) = holding(3)
     reply = Token("admin")
     s, effects = step(s, SetLimit(reply=reply, max_concurrent=1), 1.0)
-    assert [(e.to, e.value) for e in effects] == [(reply, Done())]
+    emitted, answered = effects  # the change told (health shows it at once), then the answer
+    assert type(emitted) is Emit and emitted.event == QueueLimitChanged(max_concurrent=1, at=1.0)
+    assert (answered.to, answered.value) == (reply, Done())
     assert s.holders == {a, b, c} and (s.max_concurrent, s.free) == (1, 0)  # nobody is cut
     waiter = Token("w")
     s, effects = step(s, Admit(reply=waiter, priority=Priority.CRITICAL, at=1.0), 1.0)
