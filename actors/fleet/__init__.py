@@ -24,6 +24,7 @@ from actors.fleet.breaker_agent import BreakerAgent
 from actors.fleet.gate import FleetGate
 from actors.fleet.heartbeat import Heartbeat
 from actors.fleet.link import RTT_BUCKETS, RedisLink, RedisUnavailable, listen
+from actors.runtime.mailbox import AsyncValue
 from messages.config import Config
 from messages.errors import TriageError
 from messages.health import Alert
@@ -64,6 +65,7 @@ class Fleet:
             run=self.link.call, pubsub_client=lambda: self.link.client, unavailable=(RedisUnavailable,))
         self._down_since: str | None = None
         self._reset_channel = f"{f.key_prefix}reset"
+        self.resets_heard = AsyncValue(0)  # other instances' resets applied here (tests, tools)
         self._last_instances: list[dict[str, Any]] = []
 
     def _link_changed(self, up: bool) -> None:
@@ -155,6 +157,7 @@ class Fleet:
                       error=type(exc).__name__)
             return
         self.gate.forget(news.policy, news.key)
+        self.resets_heard.set(self.resets_heard.value + 1)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
