@@ -48,10 +48,9 @@ def add_all(sketch: Sketch, values: list[float]) -> None:
         return
     log, ceil, multiplier, low = math.log, math.ceil, _MULTIPLIER, _MIN_POSSIBLE
     positive = [v for v in values if v > low]
-    if len(positive) < len(values):
-        for v in values:
-            if not v > low:
-                sketch.add(v)  # zero (a clamped duration): the sketch's zero count
+    zeros = len(values) - len(positive)
+    if zeros:  # zero (no queue wait, a clamped duration): the sketch's zero count, in one add
+        sketch.add(next(v for v in values if not v > low), zeros)
     keys = [int(ceil(log(v, 2) * multiplier)) for v in positive]
     member = dict(zip(keys, positive, strict=True))  # a value of each bin: it stands for the bin
     add = sketch.add
