@@ -132,6 +132,12 @@ class BreakerHandle:
         if not self._inbox.closed:
             self._inbox.put(msg)
 
+    def admitting_epoch(self) -> int | None:
+        """The epoch while the breaker admits every call from its published state (CLOSED,
+        or turned off): no permit to ask for. None otherwise."""
+        v = self._view.value
+        return v.epoch if v.phase == "closed" or not v.enabled else None
+
     async def permit(self) -> tuple[bool, int]:
         """(trial, epoch) or CircuitOpen. Asks the actor only when it is not CLOSED."""
         v = self._view.value
@@ -282,7 +288,8 @@ class QueueHandle:
                 connect_limited: bool = False, now: float | None = None) -> bool:
         """Give the slot back (with the pooled connection, if any). False once shut down.
 
-        `lease`: what the holder got, returned as is when it used no connection. While nobody
+        `lease`: what the holder got, returned as is when it used no connection or the one it
+        came with (an offer taken by `mon.db`, see `actors.pg.pool.release_with`). While nobody
         waits, a clean slot goes straight back on the offer list (see `actors.pg.pool.Offers`).
         """
         offers, cell = self.offers, self._cell
@@ -390,9 +397,13 @@ class Guard:
         if taken is None:
             return None
         token, admitted = taken
-        self._trial, self._epoch = False, v.epoch
-        self._token, self._t0, self._waited, self._lease = token, now, admitted.waited_s, admitted
+        self.hold(token, admitted, now, v.epoch)
         return admitted
+
+    def hold(self, token: Any, admitted: Admitted, now: float, epoch: int) -> None:
+        """The guard now holds the slot `token` (no trial), as if it had entered at `now`."""
+        self._trial, self._epoch = False, epoch
+        self._token, self._t0, self._waited, self._lease = token, now, admitted.waited_s, admitted
 
     async def enter(self) -> Admitted:
         """Permit + slot, or the refusal (observed, and a trial permit handed back).
@@ -483,21 +494,29 @@ class Guard:
 class Guards:
     """Makes the guard for a tier: the one place `mon.run`, `mon.guard` and `mon.db` get theirs."""
 
-    __slots__ = ("breakers", "queue", "_metrics", "_closed")
+    __slots__ = ("breakers", "queue", "metrics", "closed")
 
     def __init__(self, breakers: dict[str, BreakerHandle], queue: QueueHandle, metrics: Mailbox,
                  closed: Any) -> None:
-        self.breakers, self.queue, self._metrics, self._closed = breakers, queue, metrics, closed
+        self.breakers, self.queue, self.metrics, self.closed = breakers, queue, metrics, closed
 
     def __call__(self, tier: str, priority: int, timeout_s: float | None, *,
                  conn: bool = False) -> Guard:
         """A guard for one call; `conn`: the slot comes with a pooled connection (mon.db)."""
-        if self._closed():
+        if self.closed():
             raise ShuttingDown()
         breaker = self.breakers.get(tier)
         if breaker is None:
             raise UnknownTier(tier, tuple(self.breakers))
-        return Guard(breaker, self.queue, self._metrics, priority, timeout_s, conn, not conn)
+        return Guard(breaker, self.queue, self.metrics, priority, timeout_s, conn, not conn)
+
+    def holding(self, breaker: BreakerHandle, priority: Priority, token: Any, admitted: Admitted,
+                now: float, epoch: int) -> Guard:
+        """The guard of a `mon.db` call that took an offered slot without one (see
+        `Database._take_offer`), made when the call needs it: its statement raised."""
+        guard = Guard(breaker, self.queue, self.metrics, priority, None, True, False)
+        guard.hold(token, admitted, now, epoch)
+        return guard
 
 
 def check_timeout(timeout_s: object) -> float | None:

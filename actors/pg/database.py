@@ -4,7 +4,11 @@ Theory of operation. Every call goes through the one guard `mon.run` and
 `mon.guard` use (`actors.guard.Guard`: breaker permit, admission, outcome,
 metrics), asking for a slot *and* a pooled connection in one grant (the pool,
 `actors.pg.pool`, gives at most one connection per slot, so the database never
-sees more than `max_concurrent` of our backends). The query runs on a
+sees more than `max_concurrent` of our backends). The usual call (breaker CLOSED, a slot and its
+connection on offer, no `timeout_s`) does what the guard would do without making one: it
+takes the offer, runs the statement, and on success puts the offer back, tells the metrics
+and counts the success (`_take_offer`, `_run`); anything else that happens to it — an
+error, a cancellation — gets the guard it would have had, holding that slot (`_failed`). The query runs on a
 `PgConnection` driven from the calling task; the connection goes back to the
 pool with the slot, or is discarded if it broke, is inside a transaction it
 should not be, has outlived `max_lifetime_s`, or had a cancel request sent.
@@ -40,7 +44,7 @@ from typing import Any
 import psycopg
 import trio
 
-from actors.guard import Guard, Guards
+from actors.guard import Guard, Guards, observe_call
 from actors.pg.connection import ConnectionLost, PgConnection, QueryResult
 from actors.pg.errors import (
     ConnectionLimitReached,
@@ -49,7 +53,7 @@ from actors.pg.errors import (
     QueryTimeout,
     connection_limit_reached,
 )
-from actors.pg.pool import CONNECT_BACKOFF_MIN_S, ConnectionLease, Connections
+from actors.pg.pool import CONNECT_BACKOFF_MIN_S, ConnectionLease, Connections, release_with
 from messages.config import Config, Priority
 
 __all__ = ["ConnectionLimitReached", "Database", "DatabaseNotConfigured", "DatabaseUnavailable",
@@ -172,6 +176,11 @@ class Database:
         self.application_name = db.application_name
         self.monitor = monitor
         self.connections = Connections(self._connect, db.max_lifetime_s)
+        # What `_take_offer` reads on every call.
+        self._offers = offers = self.queue.offers
+        self._entries = offers.entries if offers is not None else ()
+        self._routed = offers is not None and offers.routed
+        self._breakers, self._metrics, self._guards_closed = guards.breakers, guards.metrics, guards.closed
 
     @property
     def configured(self) -> bool:
@@ -194,41 +203,92 @@ class Database:
 
     async def _run(self, query: str, params: Params, priority: int, tier: str,
                    timeout_s: float | None, row_factory: Any) -> QueryResult:
+        """One guarded statement. The usual call takes its slot and connection from the offer
+        list and makes no guard object (`_take_offer`); any other goes through the guard."""
+        taken = self._take_offer(tier, priority) if timeout_s is None else None
+        if taken is None:
+            return await self._run_guarded(query, params, priority, tier, timeout_s, row_factory)
+        breaker, epoch, token, granted, conn, now = taken
+        watchdog, key = self.watchdog, id(conn)
+        watchdog.watch(key, conn, now + self.query_timeout_s)
+        try:
+            result = await conn.execute(query, params, row_factory=row_factory)
+        except BaseException as exc:
+            # Anything but success: the guard the call would have had, holding this slot, and
+            # the same handling as every other call (timeouts, a retry, the breaker's verdict).
+            guard = self._guards.holding(breaker, priority, token, granted, now, epoch)
+            held = self.connections.lease(priority)
+            held.adopt(conn)
+            return await self._failed(guard, held, exc, key, query, params, row_factory)
+        # Success: what `Guard.leave` does, without the guard. The slot back (the connection
+        # with it when clean), the metrics told, a success counted, the watch ended.
+        watchdog.unwatch(key)
+        end = trio.current_time()
+        release_with(self.queue, token, conn, counted=True, lease=granted)
+        observe_call(self._metrics, tier, None, now, end, granted.waited_s, priority)
+        if not breaker.count_success():  # the breaker left CLOSED meanwhile: it must hear this
+            await breaker.report("success", False, epoch, end - now - granted.waited_s)
+        return result
+
+    def _take_offer(self, tier: str, priority: int) -> tuple | None:
+        """An offered slot whose connection is fit for use, taken without a coroutine, when
+        nothing needs deciding: the breaker admits from its published state (CLOSED, or off),
+        the priority is a `Priority`, one DSN serves all. None: the guarded path decides.
+        (A connection libpq found dead is found by `execute`, before sending: then the
+        failure path opens another, as `ConnectionLease.vet` would have.)"""
+        entries = self._entries
+        if not entries or type(priority) is not Priority or self._routed:
+            return None
+        breaker = self._breakers.get(tier)
+        if breaker is None or self._guards_closed():
+            return None
+        epoch = breaker.admitting_epoch()
+        if epoch is None:
+            return None
+        token, granted = entries[-1]
+        conn = granted.conn
+        now = trio.current_time()
+        if conn is None or conn.broken or now - conn.created_at > self.max_lifetime_s:
+            return None
+        entries.pop()
+        self._offers.inbox.tell_count()  # as `Offers.take` tells the scheduler
+        return breaker, epoch, token, granted, conn, now
+
+    async def _failed(self, guard: Guard, held: ConnectionLease, exc: BaseException, key: int,
+                      query: str, params: Params, row_factory: Any) -> QueryResult:
+        """An offered call's statement raised `exc`: handled as `_run_guarded` handles it."""
+        exc_out: BaseException | None = exc
+        try:
+            try:
+                try:
+                    if isinstance(exc, (ConnectionLost, psycopg.errors.QueryCanceled)):
+                        self._raise_if_timed_out(key, exc)
+                    raise exc
+                finally:
+                    self.watchdog.unwatch(key)
+            except ConnectionLost as lost:
+                result = await self._retry_lost(held, lost, query, params, row_factory, None)
+                exc_out = None
+                return result
+        except BaseException as exc2:
+            exc_out = exc2
+            _mark(exc2, _retriable(exc2))
+            raise
+        finally:
+            if not guard.leave(exc_out, held):
+                await guard.report(exc_out)
+
+    async def _run_guarded(self, query: str, params: Params, priority: int, tier: str,
+                           timeout_s: float | None, row_factory: Any) -> QueryResult:
         guard = held = None
         exc_out: BaseException | None = None
         try:
-            guard = self._guards(tier, priority, None, conn=True)  # as `_guarded`, one call less
-            held = self.connections.lease(priority)
-            # `_enter`, written out (a coroutine less per query), keeping its clock reading.
-            now: float | None = trio.current_time()
-            admitted = guard.enter_now(now)
-            if admitted is None:
-                conn = await held.take(await guard.enter())
-                now = None
-            else:
-                conn = held.vet(admitted, now)
-                if conn is None:
-                    conn, now = await held.open(), None
+            guard, held = self._guarded(tier, priority)
+            conn = await _enter(guard, held)
             try:
-                if timeout_s is not None:
-                    return await _execute(conn, query, params, row_factory, timeout_s)
-                # `_execute`'s watchdog path, written out: one coroutine layer less per query.
-                watchdog, key = self.watchdog, id(conn)
-                watchdog.watch(key, conn, (trio.current_time() if now is None else now) + self.query_timeout_s)
-                try:
-                    return await conn.execute(query, params, row_factory=row_factory)
-                except (ConnectionLost, psycopg.errors.QueryCanceled) as exc:
-                    self._raise_if_timed_out(key, exc)
-                    raise
-                finally:
-                    watchdog.unwatch(key)
-            except ConnectionLost as exc:
-                if connection_limit_reached(exc):  # a pooler found no server connection: nothing ran
-                    raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
-                if exc.statement_sent:
-                    raise
-                conn = await held.reconnect()  # it died while idle: nothing was sent, try once more
                 return await self._execute(conn, query, params, row_factory, timeout_s)
+            except ConnectionLost as exc:
+                return await self._retry_lost(held, exc, query, params, row_factory, timeout_s)
         except BaseException as exc:
             exc_out = exc
             _mark(exc, _retriable(exc))
@@ -236,6 +296,17 @@ class Database:
         finally:
             if guard is not None and guard.entered and not guard.leave(exc_out, held):
                 await guard.report(exc_out)
+
+    async def _retry_lost(self, held: ConnectionLease, exc: ConnectionLost, query: str, params: Params,
+                          row_factory: Any, timeout_s: float | None) -> QueryResult:
+        """The connection was lost: a pooler at its limit, outcome unknown, or (nothing was sent:
+        it died while idle) one more try on a fresh connection."""
+        if connection_limit_reached(exc):  # a pooler found no server connection: nothing ran
+            raise ConnectionLimitReached(CONNECT_BACKOFF_MIN_S) from None
+        if exc.statement_sent:
+            raise exc
+        conn = await held.reconnect()
+        return await self._execute(conn, query, params, row_factory, timeout_s)
 
     async def _execute(self, conn: PgConnection, query: str, params: Params, row_factory: Any,
                        timeout_s: float | None) -> QueryResult:

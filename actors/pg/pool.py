@@ -258,8 +258,9 @@ class Offers:
             return False
         if s.limit is not None and len(s.holders) > s.limit:  # above a reduced limit (set_limit):
             return False  # the slot goes back to the core, which offers it no more
-        if conn is not None:
-            self.entries.append((token, Admitted(waited_s=0.0, conn=conn)))
+        if conn is not None:  # the offer it came with when that is this connection's, unwaited
+            self.entries.append((token, granted if granted is not None and granted.conn is conn
+                                 and not granted.waited_s else Admitted(waited_s=0.0, conn=conn)))
             return True
         if granted is not None and not granted.unavailable_s:  # untouched: offered again as it came
             self.entries.append((token, granted))
@@ -357,19 +358,31 @@ class ConnectionLease:
         self.conn = await self._open()
         return self.conn
 
+    def adopt(self, conn: Any) -> None:
+        """The lease of a call that took an offered slot and its connection `conn` without one."""
+        self.counted, self.conn = True, conn
+
     def give_back(self, queue: Any, token: Any) -> None:
         """Release the slot with the connection if it is clean, else say it was discarded."""
         conn, self.conn = self.conn, None
-        keep = (conn is not None and not conn.broken and not conn.in_transaction
-                and not getattr(conn, "cancel_requested", False))
-        if keep:  # the usual end (a kept connection was never a failed connect)
-            if not queue.release(token, conn):
-                conn.close_now()  # the system has shut down: nobody to give it back to
-            return
-        if conn is not None:
-            conn.close_now()
-        queue.release(token, discarded=self.counted, connect_failed=self.connect_failed,
-                      connect_limited=self.connect_limited)
+        release_with(queue, token, conn, self.counted, self.connect_failed, self.connect_limited)
+
+
+def release_with(queue: Any, token: Any, conn: Any, counted: bool, connect_failed: bool = False,
+                 connect_limited: bool = False, lease: Admitted | None = None) -> None:
+    """Release the slot `token` with `conn` if it is clean, else close it and say it was
+    discarded (`counted`: the pool counts a connection for this slot). `lease`: the offer
+    the slot came with, when `conn` is its connection (offered again as it is)."""
+    keep = (conn is not None and not conn.broken and not conn.in_transaction
+            and not getattr(conn, "cancel_requested", False))
+    if keep:  # the usual end (a kept connection was never a failed connect)
+        if not queue.release(token, conn, lease=lease):
+            conn.close_now()  # the system has shut down: nobody to give it back to
+        return
+    if conn is not None:
+        conn.close_now()
+    queue.release(token, discarded=counted, connect_failed=connect_failed,
+                  connect_limited=connect_limited)
 
 
 class Connections:

@@ -384,3 +384,41 @@ async def test_database_server_at_its_connection_limit_is_backpressure_not_a_bre
                 assert "limited" in outcomes and "ok" in outcomes
             assert await mon.db.fetchval("select 2") == 2
             assert mon.breakers["database"].state == "closed"
+
+
+async def test_db_offered_call_that_loses_its_connection_is_the_breakers_failure_before_it_returns(database_url):
+    """The usual call takes an offered slot and connection without a guard object: when its
+    statement loses the connection, the outcome is unknown (not retriable), the breaker has
+    applied the failure by the time the caller sees the error, the connection is discarded
+    and the slot is free."""
+    import msgspec
+
+    cfg = config_for(database_url)
+    tiers = dict(cfg.tiers, database=msgspec.structs.replace(cfg.tiers["database"], failure_threshold=1))
+    cfg = msgspec.structs.replace(cfg, tiers=tiers)
+    async with open_monitoring(cfg) as mon:
+        assert await mon.db.fetchval("select 1") == 1  # its connection is on offer now
+        assert len(mon.queue.offers.entries) >= 1
+        discarded = (await mon.queue.snapshot()).pool.discarded
+        with pytest.raises(ConnectionLost) as info:
+            await mon.db.fetchval("select pg_terminate_backend(pg_backend_pid())")
+        assert info.value.retriable is False and info.value.statement_sent is True
+        assert mon.breakers["database"].state == "open"  # applied before the call returned
+        with pytest.raises(CircuitOpen):
+            await mon.db.fetchval("select 1")
+        snap = await mon.queue.snapshot()
+        assert snap.in_flight == 0 and snap.pool.discarded == discarded + 1
+
+
+async def test_db_offered_call_with_a_caller_error_keeps_its_connection_and_closed_breaker(database_url):
+    """A caller's bad query on the offered path: psycopg's class, not retriable, no breaker
+    failure, and the same connection (the same backend) serves the next call."""
+    async with open_monitoring(config_for(database_url)) as mon:
+        pid = await mon.db.fetchval("select pg_backend_pid()")
+        for _ in range(6):  # past the breaker's threshold of 5, were these failures
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                await mon.db.fetchval("select * from no_such_table_here")
+        assert mon.breakers["database"].state == "closed"
+        assert await mon.db.fetchval("select pg_backend_pid()") == pid
+        snap = await mon.queue.snapshot()
+        assert snap.in_flight == 0 and snap.pool.discarded == 0
