@@ -1,7 +1,7 @@
 """Guarded queries on 8 slots (`mon.db`) against the bare libpq loop, in the same run.
 
     .venv/bin/python scripts/bench/db.py [--dsn DSN] [--conns 8] [--rounds 5] [--seconds 2]
-                                         [--workload select1,rows100,insert_tx]
+                                         [--workload select1,rows100,insert_tx] [--opcodes]
 
 Without --dsn: DATABASE_URL if set, else an embedded PostgreSQL (the serving rule).
 
@@ -38,8 +38,10 @@ from pg_raw import (  # noqa: E402
     Worker,
     bare_worker,
     measure,
+    opcodes_per_op,
     parse_args,
     report,
+    report_opcodes,
     run_with_database,
     to_thread_worker,
     trio_native_worker,
@@ -88,6 +90,9 @@ async def main(args: argparse.Namespace) -> None:
                 medians = await measure(modes, args.rounds, args.seconds)
                 targets = {"guarded": 0.8, "PgConnection": 0.9} if workload == "select1" else {}
                 report(workload, medians, targets)
+                if args.opcodes:
+                    report_opcodes(workload, await opcodes_per_op(
+                        {k: v for k, v in modes.items() if k != "to_thread"}, 1.0))
     finally:
         for conn in natives:
             await conn.close()

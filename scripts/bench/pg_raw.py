@@ -1,7 +1,7 @@
 """Triage's own `PgConnection` against the bare libpq loop it is built on, on N connections.
 
     .venv/bin/python scripts/bench/pg_raw.py [--dsn DSN] [--conns 8] [--rounds 5] [--seconds 2]
-                                             [--workload select1,rows100,insert_tx]
+                                             [--workload select1,rows100,insert_tx] [--opcodes]
 
 Without --dsn: DATABASE_URL if set, else an embedded PostgreSQL (the serving rule).
 
@@ -180,6 +180,43 @@ async def measure(modes: dict[str, list[Worker]], rounds: int, seconds: float) -
     return {name: (statistics.median(rates[name]), statistics.median(cpus[name])) for name in modes}
 
 
+async def opcodes_per_op(modes: dict[str, list[Worker]], seconds: float) -> dict[str, float]:
+    """Python bytecodes executed per operation in each mode, every task of the process counted
+    (the caller's and the actors': the metrics actor recording the call too), under
+    `sys.settrace` with opcode events. Deterministic where time is not: a machine's load
+    changes how long a query takes, not how many bytecodes it runs. libpq's and the server's
+    work, in C, is not counted."""
+    counts: dict[str, float] = {}
+    for name, workers in modes.items():
+        await count_for(0.2, workers)  # warm: plans, pool connections, loaders
+        executed = 0
+
+        def opcode(frame, event, arg):
+            nonlocal executed
+            if event == "opcode":
+                executed += 1
+            return opcode
+
+        def call(frame, event, arg):
+            frame.f_trace_opcodes = True
+            return opcode
+
+        sys.settrace(call)
+        try:
+            ops = await count_for(seconds, workers)
+        finally:
+            sys.settrace(None)
+        counts[name] = executed / max(ops, 1)
+    return counts
+
+
+def report_opcodes(title: str, counts: dict[str, float]) -> None:
+    base = counts["bare"]
+    print(f"{title}, Python bytecodes per operation (sys.settrace):")
+    for name, n in counts.items():
+        print(f"  {name:12} {n:8,.0f}  {n / base:.2f}x bare")
+
+
 def report(title: str, medians: dict[str, tuple[float, float]], targets: dict[str, float]) -> None:
     """Medians and every mode's ratio to the bare loop (with its target, if it has one).
 
@@ -200,6 +237,8 @@ def parse_args(doc: str) -> argparse.Namespace:
     parser.add_argument("--conns", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--opcodes", action="store_true",
+                        help="also count Python bytecodes per operation in each mode (deterministic)")
     parser.add_argument("--workload", default=",".join(WORKLOADS),
                         help=f"comma-separated, of {', '.join(WORKLOADS)}")
     args = parser.parse_args()
@@ -239,6 +278,9 @@ async def main(args: argparse.Namespace) -> None:
                 modes["to_thread"] = [to_thread_worker(c) for c in syncs]
             medians = await measure(modes, args.rounds, args.seconds)
             report(workload, medians, {"PgConnection": 0.9} if workload == "select1" else {})
+            if args.opcodes:
+                report_opcodes(workload, await opcodes_per_op(
+                    {k: v for k, v in modes.items() if k != "to_thread"}, 1.0))
     finally:
         for conn in natives:
             await conn.close()
