@@ -355,6 +355,9 @@ def observe_call(metrics: Mailbox, tier: str, exc: BaseException | None, t0: flo
                  now: float, waited_s: float | None, priority: int) -> None:
     """Tell the metrics actor how a guarded call ended (lazily: it reads its mail in batches).
     `waited_s` None: never admitted (refused by the breaker or the queue)."""
+    if exc is None and waited_s is not None:  # the usual end: no tuple (`Mailbox.tell_call`)
+        metrics.tell_call((tier, priority), now - t0, waited_s)
+        return
     outcome = CallOutcome.OK if exc is None else outcome_of(exc)
     metrics.tell_batched(("call", None, tier, outcome, None, now - t0, waited_s, True, priority))
 

@@ -461,11 +461,14 @@ def _record(s: MetricsState, source: str, route: str | None, tier: str | None, o
             s.totals.call(tier, outcome, duration, priority, admitted=queue_wait_s is not None)
 
 
-def _record_many(s: MetricsState, items: list) -> None:
+def _record_many(s: MetricsState, items: list, done: dict | None = None) -> None:
     """`Observations`, the hot path's batches: `_record` of each item. Guarded calls, the bulk,
     are folded by (tier, outcome, priority, admitted) first, so a batch costs one series and
-    one totals look-up per label set, and each sketch one add per bin (`actors.sketch`)."""
+    one totals look-up per label set, and each sketch one add per bin (`actors.sketch`).
+    `done`: calls that ended well, already folded by (tier, priority) (`Mailbox.tell_call`)."""
     calls: dict[tuple, tuple[list, list]] = {}
+    for (tier, priority), (durations, waits) in (done or {}).items():
+        calls[(tier, Outcome.OK, priority, True)] = (list(durations), list(waits))
     for item in items:
         if item[0] == "call" and len(item) == 9 and item[1] is None and item[4] is None and item[7] is True:
             label = (item[2], item[3], item[8], item[6] is not None)
@@ -488,7 +491,7 @@ def _record_calls(s: MetricsState, tier: str | None, outcome: str, priority: int
     error = outcome not in NOT_ERRORS
     top = MAX_VALUE_S  # `_clamp`, inline: the hot path
     durations = [v if 0.0 < v < top else (top if v >= top else 0.0) for v in durations]
-    if waits is not None:
+    if waits is not None and any(waits):  # all zero (every offered slot's): nothing to clamp
         waits = [v if 0.0 < v < top else (top if v >= top else 0.0) for v in waits]
     if "call" in s.overall_sources:
         s.overall.rings[0].open.record_many(durations, waits, error, False, excluded)
@@ -574,7 +577,7 @@ def step(s: MetricsState, msg: MetricsIn, now: float) -> tuple[MetricsState, lis
             _observe(s, msg)
             return s, []
         case Observations():
-            _record_many(s, msg.items)
+            _record_many(s, msg.items, msg.calls)
             return s, []
         case Count():
             _count(s, msg)

@@ -46,6 +46,9 @@ def add_all(sketch: Sketch, values: list[float]) -> None:
         for v in values:
             sketch.add(v)
         return
+    if not any(values):  # all zero (no queue wait): the zero count, in one add
+        sketch.add(values[0], len(values))
+        return
     log, ceil, multiplier, low = math.log, math.ceil, _MULTIPLIER, _MIN_POSSIBLE
     positive = [v for v in values if v > low]
     zeros = len(values) - len(positive)

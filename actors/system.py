@@ -244,8 +244,8 @@ def _count_activations(metrics: Mailbox) -> Callable[[Any], None]:
     return tap
 
 
-def _observations(items: list) -> Observations:
-    return Observations(items=items)
+def _observations(items: list, calls: dict) -> Observations:
+    return Observations(items=items, calls=calls)
 
 
 def _taken(n: int) -> Taken:

@@ -44,6 +44,8 @@ class Observations(Message):
     """
 
     items: list[tuple]
+    # Guarded calls that ended well (`Mailbox.tell_call`): (tier, priority) -> (durations, waits).
+    calls: dict[Any, tuple[list[float], list[float]]] = {}
 
 
 class Count(Message):

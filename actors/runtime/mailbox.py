@@ -96,11 +96,11 @@ class Mailbox:
     """
 
     __slots__ = ("name", "capacity", "_queue", "_reader", "_senders", "closed", "_tally", "_tally_msg",
-                 "_batch", "_batch_msg", "_armed")
+                 "_batch", "_calls", "_ncalls", "_batch_msg", "_armed")
 
     def __init__(self, name: str, capacity: int = 1024,
                  count_msg: Callable[[int], Any] | None = None,
-                 batch_msg: Callable[[list], Any] | None = None) -> None:
+                 batch_msg: Callable[[list, dict], Any] | None = None) -> None:
         self.name, self.capacity = name, capacity
         self._queue: deque = deque()
         self._reader: Any = None
@@ -108,6 +108,8 @@ class Mailbox:
         self.closed = False
         self._tally, self._tally_msg = 0, count_msg
         self._batch: list = []
+        self._calls: dict = {}  # key -> (durations, waits): `tell_call`
+        self._ncalls = 0
         self._batch_msg = batch_msg
         self._armed = math.inf  # the parked reader's deadline
 
@@ -145,6 +147,23 @@ class Mailbox:
         batch = self._batch
         batch.append(item)
         if len(batch) >= self.capacity and self._reader is not None:
+            reader, self._reader = self._reader, None
+            reschedule(reader)
+
+    def tell_call(self, key: Any, duration: float, wait: float) -> None:
+        """`tell_batched` for the commonest item, a guarded call that ended well: its duration
+        and queue wait join the two lists kept under `key` (its labels), handed over with the
+        batch as `batch_msg(items, calls)`, so neither side makes or reads a tuple per call.
+        Never blocks; silently nothing once closed."""
+        if self.closed:
+            return
+        group = self._calls.get(key)
+        if group is None:
+            group = self._calls[key] = ([], [])
+        group[0].append(duration)
+        group[1].append(wait)
+        self._ncalls += 1
+        if self._ncalls >= self.capacity and self._reader is not None:
             reader, self._reader = self._reader, None
             reschedule(reader)
 
@@ -199,9 +218,9 @@ class Mailbox:
         if self._tally:
             batch.appendleft(self._tally_msg(self._tally))
             self._tally = 0
-        if self._batch:
-            batch.appendleft(self._batch_msg(self._batch))
-            self._batch = []
+        if self._batch or self._calls:
+            batch.appendleft(self._batch_msg(self._batch, self._calls))
+            self._batch, self._calls, self._ncalls = [], {}, 0
         self._wake_senders()
         return batch
 

@@ -131,13 +131,41 @@ async def test_mailbox_tell_lazy_wakes_the_reader_only_at_capacity(nursery):
 
 
 async def test_mailbox_tell_batched_arrives_as_one_message_at_the_head_of_the_batch():
-    box = Mailbox("m", batch_msg=lambda items: ("batch", tuple(items)))
+    box = Mailbox("m", batch_msg=lambda items, calls: ("batch", tuple(items)))
     box.put("tell")
     box.tell_batched(1)
     box.tell_batched(2)
     assert list(await box.get_batch()) == [("batch", (1, 2)), "tell"]
     box.put("next")
     assert list(await box.get_batch()) == ["next"]     # the list was handed over once
+
+
+async def test_mailbox_tell_call_folds_by_key_and_travels_with_the_batch_once():
+    box = Mailbox("m", capacity=3, batch_msg=lambda items, calls: ("batch", tuple(items), calls))
+    box.tell_call(("db", 1), 0.5, 0.0)
+    box.tell_batched("x")
+    box.tell_call(("db", 1), 0.25, 0.125)
+    box.tell_call(("db", 2), 1.0, 0.0)
+    box.put("tell")
+    assert list(await box.get_batch()) == [
+        ("batch", ("x",), {("db", 1): ([0.5, 0.25], [0.0, 0.125]), ("db", 2): ([1.0], [0.0])}), "tell"]
+    got: list = []
+
+    async def reader() -> None:
+        got.extend(await box.get_batch())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        box.tell_call(("db", 1), 0.5, 0.0)
+        box.tell_call(("db", 1), 0.5, 0.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # below capacity: the reader sleeps on
+        box.tell_call(("db", 1), 0.5, 0.0)  # the capacity-th wakes it
+    assert got == [("batch", (), {("db", 1): ([0.5] * 3, [0.0] * 3)})]
+    box.close()
+    box.tell_call(("db", 1), 0.5, 0.0)  # silently nothing once closed
+    assert box._calls == {}
 
 
 async def test_mailbox_tell_count_is_one_count_message_and_refused_once_closed():
