@@ -376,6 +376,9 @@ def release_with(queue: Any, token: Any, conn: Any, counted: bool, connect_faile
     keep = (conn is not None and not conn.broken and not conn.in_transaction
             and not getattr(conn, "cancel_requested", False))
     if keep:  # the usual end (a kept connection was never a failed connect)
+        offers = queue.offers  # while nobody waits, straight back on the offer list, as
+        if offers is not None and offers.put_back(token, conn, lease):  # `release` would
+            return
         if not queue.release(token, conn, lease=lease):
             conn.close_now()  # the system has shut down: nobody to give it back to
         return
