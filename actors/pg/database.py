@@ -4,12 +4,13 @@ Theory of operation. Every call goes through the one guard `mon.run` and
 `mon.guard` use (`actors.guard.Guard`: breaker permit, admission, outcome,
 metrics), asking for a slot *and* a pooled connection in one grant (the pool,
 `actors.pg.pool`, gives at most one connection per slot, so the database never
-sees more than `max_concurrent` of our backends). The usual call (breaker CLOSED, a slot and its
-connection on offer, no `timeout_s`) does what the guard would do without making one: it
-takes the offer, runs the statement, and on success puts the offer back, tells the metrics
-and counts the success (`_take_offer`, `_run`); anything else that happens to it — an
-error, a cancellation — gets the guard it would have had, holding that slot (`_failed`). The query runs on a
-`PgConnection` driven from the calling task; the connection goes back to the
+sees more than `max_concurrent` of our backends). The usual call (breaker
+CLOSED, a slot and its connection on offer, no `timeout_s`) does what the guard
+would do without making one: it takes the offer, runs the statement, and on
+success puts the offer back, tells the metrics and counts the success
+(`_take_offer`, `_run`); anything else that happens to it (an error, a
+cancellation) gets the guard it would have had, holding that slot (`_failed`).
+The query runs on a `PgConnection` driven from the calling task; the connection goes back to the
 pool with the slot, or is discarded if it broke, is inside a transaction it
 should not be, has outlived `max_lifetime_s`, or had a cancel request sent.
 
