@@ -411,14 +411,18 @@ async def test_db_offered_call_that_loses_its_connection_is_the_breakers_failure
 
 
 async def test_db_offered_call_with_a_caller_error_keeps_its_connection_and_closed_breaker(database_url):
-    """A caller's bad query on the offered path: psycopg's class, not retriable, no breaker
-    failure, and the same connection (the same backend) serves the next call."""
+    """A caller's bad query on the offered path: psycopg's class, no breaker failure, and the
+    same pooled connection serves the next call (none discarded, none opened). The connection
+    is compared, not the backend: behind PgBouncer each statement may get another server."""
     async with open_monitoring(config_for(database_url)) as mon:
-        pid = await mon.db.fetchval("select pg_backend_pid()")
+        assert await mon.db.fetchval("select 1") == 1
+        conn = mon.queue.offers.entries[-1][1].conn
+        connects = (await mon.queue.snapshot()).pool.connects
         for _ in range(6):  # past the breaker's threshold of 5, were these failures
             with pytest.raises(psycopg.errors.UndefinedTable):
                 await mon.db.fetchval("select * from no_such_table_here")
         assert mon.breakers["database"].state == "closed"
-        assert await mon.db.fetchval("select pg_backend_pid()") == pid
+        assert mon.queue.offers.entries[-1][1].conn is conn
+        assert await mon.db.fetchval("select 1") == 1
         snap = await mon.queue.snapshot()
-        assert snap.in_flight == 0 and snap.pool.discarded == 0
+        assert snap.in_flight == 0 and snap.pool.discarded == 0 and snap.pool.connects == connects
