@@ -24,26 +24,16 @@ args = parser.parse_args()
 # This folder holds http.py, which would shadow the standard library's `http`.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, args.tree)
+sys.path.append(str(Path(__file__).resolve().parent))  # last: only bytecodes is looked up there
 
 import trio  # noqa: E402
+from bytecodes import counted  # noqa: E402
 
 from actors import open_monitoring  # noqa: E402
 from messages.config import Config, QueueConfig  # noqa: E402
 
 
 async def main() -> None:
-    executed = 0
-
-    def opcode(frame, event, arg):
-        nonlocal executed
-        if event == "opcode":
-            executed += 1
-        return opcode
-
-    def call(frame, event, arg):
-        frame.f_trace_opcodes = True
-        return opcode
-
     cfg = Config(queue=QueueConfig(max_concurrent=8, max_queue_size=max(2000, args.callers * 2)),
                  health_check_interval_s=60.0)
     async with open_monitoring(cfg) as mon:
@@ -54,18 +44,17 @@ async def main() -> None:
             for _ in range(args.calls):
                 await mon.run(work)
 
-        for traced in (False, True):
-            if traced:
-                sys.settrace(call)
-            try:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(args.callers):
-                        nursery.start_soon(caller)
-            finally:
-                sys.settrace(None)
+        async def round_of_calls() -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(args.callers):
+                    nursery.start_soon(caller)
+
+        await round_of_calls()  # untraced warm-up
+        with counted() as count:
+            await round_of_calls()
     calls = args.callers * args.calls
     print(f"{args.tree}: mon.run, {args.callers} callers on 8 slots: "
-          f"{executed / calls:,.0f} bytecodes a call ({calls:,} calls)")
+          f"{count.executed / calls:,.0f} bytecodes a call ({calls:,} calls)")
 
 
 trio.run(main)

@@ -36,6 +36,9 @@ import trio
 # This folder holds http.py, which would shadow the standard library's `http` (httpx needs it).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.append(str(Path(__file__).resolve().parent))  # last: only bytecodes is looked up there
+from bytecodes import counted  # noqa: E402
+
 from actors.pg.connection import PgConnection  # noqa: E402
 from actors.pg.embedded import serving_database  # noqa: E402
 
@@ -189,24 +192,9 @@ async def opcodes_per_op(modes: dict[str, list[Worker]], seconds: float) -> dict
     counts: dict[str, float] = {}
     for name, workers in modes.items():
         await count_for(0.2, workers)  # warm: plans, pool connections, loaders
-        executed = 0
-
-        def opcode(frame, event, arg):
-            nonlocal executed
-            if event == "opcode":
-                executed += 1
-            return opcode
-
-        def call(frame, event, arg):
-            frame.f_trace_opcodes = True
-            return opcode
-
-        sys.settrace(call)
-        try:
+        with counted() as count:
             ops = await count_for(seconds, workers)
-        finally:
-            sys.settrace(None)
-        counts[name] = executed / max(ops, 1)
+        counts[name] = count.executed / max(ops, 1)
     return counts
 
 
