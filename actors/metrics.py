@@ -152,6 +152,17 @@ def _clamp(value: float) -> float:
     return MAX_VALUE_S if value >= MAX_VALUE_S else 0.0
 
 
+def _clamped(values: list[float]) -> list[float]:
+    """`_clamp` of each value: the list itself when all are in range (the usual case, checked
+    in C: no NaN, as the sum shows; no negative, none at the cap; 0.0 clamps to itself)."""
+    if values:
+        total = sum(values)
+        if total == total and 0.0 <= min(values) and max(values) < MAX_VALUE_S:
+            return values
+    top = MAX_VALUE_S  # `_clamp`, inline
+    return [v if 0.0 < v < top else (top if v >= top else 0.0) for v in values]
+
+
 class _Bucket:
     """Counters and sketches of one time slice; a sketch appears with its first value.
 
@@ -489,10 +500,9 @@ def _record_calls(s: MetricsState, tier: str | None, outcome: str, priority: int
     """`_record` of guarded calls (source "call", rated, no route or status) of one label set."""
     excluded = outcome in EXCLUDED
     error = outcome not in NOT_ERRORS
-    top = MAX_VALUE_S  # `_clamp`, inline: the hot path
-    durations = [v if 0.0 < v < top else (top if v >= top else 0.0) for v in durations]
+    durations = _clamped(durations)
     if waits is not None and any(waits):  # all zero (every offered slot's): nothing to clamp
-        waits = [v if 0.0 < v < top else (top if v >= top else 0.0) for v in waits]
+        waits = _clamped(waits)
     if "call" in s.overall_sources:
         s.overall.rings[0].open.record_many(durations, waits, error, False, excluded)
     if tier is not None:

@@ -30,12 +30,16 @@ returns a frozen value (`messages.metrics.Totals`).
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
+from functools import partial, reduce
+from operator import add
 
 from messages.config import Priority
 from messages.metrics import HistogramSeries, TotalsSnapshot
 from messages.outcome import Outcome
 
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0, 10.0)
+_BUCKET_OF = partial(bisect_left, BUCKETS_S)  # a value's bucket (as `add` finds it), for map()
 OTHER = "other"
 QUEUE_REFUSALS = frozenset({Outcome.QUEUE_FULL, Outcome.QUEUE_TIMEOUT})
 PRIORITY_NAMES = {int(p): p.name for p in Priority}
@@ -54,11 +58,10 @@ class _Histogram:
         self.sum += value
 
     def add_all(self, values: list[float]) -> None:
-        counts, total = self.counts, self.sum
-        for value in values:
-            counts[bisect_left(BUCKETS_S, value)] += 1
-            total += value  # in order, as `add` would: the same sum to the last bit
-        self.sum = total
+        counts = self.counts
+        for i, n in Counter(map(_BUCKET_OF, values)).items():
+            counts[i] += n
+        self.sum = reduce(add, values, self.sum)  # in order, as `add` would: the same sum to the last bit
 
     def freeze(self, labels: tuple[str, ...]) -> HistogramSeries:
         cumulative, running = [], 0
