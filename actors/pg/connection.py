@@ -136,11 +136,15 @@ class PgConnection:
         self._flushed = False
         self._adaptation = Adaptation(conn)
         self.backend_pid: int = self._pgconn.backend_pid
-        self.created_at: float = trio.current_time()
+        self._now = trio.lowlevel.current_clock().current_time  # the clock of the run it lives in
+        self.created_at: float = self._now()
         self.last_used_at: float = self.created_at
         # A cancel was requested (`cancel()`): it may land on a later statement, so a pool
         # must not reuse this connection.
         self.cancel_requested = False
+        # The verdict of `Database`'s watchdog on this connection's statement: None, "cancelled"
+        # (the server was asked to cancel it) or "expired" (closed at the query timeout). Final.
+        self.watchdog_verdict: str | None = None
         # The priorities this connection's DSN serves (a pool's `priority_dsn`); None: all.
         self.serves: frozenset[int] | None = None
 
@@ -237,6 +241,13 @@ class PgConnection:
     def broken(self) -> bool:
         """True once the connection is unusable (lost, abandoned or closed)."""
         return self._broken or self._pgconn.status != _OK
+
+    @property
+    def reusable(self) -> bool:
+        """Fit to go back to a pool: open, idle outside a transaction, no cancel request sent."""
+        pgconn = self._pgconn
+        return (not self._broken and not self.cancel_requested and pgconn.status == _OK
+                and pgconn.transaction_status == _IDLE)
 
     @property
     def in_transaction(self) -> bool:
@@ -338,7 +349,7 @@ class PgConnection:
                 raise
         finally:
             self._busy = False
-            self.last_used_at = trio.current_time()
+            self.last_used_at = self._now()
         if failed is not None or last is None or self._broken or pgconn.status != _OK:
             self._raise_failed(last, failed)
         status = last.status

@@ -8,7 +8,7 @@ sees more than `max_concurrent` of our backends). The usual call (breaker
 CLOSED, a slot and its connection on offer, no `timeout_s`) does what the guard
 would do without making one: it takes the offer, runs the statement, and on
 success puts the offer back, tells the metrics and counts the success
-(`_take_offer`, `_run`); anything else that happens to it (an error, a
+(`_run`); anything else that happens to it (an error, a
 cancellation) gets the guard it would have had, holding that slot (`_failed`).
 The query runs on a `PgConnection` driven from the calling task; the connection goes back to the
 pool with the slot, or is discarded if it broke, is inside a transaction it
@@ -64,6 +64,8 @@ Params = Sequence[Any] | dict[str, Any] | None
 
 # Rolling back after an error or cancellation: how long before the connection is discarded.
 ROLLBACK_TIMEOUT_S = 2.0
+# The watchdog's verdicts (`PgConnection.watchdog_verdict`).
+CANCELLED, EXPIRED = "cancelled", "expired"
 
 
 def _mark(exc: BaseException, retriable: bool) -> None:
@@ -89,30 +91,31 @@ class Watchdog:
     EVERY_S = 0.25
 
     def __init__(self, cancel_lead_s: float = 0.0) -> None:
-        self._watched: dict[int, tuple[float, PgConnection]] = {}
-        self.expired: set[int] = set()
-        self.cancelled: set[int] = set()
+        # The connections with a statement in flight, and when each is given up. A caller may
+        # set and pop its entry itself (`Database._run`: the hot path, no method call).
+        self.watched: dict[PgConnection, float] = {}
         self._lead = cancel_lead_s
 
-    def watch(self, key: int, conn: PgConnection, deadline: float) -> None:
-        self._watched[key] = (deadline, conn)
+    def watch(self, conn: PgConnection, deadline: float) -> None:
+        self.watched[conn] = deadline
 
-    def unwatch(self, key: int) -> bool:
+    def unwatch(self, conn: PgConnection) -> bool:
         """Stop watching; True if the watchdog had closed the connection.
 
-        A statement that ended while its cancel request was on its way (it finished just as
-        the statement timeout came) leaves that request to land on whatever the connection
-        runs next — another caller's insert, the next statement of a transaction: such a
-        connection is closed here, never reused (the pool opens another)."""
-        watched = self._watched.pop(key, None)
-        if self.cancelled and key in self.cancelled:
-            self.cancelled.discard(key)
-            if watched is not None:
-                watched[1].close_now()
-        if key in self.expired:
-            self.expired.discard(key)
-            return True
-        return False
+        The verdict stays on the connection (`conn.watchdog_verdict`, read by the caller
+        first): "cancelled", the server was asked to cancel its statement at the statement
+        timeout; "expired", the connection was closed at the query timeout. Either is final.
+        Such a connection is closed here, never reused (the pool opens another): a statement
+        that ended while its cancel request was on its way (it finished just as the statement
+        timeout came) leaves that request to land on whatever the connection runs next —
+        another caller's insert, the next statement of a transaction; and one that ended as
+        the query timeout came must not go back to the pool before the watchdog's close."""
+        self.watched.pop(conn, None)
+        verdict = conn.watchdog_verdict
+        if verdict is None:
+            return False
+        conn.close_now()  # (its statement has ended: no cancel request is needed any more)
+        return verdict == EXPIRED
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:  # the cancel requests in flight
@@ -123,17 +126,17 @@ class Watchdog:
 
     def _check(self, nursery: trio.Nursery, now: float) -> None:
         lead = self._lead
-        for key, (deadline, conn) in list(self._watched.items()):
+        for conn, deadline in list(self.watched.items()):
             if now >= deadline:
-                del self._watched[key]
-                self.expired.add(key)
-                if key in self.cancelled:
+                del self.watched[conn]
+                cancel_sent = conn.watchdog_verdict is not None
+                conn.watchdog_verdict = EXPIRED
+                if cancel_sent:
                     conn.close_now()  # wakes the waiting caller with ConnectionLost
                 else:  # no cancel sent yet: send it, then close (the server must stop too)
-                    self.cancelled.add(key)
                     nursery.start_soon(conn.close)
-            elif lead > 0 and now >= deadline - lead and key not in self.cancelled:
-                self.cancelled.add(key)
+            elif lead > 0 and now >= deadline - lead and conn.watchdog_verdict is None:
+                conn.watchdog_verdict = CANCELLED
                 nursery.start_soon(conn.cancel)
 
 
@@ -177,7 +180,9 @@ class Database:
         self.application_name = db.application_name
         self.monitor = monitor
         self.connections = Connections(self._connect, db.max_lifetime_s)
-        # What `_take_offer` reads on every call.
+        # What `_run` reads on every call.
+        self._now = trio.lowlevel.current_clock().current_time  # made inside the run it serves
+        self._watched = self.watchdog.watched
         self._offers = offers = self.queue.offers
         self._entries = offers.entries if offers is not None else ()
         self._routed = offers is not None and offers.routed
@@ -205,13 +210,27 @@ class Database:
     async def _run(self, query: str, params: Params, priority: int, tier: str,
                    timeout_s: float | None, row_factory: Any) -> QueryResult:
         """One guarded statement. The usual call takes its slot and connection from the offer
-        list and makes no guard object (`_take_offer`); any other goes through the guard."""
-        taken = self._take_offer(tier, priority) if timeout_s is None else None
-        if taken is None:
+        list, without a coroutine or a guard object, when nothing needs deciding: no
+        `timeout_s`, the priority a `Priority`, one DSN serving all, the breaker admitting
+        from its published state (CLOSED, or off), an offered connection within its
+        lifetime. Any other call goes through the guard (`_run_guarded`). (A connection
+        libpq found dead is found by `execute`, before sending: then the failure path
+        opens another, as `ConnectionLease.vet` would have.)"""
+        entries = self._entries
+        breaker = self._breakers.get(tier) if entries and timeout_s is None else None
+        if (breaker is None or type(priority) is not Priority or self._routed or self._guards_closed()
+                or (epoch := breaker.admitting_epoch()) is None):
             return await self._run_guarded(query, params, priority, tier, timeout_s, row_factory)
-        breaker, epoch, token, granted, conn, now = taken
-        watchdog, key = self.watchdog, id(conn)
-        watchdog.watch(key, conn, now + self.query_timeout_s)
+        token, granted = entries[-1]
+        conn = granted.conn
+        now = self._now()
+        if conn is None or now - conn.created_at > self.max_lifetime_s:
+            return await self._run_guarded(query, params, priority, tier, timeout_s, row_factory)
+        entries.pop()
+        offers = self._offers
+        offers.inbox.tell_count()  # as `Offers.take` tells the scheduler
+        watched = self._watched
+        watched[conn] = now + self.query_timeout_s  # `Watchdog.watch`, inline
         try:
             result = await conn.execute(query, params, row_factory=row_factory)
         except BaseException as exc:
@@ -220,42 +239,23 @@ class Database:
             guard = self._guards.holding(breaker, priority, token, granted, now, epoch)
             held = self.connections.lease(priority)
             held.adopt(conn)
-            return await self._failed(guard, held, exc, key, query, params, row_factory)
-        # Success: what `Guard.leave` does, without the guard. The slot back (the connection
-        # with it when clean), the metrics told, a success counted, the watch ended.
-        watchdog.unwatch(key)
+            return await self._failed(guard, held, exc, conn, query, params, row_factory)
+        # Success: what `Guard.leave` does, without the guard. The watch ended, the slot back
+        # (the connection with it when clean: straight onto the offer list while nobody
+        # waits), the metrics told, a success counted.
+        watched.pop(conn, None)  # (gone if the watchdog gave up on it just as it ended)
+        if conn.watchdog_verdict is None and conn.reusable and offers.may_keep(conn):
+            entries.append((token, granted))  # as `Offers.put_back`: the offer as it came
+        else:
+            self.watchdog.unwatch(conn)  # a verdict: a cancel request may be on its way
+            release_with(self.queue, token, conn, counted=True, lease=granted)
         end = conn.last_used_at  # `execute` read the clock as it returned
-        release_with(self.queue, token, conn, counted=True, lease=granted)
         self._metrics.tell_call((tier, priority), end - now, granted.waited_s)  # as `observe_call`
         if not breaker.count_success():  # the breaker left CLOSED meanwhile: it must hear this
             await breaker.report("success", False, epoch, end - now - granted.waited_s)
         return result
 
-    def _take_offer(self, tier: str, priority: int) -> tuple | None:
-        """An offered slot whose connection is fit for use, taken without a coroutine, when
-        nothing needs deciding: the breaker admits from its published state (CLOSED, or off),
-        the priority is a `Priority`, one DSN serves all. None: the guarded path decides.
-        (A connection libpq found dead is found by `execute`, before sending: then the
-        failure path opens another, as `ConnectionLease.vet` would have.)"""
-        entries = self._entries
-        if not entries or type(priority) is not Priority or self._routed:
-            return None
-        breaker = self._breakers.get(tier)
-        if breaker is None or self._guards_closed():
-            return None
-        epoch = breaker.admitting_epoch()
-        if epoch is None:
-            return None
-        token, granted = entries[-1]
-        conn = granted.conn
-        now = trio.current_time()
-        if conn is None or conn.broken or now - conn.created_at > self.max_lifetime_s:
-            return None
-        entries.pop()
-        self._offers.inbox.tell_count()  # as `Offers.take` tells the scheduler
-        return breaker, epoch, token, granted, conn, now
-
-    async def _failed(self, guard: Guard, held: ConnectionLease, exc: BaseException, key: int,
+    async def _failed(self, guard: Guard, held: ConnectionLease, exc: BaseException, conn: PgConnection,
                       query: str, params: Params, row_factory: Any) -> QueryResult:
         """An offered call's statement raised `exc`: handled as `_run_guarded` handles it."""
         exc_out: BaseException | None = exc
@@ -263,10 +263,10 @@ class Database:
             try:
                 try:
                     if isinstance(exc, (ConnectionLost, psycopg.errors.QueryCanceled)):
-                        self._raise_if_timed_out(key, exc)
+                        self._raise_if_timed_out(conn, exc)
                     raise exc
                 finally:
-                    self.watchdog.unwatch(key)
+                    self.watchdog.unwatch(conn)
             except ConnectionLost as lost:
                 result = await self._retry_lost(held, lost, query, params, row_factory, None)
                 exc_out = None
@@ -314,24 +314,25 @@ class Database:
         """Run one statement: the caller's `timeout_s` exactly, else the watchdog's bound."""
         if timeout_s is not None:
             return await _execute(conn, query, params, row_factory, timeout_s)
-        watchdog, key = self.watchdog, id(conn)
-        watchdog.watch(key, conn, trio.current_time() + self.query_timeout_s)
+        watchdog = self.watchdog
+        watchdog.watch(conn, self._now() + self.query_timeout_s)
         try:
             return await conn.execute(query, params, row_factory=row_factory)
         except (ConnectionLost, psycopg.errors.QueryCanceled) as exc:
-            self._raise_if_timed_out(key, exc)
+            self._raise_if_timed_out(conn, exc)
             raise
         finally:
-            watchdog.unwatch(key)
+            watchdog.unwatch(conn)
 
-    def _raise_if_timed_out(self, key: int, exc: BaseException) -> None:
+    def _raise_if_timed_out(self, conn: PgConnection, exc: BaseException) -> None:
         """QueryTimeout if the watchdog ended the statement: it closed the connection past
         `query_timeout_s` (ConnectionLost), or had the server cancel it at the statement
-        timeout (QueryCanceled). Called while `exc` is being handled, before `unwatch`."""
+        timeout (QueryCanceled)."""
+        verdict = conn.watchdog_verdict
         if isinstance(exc, ConnectionLost):
-            if key in self.watchdog.expired:
+            if verdict == EXPIRED:
                 raise QueryTimeout(self.query_timeout_s) from None
-        elif key in self.watchdog.cancelled:
+        elif verdict is not None:
             raise QueryTimeout(self.statement_timeout_s) from None
 
     async def fetch(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,

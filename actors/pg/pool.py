@@ -251,13 +251,8 @@ class Offers:
         """While nobody waits, a clean slot goes straight back on the list (True)."""
         if granted is not None and granted.connect and conn is None:
             self.lent_unopened -= 1  # returned as it came (a caller that wanted no connection)
-        s = self.state
-        # While the pool backs off connecting, a working connection must reach the core: it is
-        # the news that the database answers again (else callers keep getting DatabaseUnavailable).
-        if self.inbox.closed or s.depth or (conn is not None and s.pool.backoff_s):
+        if not self.may_keep(conn):
             return False
-        if s.limit is not None and len(s.holders) > s.limit:  # above a reduced limit (set_limit):
-            return False  # the slot goes back to the core, which offers it no more
         if conn is not None:  # the offer it came with when that is this connection's, unwaited
             self.entries.append((token, granted if granted is not None and granted.conn is conn
                                  and not granted.waited_s else Admitted(waited_s=0.0, conn=conn)))
@@ -266,6 +261,17 @@ class Offers:
             self.entries.append((token, granted))
             return True
         return False
+
+    def may_keep(self, conn: Any) -> bool:
+        """Whether a slot given back (with `conn`, or None) may go straight back on the list:
+        nobody waits, the system runs, the slot is within the limit."""
+        s = self.state
+        # While the pool backs off connecting, a working connection must reach the core: it is
+        # the news that the database answers again (else callers keep getting DatabaseUnavailable).
+        if self.inbox.closed or s.depth or (conn is not None and s.pool.backoff_s):
+            return False
+        # Above a reduced limit (set_limit) the slot goes back to the core, which offers it no more.
+        return s.limit is None or len(s.holders) <= s.limit
 
     def reclaim_for(self, msg: Any) -> Reclaim | None:
         """Before an arrival must ask, one unused offer comes back so it can be granted
@@ -373,9 +379,7 @@ def release_with(queue: Any, token: Any, conn: Any, counted: bool, connect_faile
     """Release the slot `token` with `conn` if it is clean, else close it and say it was
     discarded (`counted`: the pool counts a connection for this slot). `lease`: the offer
     the slot came with, when `conn` is its connection (offered again as it is)."""
-    keep = (conn is not None and not conn.broken and not conn.in_transaction
-            and not getattr(conn, "cancel_requested", False))
-    if keep:  # the usual end (a kept connection was never a failed connect)
+    if conn is not None and conn.reusable:  # the usual end (a kept connection was never a failed connect)
         offers = queue.offers  # while nobody waits, straight back on the offer list, as
         if offers is not None and offers.put_back(token, conn, lease):  # `release` would
             return

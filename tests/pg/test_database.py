@@ -131,16 +131,31 @@ async def test_db_watchdog_never_reuses_a_connection_its_cancel_request_is_on_it
     is retired, never handed out again."""
     watchdog = Watchdog(cancel_lead_s=1.0)
     async with await PgConnection.connect(database_url) as conn, trio.open_nursery() as nursery:
-        key = id(conn)
-        watchdog.watch(key, conn, trio.current_time() + 1.0)  # its statement timeout: now
+        watchdog.watch(conn, trio.current_time() + 1.0)  # its statement timeout: now
         assert (await conn.execute("select 1")).rows == [(1,)]  # done by itself, just in time
         await nursery.start(watchdog.run)
         with trio.fail_after(2):
-            while key not in watchdog.cancelled:  # the watchdog's next round sends the cancel
+            while conn.watchdog_verdict is None:  # the watchdog's next round sends the cancel
                 await trio.sleep(0.01)
-        watchdog.unwatch(key)
-        assert conn.broken
+        assert conn.watchdog_verdict == "cancelled"
+        assert watchdog.unwatch(conn) is False  # not closed by the watchdog: by unwatch
+        assert conn.broken and not conn.reusable
         nursery.cancel_scope.cancel()
+
+
+async def test_db_watchdog_retires_a_connection_whose_statement_ended_as_its_query_timeout_came(database_url):
+    """The watchdog gives up on a statement (the query timeout) in the instant it ends by
+    itself: the connection is closed when its caller stops watching, not later when the
+    watchdog's own close runs, so it never goes back to the pool and that close never
+    cancels the next caller's statement."""
+    watchdog = Watchdog(cancel_lead_s=0.0)
+    async with await PgConnection.connect(database_url) as conn, trio.open_nursery() as nursery:
+        watchdog.watch(conn, trio.current_time())  # its query timeout: now
+        assert (await conn.execute("select 1")).rows == [(1,)]  # done by itself, just in time
+        watchdog._check(nursery, trio.current_time())  # the watchdog's round: it gives up on it
+        assert conn.watchdog_verdict == "expired" and not conn.broken  # its close: not run yet
+        assert watchdog.unwatch(conn) is True
+        assert conn.broken and not conn.reusable  # at once, before the watchdog's close runs
 
 
 async def test_db_black_holed_query_without_timeout_ends_in_query_timeout_at_its_bound(database_url):
