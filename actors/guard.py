@@ -516,7 +516,7 @@ class Guards:
     def holding(self, breaker: BreakerHandle, priority: Priority, token: Any, admitted: Admitted,
                 now: float, epoch: int) -> Guard:
         """The guard of a `mon.db` call that took an offered slot without one (see
-        `Database._take_offer`), made when the call needs it: its statement raised."""
+        `Database._run`), made when the call needs it: its statement raised."""
         guard = Guard(breaker, self.queue, self.metrics, priority, None, True, False)
         guard.hold(token, admitted, now, epoch)
         return guard

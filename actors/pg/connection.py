@@ -88,6 +88,9 @@ from actors.pg.psycopg_bridge import (  # noqa: F401  (tests reach the glue thro
 
 __all__ = ["ConnectionLost", "PgConnection", "QueryResult"]
 
+_new = object.__new__
+_wait_readable = trio.lowlevel.wait_readable
+
 class ConnectionLost(psycopg.OperationalError):
     """The connection died; the ``PgConnection`` is now ``broken``.
 
@@ -284,8 +287,13 @@ class PgConnection:
         pgconn = self._pgconn
         if self._busy or self._broken or pgconn.status != _OK:
             self._check_usable()
-        adaptation = self._adaptation
-        tx = adaptation.current()
+        adaptation = self._adaptation  # `Adaptation.current`, inline
+        setting = pgconn.parameter_status
+        settings = (setting(b"client_encoding"), setting(b"TimeZone"), setting(b"DateStyle"),
+                    setting(b"IntervalStyle"))
+        if settings != adaptation.settings:
+            adaptation.renew(settings)
+        tx = adaptation.tx
         # Bind errors (wrong parameter count, unadaptable value) are raised before anything
         # touches the connection.
         if params is None:
@@ -318,11 +326,11 @@ class PgConnection:
                 if pgconn.flush():  # 1 = output left over, the socket buffer is full
                     await self._flush()
                 self._flushed = True
-                wait_readable, sock = trio.lowlevel.wait_readable, self._sock
+                sock = self._sock
                 while True:
                     try:
                         while pgconn.is_busy():
-                            await wait_readable(sock)
+                            await _wait_readable(sock)
                             pgconn.consume_input()
                     except psycopg.OperationalError:
                         # The server often says why (e.g. 57P01) and then closes: keep its
@@ -357,7 +365,9 @@ class PgConnection:
             tx.set_pgresult(last)
             rows = tx.load_rows(0, last.ntuples, tuple)  # tuple itself: psycopg's C fast path
             tx.set_pgresult(None)  # the kept Transformer holds no result between queries
-            return QueryResult(rows, last, adaptation.encoding)
+            made = _new(QueryResult)  # QueryResult(rows, last, encoding) without its __init__'s frame
+            made.rows, made._result, made._encoding = rows, last, adaptation.encoding
+            return made
         if status != _TUPLES_OK and status != _COMMAND_OK:
             self._check_done(last)
         return _load_result(tx, self._conn, last, adaptation.encoding, row_factory)

@@ -57,7 +57,7 @@ class QueryResult:
     The result (its raw text) lives as long as this object.
     """
 
-    __slots__ = ("rows", "_result", "_encoding")
+    __slots__ = ("rows", "_result", "_encoding")  # (`PgConnection.execute` sets them itself)
 
     def __init__(self, rows: list[Any], result: pq.abc.PGresult, encoding: str) -> None:
         self.rows, self._result, self._encoding = rows, result, encoding
@@ -134,23 +134,28 @@ class Adaptation:
     starts afresh after a change, which a `SET` or `set_config()` in any query can make.
     """
 
-    __slots__ = ("_conn", "_settings", "tx", "encoding")
+    __slots__ = ("_conn", "settings", "tx", "encoding")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
-        self._settings: tuple = ()
+        self.settings: tuple = ()
         self.tx: Transformer = Transformer(conn)
         self.encoding = "utf-8"
 
     def current(self) -> Transformer:
         status = self._conn.pgconn.parameter_status
-        # Written out: a generator here costs as much as the four reads.
+        # Written out: a generator here costs as much as the four reads. (`PgConnection.execute`
+        # has these lines inline, then calls `renew`.)
         settings = (status(b"client_encoding"), status(b"TimeZone"), status(b"DateStyle"),
                     status(b"IntervalStyle"))
-        if settings != self._settings:
-            self._settings, self.tx = settings, Transformer(self._conn)
-            self.encoding = self._conn.info.encoding
+        if settings != self.settings:
+            self.renew(settings)
         return self.tx
+
+    def renew(self, settings: tuple) -> None:
+        """The session's settings changed (`settings`, as `current` reads them): a fresh Transformer."""
+        self.settings, self.tx = settings, Transformer(self._conn)
+        self.encoding = self._conn.info.encoding
 
 
 def _query_bytes(conn: psycopg.Connection[Any], query: Any) -> bytes:
