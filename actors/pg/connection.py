@@ -247,10 +247,11 @@ class PgConnection:
 
     @property
     def reusable(self) -> bool:
-        """Fit to go back to a pool: open, idle outside a transaction, no cancel request sent."""
+        """Fit to go back to a pool: open, idle outside a transaction, no cancel request sent
+        or on its way (the watchdog's verdict)."""
         pgconn = self._pgconn
-        return (not self._broken and not self.cancel_requested and pgconn.status == _OK
-                and pgconn.transaction_status == _IDLE)
+        return (not self._broken and not self.cancel_requested and self.watchdog_verdict is None
+                and pgconn.status == _OK and pgconn.transaction_status == _IDLE)
 
     @property
     def in_transaction(self) -> bool:

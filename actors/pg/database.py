@@ -244,7 +244,7 @@ class Database:
         # (the connection with it when clean: straight onto the offer list while nobody
         # waits), the metrics told, a success counted.
         watched.pop(conn, None)  # (gone if the watchdog gave up on it just as it ended)
-        if conn.watchdog_verdict is None and conn.reusable and offers.may_keep(conn):
+        if conn.reusable and offers.may_keep(conn):
             entries.append((token, granted))  # as `Offers.put_back`: the offer as it came
         else:
             self.watchdog.unwatch(conn)  # a verdict: a cancel request may be on its way
