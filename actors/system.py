@@ -312,6 +312,7 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
                 await trio.sleep_forever()
             finally:
                 mon.closed = True
+                mon.db.stop_offering()
                 w.bus.close()
     except BaseExceptionGroup as group:
         single = _single(group)

@@ -56,6 +56,7 @@ from actors.pg.errors import (
 )
 from actors.pg.pool import CONNECT_BACKOFF_MIN_S, ConnectionLease, Connections, release_with
 from messages.config import Config, Priority
+from messages.errors import Refused
 
 __all__ = ["ConnectionLimitReached", "Database", "DatabaseNotConfigured", "DatabaseUnavailable",
            "QueryTimeout", "Transaction", "connection_limit_reached"]
@@ -184,9 +185,15 @@ class Database:
         self._now = trio.lowlevel.current_clock().current_time  # made inside the run it serves
         self._watched = self.watchdog.watched
         self._offers = offers = self.queue.offers
-        self._entries = offers.entries if offers is not None else ()
-        self._routed = offers is not None and offers.routed
-        self._breakers, self._metrics, self._guards_closed = guards.breakers, guards.metrics, guards.closed
+        # The offered path is off with several DSNs (an offer's connection must suit the call's
+        # priority: the guard matches them) and once the system closes (`stop_offering`).
+        self._entries = offers.entries if offers is not None and not offers.routed else ()
+        self._breakers, self._metrics = guards.breakers, guards.metrics
+
+    def stop_offering(self) -> None:
+        """The system is closing: from now on every call goes through the guard, which refuses
+        it (`ShuttingDown`), instead of taking an offered slot."""
+        self._entries = ()
 
     @property
     def configured(self) -> bool:
@@ -211,15 +218,14 @@ class Database:
                    timeout_s: float | None, row_factory: Any) -> QueryResult:
         """One guarded statement. The usual call takes its slot and connection from the offer
         list, without a coroutine or a guard object, when nothing needs deciding: no
-        `timeout_s`, the priority a `Priority`, one DSN serving all, the breaker admitting
-        from its published state (CLOSED, or off), an offered connection within its
-        lifetime. Any other call goes through the guard (`_run_guarded`). (A connection
+        `timeout_s`, the priority a `Priority`, one DSN serving all, the system running, the
+        breaker admitting from its published state (CLOSED, or off), an offered connection
+        within its lifetime. Any other call goes through the guard (`_run_guarded`). (A connection
         libpq found dead is found by `execute`, before sending: then the failure path
         opens another, as `ConnectionLease.vet` would have.)"""
         entries = self._entries
         breaker = self._breakers.get(tier) if entries and timeout_s is None else None
-        if (breaker is None or type(priority) is not Priority or self._routed or self._guards_closed()
-                or (epoch := breaker.admitting_epoch()) is None):
+        if breaker is None or type(priority) is not Priority or (epoch := breaker.admitting_epoch()) is None:
             return await self._run_guarded(query, params, priority, tier, timeout_s, row_factory)
         token, granted = entries[-1]
         conn = granted.conn
@@ -476,7 +482,9 @@ async def _rollback(conn: PgConnection) -> None:
 
 
 def _retriable(exc: BaseException) -> bool:
-    """True when retrying cannot run a statement twice."""
+    """True when retrying cannot run a statement twice: nothing was sent (a refusal of the
+    guard's — `CircuitOpen`, `QueueFull`, `ShuttingDown`... — or of the pool), or the
+    connection died before the statement went out."""
     if isinstance(exc, ConnectionLost):
         return not exc.statement_sent
-    return isinstance(exc, (DatabaseUnavailable, DatabaseNotConfigured))
+    return isinstance(exc, (Refused, DatabaseUnavailable, DatabaseNotConfigured))

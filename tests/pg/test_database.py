@@ -419,8 +419,9 @@ async def test_db_offered_call_that_loses_its_connection_is_the_breakers_failure
             await mon.db.fetchval("select pg_terminate_backend(pg_backend_pid())")
         assert info.value.retriable is False and info.value.statement_sent is True
         assert mon.breakers["database"].state == "open"  # applied before the call returned
-        with pytest.raises(CircuitOpen):
+        with pytest.raises(CircuitOpen) as refused:
             await mon.db.fetchval("select 1")
+        assert refused.value.retriable is True  # refused before anything was sent
         snap = await mon.queue.snapshot()
         assert snap.in_flight == 0 and snap.pool.discarded == discarded + 1
 
@@ -441,3 +442,17 @@ async def test_db_offered_call_with_a_caller_error_keeps_its_connection_and_clos
         assert await mon.db.fetchval("select 1") == 1
         snap = await mon.queue.snapshot()
         assert snap.in_flight == 0 and snap.pool.discarded == 0 and snap.pool.connects == connects
+
+
+async def test_db_after_the_system_closed_refuses_every_call_with_shutting_down(database_url):
+    """Once `open_monitoring` has exited, `mon.db` answers `ShuttingDown` (retriable: nothing
+    was sent), on the offered path as on the guarded one, and sends nothing to the server."""
+    from messages.errors import ShuttingDown
+
+    async with open_monitoring(config_for(database_url)) as mon:
+        assert await mon.db.fetchval("select 1") == 1  # its connection was on offer
+    for call in (mon.db.fetchval("select 1"), mon.db.fetchval("select 1", timeout_s=1.0),
+                 mon.db.execute("select 1", priority=Priority.CRITICAL)):
+        with pytest.raises(ShuttingDown) as info:
+            await call
+        assert info.value.retriable is True
