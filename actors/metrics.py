@@ -478,8 +478,8 @@ def _record_many(s: MetricsState, items: list, done: dict | None = None) -> None
     one totals look-up per label set, and each sketch one add per bin (`actors.sketch`).
     `done`: calls that ended well, already folded by (tier, priority) (`Mailbox.tell_call`)."""
     calls: dict[tuple, tuple[list, list]] = {}
-    for (tier, priority), (durations, waits) in (done or {}).items():
-        calls[(tier, Outcome.OK, priority, True)] = (list(durations), list(waits))
+    for (tier, priority), pairs in (done or {}).items():  # duration, wait, duration, wait, ...
+        calls[(tier, Outcome.OK, priority, True)] = (pairs[0::2], pairs[1::2])
     for item in items:
         if item[0] == "call" and len(item) == 9 and item[1] is None and item[4] is None and item[7] is True:
             label = (item[2], item[3], item[8], item[6] is not None)

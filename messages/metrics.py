@@ -44,8 +44,9 @@ class Observations(Message):
     """
 
     items: list[tuple]
-    # Guarded calls that ended well (`Mailbox.tell_call`): (tier, priority) -> (durations, waits).
-    calls: dict[Any, tuple[list[float], list[float]]] = {}
+    # Guarded calls that ended well (`Mailbox.tell_call`): (tier, priority) -> [duration, wait,
+    # duration, wait, ...].
+    calls: dict[Any, list[float]] = {}
 
 
 class Count(Message):

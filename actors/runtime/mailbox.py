@@ -108,7 +108,7 @@ class Mailbox:
         self.closed = False
         self._tally, self._tally_msg = 0, count_msg
         self._batch: list = []
-        self._calls: dict = {}  # key -> (durations, waits): `tell_call`
+        self._calls: dict = {}  # key -> [duration, wait, duration, wait, ...]: `tell_call`
         self._ncalls = 0
         self._batch_msg = batch_msg
         self._armed = math.inf  # the parked reader's deadline
@@ -152,16 +152,15 @@ class Mailbox:
 
     def tell_call(self, key: Any, duration: float, wait: float) -> None:
         """`tell_batched` for the commonest item, a guarded call that ended well: its duration
-        and queue wait join the two lists kept under `key` (its labels), handed over with the
-        batch as `batch_msg(items, calls)`, so neither side makes or reads a tuple per call.
-        Never blocks; silently nothing once closed."""
+        and queue wait join the list kept under `key` (its labels: duration, wait, duration,
+        wait, ...), handed over with the batch as `batch_msg(items, calls)`, so neither side
+        makes or reads an object per call. Never blocks; silently nothing once closed."""
         if self.closed:
             return
         group = self._calls.get(key)
         if group is None:
-            group = self._calls[key] = ([], [])
-        group[0].append(duration)
-        group[1].append(wait)
+            group = self._calls[key] = []
+        group += (duration, wait)
         self._ncalls += 1
         if self._ncalls >= self.capacity and self._reader is not None:
             reader, self._reader = self._reader, None
