@@ -62,6 +62,12 @@ class Monitoring:
         self.sinks: Any = None           # actors.sinks.Sinks, set by start_sinks
         self.fleet_handle: Any = None    # actors.fleet.Fleet when [fleet] names a Redis
 
+    def stop_accepting(self) -> None:
+        """From now on every guarded call (`mon.run`, `mon.guard`, `mon.db`) is refused with
+        `ShuttingDown`: the first step of the system's own shutdown. Idempotent."""
+        self.closed = True
+        self.db.stop_offering()  # the offered path too: it makes no guard
+
     def guard(self, *, priority: int = Priority.NORMAL, tier: str = "database",
               timeout_s: float | None = None) -> Guard:
         """Breaker + admission slot for a block; an exception leaving the block is the outcome.

@@ -1,13 +1,14 @@
 """The latency sketches of `actors.metrics`: DDSketch at 1 % relative accuracy, and adding
 many values at once.
 
-`add_all(sketch, values)` leaves the sketch's bins and count exactly as one `sketch.add(v)`
+`add_all(sketch, values)` leaves the sketch's bins and counts exactly as one `sketch.add(v)`
 per value would, at a fraction of the cost: each value's bin key is computed here with the
 sketch's own mapping (`LogarithmicMapping`, the same floating-point operations, checked
-against the library in the tests), and each bin then takes its values in one weighted
-`add` of one of them. Percentiles, counts and merges read only bins and counts, so they are
-unchanged; the sketch's own sum, min and max are then only within its relative accuracy,
-and nothing in Triage reads them (the Prometheus totals keep their own exact sums).
+against the library in the tests), in C (`map`), and each bin then takes its values in one
+weighted add to the sketch's store. Percentiles, counts and merges read only bins and
+counts, so they are unchanged; the sketch's sum is the batch's sum (equal to one add each
+up to rounding), its min and max exact. Nothing in Triage reads those three (the Prometheus
+totals keep their own exact sums).
 """
 
 from __future__ import annotations

@@ -311,8 +311,7 @@ async def run_monitoring(config: Config | None = None, *, faults: FaultWiring | 
                 task_status.started(mon)
                 await trio.sleep_forever()
             finally:
-                mon.closed = True
-                mon.db.stop_offering()
+                mon.stop_accepting()
                 w.bus.close()
     except BaseExceptionGroup as group:
         single = _single(group)

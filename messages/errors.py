@@ -37,6 +37,7 @@ class Refused(TriageError):
     """The operation was not started; retrying later is safe."""
 
     retry_after_s: float | None = None
+    retriable = True  # nothing was sent (as `mon.db`'s errors say it)
 
 
 class RateLimited(Refused):

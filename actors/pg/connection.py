@@ -145,8 +145,9 @@ class PgConnection:
         # A cancel was requested (`cancel()`): it may land on a later statement, so a pool
         # must not reuse this connection.
         self.cancel_requested = False
-        # The verdict of `Database`'s watchdog on this connection's statement: None, "cancelled"
-        # (the server was asked to cancel it) or "expired" (closed at the query timeout). Final.
+        # The verdict of `Database`'s watchdog on the statement in flight: None, "cancelled" (the
+        # server was asked to cancel it) or "expired" (closed at the query timeout); cleared when
+        # its caller stops watching, which closes the connection (`Watchdog.unwatch`).
         self.watchdog_verdict: str | None = None
         # The priorities this connection's DSN serves (a pool's `priority_dsn`); None: all.
         self.serves: frozenset[int] | None = None

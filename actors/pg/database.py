@@ -101,11 +101,13 @@ class Watchdog:
         self.watched[conn] = deadline
 
     def unwatch(self, conn: PgConnection) -> bool:
-        """Stop watching; True if the watchdog had closed the connection.
+        """Stop watching; True if the watchdog gave up on the statement (the query timeout).
 
-        The verdict stays on the connection (`conn.watchdog_verdict`, read by the caller
-        first): "cancelled", the server was asked to cancel its statement at the statement
-        timeout; "expired", the connection was closed at the query timeout. Either is final.
+        The watchdog's verdict is on the connection until then (`conn.watchdog_verdict`, read
+        by the caller first): "cancelled", the server was asked to cancel the statement at the
+        statement timeout; "expired", the watchdog closes the connection at the query timeout.
+        It is the verdict on this statement: cleared here, so a later statement on the same
+        (closed) connection fails as what it is, `ConnectionLost` with nothing sent.
         Such a connection is closed here, never reused (the pool opens another): a statement
         that ended while its cancel request was on its way (it finished just as the statement
         timeout came) leaves that request to land on whatever the connection runs next —
@@ -116,6 +118,7 @@ class Watchdog:
         if verdict is None:
             return False
         conn.close_now()  # (its statement has ended: no cancel request is needed any more)
+        conn.watchdog_verdict = None
         return verdict == EXPIRED
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -232,9 +235,9 @@ class Database:
         now = self._now()
         if conn is None or now - conn.created_at > self.max_lifetime_s:
             return await self._run_guarded(query, params, priority, tier, timeout_s, row_factory)
-        entries.pop()
         offers = self._offers
-        offers.inbox.tell_count()  # as `Offers.take` tells the scheduler
+        offers.inbox.tell_count()  # as `Offers.take` tells the scheduler (ShuttingDown once it stopped)
+        entries.pop()
         watched = self._watched
         watched[conn] = now + self.query_timeout_s  # `Watchdog.watch`, inline
         try:

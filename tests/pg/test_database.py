@@ -154,8 +154,15 @@ async def test_db_watchdog_retires_a_connection_whose_statement_ended_as_its_que
         assert (await conn.execute("select 1")).rows == [(1,)]  # done by itself, just in time
         watchdog._check(nursery, trio.current_time())  # the watchdog's round: it gives up on it
         assert conn.watchdog_verdict == "expired" and not conn.broken  # its close: not run yet
+        assert not conn.reusable  # the verdict alone keeps it from any pool
         assert watchdog.unwatch(conn) is True
         assert conn.broken and not conn.reusable  # at once, before the watchdog's close runs
+        # The verdict was on that statement: a later one on this connection (the next of a
+        # transaction) is what it is, a lost connection with nothing sent, not a timeout.
+        assert conn.watchdog_verdict is None
+        with pytest.raises(ConnectionLost) as info:
+            await conn.execute("select 2")
+        assert info.value.statement_sent is False
 
 
 async def test_db_black_holed_query_without_timeout_ends_in_query_timeout_at_its_bound(database_url):
@@ -444,15 +451,29 @@ async def test_db_offered_call_with_a_caller_error_keeps_its_connection_and_clos
         assert snap.in_flight == 0 and snap.pool.discarded == 0 and snap.pool.connects == connects
 
 
-async def test_db_after_the_system_closed_refuses_every_call_with_shutting_down(database_url):
-    """Once `open_monitoring` has exited, `mon.db` answers `ShuttingDown` (retriable: nothing
-    was sent), on the offered path as on the guarded one, and sends nothing to the server."""
+async def test_db_refuses_every_call_with_shutting_down_from_the_moment_the_system_stops_accepting(database_url):
+    """The system's shutdown begins with `mon.stop_accepting()`: from then on `mon.db` answers
+    `ShuttingDown` (retriable: nothing was sent) on the offered path as on the guarded one,
+    while its offered connection is still there, and sends nothing; and after
+    `open_monitoring` has exited, the same."""
     from messages.errors import ShuttingDown
 
     async with open_monitoring(config_for(database_url)) as mon:
-        assert await mon.db.fetchval("select 1") == 1  # its connection was on offer
-    for call in (mon.db.fetchval("select 1"), mon.db.fetchval("select 1", timeout_s=1.0),
-                 mon.db.execute("select 1", priority=Priority.CRITICAL)):
-        with pytest.raises(ShuttingDown) as info:
-            await call
-        assert info.value.retriable is True
+        assert await mon.db.fetchval("select 1") == 1  # its connection is on offer
+        offered = list(mon.queue.offers.entries)
+        used = [g.conn.last_used_at for _, g in offered if g.conn is not None]
+        assert used
+        pool = (await mon.queue.snapshot()).pool
+        mon.stop_accepting()
+        for call in (lambda: mon.db.fetchval("select 1"), lambda: mon.db.fetchval("select 1", timeout_s=1.0),
+                     lambda: mon.db.execute("select 1", priority=Priority.CRITICAL),
+                     lambda: mon.run(trio.lowlevel.checkpoint)):
+            with pytest.raises(ShuttingDown) as info:
+                await call()
+            assert info.value.retriable is True
+        assert list(mon.queue.offers.entries) == offered  # the offer untouched: nothing ran
+        assert [g.conn.last_used_at for _, g in offered if g.conn is not None] == used  # none ran
+        assert (await mon.queue.snapshot()).pool.connects == pool.connects
+    with pytest.raises(ShuttingDown) as info:
+        await mon.db.fetchval("select 1")
+    assert info.value.retriable is True
