@@ -289,7 +289,7 @@ class PgConnection:
         pgconn = self._pgconn
         if self._busy or self._broken or pgconn.status != _OK:
             self._check_usable()
-        adaptation = self._adaptation  # `Adaptation.current`, inline
+        adaptation = self._adaptation  # the kept Transformer, renewed if a setting changed
         setting = pgconn.parameter_status
         settings = (setting(b"client_encoding"), setting(b"TimeZone"), setting(b"DateStyle"),
                     setting(b"IntervalStyle"))

@@ -56,7 +56,6 @@ from actors.pg.errors import (
 )
 from actors.pg.pool import CONNECT_BACKOFF_MIN_S, ConnectionLease, Connections, release_with
 from messages.config import Config, Priority
-from messages.errors import Refused
 
 __all__ = ["ConnectionLimitReached", "Database", "DatabaseNotConfigured", "DatabaseUnavailable",
            "QueryTimeout", "Transaction", "connection_limit_reached"]
@@ -253,10 +252,9 @@ class Database:
         # (the connection with it when clean: straight onto the offer list while nobody
         # waits), the metrics told, a success counted.
         watched.pop(conn, None)  # (gone if the watchdog gave up on it just as it ended)
-        if conn.reusable and offers.may_keep(conn):
-            entries.append((token, granted))  # as `Offers.put_back`: the offer as it came
-        else:
-            self.watchdog.unwatch(conn)  # a verdict: a cancel request may be on its way
+        if conn.reusable and offers.may_keep(conn):  # `release_with`'s usual end, written out
+            entries.append((token, granted))  # (two frames less): the offer back as it came
+        else:  # e.g. a watchdog's verdict: the connection is discarded
             release_with(self.queue, token, conn, counted=True, lease=granted)
         end = conn.last_used_at  # `execute` read the clock as it returned
         self._metrics.tell_call((tier, priority), end - now, granted.waited_s)  # as `observe_call`
@@ -485,9 +483,8 @@ async def _rollback(conn: PgConnection) -> None:
 
 
 def _retriable(exc: BaseException) -> bool:
-    """True when retrying cannot run a statement twice: nothing was sent (a refusal of the
-    guard's — `CircuitOpen`, `QueueFull`, `ShuttingDown`... — or of the pool), or the
-    connection died before the statement went out."""
+    """True when retrying cannot run a statement twice. (A refusal — `CircuitOpen`,
+    `QueueFull`, `ShuttingDown`... — says so itself: `Refused.retriable`.)"""
     if isinstance(exc, ConnectionLost):
         return not exc.statement_sent
-    return isinstance(exc, (Refused, DatabaseUnavailable, DatabaseNotConfigured))
+    return isinstance(exc, (DatabaseUnavailable, DatabaseNotConfigured))

@@ -130,8 +130,9 @@ class Adaptation:
     A fresh Transformer per query would look every column's loader up again (~0.7 µs for
     one column, more for more); a kept one remembers them. psycopg's loaders and dumpers
     read session settings when they are made (the text encoding, timestamptz's zone, the
-    date and interval formats), so `current()` checks those four (one libpq read each) and
-    starts afresh after a change, which a `SET` or `set_config()` in any query can make.
+    date and interval formats), so `PgConnection.execute` reads those four before each query
+    (one libpq read each, written out there: a call here would cost as much as the reads) and
+    `renew` starts afresh after a change, which a `SET` or `set_config()` in any query can make.
     """
 
     __slots__ = ("_conn", "settings", "tx", "encoding")
@@ -142,18 +143,9 @@ class Adaptation:
         self.tx: Transformer = Transformer(conn)
         self.encoding = "utf-8"
 
-    def current(self) -> Transformer:
-        status = self._conn.pgconn.parameter_status
-        # Written out: a generator here costs as much as the four reads. (`PgConnection.execute`
-        # has these lines inline, then calls `renew`.)
-        settings = (status(b"client_encoding"), status(b"TimeZone"), status(b"DateStyle"),
-                    status(b"IntervalStyle"))
-        if settings != self.settings:
-            self.renew(settings)
-        return self.tx
-
     def renew(self, settings: tuple) -> None:
-        """The session's settings changed (`settings`, as `current` reads them): a fresh Transformer."""
+        """The session's settings changed to `settings` (client_encoding, TimeZone, DateStyle,
+        IntervalStyle, as `PgConnection.execute` reads them): a fresh Transformer."""
         self.settings, self.tx = settings, Transformer(self._conn)
         self.encoding = self._conn.info.encoding
 

@@ -13,6 +13,7 @@ import psycopg
 import psycopg.errors
 import pytest
 import trio
+import trio.testing
 from psycopg.rows import dict_row
 
 from actors import CircuitOpen, open_monitoring
@@ -133,11 +134,9 @@ async def test_db_watchdog_never_reuses_a_connection_its_cancel_request_is_on_it
     async with await PgConnection.connect(database_url) as conn, trio.open_nursery() as nursery:
         watchdog.watch(conn, trio.current_time() + 1.0)  # its statement timeout: now
         assert (await conn.execute("select 1")).rows == [(1,)]  # done by itself, just in time
-        await nursery.start(watchdog.run)
-        with trio.fail_after(2):
-            while conn.watchdog_verdict is None:  # the watchdog's next round sends the cancel
-                await trio.sleep(0.01)
+        watchdog._check(nursery, trio.current_time())  # the watchdog's round sends the cancel
         assert conn.watchdog_verdict == "cancelled"
+        await trio.testing.wait_all_tasks_blocked()  # the cancel request on its way (or gone)
         assert watchdog.unwatch(conn) is False  # not closed by the watchdog: by unwatch
         assert conn.broken and not conn.reusable
         nursery.cancel_scope.cancel()
