@@ -325,10 +325,14 @@ class PgConnection:
                 raise self._lost(exc, statement_sent=False) from exc
             last = failed = None
             try:
+                sock = self._sock
                 if pgconn.flush():  # 1 = output left over, the socket buffer is full
                     await self._flush()
-                self._flushed = True
-                sock = self._sock
+                    self._flushed = True
+                else:  # sent in one go: nothing read since, so no answer yet (libpq: busy)
+                    self._flushed = True
+                    await _wait_readable(sock)
+                    pgconn.consume_input()
                 while True:
                     try:
                         while pgconn.is_busy():

@@ -38,7 +38,7 @@ DataError — a caller's bad query) are not.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -66,6 +66,22 @@ Params = Sequence[Any] | dict[str, Any] | None
 ROLLBACK_TIMEOUT_S = 2.0
 # The watchdog's verdicts (`PgConnection.watchdog_verdict`).
 CANCELLED, EXPIRED = "cancelled", "expired"
+
+# What a query method returns of its statement's result (`Database._run`'s `shape`).
+_ROWS, _ROW, _VALUE, _STATUS = range(4)
+
+
+def _shaped(result: QueryResult, shape: int) -> Any:
+    """The rows (`fetch`), the first row (`fetchrow`), its first value (`fetchval`) or the
+    command status (`execute`) of `result`."""
+    if shape == _STATUS:
+        return result.status
+    rows = result.rows
+    if shape == _ROWS:
+        return rows
+    if not rows:
+        return None
+    return rows[0][0] if shape == _VALUE else rows[0]
 
 
 def _mark(exc: BaseException, retriable: bool) -> None:
@@ -217,8 +233,8 @@ class Database:
         return self._guards(tier, priority, None, conn=True), self.connections.lease(priority)
 
     async def _run(self, query: str, params: Params, priority: int, tier: str,
-                   timeout_s: float | None, row_factory: Any) -> QueryResult:
-        """One guarded statement. The usual call takes its slot and connection from the offer
+                   timeout_s: float | None, row_factory: Any, shape: int) -> Any:
+        """One guarded statement; what `shape` says of its result. The usual call takes its slot and connection from the offer
         list, without a coroutine or a guard object, when nothing needs deciding: no
         `timeout_s`, the priority a `Priority`, one DSN serving all, the system running, the
         breaker admitting from its published state (CLOSED, or off), an offered connection
@@ -228,14 +244,15 @@ class Database:
         entries = self._entries
         breaker = self._breakers.get(tier) if entries and timeout_s is None else None
         if breaker is None or type(priority) is not Priority or (epoch := breaker.admitting_epoch()) is None:
-            return await self._run_guarded(query, params, priority, tier, timeout_s, row_factory)
+            return _shaped(await self._run_guarded(query, params, priority, tier, timeout_s, row_factory), shape)
         token, granted = entries[-1]
         conn = granted.conn
         now = self._now()
-        if conn is None or now - conn.created_at > self.max_lifetime_s:
-            return await self._run_guarded(query, params, priority, tier, timeout_s, row_factory)
         offers = self._offers
-        offers.inbox.tell_count()  # as `Offers.take` tells the scheduler (ShuttingDown once it stopped)
+        inbox = offers.inbox  # closed: the scheduler has stopped, and the guard says ShuttingDown
+        if conn is None or now - conn.created_at > self.max_lifetime_s or inbox.closed:
+            return _shaped(await self._run_guarded(query, params, priority, tier, timeout_s, row_factory), shape)
+        inbox.tally += 1  # as `Offers.take` tells the scheduler (`tell_count`, without its frame)
         entries.pop()
         watched = self._watched
         watched[conn] = now + self.query_timeout_s  # `Watchdog.watch`, inline
@@ -247,7 +264,7 @@ class Database:
             guard = self._guards.holding(breaker, priority, token, granted, now, epoch)
             held = self.connections.lease(priority)
             held.adopt(conn)
-            return await self._failed(guard, held, exc, conn, query, params, row_factory)
+            return _shaped(await self._failed(guard, held, exc, conn, query, params, row_factory), shape)
         # Success: what `Guard.leave` does, without the guard. The watch ended, the slot back
         # (the connection with it when clean: straight onto the offer list while nobody
         # waits), the metrics told, a success counted.
@@ -260,7 +277,10 @@ class Database:
         self._metrics.tell_call((tier, priority), end - now, granted.waited_s)  # as `observe_call`
         if not breaker.count_success():  # the breaker left CLOSED meanwhile: it must hear this
             await breaker.report("success", False, epoch, end - now - granted.waited_s)
-        return result
+        if shape == _VALUE:  # `_shaped`, inline for the commonest two
+            rows = result.rows
+            return rows[0][0] if rows else None
+        return result.rows if shape == _ROWS else _shaped(result, shape)
 
     async def _failed(self, guard: Guard, held: ConnectionLease, exc: BaseException, conn: PgConnection,
                       query: str, params: Params, row_factory: Any) -> QueryResult:
@@ -342,27 +362,27 @@ class Database:
         elif verdict is not None:
             raise QueryTimeout(self.statement_timeout_s) from None
 
-    async def fetch(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
-                    tier: str = "database", timeout_s: float | None = None, row_factory: Any = None) -> list:
+    # The query methods are plain functions returning `_run`'s coroutine: awaiting it is the
+    # call (one coroutine a query, not two).
+    def fetch(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
+              tier: str = "database", timeout_s: float | None = None, row_factory: Any = None) -> Awaitable[list]:
         """All rows (tuples, or what `row_factory` makes)."""
-        return (await self._run(query, params, priority, tier, timeout_s, row_factory)).rows
+        return self._run(query, params, priority, tier, timeout_s, row_factory, _ROWS)
 
-    async def fetchrow(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
-                       tier: str = "database", timeout_s: float | None = None, row_factory: Any = None) -> Any:
+    def fetchrow(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
+                 tier: str = "database", timeout_s: float | None = None, row_factory: Any = None) -> Awaitable[Any]:
         """The first row, or None."""
-        rows = (await self._run(query, params, priority, tier, timeout_s, row_factory)).rows
-        return rows[0] if rows else None
+        return self._run(query, params, priority, tier, timeout_s, row_factory, _ROW)
 
-    async def fetchval(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
-                       tier: str = "database", timeout_s: float | None = None) -> Any:
+    def fetchval(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
+                 tier: str = "database", timeout_s: float | None = None) -> Awaitable[Any]:
         """The first column of the first row, or None."""
-        rows = (await self._run(query, params, priority, tier, timeout_s, None)).rows
-        return rows[0][0] if rows else None
+        return self._run(query, params, priority, tier, timeout_s, None, _VALUE)
 
-    async def execute(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
-                      tier: str = "database", timeout_s: float | None = None) -> str:
+    def execute(self, query: str, params: Params = None, *, priority: int = Priority.NORMAL,
+                tier: str = "database", timeout_s: float | None = None) -> Awaitable[str]:
         """The command status, e.g. "UPDATE 3"."""
-        return (await self._run(query, params, priority, tier, timeout_s, None)).status
+        return self._run(query, params, priority, tier, timeout_s, None, _STATUS)
 
     @asynccontextmanager
     async def transaction(self, *, priority: int = Priority.NORMAL, tier: str = "database",

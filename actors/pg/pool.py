@@ -43,6 +43,7 @@ from msgspec.structs import replace
 from actors.pg.errors import ConnectionLimitReached, DatabaseUnavailable, connection_limit_reached
 from actors.runtime.mailbox import Mailbox, tell_quietly
 from messages.commands import Admit, Admitted, Reclaim, Release
+from messages.errors import ShuttingDown
 from messages.snapshots import PoolSnapshot, QueueSnapshot
 
 CONNECT_BACKOFF_MIN_S = 0.25
@@ -231,7 +232,11 @@ class Offers:
         """An offered slot, held at once; None if the caller must ask (a stale back-off lease).
 
         With `routed`, the warmest offer whose connection suits `priority` (or that has none).
+        ShuttingDown once the scheduler has stopped, with the offer left on the list (`close`
+        closes its connection).
         """
+        if self.inbox.closed:
+            raise ShuttingDown(self.inbox.name)
         entries = self.entries
         if conn and self.routed and not serves(entries[-1][1].conn, priority):
             i = _warmest_for(entries, priority, lambda e: e[1].conn)

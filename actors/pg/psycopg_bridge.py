@@ -23,18 +23,20 @@ from psycopg._queries import PostgresQuery  # internal: see _bind_server_side
 from psycopg.adapt import Transformer
 from psycopg.conninfo import conninfo_to_dict
 
-_OK = pq.ConnStatus.OK
-_BAD = pq.ConnStatus.BAD
-_POLL_OK = pq.PollingStatus.OK
-_POLL_READING = pq.PollingStatus.READING
-_POLL_WRITING = pq.PollingStatus.WRITING
-_TUPLES_OK = pq.ExecStatus.TUPLES_OK
-_COMMAND_OK = pq.ExecStatus.COMMAND_OK
-_FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
-_COPY_STATES = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
-_DONE_STATES = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
-_IDLE = pq.TransactionStatus.IDLE
-_ACTIVE = pq.TransactionStatus.ACTIVE
+# Plain ints, not the enums: libpq's statuses come back as ints, and an int compared with an
+# IntEnum member goes through the subclass checks of a rich comparison (measurable per query).
+_OK = int(pq.ConnStatus.OK)
+_BAD = int(pq.ConnStatus.BAD)
+_POLL_OK = int(pq.PollingStatus.OK)
+_POLL_READING = int(pq.PollingStatus.READING)
+_POLL_WRITING = int(pq.PollingStatus.WRITING)
+_TUPLES_OK = int(pq.ExecStatus.TUPLES_OK)
+_COMMAND_OK = int(pq.ExecStatus.COMMAND_OK)
+_FATAL_ERROR = int(pq.ExecStatus.FATAL_ERROR)
+_COPY_STATES = frozenset(map(int, (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)))
+_DONE_STATES = frozenset(map(int, (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)))
+_IDLE = int(pq.TransactionStatus.IDLE)
+_ACTIVE = int(pq.TransactionStatus.ACTIVE)
 _SQLSTATE = pq.DiagnosticField.SQLSTATE
 _MESSAGE_PRIMARY = pq.DiagnosticField.MESSAGE_PRIMARY
 

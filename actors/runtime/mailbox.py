@@ -95,7 +95,7 @@ class Mailbox:
     leak a slot.
     """
 
-    __slots__ = ("name", "capacity", "_queue", "_reader", "_senders", "closed", "_tally", "_tally_msg",
+    __slots__ = ("name", "capacity", "_queue", "_reader", "_senders", "closed", "tally", "_tally_msg",
                  "_batch", "_calls", "_ncalls", "_batch_msg", "_armed")
 
     def __init__(self, name: str, capacity: int = 1024,
@@ -106,7 +106,9 @@ class Mailbox:
         self._reader: Any = None
         self._senders: deque = deque()
         self.closed = False
-        self._tally, self._tally_msg = 0, count_msg
+        # Tells that only count (`tell_count`; a hot path that knows the actor runs may add to it
+        # directly, `inbox.tally += 1`: no call).
+        self.tally, self._tally_msg = 0, count_msg
         self._batch: list = []
         self._calls: dict = {}  # key -> [duration, wait, duration, wait, ...]: `tell_call`
         self._ncalls = 0
@@ -175,7 +177,7 @@ class Mailbox:
         """
         if self.closed:
             raise ShuttingDown(self.name)
-        self._tally += 1
+        self.tally += 1
 
     async def put_ask(self, msg: Any) -> None:
         """An ask: waits while `capacity` messages are already waiting."""
@@ -214,9 +216,9 @@ class Mailbox:
         else:
             await trio.lowlevel.checkpoint()
         batch, self._queue = self._queue, deque()
-        if self._tally:
-            batch.appendleft(self._tally_msg(self._tally))
-            self._tally = 0
+        if self.tally:
+            batch.appendleft(self._tally_msg(self.tally))
+            self.tally = 0
         if self._batch or self._calls:
             batch.appendleft(self._batch_msg(self._batch, self._calls))
             self._batch, self._calls, self._ncalls = [], {}, 0

@@ -450,6 +450,32 @@ async def test_db_offered_call_with_a_caller_error_keeps_its_connection_and_clos
         assert snap.in_flight == 0 and snap.pool.discarded == 0 and snap.pool.connects == connects
 
 
+async def test_db_refuses_an_offered_call_once_the_scheduler_has_stopped(database_url):
+    """The scheduler's actor gone (its inbox closed, as when it stops past its restart
+    intensity) while the system has not yet stopped accepting: an offered call is refused with
+    `ShuttingDown` as a guarded one is, and no call takes the offer off the list (nothing ran;
+    the pool's close closes its connection)."""
+    from messages.errors import ShuttingDown
+
+    async with open_monitoring(config_for(database_url)) as mon:
+        assert await mon.db.fetchval("select 1") == 1  # its connection is on offer
+        offered = list(mon.queue.offers.entries)
+        used = [g.conn.last_used_at for _, g in offered if g.conn is not None]
+        assert used
+        inbox = mon.queue.offers.inbox
+        inbox.closed = True  # what `Mailbox.close` does first
+        try:
+            for call in (lambda: mon.db.fetchval("select 1"), lambda: mon.db.fetchval("select 1", timeout_s=1.0),
+                         lambda: mon.run(trio.lowlevel.checkpoint)):
+                with pytest.raises(ShuttingDown) as info:
+                    await call()
+                assert info.value.retriable is True
+            assert list(mon.queue.offers.entries) == offered
+            assert [g.conn.last_used_at for _, g in offered if g.conn is not None] == used
+        finally:
+            inbox.closed = False
+
+
 async def test_db_refuses_every_call_with_shutting_down_from_the_moment_the_system_stops_accepting(database_url):
     """The system's shutdown begins with `mon.stop_accepting()`: from then on `mon.db` answers
     `ShuttingDown` (retriable: nothing was sent) on the offered path as on the guarded one,
