@@ -366,7 +366,7 @@ class PgConnection:
             self.last_used_at = self._now()
         if failed is not None or last is None or self._broken or pgconn.status != _OK:
             self._raise_failed(last, failed)
-        status = last.status
+        # `status`: the loop's, that of `last`
         if status == _TUPLES_OK and row_factory is None:  # `_load_result`'s usual case, inline
             tx.set_pgresult(last)
             rows = tx.load_rows(0, last.ntuples, tuple)  # tuple itself: psycopg's C fast path

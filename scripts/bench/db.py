@@ -13,7 +13,8 @@ order each round (so drift in machine load hits every mode):
   bare         the baseline: N trio tasks each running the bare libpq loop (`pg_raw.bare_query`:
                psycopg's pgconn non-blocking under trio, nothing else);
   to_thread    (select1) N trio tasks calling a sync psycopg connection through `trio.to_thread`.
-Prints every round, the medians and each mode's ratio to bare. Targets (select1):
+Prints every round, the medians and each mode's ratio to bare: the median of its ratios within
+each round (the two ran seconds apart), with their range. Targets (select1):
 guarded >= 0.8x bare, PgConnection >= 0.9x bare.
 """
 
@@ -87,9 +88,9 @@ async def main(args: argparse.Namespace) -> None:
                          "bare": [bare_worker(c, workload) for c in bares]}
                 if workload == "select1":
                     modes["to_thread"] = [to_thread_worker(c) for c in syncs]
-                medians = await measure(modes, args.rounds, args.seconds)
+                figures = await measure(modes, args.rounds, args.seconds)
                 targets = {"guarded": 0.8, "PgConnection": 0.9} if workload == "select1" else {}
-                report(workload, medians, targets)
+                report(workload, figures, targets)
                 if args.opcodes:
                     report_opcodes(workload, await opcodes_per_op(
                         {k: v for k, v in modes.items() if k != "to_thread"}, 1.0))

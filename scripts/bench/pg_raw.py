@@ -17,7 +17,8 @@ Per workload, in one run, alternating order each round (so drift in machine load
 Workloads: `select1` (SELECT 1, the value loaded), `rows100` (100 rows of int, text, float8
 loaded as tuples), `insert_tx` (BEGIN; INSERT one parameter; COMMIT — three round trips, into
 an UNLOGGED table so the disk's fsync does not drown the client's cost).
-Prints every round, the medians and each mode's ratio to bare. A figure, not a test.
+Prints every round, the medians and each mode's ratio to bare: the median of its ratios within
+each round, with their range. A figure, not a test.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import trio
@@ -160,12 +162,22 @@ async def count_for(seconds: float, workers: list[Worker]) -> int:
     return sum(counts)
 
 
-async def measure(modes: dict[str, list[Worker]], rounds: int, seconds: float) -> dict[str, tuple[float, float]]:
-    """Warm up, then `rounds` alternating-order rounds of every mode.
+class Figures(NamedTuple):
+    """One mode's figures over the rounds: medians of its own, and of its ratio to the bare
+    loop *within each round* (the two ran seconds apart, so the machine's drift between rounds
+    cancels): throughput / bare's, and bare's CPU per op / its own (> 1: faster)."""
+    rate: float
+    cpu_us: float
+    rate_ratio: float
+    cpu_ratio: float
+    rate_ratios: tuple[float, ...]
 
-    Per mode: (median ops/s, median client CPU µs per op). The CPU figure is this process's
-    CPU time (trio, psycopg, libpq; not the server's) over the ops done: less moved by the
-    other tenants of a noisy machine than throughput is.
+
+async def measure(modes: dict[str, list[Worker]], rounds: int, seconds: float) -> dict[str, Figures]:
+    """Warm up, then `rounds` alternating-order rounds of every mode (`bare` among them).
+
+    The CPU figure is this process's CPU time (trio, psycopg, libpq; not the server's) over
+    the ops done: less moved by the other tenants of a noisy machine than throughput is.
     """
     rates: dict[str, list[float]] = {name: [] for name in modes}
     cpus: dict[str, list[float]] = {name: [] for name in modes}
@@ -180,7 +192,13 @@ async def measure(modes: dict[str, list[Worker]], rounds: int, seconds: float) -
             rates[name].append(ops / seconds)
         print(f"  round {round_no}: " + "  ".join(f"{n} {rates[n][-1]:7,.0f}/s {cpus[n][-1]:5.1f}µs"
                                                   for n in modes), flush=True)
-    return {name: (statistics.median(rates[name]), statistics.median(cpus[name])) for name in modes}
+    figures = {}
+    for name in modes:
+        rate_ratios = tuple(r / b for r, b in zip(rates[name], rates["bare"], strict=True))
+        cpu_ratios = [b / c for c, b in zip(cpus[name], cpus["bare"], strict=True)]
+        figures[name] = Figures(statistics.median(rates[name]), statistics.median(cpus[name]),
+                                statistics.median(rate_ratios), statistics.median(cpu_ratios), rate_ratios)
+    return figures
 
 
 async def opcodes_per_op(modes: dict[str, list[Worker]], seconds: float) -> dict[str, float]:
@@ -205,18 +223,15 @@ def report_opcodes(title: str, counts: dict[str, float]) -> None:
         print(f"  {name:12} {n:8,.0f}  {n / base:.2f}x bare")
 
 
-def report(title: str, medians: dict[str, tuple[float, float]], targets: dict[str, float]) -> None:
-    """Medians and every mode's ratio to the bare loop (with its target, if it has one).
-
-    Ratios are throughput / bare's, and bare's CPU per op / the mode's (so > 1 is faster
-    for both; below 1 both say how much of the baseline's speed is left).
-    """
-    print(f"{title} (medians):")
-    rate0, cpu0 = medians["bare"]
-    for name, (rate, cpu) in medians.items():
+def report(title: str, figures: dict[str, Figures], targets: dict[str, float]) -> None:
+    """Every mode's medians and its ratios to the bare loop, each the median of the per-round
+    ratios, with their range (and the target, if it has one)."""
+    print(f"{title} (medians; ratios to bare within each round, median and range):")
+    for name, f in figures.items():
         target = f"  (target >= {targets[name]})" if name in targets else ""
-        print(f"  {name:12} {rate:9,.0f}/s  {rate / rate0:.2f}x bare   "
-              f"{cpu:6.1f} µs CPU/op  {cpu0 / cpu:.2f}x bare{target}")
+        spread = f"{min(f.rate_ratios):.2f}-{max(f.rate_ratios):.2f}"
+        print(f"  {name:12} {f.rate:9,.0f}/s  {f.rate_ratio:.2f}x bare ({spread})   "
+              f"{f.cpu_us:6.1f} µs CPU/op  {f.cpu_ratio:.2f}x bare{target}")
 
 
 def parse_args(doc: str) -> argparse.Namespace:
@@ -264,8 +279,8 @@ async def main(args: argparse.Namespace) -> None:
                      "PgConnection": [trio_native_worker(c, workload) for c in natives]}
             if workload == "select1":
                 modes["to_thread"] = [to_thread_worker(c) for c in syncs]
-            medians = await measure(modes, args.rounds, args.seconds)
-            report(workload, medians, {"PgConnection": 0.9} if workload == "select1" else {})
+            figures = await measure(modes, args.rounds, args.seconds)
+            report(workload, figures, {"PgConnection": 0.9} if workload == "select1" else {})
             if args.opcodes:
                 report_opcodes(workload, await opcodes_per_op(
                     {k: v for k, v in modes.items() if k != "to_thread"}, 1.0))
