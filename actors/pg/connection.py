@@ -17,12 +17,8 @@ task. No threads are involved in a query.
   as ``psycopg.Cursor`` does, and sent with ``send_query_params``; a query
   without parameters goes over the simple protocol (``send_query``), so it
   may hold several statements. Then flush, and collect results with
-  ``consume_input``/``is_busy``/``get_result``. After sending, the task yields
-  once before it looks for the answer: under load other tasks run meanwhile
-  and the answer is in by then, read without registering the socket with
-  epoll; when it is not (a lone query), the connection waits at once for its
-  next answers for a while. Rows are loaded by a ``psycopg.adapt.Transformer``,
-  so types round-trip as they do in psycopg.
+  ``consume_input``/``is_busy``/``get_result``. Rows are loaded by a
+  ``psycopg.adapt.Transformer``, so types round-trip as they do in psycopg.
 * Errors: a failed result raises psycopg's class for its SQLSTATE with
   ``.diag`` populated; its message is the server's primary message only
   (DETAIL can echo parameter values). Losing the connection raises
@@ -94,9 +90,6 @@ __all__ = ["ConnectionLost", "PgConnection", "QueryResult"]
 
 _new = object.__new__
 _wait_readable = trio.lowlevel.wait_readable
-_checkpoint = trio.lowlevel.checkpoint
-# After an answer that was not in after one yield, this many queries wait for theirs at once.
-_WAIT_FIRST = 16
 
 class ConnectionLost(psycopg.OperationalError):
     """The connection died; the ``PgConnection`` is now ``broken``.
@@ -144,7 +137,6 @@ class PgConnection:
         self._goodbyes: list[tuple[str | None, str | None]] = []  # (sqlstate, message)
         conn.add_notice_handler(partial(_collect_fatal, self._goodbyes))
         self._flushed = False
-        self._wait_first = 0  # queries left that wait for their answer at once (see `execute`)
         self._adaptation = Adaptation(conn)
         self.backend_pid: int = self._pgconn.backend_pid
         self._now = trio.lowlevel.current_clock().current_time  # the clock of the run it lives in
@@ -337,23 +329,10 @@ class PgConnection:
                 if pgconn.flush():  # 1 = output left over, the socket buffer is full
                     await self._flush()
                     self._flushed = True
-                elif self._wait_first:  # lately the answer was not in after one yield: wait for it
+                else:  # sent in one go: nothing read since, so no answer yet (libpq: busy)
                     self._flushed = True
-                    self._wait_first -= 1
-                    await _wait_readable(sock)  # (nothing read since sending: no answer yet)
+                    await _wait_readable(sock)
                     pgconn.consume_input()
-                else:
-                    # Sent in one go. Yield first: while the other tasks run, the answer usually
-                    # comes in, and reading it then costs no registration with epoll (its
-                    # `epoll_ctl`, trio's bookkeeping): a busy server's queries cost ~10 % less.
-                    # When nothing else ran long enough (a lone query), wait as usual, and for
-                    # the next `_WAIT_FIRST` queries wait at once (a lone query pays ~one yield
-                    # in that many).
-                    self._flushed = True
-                    await _checkpoint()
-                    pgconn.consume_input()
-                    if pgconn.is_busy():
-                        self._wait_first = _WAIT_FIRST
                 while True:
                     try:
                         while pgconn.is_busy():

@@ -368,44 +368,6 @@ async def test_cancel_pg_sleep_stops_backend_and_keeps_connection(conn, admin):
     assert (await conn.execute("SELECT 1")).rows == [(1,)]
 
 
-async def test_cancel_at_the_yield_after_sending_stops_the_statement_and_keeps_connection(conn, admin):
-    """A query yields once right after sending (its answer usually comes in meanwhile): a
-    cancellation delivered there is a cancellation mid-query, as one during the wait is. The
-    server is asked to cancel the statement it got, the connection drains back to idle."""
-    with trio.CancelScope() as scope:
-        scope.cancel()  # delivered at the first yield: the statement has been sent by then
-        await conn.execute("SELECT pg_sleep(60)")
-    assert scope.cancelled_caught
-    state = await wait_for_state(admin, conn.backend_pid, lambda s: s != "active", 2.0)
-    assert state != "active"
-    assert not conn.broken
-    assert (await conn.execute("SELECT 1")).rows == [(1,)]
-
-
-async def test_lone_queries_mostly_wait_for_their_answer_at_once(conn):
-    """With nothing else to run, one yield after sending finds no answer yet, so a connection
-    then waits for its answers at once for a while: a lone caller's query is one schedule point
-    in nearly every case, not two (a yield, then the wait)."""
-    steps = 0
-
-    class CountSteps(trio.abc.Instrument):
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            nonlocal steps
-            steps += task is me
-
-    me = trio.lowlevel.current_task()
-    queries = 68
-    trio.lowlevel.add_instrument(counter := CountSteps())
-    try:
-        for _ in range(queries):
-            await conn.execute("SELECT pg_sleep(0.001)")  # the answer is never in after one yield
-    finally:
-        trio.lowlevel.remove_instrument(counter)
-    # One schedule point a query, plus a yield that found nothing in at most one query of
-    # eight; trying first on every query would make it two a query (136).
-    assert queries <= steps <= queries + queries // 8, steps
-
-
 async def test_cancel_with_blocking_cancel_fallback_stops_backend(conn, admin, monkeypatch):
     # libpq < 17 has no PGcancelConn: PQcancel then runs in a worker thread.
     monkeypatch.setattr(pgconn_module, "_HAS_CANCEL_CONN", False)
