@@ -234,11 +234,11 @@ class Database:
 
     async def _run(self, query: str, params: Params, priority: int, tier: str,
                    timeout_s: float | None, row_factory: Any, shape: int) -> Any:
-        """One guarded statement; what `shape` says of its result. The usual call takes its slot and connection from the offer
-        list, without a coroutine or a guard object, when nothing needs deciding: no
-        `timeout_s`, the priority a `Priority`, one DSN serving all, the system running, the
-        breaker admitting from its published state (CLOSED, or off), an offered connection
-        within its lifetime. Any other call goes through the guard (`_run_guarded`). (A connection
+        """One guarded statement; what `shape` says of its result. The usual call takes its
+        slot and connection from the offer list, without a coroutine or a guard object, when
+        nothing needs deciding: no `timeout_s`, the priority a `Priority`, one DSN serving
+        all, the system running, the breaker admitting from its published state (CLOSED, or
+        off), an offered connection within its lifetime. Any other call goes through the guard (`_run_guarded`). (A connection
         libpq found dead is found by `execute`, before sending: then the failure path
         opens another, as `ConnectionLease.vet` would have.)"""
         entries = self._entries
