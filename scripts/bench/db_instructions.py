@@ -1,11 +1,11 @@
 """Machine instructions a `SELECT 1` costs the client, under callgrind: a figure load cannot move.
 
-    DATABASE_URL=... .venv/bin/python scripts/bench/db_instructions.py [--tree DIR] [--conns 8]
-                                                                     [--modes bare,PgConnection,guarded]
+    .venv/bin/python scripts/bench/db_instructions.py [--tree DIR] [--conns 8]
+                                                      [--modes bare,PgConnection,guarded]
 
-Needs valgrind (Debian's `valgrind`). For each mode (see `db.py`: the bare libpq loop,
-Triage's `PgConnection`, guarded `mon.db.fetchval`), runs N trio tasks doing a fixed number of
-queries each under `valgrind --tool=callgrind`, twice (500 and 2,500 queries a task), and
+Database: DATABASE_URL if set, else an embedded PostgreSQL (the serving rule). Needs valgrind
+(Debian's `valgrind`). For each mode (see `db.py`: the bare libpq loop, Triage's `PgConnection`,
+guarded `mon.db.fetchval`), runs N trio tasks doing a fixed number of queries each under `valgrind --tool=callgrind`, twice (500 and 2,500 queries a task), and
 prints (instructions of the long run - the short one) / the queries between them: start-up,
 imports and connecting cancel out. Every task of the process is counted (the metrics actor
 recording the call too); the kernel's share (syscalls) and the server's are not. Hash seed and
@@ -26,14 +26,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+# This folder holds http.py, which would shadow the standard library's `http`.
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+
 MODES = ("bare", "PgConnection", "guarded")
 SHORT, LONG = 500, 2500
 
 
 def child(tree: str, mode: str, conns: int, queries: int) -> None:
     """One run: `conns` tasks, `queries` each, of `mode` (the process valgrind watches)."""
-    bench = Path(__file__).resolve().parent  # holds http.py, which would shadow the standard library's
-    sys.path[:] = [tree] + [p for p in sys.path if Path(p or ".").resolve() != bench]
+    sys.path.insert(0, tree)
     import psycopg
     import trio
     import trio._core._run as trio_run
@@ -43,7 +46,7 @@ def child(tree: str, mode: str, conns: int, queries: int) -> None:
     from messages.config import Config, DatabaseConfig, QueueConfig
 
     # The bare loop is pg_raw's (imported after `actors`, so the tree measured is `tree`).
-    sys.path.append(str(bench))
+    sys.path.append(str(BENCH))
     from pg_raw import bare_query
 
     dsn = os.environ["DATABASE_URL"]
@@ -79,12 +82,13 @@ def child(tree: str, mode: str, conns: int, queries: int) -> None:
     trio.run(main)
 
 
-def instructions(tree: str, mode: str, conns: int, queries: int) -> int:
+def instructions(tree: str, mode: str, conns: int, queries: int, dsn: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", sys.executable,
              __file__, "--child", mode, "--tree", tree, "--conns", str(conns), "--queries", str(queries)],
-            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, check=True).stderr
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0", "DATABASE_URL": dsn}).stderr
     found = re.search(r"Collected : (\d+)", out)
     if found is None:
         raise SystemExit(f"valgrind said no instruction count:\n{out[-2000:]}")
@@ -107,17 +111,19 @@ def main() -> None:
         parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    if "DATABASE_URL" not in os.environ:
-        raise SystemExit("DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
     tree = str(Path(args.tree).resolve())
     print(f"{tree}: instructions a SELECT 1, {args.conns} tasks, callgrind "
           f"({LONG:,} - {SHORT:,} queries a task)", flush=True)
     per_query: dict[str, float] = {}
-    for mode in modes:
-        short = instructions(tree, mode, args.conns, SHORT)
-        long = instructions(tree, mode, args.conns, LONG)
-        per_query[mode] = (long - short) / ((LONG - SHORT) * args.conns)
-        print(f"  {mode:12} {per_query[mode]:9,.0f}", flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from actors.pg.embedded import serving_database
+
+    with serving_database() as dsn:  # DATABASE_URL, else an embedded server (the serving rule)
+        for mode in modes:
+            short = instructions(tree, mode, args.conns, SHORT, dsn)
+            long = instructions(tree, mode, args.conns, LONG, dsn)
+            per_query[mode] = (long - short) / ((LONG - SHORT) * args.conns)
+            print(f"  {mode:12} {per_query[mode]:9,.0f}", flush=True)
     if "bare" in per_query:
         for mode, n in per_query.items():
             print(f"  {mode:12} {per_query['bare'] / n:.2f}x bare (fewer instructions: nearer 1)")
