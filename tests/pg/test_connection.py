@@ -368,6 +368,89 @@ async def test_cancel_pg_sleep_stops_backend_and_keeps_connection(conn, admin):
     assert (await conn.execute("SELECT 1")).rows == [(1,)]
 
 
+async def test_cancel_at_the_yield_after_sending_stops_the_statement_and_keeps_connection(
+        conn, admin, monkeypatch):
+    """A statement sent back to back with the previous one yields once right after sending
+    (its answer usually comes in meanwhile): a cancellation delivered there is a cancellation
+    mid-query, as one during the wait is. The server is asked to cancel the statement it got,
+    the connection drains back to idle."""
+    monkeypatch.setattr(conn, "back_to_back_s", 3600.0)  # every statement is back to back
+    yields = 0
+    real_checkpoint = pgconn_module._checkpoint
+
+    async def counted_checkpoint() -> None:
+        nonlocal yields
+        yields += 1
+        await real_checkpoint()
+
+    monkeypatch.setattr(pgconn_module, "_checkpoint", counted_checkpoint)
+    with trio.CancelScope() as scope:
+        scope.cancel()  # delivered at the first schedule point: the statement is sent by then
+        await conn.execute("SELECT pg_sleep(60)")
+    assert scope.cancelled_caught
+    assert yields == 1  # it was that yield, not the wait on the socket
+    state = await wait_for_state(admin, conn.backend_pid, lambda s: s != "active", 2.0)
+    assert state != "active"
+    assert not conn.broken
+    assert (await conn.execute("SELECT 1")).rows == [(1,)]
+
+
+def _count_steps_of_this_task():
+    """An instrument counting the schedule points of the calling task (`.steps`)."""
+
+    class CountSteps(trio.abc.Instrument):
+        steps = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.steps += task is me
+
+    me = trio.lowlevel.current_task()
+    return CountSteps()
+
+
+async def test_lone_back_to_back_queries_mostly_wait_for_their_answer_at_once(conn, monkeypatch):
+    """With nothing else to run, one yield after sending finds no answer yet, so a connection
+    then waits for its answers at once for a while: a lone caller's query is one schedule point
+    in nearly every case, not two (a yield, then the wait)."""
+    monkeypatch.setattr(conn, "back_to_back_s", 3600.0)  # however loaded the machine
+    queries = 68
+    trio.lowlevel.add_instrument(counter := _count_steps_of_this_task())
+    try:
+        for _ in range(queries):
+            await conn.execute("SELECT pg_sleep(0.001)")  # the answer is never in after one yield
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    # One schedule point a query, plus a yield that found nothing in at most one query of
+    # eight; trying first on every query would make it two a query (136).
+    assert queries <= counter.steps <= queries + queries // 8, counter.steps
+
+
+async def test_statements_apart_from_the_previous_one_wait_for_their_answer_without_a_yield(
+        conn, monkeypatch):
+    """A statement sent longer than `back_to_back_s` after the connection's previous one
+    ended (a request handler's, amid other work) waits for its answer at once: no yield first,
+    one schedule point a query."""
+    yields = 0
+    real_checkpoint = pgconn_module._checkpoint
+
+    async def counted_checkpoint() -> None:
+        nonlocal yields
+        yields += 1
+        await real_checkpoint()
+
+    monkeypatch.setattr(pgconn_module, "_checkpoint", counted_checkpoint)
+    queries = 20
+    trio.lowlevel.add_instrument(counter := _count_steps_of_this_task())
+    try:
+        for _ in range(queries):
+            time.sleep(2 * conn.back_to_back_s)  # real time passes, and no other task runs
+            assert (await conn.execute("SELECT 1")).rows == [(1,)]
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert yields == 0
+    assert counter.steps == queries
+
+
 async def test_cancel_with_blocking_cancel_fallback_stops_backend(conn, admin, monkeypatch):
     # libpq < 17 has no PGcancelConn: PQcancel then runs in a worker thread.
     monkeypatch.setattr(pgconn_module, "_HAS_CANCEL_CONN", False)
