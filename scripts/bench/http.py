@@ -13,6 +13,15 @@ requests/s, p99 latency and **CPU per request** (the server process's user +
 system CPU time from /proc/<pid>/stat over the run, divided by the requests it
 answered), their medians, and the ratios Triage / bare.
 
+Triage is served by `actors.cli.serve`, the function behind `triage serve` (its start-up,
+`gc.freeze()` of what start-up built, its signal handling), with this file's app factory;
+the bare app by `hypercorn.trio.serve` as it stands.
+
+The servers start in the order Triage, bare, before. On this 2-core machine the first one
+started read up to ~10 % dearer than an identical tree started third: to compare two trees,
+run both ways (each as the checkout and as --baseline-tree) and take the geometric mean of
+the two ratios.
+
 ``--route health`` (default): `GET /api/health`. The bare app answers a constant JSON
 body from a Starlette route; Triage is the full edge (`create_app`: edge,
 rate-limit middleware, Starlette routing, the health route) with a monitoring
@@ -173,15 +182,24 @@ async def serve_triage(route: str, database_url: str | None, run: Any = None) ->
     http = HttpConfig(port=0)
     # Rate-limited, never refused: the check runs on every request, at a limit no run reaches.
     policies = {**_default_policies(), "general": RatePolicy(limit=10**9, window_s=60.0)}
-    async with open_monitoring(Config(database_url=database_url, policies=policies)) as mon:
-        if route == "health":
-            app = create_app(mon, http)
-        else:
-            from examples.vet_tracker.service import DemoService
+    config = Config(database_url=database_url, policies=policies)
 
-            service = DemoService(mon, http)
-            app = create_app(mon, http, service=service)
-        await (run or _serve)(hypercorn.trio.serve, app, hypercorn_config(http))
+    def factory(mon: Any, http: HttpConfig) -> Any:
+        if route == "health":
+            return create_app(mon, http)
+        from examples.vet_tracker.service import DemoService
+
+        return create_app(mon, http, service=DemoService(mon, http))
+
+    if run is None:  # served as `triage serve` serves (actors/cli.py: its start-up, gc.freeze, signals)
+        from actors.cli import serve
+
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, config, http, factory))
+            print(binds[0].rsplit(":", 1)[1], flush=True)  # the port, for the parent
+        return
+    async with open_monitoring(config) as mon:
+        await run(hypercorn.trio.serve, factory(mon, http), hypercorn_config(http))
 
 
 async def _serve(serve, app, hc) -> None:
