@@ -44,6 +44,7 @@ row factories read (``pgresult``, ``_encoding``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -157,7 +158,7 @@ class PgConnection:
         self._flushed = False
         self._wait_first = 0  # statements left that wait for their answer at once (see `execute`)
         self._after_miss = 1  # how many wait at once after the next yield that finds nothing
-        self._ended_at = 0.0  # when the last statement ended, in real time (`_perf_counter`)
+        self._ended_at = -math.inf  # when the last statement ended, in real time (`_perf_counter`)
         self._adaptation = Adaptation(conn)
         self.backend_pid: int = self._pgconn.backend_pid
         self._now = trio.lowlevel.current_clock().current_time  # the clock of the run it lives in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 import time
 import uuid
@@ -374,7 +375,7 @@ async def test_cancel_at_the_yield_after_sending_stops_the_statement_and_keeps_c
     (its answer usually comes in meanwhile): a cancellation delivered there is a cancellation
     mid-query, as one during the wait is. The server is asked to cancel the statement it got,
     the connection drains back to idle."""
-    monkeypatch.setattr(conn, "back_to_back_s", 3600.0)  # every statement is back to back
+    monkeypatch.setattr(conn, "back_to_back_s", math.inf)  # every statement is back to back
     yields = 0
     real_checkpoint = pgconn_module._checkpoint
 
@@ -412,7 +413,7 @@ async def test_lone_back_to_back_queries_mostly_wait_for_their_answer_at_once(co
     """With nothing else to run, one yield after sending finds no answer yet, so a connection
     then waits for its answers at once for a while: a lone caller's query is one schedule point
     in nearly every case, not two (a yield, then the wait)."""
-    monkeypatch.setattr(conn, "back_to_back_s", 3600.0)  # however loaded the machine
+    monkeypatch.setattr(conn, "back_to_back_s", math.inf)  # however loaded the machine
     queries = 68
     trio.lowlevel.add_instrument(counter := _count_steps_of_this_task())
     try:
@@ -423,6 +424,70 @@ async def test_lone_back_to_back_queries_mostly_wait_for_their_answer_at_once(co
     # One schedule point a query, plus a yield that found nothing in at most one query of
     # eight; trying first on every query would make it two a query (136).
     assert queries <= counter.steps <= queries + queries // 8, counter.steps
+
+
+class _Yields:
+    """Spies on `PgConnection.execute`'s yield after sending and its waits on the socket;
+    `slow` makes the yield take 20 ms of real time first, so the answer is in by its end."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.yields = self.waits = 0
+        self.slow = False
+        real_checkpoint, real_wait = pgconn_module._checkpoint, pgconn_module._wait_readable
+
+        async def checkpoint() -> None:
+            self.yields += 1
+            if self.slow:
+                time.sleep(0.02)  # as if other tasks ran meanwhile
+            await real_checkpoint()
+
+        async def wait_readable(sock) -> None:
+            self.waits += 1
+            await real_wait(sock)
+
+        monkeypatch.setattr(pgconn_module, "_checkpoint", checkpoint)
+        monkeypatch.setattr(pgconn_module, "_wait_readable", wait_readable)
+
+
+async def test_back_to_back_statements_whose_answer_is_in_after_the_yield_never_wait_on_the_socket(
+        conn, monkeypatch):
+    """The point of the yield: when the answer came in meanwhile, it is read then, with no
+    wait on the socket (no epoll registration), statement after statement."""
+    monkeypatch.setattr(conn, "back_to_back_s", math.inf)
+    spy = _Yields(monkeypatch)
+    spy.slow = True
+    for n in range(30):
+        assert (await conn.execute("SELECT %s::int", [n])).rows == [(n,)]
+    assert (spy.yields, spy.waits) == (30, 0)
+
+
+async def test_yields_resume_once_answers_are_in_again_after_a_run_of_misses(conn, monkeypatch):
+    """Misses (the answer never in after one yield) make the next 1, 2, 4 ... 16 statements
+    wait at once; once answers are in again after the yield, one hit resets that: from then
+    on every statement yields and none waits on the socket, and a later lone miss makes only
+    the next statement wait."""
+    monkeypatch.setattr(conn, "back_to_back_s", math.inf)
+    spy = _Yields(monkeypatch)
+    for _ in range(40):
+        await conn.execute("SELECT pg_sleep(0.005)")  # the answer is never in after one yield
+    misses = spy.yields
+    assert 4 <= misses <= 12, misses  # 1, 2, 4, 8, 16 waited between: six yields in 40
+    spy.slow, spy.yields, spy.waits = True, 0, 0
+    for _ in range(16):  # at most the 16 the last miss left wait at once
+        await conn.execute("SELECT 1")
+    assert spy.yields >= 1  # the back-off ran out within them
+    spy.yields, spy.waits = 0, 0
+    for _ in range(20):
+        await conn.execute("SELECT 1")
+    assert (spy.yields, spy.waits) == (20, 0)  # the hit reset the back-off: no wait since
+    spy.slow, spy.yields, spy.waits = False, 0, 0
+    await conn.execute("SELECT pg_sleep(0.05)")  # one miss after those hits
+    spy.slow = True
+    for _ in range(5):
+        await conn.execute("SELECT 1")
+    # The miss's own wait, then one statement waits at once and the rest yield again: a lone
+    # miss after hits costs one wait, not 16.
+    assert (spy.yields, spy.waits) == (5, 2)
 
 
 async def test_statements_apart_from_the_previous_one_wait_for_their_answer_without_a_yield(
