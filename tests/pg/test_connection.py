@@ -369,6 +369,29 @@ async def test_cancel_pg_sleep_stops_backend_and_keeps_connection(conn, admin):
     assert (await conn.execute("SELECT 1")).rows == [(1,)]
 
 
+class _Yields:
+    """Spies on `PgConnection.execute`'s yield after sending and its waits on the socket;
+    `slow` makes the yield take 20 ms of real time first, so the answer is in by its end."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.yields = self.waits = 0
+        self.slow = False
+        real_checkpoint, real_wait = pgconn_module._checkpoint, pgconn_module._wait_readable
+
+        async def checkpoint() -> None:
+            self.yields += 1
+            if self.slow:
+                time.sleep(0.02)  # as if other tasks ran meanwhile
+            await real_checkpoint()
+
+        async def wait_readable(sock) -> None:
+            self.waits += 1
+            await real_wait(sock)
+
+        monkeypatch.setattr(pgconn_module, "_checkpoint", checkpoint)
+        monkeypatch.setattr(pgconn_module, "_wait_readable", wait_readable)
+
+
 async def test_cancel_at_the_yield_after_sending_stops_the_statement_and_keeps_connection(
         conn, admin, monkeypatch):
     """A statement sent back to back with the previous one yields once right after sending
@@ -376,20 +399,12 @@ async def test_cancel_at_the_yield_after_sending_stops_the_statement_and_keeps_c
     mid-query, as one during the wait is. The server is asked to cancel the statement it got,
     the connection drains back to idle."""
     monkeypatch.setattr(conn, "back_to_back_s", math.inf)  # every statement is back to back
-    yields = 0
-    real_checkpoint = pgconn_module._checkpoint
-
-    async def counted_checkpoint() -> None:
-        nonlocal yields
-        yields += 1
-        await real_checkpoint()
-
-    monkeypatch.setattr(pgconn_module, "_checkpoint", counted_checkpoint)
+    spy = _Yields(monkeypatch)
     with trio.CancelScope() as scope:
         scope.cancel()  # delivered at the first schedule point: the statement is sent by then
         await conn.execute("SELECT pg_sleep(60)")
     assert scope.cancelled_caught
-    assert yields == 1  # it was that yield, not the wait on the socket
+    assert (spy.yields, spy.waits) == (1, 0)  # it was that yield, not the wait on the socket
     state = await wait_for_state(admin, conn.backend_pid, lambda s: s != "active", 2.0)
     assert state != "active"
     assert not conn.broken
@@ -424,29 +439,6 @@ async def test_lone_back_to_back_queries_mostly_wait_for_their_answer_at_once(co
     # One schedule point a query, plus a yield that found nothing in at most one query of
     # eight; trying first on every query would make it two a query (136).
     assert queries <= counter.steps <= queries + queries // 8, counter.steps
-
-
-class _Yields:
-    """Spies on `PgConnection.execute`'s yield after sending and its waits on the socket;
-    `slow` makes the yield take 20 ms of real time first, so the answer is in by its end."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.yields = self.waits = 0
-        self.slow = False
-        real_checkpoint, real_wait = pgconn_module._checkpoint, pgconn_module._wait_readable
-
-        async def checkpoint() -> None:
-            self.yields += 1
-            if self.slow:
-                time.sleep(0.02)  # as if other tasks ran meanwhile
-            await real_checkpoint()
-
-        async def wait_readable(sock) -> None:
-            self.waits += 1
-            await real_wait(sock)
-
-        monkeypatch.setattr(pgconn_module, "_checkpoint", checkpoint)
-        monkeypatch.setattr(pgconn_module, "_wait_readable", wait_readable)
 
 
 async def test_back_to_back_statements_whose_answer_is_in_after_the_yield_never_wait_on_the_socket(
@@ -495,15 +487,7 @@ async def test_statements_apart_from_the_previous_one_wait_for_their_answer_with
     """A statement sent longer than `back_to_back_s` after the connection's previous one
     ended (a request handler's, amid other work) waits for its answer at once: no yield first,
     one schedule point a query."""
-    yields = 0
-    real_checkpoint = pgconn_module._checkpoint
-
-    async def counted_checkpoint() -> None:
-        nonlocal yields
-        yields += 1
-        await real_checkpoint()
-
-    monkeypatch.setattr(pgconn_module, "_checkpoint", counted_checkpoint)
+    spy = _Yields(monkeypatch)
     queries = 20
     trio.lowlevel.add_instrument(counter := _count_steps_of_this_task())
     try:
@@ -512,7 +496,7 @@ async def test_statements_apart_from_the_previous_one_wait_for_their_answer_with
             assert (await conn.execute("SELECT 1")).rows == [(1,)]
     finally:
         trio.lowlevel.remove_instrument(counter)
-    assert yields == 0
+    assert (spy.yields, spy.waits) == (0, queries)
     assert counter.steps == queries
 
 
