@@ -51,6 +51,7 @@ from messages.http_config import HttpConfig, LogConfig
 log = logger.bind(actor="serve")
 
 REFERENCE_APP = "examples.vet_tracker.app:create"
+SERVE_GC_THRESHOLD = 5000  # `serve`'s young-generation threshold (Python's default: 700)
 AppFactory = Callable[..., Any]  # (mon: Monitoring, http: HttpConfig) -> ASGI app
 
 
@@ -118,18 +119,27 @@ async def serve(config: Config, http: HttpConfig, factory: AppFactory, *,
             # What start-up built (modules, the app, the actors) lives for the whole run: keep it
             # out of the collector's full passes, which otherwise stall the loop 50-150 ms.
             gc.freeze()
-            stop = trio.Event()
-            nursery.start_soon(_on_signals, signals, stop, everything, http.grace_s)
-            if http.ops_port is not None:  # health, live, ready and metrics on a listener of their own
-                from actors.http.ops import serve_ops
+            # Young collections once 5,000 tracked objects more are alive, not 700: a served
+            # request leaves a few dozen alive across a collection (in-flight requests, batches
+            # for the actors), so the default ran one every ~16 requests, ~55 µs of CPU a
+            # request (README, Performance). Restored when serving ends.
+            thresholds = gc.get_threshold()
+            gc.set_threshold(SERVE_GC_THRESHOLD, *thresholds[1:])
+            try:
+                stop = trio.Event()
+                nursery.start_soon(_on_signals, signals, stop, everything, http.grace_s)
+                if http.ops_port is not None:  # health, live, ready and metrics on a listener of their own
+                    from actors.http.ops import serve_ops
 
-                await nursery.start(serve_ops, app, http)
-            hc = hypercorn_config(http, errorlog=std_logger("hypercorn.error"))
-            # the edge's app drains its requests in flight itself; a bare ASGI app just stops
-            drain = getattr(app, "shutdown_trigger", None)
-            await hypercorn.trio.serve(app, hc, shutdown_trigger=drain(stop.wait) if drain else stop.wait,
-                                       task_status=task_status)
-            nursery.cancel_scope.cancel()
+                    await nursery.start(serve_ops, app, http)
+                hc = hypercorn_config(http, errorlog=std_logger("hypercorn.error"))
+                # the edge's app drains its requests in flight itself; a bare ASGI app just stops
+                drain = getattr(app, "shutdown_trigger", None)
+                await hypercorn.trio.serve(app, hc, shutdown_trigger=drain(stop.wait) if drain else stop.wait,
+                                           task_status=task_status)
+                nursery.cancel_scope.cancel()
+            finally:
+                gc.set_threshold(*thresholds)
     log.info("Stopped")
 
 

@@ -179,3 +179,36 @@ async def test_prometheus_refusals_the_edge_answers_keep_their_route(database_ur
     assert total.format("ok", "/hello/{name}", 503, "1.0") in text
     assert total.format("rate_limited", "<unmatched>", 429, "1.0") in text  # /nowhere: no route
     assert "GET /hello/{name}" in stats
+
+
+def test_a_scrape_page_is_encoded_with_the_collector_paused_and_resumed_as_it_was():
+    """The page's samples are all alive while it is built: a collection meanwhile would walk
+    them holding the GIL. The encoder runs with the collector off, which then resumes as it
+    was (still off if it was off, on after an encoder that raised)."""
+    import gc
+
+    from actors.http.prometheus import _encode_uncollected
+
+    seen: list[bool] = []
+
+    def encoder(page: object) -> bytes:
+        seen.append(gc.isenabled())
+        return b"page"
+
+    def failing(page: object) -> bytes:
+        seen.append(gc.isenabled())
+        raise ValueError("broken family")
+
+    assert gc.isenabled()
+    assert _encode_uncollected(encoder, object()) == b"page"
+    assert gc.isenabled()
+    with pytest.raises(ValueError, match="broken family"):
+        _encode_uncollected(failing, object())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _encode_uncollected(encoder, object())
+        assert not gc.isenabled()  # left off, as the caller had it
+    finally:
+        gc.enable()
+    assert seen == [False, False, False]

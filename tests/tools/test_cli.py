@@ -270,3 +270,30 @@ def test_config_priority_dsn_unknown_priority_or_no_default_is_a_config_error():
     with pytest.raises(ConfigError) as info:
         Config.from_toml('[database]\npriority_dsn = { CRITICAL = "postgresql://u@h/db" }\n')
     assert info.value.field == "database.priority_dsn"
+
+
+async def test_serve_raises_the_young_collection_threshold_while_serving_and_restores_it(database_url):
+    """`triage serve` runs young collections every SERVE_GC_THRESHOLD tracked objects instead
+    of Python's 700 (a served request leaves a few dozen alive across a collection), and puts
+    the thresholds back when serving ends."""
+    import gc
+    from functools import partial
+
+    import trio
+
+    from actors import cli
+    from actors.http.app import create_app
+    from messages.http_config import HttpConfig
+
+    before = gc.get_threshold()
+    assert before[0] != cli.SERVE_GC_THRESHOLD
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(cli.serve, Config(database_url=database_url), HttpConfig(port=0),
+                                        lambda mon, http: create_app(mon, http)))
+            assert gc.get_threshold() == (cli.SERVE_GC_THRESHOLD, *before[1:])
+            nursery.cancel_scope.cancel()
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()  # serve froze this test process's objects: give them back to the collector
