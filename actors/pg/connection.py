@@ -98,7 +98,7 @@ __all__ = ["ConnectionLost", "PgConnection", "QueryResult"]
 
 _new = object.__new__
 _wait_readable = trio.lowlevel.wait_readable
-_perf_counter = time.perf_counter  # real time, for `back_to_back_s` (a C call: cheaper than trio's clock)
+_perf_counter = time.perf_counter  # real time, for `back_to_back_s` (cheaper than trio's clock)
 _checkpoint = trio.lowlevel.checkpoint
 # After answers that were not in after one yield, the next 1, 2, 4, ... up to this many
 # statements wait for theirs at once (doubling while the yields keep finding nothing).
@@ -138,9 +138,10 @@ class PgConnection:
     """
 
     # A statement sent within this many seconds (real time) of the end of the connection's
-    # previous one is "back to back" and yields once before looking for its answer (see `execute`). Such
-    # statements were at most ~50 µs apart on 8 connections in a loop (scripts/bench/db.py),
-    # a request handler's at least ~200 µs (scripts/bench/http.py --route animals).
+    # previous one is "back to back" and yields once before looking for its answer (see
+    # `execute`). Such statements were at most ~50 µs apart on 8 connections in a loop
+    # (scripts/bench/db.py), a request handler's at least ~200 µs (scripts/bench/http.py
+    # --route animals).
     back_to_back_s: float = 100e-6
 
     def __init__(self, conn: psycopg.Connection[Any], *, cancel_timeout_s: float) -> None:

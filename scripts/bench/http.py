@@ -40,8 +40,8 @@ Target: CPU per request ratio <= 1.3. Needs PostgreSQL.
 
 ``--in-process``: Triage's own share, without hypercorn and sockets (the same in both
 servers, and most of the noise on a shared machine): both ASGI apps, built as the servers
-build them (without the served start-up's `gc.freeze()`), called directly in this process by `--connections` callers at once,
-alternating rounds of `--requests`; prints each app's process CPU per request, the
+build them (without the served start-up's `gc.freeze()`), called directly in this process by
+`--connections` callers at once, alternating rounds of `--requests`; prints each app's process CPU per request, the
 difference (Triage's own work a request) and the ratio of the apps alone. Both apps live in
 one process, so Triage's background actors are charged to the bare app's rounds too (a
 fraction of a µs a request).
@@ -179,7 +179,7 @@ async def serve_triage(route: str, database_url: str | None, run: Any = None) ->
     from messages.config import Config, RatePolicy, _default_policies
     from messages.http_config import HttpConfig
 
-    http = HttpConfig(port=0, grace_s=1.0)  # stopped by SIGTERM: drain for 1 s at most (the parent waits 10)
+    http = HttpConfig(port=0, grace_s=1.0)  # on SIGTERM: drain 1 s at most (the parent waits 10)
     # Rate-limited, never refused: the check runs on every request, at a limit no run reaches.
     policies = {**_default_policies(), "general": RatePolicy(limit=10**9, window_s=60.0)}
     config = Config(database_url=database_url, policies=policies)

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import select
 import time
 import uuid
 from decimal import Decimal
@@ -371,17 +372,19 @@ async def test_cancel_pg_sleep_stops_backend_and_keeps_connection(conn, admin):
 
 class _Yields:
     """Spies on `PgConnection.execute`'s yield after sending and its waits on the socket;
-    `slow` makes the yield take 20 ms of real time first, so the answer is in by its end."""
+    `slow` makes the yield last until the answer is in (as if other tasks ran meanwhile):
+    it blocks on the connection's socket first, without a schedule point."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, monkeypatch, conn: PgConnection) -> None:
         self.yields = self.waits = 0
         self.slow = False
         real_checkpoint, real_wait = pgconn_module._checkpoint, pgconn_module._wait_readable
+        sock = conn._pgconn.socket
 
         async def checkpoint() -> None:
             self.yields += 1
             if self.slow:
-                time.sleep(0.02)  # as if other tasks ran meanwhile
+                assert select.select([sock], [], [], 10.0)[0], "no answer within 10 s"
             await real_checkpoint()
 
         async def wait_readable(sock) -> None:
@@ -399,7 +402,7 @@ async def test_cancel_at_the_yield_after_sending_stops_the_statement_and_keeps_c
     mid-query, as one during the wait is. The server is asked to cancel the statement it got,
     the connection drains back to idle."""
     monkeypatch.setattr(conn, "back_to_back_s", math.inf)  # every statement is back to back
-    spy = _Yields(monkeypatch)
+    spy = _Yields(monkeypatch, conn)
     with trio.CancelScope() as scope:
         scope.cancel()  # delivered at the first schedule point: the statement is sent by then
         await conn.execute("SELECT pg_sleep(60)")
@@ -446,7 +449,7 @@ async def test_back_to_back_statements_whose_answer_is_in_after_the_yield_never_
     """The point of the yield: when the answer came in meanwhile, it is read then, with no
     wait on the socket (no epoll registration), statement after statement."""
     monkeypatch.setattr(conn, "back_to_back_s", math.inf)
-    spy = _Yields(monkeypatch)
+    spy = _Yields(monkeypatch, conn)
     spy.slow = True
     for n in range(30):
         assert (await conn.execute("SELECT %s::int", [n])).rows == [(n,)]
@@ -459,7 +462,7 @@ async def test_yields_resume_once_answers_are_in_again_after_a_run_of_misses(con
     on every statement yields and none waits on the socket, and a later lone miss makes only
     the next statement wait."""
     monkeypatch.setattr(conn, "back_to_back_s", math.inf)
-    spy = _Yields(monkeypatch)
+    spy = _Yields(monkeypatch, conn)
     for _ in range(40):
         await conn.execute("SELECT pg_sleep(0.005)")  # the answer is never in after one yield
     misses = spy.yields
@@ -487,12 +490,12 @@ async def test_statements_apart_from_the_previous_one_wait_for_their_answer_with
     """A statement sent longer than `back_to_back_s` after the connection's previous one
     ended (a request handler's, amid other work) waits for its answer at once: no yield first,
     one schedule point a query."""
-    spy = _Yields(monkeypatch)
+    monkeypatch.setattr(conn, "back_to_back_s", 0.0)  # each statement further apart than that
+    spy = _Yields(monkeypatch, conn)
     queries = 20
     trio.lowlevel.add_instrument(counter := _count_steps_of_this_task())
     try:
         for _ in range(queries):
-            time.sleep(2 * conn.back_to_back_s)  # real time passes, and no other task runs
             assert (await conn.execute("SELECT 1")).rows == [(1,)]
     finally:
         trio.lowlevel.remove_instrument(counter)
